@@ -1,0 +1,465 @@
+"""Self-supervised pretraining of a backbone with one SSL method.
+
+    python main.py --model_name=simclr --backbone=resnet18 --dataset_name=cifar10 ...
+
+Writes <logs_dir>/<run_name>/{args.json, metrics.csv, loss.png, lr.png} and
+<ckpt_dir>/<run_name>/{last.pt, epoch_NNNN.pt}; `main_linear.py` then evaluates the backbone.
+"""
+
+import math
+import os
+import sys
+import time
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from methods import METHODS, build_method
+from networks import BACKBONES, build_backbone
+from optimizers import OPTIMIZERS, build_optimizer
+from optimizers.cosine_decay_warmup import adjust_learning_rate
+from transformations import eval_transform, simclr_transform
+from utils.checkpoint import (
+    find_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from utils.data import DATASETS, balanced_subset, build_dataset
+from utils.knn import extract_features, knn_scores, topk_accuracy
+from utils.logging import MetricsLogger
+from utils.misc import (
+    ArgumentParser,
+    UserError,
+    bool_flag,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+    resolve_device,
+    run_cli,
+    set_seed,
+)
+from utils.plots import plot_run
+from utils.run import (
+    build_lr_schedule,
+    default_run_name,
+    make_loader,
+    prepare_run_dirs,
+    print_args,
+    save_args,
+    seed_epoch,
+)
+
+
+def get_args_parser(add_help: bool = True) -> ArgumentParser:
+    parser = ArgumentParser("Self-supervised pretraining", add_help=add_help)
+
+    # Run and output
+    group = parser.add_argument_group("run")
+    group.add_argument(
+        "--debug",
+        action="store_true",
+        help="a few steps per epoch and autograd anomaly detection (default: off)",
+    )
+    group.add_argument(
+        "--data_dir", default="./data/", help="data sets live here (default: ./data/)"
+    )
+    group.add_argument("--ckpt_dir", default="./ckpts/", help="checkpoints (default: ./ckpts/)")
+    group.add_argument(
+        "--logs_dir", default="./logs/", help="metrics, args and plots (default: ./logs/)"
+    )
+    group.add_argument(
+        "--run_name",
+        default=None,
+        help="run folder name (default: method_backbone_dataset_timestamp)",
+    )
+    group.add_argument(
+        "--device",
+        default="cuda",
+        help="cuda, cuda:N or cpu; cuda falls back to cpu (default: cuda)",
+    )
+    group.add_argument("--seed", type=int, default=123, help="random seed (default: 123)")
+    group.add_argument(
+        "--save_freq",
+        type=positive_int,
+        default=10,
+        help="write epoch_NNNN.pt every N epochs; last.pt every epoch (default: 10)",
+    )
+    group.add_argument(
+        "--print_freq",
+        type=positive_int,
+        default=10,
+        help="log a metrics.csv row every N steps (default: 10)",
+    )
+    group.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        default=None,
+        metavar="PATH|auto",
+        help="continue a run from a checkpoint, or the newest of --run_name / of "
+        "the same method, backbone and data set with 'auto' (default: off)",
+    )
+
+    # Data
+    group = parser.add_argument_group("data")
+    group.add_argument(
+        "--dataset_name",
+        default="cifar10",
+        choices=sorted(DATASETS),
+        help="data set (default: cifar10)",
+    )
+    group.add_argument(
+        "--image_size",
+        type=positive_int,
+        default=32,
+        help="crop size fed to the network (default: 32)",
+    )
+    group.add_argument(
+        "--batch_size",
+        type=positive_int,
+        default=512,
+        help="global batch size; lrs scale with it (default: 512)",
+    )
+    group.add_argument(
+        "--num_workers",
+        type=non_negative_int,
+        default=4,
+        help="data loading processes (default: 4)",
+    )
+    group.add_argument(
+        "--limit",
+        type=positive_int,
+        default=None,
+        help="use only the first N training images, class-balanced (default: all)",
+    )
+    group.add_argument(
+        "--download",
+        action="store_true",
+        help="let torchvision download the data set (default: off)",
+    )
+
+    # Model
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--model_name",
+        default="simsiam",
+        choices=sorted(METHODS),
+        help="SSL method (default: simsiam)",
+    )
+    group.add_argument(
+        "--backbone",
+        default="resnet18",
+        choices=sorted(BACKBONES),
+        help="backbone network (default: resnet18)",
+    )
+    group.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="start from torchvision ImageNet weights in the local cache (default: off)",
+    )
+
+    # Optimization
+    group = parser.add_argument_group("optimization")
+    group.add_argument(
+        "--optimizer", default="sgd", choices=sorted(OPTIMIZERS), help="optimizer (default: sgd)"
+    )
+    group.add_argument(
+        "--weight_decay", type=non_negative_float, default=5e-4, help="weight decay (default: 5e-4)"
+    )
+    group.add_argument(
+        "--momentum", type=non_negative_float, default=0.9, help="momentum (default: 0.9)"
+    )
+    group.add_argument(
+        "--warmup_epochs",
+        type=non_negative_int,
+        default=10,
+        help="linear warmup epochs (default: 10)",
+    )
+    group.add_argument(
+        "--warmup_lr",
+        type=non_negative_float,
+        default=0.0,
+        help="lr at the start of warmup, before batch scaling (default: 0)",
+    )
+    group.add_argument(
+        "--base_lr",
+        type=non_negative_float,
+        default=0.03,
+        help="peak lr for a batch of 256 (default: 0.03)",
+    )
+    group.add_argument(
+        "--final_lr",
+        type=non_negative_float,
+        default=0.0,
+        help="lr at the end of the cosine, before batch scaling (default: 0)",
+    )
+    group.add_argument(
+        "--num_epochs", type=positive_int, default=800, help="training epochs (default: 800)"
+    )
+    group.add_argument(
+        "--lr_scaling",
+        default="linear",
+        choices=["linear", "sqrt", "none"],
+        help="lr = base_lr x B/256 (linear), x sqrt(B/256), or as given (default: linear)",
+    )
+    group.add_argument(
+        "--fix_pred_lr",
+        type=bool_flag,
+        nargs="?",
+        const=True,
+        default=False,
+        help="keep the predictor's lr fixed at the base lr, as SimSiam (default: false)",
+    )
+
+    # Augmentation
+    group = parser.add_argument_group("augmentation")
+    group.add_argument(
+        "--crop_min_scale",
+        type=float,
+        default=0.08,
+        help="smallest area fraction of a random resized crop (default: 0.08)",
+    )
+    group.add_argument(
+        "--jitter_strength",
+        type=float,
+        default=0.5,
+        help="colour jitter strength s (0.5 for CIFAR, 1.0 for ImageNet) (default: 0.5)",
+    )
+
+    # Method hyper-parameters: None keeps each method's paper default
+    group = parser.add_argument_group("method hyper-parameters (default: the method's own)")
+    group.add_argument(
+        "--temperature", type=float, default=None, help="softmax temperature (SimCLR: 0.5)"
+    )
+    group.add_argument(
+        "--proj_hidden_dim",
+        type=positive_int,
+        default=None,
+        help="projector hidden size (SimCLR, SimSiam: 2048)",
+    )
+    group.add_argument(
+        "--proj_dim",
+        type=positive_int,
+        default=None,
+        help="projector output size (SimCLR: 128, SimSiam: 2048)",
+    )
+    group.add_argument(
+        "--pred_hidden_dim",
+        type=positive_int,
+        default=None,
+        help="predictor bottleneck size (SimSiam: 512)",
+    )
+
+    # Monitoring
+    group = parser.add_argument_group("monitoring")
+    group.add_argument(
+        "--knn_freq",
+        type=non_negative_int,
+        default=0,
+        help="weighted kNN accuracy on the test set every N epochs, 0 = off (default: 0)",
+    )
+    group.add_argument(
+        "--knn_k", type=positive_int, default=200, help="kNN neighbours (default: 200)"
+    )
+    group.add_argument(
+        "--knn_temperature", type=float, default=0.1, help="kNN vote temperature (default: 0.1)"
+    )
+    return parser
+
+
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader,
+    lr_schedule,
+    device: torch.device,
+    epoch: int,
+    args,
+    logger: MetricsLogger,
+) -> dict[str, float]:
+    model.train()
+    steps = len(loader) if not args.debug else min(len(loader), 5)
+    total_loss, seen, start = 0.0, 0, time.time()
+    window_start, window_images = start, 0
+    bar = tqdm(
+        loader,
+        total=steps,
+        desc=f"epoch {epoch + 1}/{args.num_epochs}",
+        dynamic_ncols=True,
+        mininterval=1.0,
+        leave=False,
+    )
+    for i, (views, labels) in enumerate(bar):
+        if i == steps:
+            break
+        it = epoch * len(loader) + i  # global step: indexes the per-step schedule
+        lr = float(lr_schedule[it])
+        adjust_learning_rate(optimizer, lr)
+
+        views = [v.to(device, non_blocking=True) for v in views]
+        labels = labels.to(device, non_blocking=True)
+        loss = model(views, labels)["loss"]
+        if not math.isfinite(loss.item()):
+            sys.exit(
+                f"error: loss is {loss.item()} at step {it} (lr {lr:.4g}); the last good "
+                f"checkpoint is kept. Lower --base_lr or raise --warmup_epochs."
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+        batch = labels.shape[0]
+        total_loss += loss.item() * batch
+        seen += batch
+        window_images += batch
+        if (i + 1) % args.print_freq == 0 or i + 1 == steps:
+            now = time.time()
+            speed = window_images / max(now - window_start, 1e-9)
+            window_start, window_images = now, 0
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.4g}", img_s=f"{speed:.1f}")
+            logger.log(
+                "step", epoch + (i + 1) / steps, it + 1, loss=loss.item(), lr=lr, images_per_s=speed
+            )
+    bar.close()
+    return {
+        "loss": total_loss / max(seen, 1),
+        "images_per_s": seen / (time.time() - start),
+        "lr": lr,
+    }
+
+
+@torch.no_grad()
+def knn_monitor(backbone: nn.Module, train_loader, test_loader, device, args) -> float:
+    """Weighted kNN Acc@1 of the backbone (training set as the bank, test set as queries)."""
+    train_x, train_y = extract_features(backbone, train_loader, device)
+    test_x, test_y = extract_features(backbone, test_loader, device)
+    num_classes = int(train_y.max()) + 1
+    scores = knn_scores(train_x, train_y, test_x, num_classes, args.knn_k, args.knn_temperature)
+    return topk_accuracy(scores, test_y, ks=(1,))[0]
+
+
+def resume_path(args) -> str | None:
+    if args.resume is None:
+        return None
+    if args.resume != "auto":
+        return args.resume
+    if args.run_name:
+        path = os.path.join(args.ckpt_dir, args.run_name, "last.pt")
+        return path if os.path.isfile(path) else None
+    return find_checkpoint(args.ckpt_dir, args.model_name, args.backbone, args.dataset_name)
+
+
+def main(args) -> dict:
+    device = resolve_device(args.device)
+    set_seed(args.seed)
+    if args.debug:
+        torch.autograd.set_detect_anomaly(True)
+
+    # ============ resume: the run folder comes from the checkpoint ============
+    ckpt_path = resume_path(args)
+    checkpoint = load_checkpoint(ckpt_path) if ckpt_path else None
+    if checkpoint is not None:
+        for key in ("model_name", "backbone", "dataset_name"):
+            if checkpoint["args"][key] != getattr(args, key):
+                raise UserError(
+                    f"--resume {ckpt_path}: checkpoint has {key}="
+                    f"{checkpoint['args'][key]}, but --{key} is {getattr(args, key)}"
+                )
+        args.run_name = os.path.basename(os.path.dirname(os.path.abspath(ckpt_path)))
+    elif args.resume is not None:
+        print("--resume auto: no checkpoint found, starting a new run")
+    args.run_name = args.run_name or default_run_name(args)
+    log_dir, ckpt_dir = prepare_run_dirs(args, resuming=checkpoint is not None)
+    print_args(args)
+
+    # ============ data ============
+    info = DATASETS[args.dataset_name]
+    train_transform = simclr_transform(
+        image_size=args.image_size,
+        mean=info.mean,
+        std=info.std,
+        crop_min_scale=args.crop_min_scale,
+        jitter_strength=args.jitter_strength,
+    )
+    dataset = build_dataset(args.dataset_name, args.data_dir, True, train_transform, args.download)
+    dataset = balanced_subset(dataset, args.limit)
+    loader = make_loader(dataset, args, device, train=True)
+    print(
+        f"data: {len(dataset)} training images of {args.dataset_name}, "
+        f"{len(loader)} steps of {args.batch_size} per epoch"
+    )
+    if args.knn_freq:
+        plain = eval_transform(
+            image_size=args.image_size, native_size=info.image_size, mean=info.mean, std=info.std
+        )
+        knn_train = balanced_subset(
+            build_dataset(args.dataset_name, args.data_dir, True, plain), args.limit
+        )
+        knn_test = build_dataset(args.dataset_name, args.data_dir, False, plain)
+        knn_loaders = [make_loader(d, args, device, train=False) for d in (knn_train, knn_test)]
+
+    # ============ model ============
+    backbone, feat_dim = build_backbone(args.backbone, args.image_size, args.pretrained)
+    model = build_method(args.model_name, backbone, feat_dim, **vars(args)).to(device)
+    print(
+        f"model: {args.model_name} on {args.backbone} ({feat_dim}-d features), "
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters"
+    )
+
+    # ============ optimizer and per-step schedule ============
+    lr_schedule = build_lr_schedule(args, len(loader))
+    optimizer = build_optimizer(args, model)
+    save_args(log_dir, args)
+
+    start_epoch = 0
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        set_rng_state(checkpoint["rng"])
+        start_epoch = checkpoint["epoch"]
+        print(f"resumed from {ckpt_path} at epoch {start_epoch}")
+
+    # ============ training ============
+    logger = MetricsLogger(log_dir, ["loss", "lr", "images_per_s", "knn_acc1"])
+    title = f"{args.model_name} / {args.backbone} / {args.dataset_name}"
+    stats: dict[str, float] = {}
+    start_time = time.time()
+    for epoch in range(start_epoch, args.num_epochs):
+        seed_epoch(loader, args.seed, epoch)
+        stats = train_one_epoch(model, optimizer, loader, lr_schedule, device, epoch, args, logger)
+        if args.knn_freq and ((epoch + 1) % args.knn_freq == 0 or epoch + 1 == args.num_epochs):
+            stats["knn_acc1"] = knn_monitor(model.backbone, *knn_loaders, device, args)
+        logger.log("epoch", epoch + 1, (epoch + 1) * len(loader), **stats)
+        print(
+            f"epoch {epoch + 1}/{args.num_epochs}: "
+            + ", ".join(f"{k} {v:.4g}" for k, v in stats.items())
+        )
+
+        state = {
+            "args": vars(args),
+            "kind": "pretrain",
+            "epoch": epoch + 1,
+            "step": (epoch + 1) * len(loader),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "rng": rng_state(),
+        }
+        save_checkpoint(state, os.path.join(ckpt_dir, "last.pt"))
+        if (epoch + 1) % args.save_freq == 0 or epoch + 1 == args.num_epochs:
+            save_checkpoint(state, os.path.join(ckpt_dir, f"epoch_{epoch + 1:04d}.pt"))
+            plot_run(log_dir, title)
+    logger.close()
+
+    plots = plot_run(log_dir, title)
+    print(
+        f"done in {time.time() - start_time:.0f} s; checkpoint {os.path.join(ckpt_dir, 'last.pt')}"
+    )
+    print("plots: " + " ".join(plots))
+    return {"run_name": args.run_name, "log_dir": log_dir, "ckpt_dir": ckpt_dir, **stats}
+
+
+if __name__ == "__main__":
+    run_cli(main, get_args_parser())

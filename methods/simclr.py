@@ -1,0 +1,64 @@
+"""SimCLR: Chen, Kornblith, Norouzi, Hinton, "A Simple Framework for Contrastive Learning of
+Visual Representations", ICML 2020 (https://arxiv.org/abs/2002.05709).
+
+Loss (NT-Xent): with z the 2N L2-normalised projections of N images under two views and
+sim(a, b) = a.b / T, the loss of anchor i whose positive is j(i) is
+
+    l_i = -log( exp(sim(z_i, z_j(i))) / sum_{k != i} exp(sim(z_i, z_k)) ),
+
+averaged over all 2N anchors.
+
+Default recipe (paper, CIFAR-10): ResNet-50 with a 3x3 stem, 2-layer projection MLP
+(2048 hidden with BN, 128 out), T = 0.5, LARS with lr 1.0 x B/256, batch 512-1024, 10 warmup
+epochs then cosine, weight decay 1e-6 (1e-4 in this project's original command), 1000 epochs.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from methods import register
+from networks.heads import build_mlp
+
+
+def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
+    """NT-Xent over the 2N views of a batch.
+
+    Args:
+        z1: [N, D] projections of the first views.
+        z2: [N, D] projections of the second views; row i is the positive of z1's row i.
+        temperature: T dividing the cosine similarities.
+
+    Returns:
+        Scalar: mean over the 2N anchors of the cross-entropy of the positive among the other 2N-1.
+    """
+    n = z1.shape[0]
+    z = F.normalize(torch.cat([z1, z2]), dim=1)  # 2N x D
+    logits = z @ z.T / temperature  # 2N x 2N
+    self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
+    logits = logits.masked_fill(self_mask, float("-inf"))  # an anchor is not its own negative
+    positives = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
+    return F.cross_entropy(logits, positives)
+
+
+@register("simclr")
+class SimCLR(nn.Module):
+    """Backbone + projection MLP; NT-Xent between the projections of two views."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        feat_dim: int,
+        proj_hidden_dim: int = 2048,
+        proj_dim: int = 128,
+        temperature: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.projector = build_mlp(2, feat_dim, proj_hidden_dim, proj_dim)
+        self.temperature = temperature
+
+    def forward(self, views: list[Tensor], labels: Tensor | None = None) -> dict[str, Tensor]:
+        # one pass over both views: faster, and BatchNorm sees all 2N images as in the paper's code
+        z1, z2 = self.projector(self.backbone(torch.cat(views[:2]))).chunk(2)
+        return {"loss": nt_xent_loss(z1, z2, self.temperature), "z1": z1, "z2": z2}

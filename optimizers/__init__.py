@@ -1,0 +1,139 @@
+"""Optimizer registry and factory: `--optimizer` -> a torch.optim.Optimizer over a model.
+
+Policy (which parameters get weight decay), following each optimizer's usual recipe:
+    sgd, sgd_nesterov  momentum SGD, weight decay on every parameter (SimSiam, SupCon papers)
+    adam               Adam, weight decay as L2 on every parameter
+    adamw              AdamW, biases and norm weights excluded from decay (DINO's param groups)
+    lars, lars_simclr  1-D parameters (biases, norms) excluded from decay and adaptation inside
+                       the optimizer (SimCLR, BYOL, Barlow Twins)
+    larc               LARC wrapping momentum SGD (SwAV)
+Parameters whose name starts with "predictor." form their own group, which keeps a fixed lr
+when `--fix_pred_lr` is given (SimSiam).
+"""
+
+import math
+from argparse import Namespace
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+OPTIMIZERS: dict[str, Callable[[list[dict], Namespace], torch.optim.Optimizer]] = {}
+
+
+def register(name: str):
+    def decorator(fn):
+        if name in OPTIMIZERS:
+            raise ValueError(f"optimizer {name!r} registered twice")
+        OPTIMIZERS[name] = fn
+        return fn
+
+    return decorator
+
+
+def scale_lr(lr: float, batch_size: int, rule: str = "linear") -> float:
+    """lr for a global batch of `batch_size`, given the lr for 256 (Goyal et al. 2017)."""
+    if rule == "linear":
+        return lr * batch_size / 256
+    if rule == "sqrt":
+        return lr * math.sqrt(batch_size / 256)
+    if rule == "none":
+        return lr
+    raise ValueError(f"unknown lr scaling {rule!r}; choose from ['linear', 'none', 'sqrt']")
+
+
+def param_groups(
+    model: nn.Module, fix_pred_lr: bool = False, exclude_bias_and_norm_from_wd: bool = False
+) -> list[dict]:
+    """Trainable parameters split into named groups: decayed, not decayed (1-D, when excluded),
+    and the predictor's (with `fix_lr` when `fix_pred_lr`)."""
+    groups: dict[str, dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        key = "predictor" if name.startswith("predictor.") else "params"
+        no_decay = exclude_bias_and_norm_from_wd and param.ndim <= 1
+        key += "_no_decay" if no_decay else ""
+        group = groups.setdefault(key, {"name": key, "params": []})
+        group["params"].append(param)
+        if no_decay:
+            group["weight_decay"] = 0.0
+        if key.startswith("predictor") and fix_pred_lr:
+            group["fix_lr"] = True
+    return list(groups.values())
+
+
+def build_optimizer(args: Namespace, model: nn.Module) -> torch.optim.Optimizer:
+    """The optimizer `args.optimizer` over `model`'s trainable parameters, at lr `args.lr`."""
+    if args.optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {args.optimizer!r}; choose from {sorted(OPTIMIZERS)}")
+    groups = param_groups(
+        model,
+        fix_pred_lr=getattr(args, "fix_pred_lr", False),
+        exclude_bias_and_norm_from_wd=args.optimizer == "adamw",
+    )
+    return OPTIMIZERS[args.optimizer](groups, args)
+
+
+@register("sgd")
+def _sgd(groups, args):
+    return torch.optim.SGD(
+        groups, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay
+    )
+
+
+@register("sgd_nesterov")
+def _sgd_nesterov(groups, args):
+    return torch.optim.SGD(
+        groups, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, nesterov=True
+    )
+
+
+@register("adam")
+def _adam(groups, args):
+    return torch.optim.Adam(groups, lr=args.lr, weight_decay=args.weight_decay)
+
+
+@register("adamw")
+def _adamw(groups, args):
+    return torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay)
+
+
+@register("lars")
+def _lars(groups, args):
+    from optimizers.lars import LARS
+
+    return LARS(
+        groups,
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        eta=getattr(args, "lars_eta", 0.001),
+    )
+
+
+@register("lars_simclr")
+def _lars_simclr(groups, args):
+    from optimizers.lars_simclr import LARSSimCLR
+
+    return LARSSimCLR(
+        groups,
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        eta=getattr(args, "lars_eta", 0.001),
+    )
+
+
+@register("larc")
+def _larc(groups, args):
+    from optimizers.larc import LARC
+
+    inner = torch.optim.SGD(
+        groups, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay
+    )
+    return LARC(
+        inner,
+        trust_coefficient=getattr(args, "larc_trust_coefficient", 0.02),
+        clip=getattr(args, "larc_clip", True),
+    )

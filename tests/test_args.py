@@ -1,0 +1,111 @@
+"""Flags: DESIGN §2 defaults, the original commands parse as written, bad values fail in a line."""
+
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+import main
+import main_linear
+from tests.conftest import ROOT
+
+DESIGN_COMMANDS = [
+    "python main.py --model_name=simclr --backbone=resnet18 --batch_size=512 --optimizer=lars_simclr "  # noqa: E501
+    "--weight_decay=0.0001 --momentum=0.9 --warmup_epochs=10 --warmup_lr=0 --base_lr=1.0 "
+    "--final_lr=0 --num_epochs=1000",
+    "python main.py --model_name=simsiam --backbone=resnet18 --batch_size=512 --optimizer=sgd "
+    "--weight_decay=0.0005 --momentum=0.9 --warmup_epochs=10 --warmup_lr=0 --base_lr=0.03 "
+    "--final_lr=0 --num_epochs=800",
+    "python main_linear.py --model_name=simsiam --backbone=resnet18 --batch_size=256 "
+    "--optimizer=sgd --weight_decay=0 --momentum=0.9 --warmup_epochs=0 --base_lr=30 --final_lr=0 "
+    "--num_epochs=100",
+    "python main_linear.py --model_name=simsiam --backbone=resnet18 --batch_size=256 "
+    "--optimizer=lars --weight_decay=0 --momentum=0.9 --warmup_epochs=0 --base_lr=0.02 "
+    "--final_lr=0 --num_epochs=100",
+]
+
+
+def parse(command: str):
+    words = shlex.split(command)
+    module = main if words[1] == "main.py" else main_linear
+    return module.get_args_parser().parse_args(words[2:])
+
+
+def test_main_defaults_follow_design():
+    args = main.get_args_parser().parse_args([])
+    expected = dict(
+        debug=False,
+        data_dir="./data/",
+        ckpt_dir="./ckpts/",
+        logs_dir="./logs/",
+        device="cuda",
+        seed=123,
+        model_name="simsiam",
+        backbone="resnet18",
+        save_freq=10,
+        dataset_name="cifar10",
+        image_size=32,
+        batch_size=512,
+        num_workers=4,
+        weight_decay=5e-4,
+        momentum=0.9,
+        warmup_epochs=10,
+        warmup_lr=0.0,
+        base_lr=0.03,
+        final_lr=0.0,
+        num_epochs=800,
+        run_name=None,
+        limit=None,
+        download=False,
+        resume=None,
+    )
+    assert {k: getattr(args, k) for k in expected} == expected
+
+
+def test_linear_defaults_follow_design():
+    args = main_linear.get_args_parser().parse_args([])
+    assert (args.batch_size, args.base_lr, args.num_epochs) == (256, 30.0, 100)
+    assert args.num_classes is None and args.ckpt is None and args.eval == "linear"
+
+
+@pytest.mark.parametrize("command", DESIGN_COMMANDS)
+def test_design_commands_parse(command):
+    args = parse(command)
+    assert args.backbone == "resnet18"
+    assert args.optimizer in {"lars_simclr", "sgd", "lars"}
+    assert args.warmup_lr == 0 and args.final_lr == 0
+
+
+def test_design_command_values():
+    args = parse(DESIGN_COMMANDS[0])
+    assert (args.model_name, args.optimizer, args.batch_size) == ("simclr", "lars_simclr", 512)
+    assert (args.weight_decay, args.base_lr, args.num_epochs) == (1e-4, 1.0, 1000)
+
+
+def test_resume_flag_forms():
+    parser = main.get_args_parser()
+    assert parser.parse_args(["--resume"]).resume == "auto"
+    assert parser.parse_args(["--resume", "x/last.pt"]).resume == "x/last.pt"
+
+
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (["--backbone=resnet18--batch_size=512"], "argument --backbone: invalid choice"),
+        (["--num_epochs=-3"], "argument --num_epochs"),
+        (["--batch_size=0"], "argument --batch_size"),
+        (["--optimizer=lamb"], "argument --optimizer: invalid choice"),
+        (["--lr_scaling=cubic"], "argument --lr_scaling: invalid choice"),
+    ],
+)
+def test_bad_flag_is_one_line_exit_2(flags, needle):
+    proc = subprocess.run(
+        [sys.executable, "main.py", *flags], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert needle in lines[0]
+    if "invalid choice" in needle:
+        assert "resnet18" in lines[0] or "sgd" in lines[0] or "linear" in lines[0]

@@ -1,0 +1,75 @@
+"""Data sets by name: class-balanced --limit, clear errors for missing data, image folders."""
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from transformations import eval_transform, simclr_transform
+from utils.data import DATASETS, balanced_subset, build_dataset, dataset_targets, num_classes_of
+from utils.misc import UserError
+
+
+def test_limit_is_class_balanced_and_takes_the_first_images():
+    dataset = build_dataset("synthetic", "unused", train=True)
+    subset = balanced_subset(dataset, 25)
+    targets = dataset_targets(subset)
+    counts = np.bincount(targets, minlength=10)
+    assert len(subset) == 25 and counts.max() - counts.min() <= 1
+    first_of_class0 = [i for i, t in enumerate(dataset.targets) if t == 0][:3]
+    assert [i for i in subset.indices if dataset.targets[i] == 0] == first_of_class0
+    assert num_classes_of(subset) == 10
+    assert balanced_subset(dataset, None) is dataset
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "stl10", "svhn"])
+def test_missing_torchvision_data_set_names_path_and_flag(tmp_path, name):
+    with pytest.raises(UserError) as info:
+        build_dataset(name, str(tmp_path), train=True)
+    message = str(info.value)
+    assert str(tmp_path) in message and "--download" in message and "\n" not in message
+
+
+def test_download_failure_offline_is_a_clear_error(tmp_path, monkeypatch):
+    import torchvision.datasets.utils as tv_utils
+
+    def no_network(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(tv_utils, "download_url", no_network)
+    monkeypatch.setattr("torchvision.datasets.cifar.download_and_extract_archive", no_network)
+    with pytest.raises(UserError, match="could not download cifar10"):
+        build_dataset("cifar10", str(tmp_path), train=True, download=True)
+
+
+def test_missing_image_folder_names_what_was_looked_for(tmp_path):
+    with pytest.raises(UserError, match="train"):
+        build_dataset("imagefolder", str(tmp_path), train=True)
+    with pytest.raises(UserError, match="test.*val"):
+        build_dataset("imagefolder", str(tmp_path), train=False)
+
+
+def test_image_folder_with_val_split(tmp_path):
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for cls in ("cat", "dog"):
+            os.makedirs(tmp_path / split / cls)
+            for i in range(3):
+                pixels = rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / split / cls / f"{i}.png")
+    info = DATASETS["imagefolder"]
+    transform = eval_transform(image_size=16, native_size=224, mean=info.mean, std=info.std)
+    test = build_dataset("imagefolder", str(tmp_path), train=False, transform=transform)
+    image, label = test[5]
+    assert image.shape == (3, 16, 16) and label == 1 and num_classes_of(test) == 2
+
+
+def test_two_views_differ_and_have_the_requested_size():
+    info = DATASETS["synthetic"]
+    transform = simclr_transform(image_size=24, mean=info.mean, std=info.std)
+    dataset = build_dataset("synthetic", "unused", train=True, transform=transform)
+    (v1, v2), label = dataset[0]
+    assert v1.shape == v2.shape == (3, 24, 24)
+    assert not (v1 == v2).all()
+    assert isinstance(label, int)

@@ -1,0 +1,169 @@
+"""End to end: a tiny pretraining then linear evaluation writes every file of DESIGN §4."""
+
+import csv
+import json
+import os
+
+import pytest
+import torch
+
+import main
+import main_linear
+from utils.checkpoint import load_checkpoint
+
+TINY = [
+    "--dataset_name",
+    "synthetic",
+    "--backbone",
+    "resnet18",
+    "--image_size",
+    "16",
+    "--device",
+    "cpu",
+    "--num_workers",
+    "0",
+    "--limit",
+    "64",
+    "--batch_size",
+    "32",
+]
+
+
+def pretrain(run_dirs, *extra):
+    args = main.get_args_parser().parse_args(
+        [
+            *TINY,
+            *run_dirs,
+            "--model_name",
+            "simclr",
+            "--optimizer",
+            "sgd",
+            "--base_lr",
+            "0.1",
+            "--warmup_epochs",
+            "1",
+            "--num_epochs",
+            "2",
+            "--save_freq",
+            "1",
+            "--print_freq",
+            "1",
+            "--run_name",
+            "pre",
+            *extra,
+        ]
+    )
+    return main.main(args)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("runs")
+    dirs = ["--logs_dir", str(tmp / "logs"), "--ckpt_dir", str(tmp / "ckpts")]
+    pretrain(dirs)
+    linear_args = main_linear.get_args_parser().parse_args(
+        [
+            *TINY,
+            *dirs,
+            "--model_name",
+            "simclr",
+            "--num_epochs",
+            "2",
+            "--warmup_epochs",
+            "0",
+            "--base_lr",
+            "1",
+            "--weight_decay",
+            "0",
+            "--run_name",
+            "lin",
+            "--print_freq",
+            "1",
+        ]
+    )
+    results = main_linear.main(linear_args)
+    return tmp, dirs, results
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_pretraining_writes_logs_plots_and_checkpoints(runs):
+    tmp, _, _ = runs
+    for name in ("args.json", "metrics.csv", "loss.png", "lr.png"):
+        assert os.path.getsize(tmp / "logs" / "pre" / name) > 0, name
+    for name in ("last.pt", "epoch_0001.pt", "epoch_0002.pt"):
+        assert os.path.isfile(tmp / "ckpts" / "pre" / name), name
+    assert not [f for f in os.listdir(tmp / "ckpts" / "pre") if f.endswith(".tmp")]
+    rows = read_csv(tmp / "logs" / "pre" / "metrics.csv")
+    steps = [r for r in rows if r["kind"] == "step"]
+    epochs = [r for r in rows if r["kind"] == "epoch"]
+    assert len(steps) == 4 and len(epochs) == 2  # 64 images / 32 per batch = 2 steps x 2 epochs
+    assert all(float(r["loss"]) > 0 and float(r["images_per_s"]) > 0 for r in steps)
+    # warmup over epoch 1 (lr 0 -> 0.0125), then cosine from 0.1 x 32/256 = 0.0125
+    assert [float(r["lr"]) for r in steps][:3] == pytest.approx([0.0, 0.00625, 0.0125])
+    args = json.load(open(tmp / "logs" / "pre" / "args.json"))
+    assert args["model_name"] == "simclr" and args["lr"] == pytest.approx(0.0125)
+
+
+def test_checkpoint_holds_what_resuming_needs(runs):
+    tmp, _, _ = runs
+    state = load_checkpoint(str(tmp / "ckpts" / "pre" / "last.pt"))
+    assert {"args", "epoch", "model", "optimizer", "rng", "step", "format_version"} <= set(state)
+    assert state["epoch"] == 2 and state["step"] == 4 and state["kind"] == "pretrain"
+    assert any(k.startswith("backbone.") for k in state["model"])
+
+
+def test_linear_evaluation_writes_results_and_plots(runs):
+    tmp, _, results = runs
+    run = tmp / "logs" / "lin"
+    for name in ("args.json", "metrics.csv", "loss.png", "lr.png", "accuracy.png", "results.json"):
+        assert os.path.getsize(run / name) > 0, name
+    saved = json.load(open(run / "results.json"))
+    assert saved == results
+    assert saved["pretrain_checkpoint"].endswith(os.path.join("pre", "last.pt"))
+    for key in ("model_name", "backbone", "dataset_name", "epochs", "acc1", "acc5", "wall_time_s"):
+        assert key in saved
+    assert 0 <= saved["acc1"] <= saved["acc5"] <= 100
+    epochs = [r for r in read_csv(run / "metrics.csv") if r["kind"] == "epoch"]
+    assert len(epochs) == 2 and all(r["val_acc1"] and r["val_acc5"] for r in epochs)
+
+
+def test_linear_probe_keeps_the_backbone_frozen(tmp_path):
+    from networks import build_backbone
+    from networks.heads import LinearClassifier
+    from utils.logging import MetricsLogger
+
+    backbone, feat_dim = build_backbone("resnet18", 16)
+    backbone.requires_grad_(False)
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    classifier = LinearClassifier(feat_dim, 10)
+    weight_before = classifier.fc.weight.clone()
+    optimizer = torch.optim.SGD(classifier.parameters(), lr=0.1)
+    loader = [(torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))) for _ in range(3)]
+    args = main_linear.get_args_parser().parse_args(["--num_epochs", "1", "--print_freq", "1"])
+    logger = MetricsLogger(str(tmp_path), ["loss", "lr", "images_per_s"], tensorboard=False)
+    main_linear.train_one_epoch(
+        classifier, backbone, optimizer, loader, [0.1] * 3, torch.device("cpu"), 0, args, logger
+    )
+    for key, value in backbone.state_dict().items():  # BatchNorm running stats included
+        assert torch.equal(value, before[key]), key
+    assert not torch.equal(classifier.fc.weight, weight_before)
+
+
+def test_resume_continues_from_the_last_epoch(run_dirs, capsys):
+    pretrain(run_dirs, "--num_epochs", "1")
+    result = pretrain(run_dirs, "--resume", "auto")
+    assert "resumed from" in capsys.readouterr().out
+    rows = read_csv(os.path.join(result["log_dir"], "metrics.csv"))
+    assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == ["1", "2"]  # appended, not redone
+
+
+def test_existing_run_folder_is_not_overwritten(run_dirs):
+    pretrain(run_dirs, "--num_epochs", "1")
+    from utils.misc import UserError
+
+    with pytest.raises(UserError, match="already exists"):
+        pretrain(run_dirs, "--num_epochs", "1")

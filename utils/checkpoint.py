@@ -1,0 +1,86 @@
+"""Checkpoints: atomic writes, clear errors on bad files, the newest matching run for main_linear.
+
+A checkpoint is a plain dict: format_version, args, epoch (epochs completed), step, model,
+optimizer, rng, plus whatever a method needs to resume exactly.
+"""
+
+import glob
+import os
+import pickle
+import random
+import zipfile
+
+import numpy as np
+import torch
+
+from utils.misc import UserError
+
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(state: dict, path: str) -> None:
+    """Write a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    torch.save({"format_version": FORMAT_VERSION, **state}, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str) -> dict:
+    """Read a checkpoint on the CPU; a missing, truncated or too-new file is a UserError."""
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        message = f"checkpoint {path} is unreadable (truncated or not a checkpoint): {err}"
+        raise UserError(message) from err
+    if not isinstance(state, dict) or "model" not in state:
+        raise UserError(f"{path} is not a checkpoint of this toolkit (no 'model' entry)")
+    version = state.get("format_version", 0)
+    if version > FORMAT_VERSION:
+        raise UserError(
+            f"checkpoint {path} has format {version}, newer than this code's {FORMAT_VERSION}: "
+            "update the toolkit"
+        )
+    return state
+
+
+def find_checkpoint(ckpt_dir: str, model_name: str, backbone: str, dataset_name: str) -> str | None:
+    """The most recently written pretraining `last.pt` under `ckpt_dir` whose run used the same
+    method, backbone and data set (read from the args stored inside, memory-mapped, so cheap)."""
+    candidates = glob.glob(os.path.join(ckpt_dir, "*", "last.pt"))
+    for path in sorted(candidates, key=os.path.getmtime, reverse=True):
+        try:
+            state = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+            args = state["args"]
+        except Exception:  # a broken file is skipped here; loading it explicitly reports why
+            continue
+        if state.get("kind") == "pretrain" and (
+            args.get("model_name"),
+            args.get("backbone"),
+            args.get("dataset_name"),
+        ) == (
+            model_name,
+            backbone,
+            dataset_name,
+        ):
+            return path
+    return None
+
+
+def rng_state() -> dict:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

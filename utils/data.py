@@ -1,0 +1,129 @@
+"""Data sets by name (DESIGN §3): synthetic, cifar10, cifar100, stl10, svhn, imagefolder.
+
+Every data set is returned as a torch Dataset of (transformed image, int label) pairs, so the
+pretraining and evaluation loops never need to know which one they read.
+"""
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import Dataset, Subset
+from torchvision import datasets
+
+from utils.misc import UserError
+from utils.synthetic import SyntheticShapes
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    num_classes: int | None  # None: read from the folder
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    image_size: int  # native size: decides whether the eval transform resizes
+
+
+IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+DATASETS = {
+    "synthetic": DatasetInfo(10, (0.501, 0.500, 0.496), (0.295, 0.298, 0.291), 32),
+    "cifar10": DatasetInfo(10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 32),
+    "cifar100": DatasetInfo(100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 32),
+    "stl10": DatasetInfo(10, (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713), 96),
+    "svhn": DatasetInfo(10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), 32),
+    "imagefolder": DatasetInfo(None, *IMAGENET_MEAN_STD, 224),
+}
+
+
+def _torchvision_dataset(name: str, root: str, train: bool, transform, download: bool) -> Dataset:
+    split = "train" if train else "test"
+    builders = {
+        "cifar10": lambda: datasets.CIFAR10(
+            root, train=train, transform=transform, download=download
+        ),
+        "cifar100": lambda: datasets.CIFAR100(
+            root, train=train, transform=transform, download=download
+        ),
+        "stl10": lambda: datasets.STL10(root, split=split, transform=transform, download=download),
+        "svhn": lambda: datasets.SVHN(root, split=split, transform=transform, download=download),
+    }
+    try:
+        return builders[name]()
+    except RuntimeError as err:
+        if download:
+            raise UserError(f"could not download {name} into {root}: {err}") from err
+        raise UserError(
+            f"{name} not found under {os.path.abspath(root)}: pass --download to fetch it, "
+            f"or --data_dir pointing at the folder that holds it"
+        ) from err
+    except OSError as err:  # no network while downloading
+        raise UserError(f"could not download {name} into {root}: {err}") from err
+
+
+def _image_folder(root: str, train: bool, transform) -> Dataset:
+    candidates = ["train"] if train else ["test", "val"]
+    for sub in candidates:
+        path = os.path.join(root, sub)
+        if os.path.isdir(path):
+            try:
+                return datasets.ImageFolder(path, transform=transform)
+            except (FileNotFoundError, RuntimeError) as err:
+                raise UserError(f"no images in {path}: {err}") from err
+    looked = " or ".join(os.path.join(os.path.abspath(root), s) for s in candidates)
+    raise UserError(
+        f"image folder not found: looked for {looked}; "
+        f"set --data_dir to a folder holding train/ and test/ (or val/) class folders"
+    )
+
+
+def build_dataset(
+    name: str,
+    data_dir: str,
+    train: bool,
+    transform: Callable | None = None,
+    download: bool = False,
+    seed: int = 0,
+) -> Dataset:
+    """The train or test split of data set `name`, images passed through `transform`."""
+    if name == "synthetic":
+        # the data seed is fixed, not --seed: every run sees the same images
+        return SyntheticShapes(train=train, transform=transform, seed=0)
+    if name == "imagefolder":
+        return _image_folder(data_dir, train, transform)
+    if name in DATASETS:
+        return _torchvision_dataset(name, data_dir, train, transform, download)
+    raise UserError(f"unknown data set {name!r}; choose from {sorted(DATASETS)}")
+
+
+def dataset_targets(dataset: Dataset) -> list[int]:
+    """Labels of every item, read without decoding a single image."""
+    if isinstance(dataset, Subset):
+        targets = dataset_targets(dataset.dataset)
+        return [targets[i] for i in dataset.indices]
+    for attr in ("targets", "labels"):
+        if hasattr(dataset, attr):
+            return [int(t) for t in getattr(dataset, attr)]
+    raise TypeError(f"cannot read the labels of {type(dataset).__name__}")
+
+
+def num_classes_of(dataset: Dataset) -> int:
+    if isinstance(dataset, Subset):
+        return num_classes_of(dataset.dataset)
+    if hasattr(dataset, "classes"):
+        return len(dataset.classes)
+    return int(max(dataset_targets(dataset))) + 1
+
+
+def balanced_subset(dataset: Dataset, limit: int | None) -> Dataset:
+    """The first `limit` images, taking the same number from every class (for smoke runs)."""
+    if limit is None or limit >= len(dataset):
+        return dataset
+    targets = torch.tensor(dataset_targets(dataset))
+    classes = targets.unique()
+    per_class, extra = divmod(limit, len(classes))
+    indices = []
+    for rank, c in enumerate(classes.tolist()):
+        take = per_class + (1 if rank < extra else 0)
+        indices.extend((targets == c).nonzero().flatten()[:take].tolist())
+    return Subset(dataset, sorted(indices))

@@ -1,0 +1,73 @@
+"""Weighted kNN classifier on frozen features (Wu et al. 2018; the monitor of DINO and solo-learn).
+
+A test image's k most cosine-similar training images vote for their labels with weight
+exp(similarity / T); the class with the largest total wins.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@torch.no_grad()
+def knn_scores(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    num_classes: int,
+    k: int = 200,
+    temperature: float = 0.1,
+    chunk_size: int = 1024,
+) -> Tensor:
+    """[M, C] summed vote weights of every class for each of the M test rows.
+
+    Chunked over test rows so that 50,000 x 10,000 similarities never sit in memory at once.
+    """
+    train = F.normalize(train_features.float(), dim=1)
+    labels = train_labels.to(train.device).long()
+    k = min(k, train.shape[0])
+    scores = []
+    for start in range(0, test_features.shape[0], chunk_size):
+        query = F.normalize(
+            test_features[start : start + chunk_size].float().to(train.device), dim=1
+        )
+        sim, idx = (query @ train.T).topk(k, dim=1)  # chunk x k
+        weights = (sim / temperature).exp()
+        votes = torch.zeros(query.shape[0], num_classes, device=train.device)
+        votes.scatter_add_(1, labels[idx], weights)
+        scores.append(votes)
+    return torch.cat(scores)
+
+
+def weighted_knn(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    num_classes: int,
+    k: int = 200,
+    temperature: float = 0.1,
+) -> Tensor:
+    """Predicted label of each test row (DESIGN §8)."""
+    scores = knn_scores(train_features, train_labels, test_features, num_classes, k, temperature)
+    return scores.argmax(dim=1)
+
+
+@torch.no_grad()
+def extract_features(backbone: nn.Module, loader, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Features and labels of every image of `loader`, backbone in eval mode (kept on CPU)."""
+    was_training = backbone.training
+    backbone.eval()
+    features, labels = [], []
+    for images, targets in loader:
+        features.append(backbone(images.to(device, non_blocking=True)).float().cpu())
+        labels.append(targets)
+    backbone.train(was_training)
+    return torch.cat(features), torch.cat(labels)
+
+
+def topk_accuracy(scores: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) -> list[float]:
+    """Percent of rows whose label is among the top-k scores, for each k (k capped at C)."""
+    maxk = min(max(ks), scores.shape[1])
+    top = scores.topk(maxk, dim=1).indices
+    hits = top == labels.view(-1, 1).to(top.device)
+    return [100.0 * hits[:, : min(k, maxk)].any(dim=1).float().mean().item() for k in ks]

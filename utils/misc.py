@@ -1,0 +1,96 @@
+"""Small helpers shared by the entry points: clear user errors, flags, seeding, device choice."""
+
+import argparse
+import os
+import random
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import torch
+
+
+class UserError(Exception):
+    """A mistake in the user's input (flag, path, checkpoint): shown as one line, exit code 2."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one line (no usage dump) and exits with code 2."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def bool_flag(value: str) -> bool:
+    """Parse 'true/false/1/0/yes/no/on/off' so that a boolean flag can be switched both ways."""
+    lowered = value.lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {value!r}")
+
+
+def positive_int(value: str) -> int:
+    number = int(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return number
+
+
+def non_negative_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}")
+    return number
+
+
+def non_negative_float(value: str) -> float:
+    number = float(value)
+    if not number >= 0:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}")
+    return number
+
+
+def run_cli(main, parser: argparse.ArgumentParser, argv: list[str] | None = None) -> None:
+    """Run `main(args)`; a UserError ends the program with one line on stderr and exit code 2."""
+    args = parser.parse_args(argv)
+    try:
+        main(args)
+    except UserError as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`cuda` falls back to the CPU with a warning, so the original commands run on a laptop."""
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        warnings.warn("CUDA is not available: running on the CPU instead", stacklevel=2)
+        return torch.device("cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as err:
+        raise UserError(
+            f"--device {name!r} is not a device name (use cuda, cuda:N or cpu)"
+        ) from err
+
+
+def git_sha() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"

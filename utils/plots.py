@@ -1,0 +1,75 @@
+"""PNG plots of a run, drawn from its metrics.csv (so they always show what was logged)."""
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers
+import matplotlib.pyplot as plt  # noqa: E402
+
+from utils.logging import read_metrics  # noqa: E402
+
+
+def _series(rows: list[dict], kind: str, key: str) -> tuple[list[float], list[float]]:
+    points = [(float(r["epoch"]), float(r[key])) for r in rows if r["kind"] == kind and r.get(key)]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def _plot(path: str, title: str, ylabel: str, curves: list[tuple[str, list, list, str]]) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for label, xs, ys, style in curves:
+        if xs:
+            ax.plot(xs, ys, style, label=label, markersize=4)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if len(curves) > 1:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_run(run_dir: str, title: str) -> list[str]:
+    """Write loss.png and lr.png (and accuracy.png / knn.png when measured) into `run_dir`."""
+    rows = read_metrics(run_dir)
+    paths = []
+
+    def out(name: str) -> str:
+        paths.append(os.path.join(run_dir, name))
+        return paths[-1]
+
+    loss_curves = [
+        ("train loss (steps)", *_series(rows, "step", "loss"), "-"),
+        ("train loss (epoch mean)", *_series(rows, "epoch", "loss"), "o-"),
+    ]
+    val_loss = _series(rows, "epoch", "val_loss")
+    if val_loss[0]:
+        loss_curves.append(("validation loss", *val_loss, "s-"))
+    _plot(out("loss.png"), f"{title}: loss", "loss", loss_curves)
+    _plot(
+        out("lr.png"),
+        f"{title}: learning rate",
+        "learning rate",
+        [
+            ("lr", *_series(rows, "step", "lr"), "-"),
+        ],
+    )
+    acc1, acc5 = _series(rows, "epoch", "val_acc1"), _series(rows, "epoch", "val_acc5")
+    if acc1[0]:
+        _plot(
+            out("accuracy.png"),
+            f"{title}: validation accuracy",
+            "accuracy (%)",
+            [
+                ("Acc@1", *acc1, "o-"),
+                ("Acc@5", *acc5, "s-"),
+            ],
+        )
+    knn = _series(rows, "epoch", "knn_acc1")
+    if knn[0]:
+        _plot(
+            out("knn.png"), f"{title}: kNN accuracy", "kNN Acc@1 (%)", [("kNN Acc@1", *knn, "o-")]
+        )
+    return paths

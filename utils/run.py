@@ -1,0 +1,106 @@
+"""Plumbing shared by main.py and main_linear.py: run folders, data loaders, the lr schedule."""
+
+import json
+import os
+import time
+from argparse import Namespace
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from optimizers import scale_lr
+from optimizers.cosine_decay_warmup import cosine_scheduler
+from utils.logging import write_json
+from utils.misc import UserError, git_sha
+
+
+def default_run_name(args: Namespace, prefix: str = "") -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return f"{prefix}{args.model_name}_{args.backbone}_{args.dataset_name}_{stamp}"
+
+
+def prepare_run_dirs(args: Namespace, resuming: bool) -> tuple[str, str]:
+    """Create `<logs_dir>/<run_name>` and `<ckpt_dir>/<run_name>`, refusing to reuse a finished or
+    running folder unless resuming (so nothing is overwritten by accident)."""
+    log_dir = os.path.join(args.logs_dir, args.run_name)
+    ckpt_dir = os.path.join(args.ckpt_dir, args.run_name)
+    if not resuming and (os.path.exists(log_dir) or os.path.exists(ckpt_dir)):
+        raise UserError(
+            f"run folder {log_dir} already exists: pass another --run_name, "
+            f"or --resume auto to continue it"
+        )
+    os.makedirs(log_dir, exist_ok=True)
+    os.makedirs(ckpt_dir, exist_ok=True)
+    return log_dir, ckpt_dir
+
+
+def save_args(log_dir: str, args: Namespace) -> None:
+    """args.json: every flag, the derived values (scaled lr, run name) and the code version."""
+    write_json(os.path.join(log_dir, "args.json"), {**vars(args), "git_sha": git_sha()})
+
+
+def print_args(args: Namespace) -> None:
+    print(f"git sha: {git_sha()}")
+    print(json.dumps(vars(args), indent=None, sort_keys=True, default=str))
+
+
+def make_loader(dataset: Dataset, args: Namespace, device: torch.device, train: bool) -> DataLoader:
+    """A loader whose shuffling is re-seeded from (seed, epoch) by `seed_epoch`, so that the order
+    of an epoch does not depend on what ran before it (a resumed run sees the same batches)."""
+    if train and args.batch_size > len(dataset):
+        if not args.limit:
+            raise UserError(
+                f"--batch_size {args.batch_size} is larger than the training set "
+                f"({len(dataset)} images): lower --batch_size"
+            )
+        # a smoke run (--limit) of a real recipe: one batch of everything, lr scaled to match
+        print(
+            f"note: --batch_size {args.batch_size} > {len(dataset)} images after --limit; "
+            f"using batches of {len(dataset)}"
+        )
+        args.batch_size = len(dataset)
+    generator = torch.Generator()
+    generator.manual_seed(args.seed)
+    return DataLoader(
+        dataset,
+        batch_size=args.batch_size,
+        shuffle=train,
+        drop_last=train,  # equal batches: BatchNorm and contrastive losses dislike a tiny last one
+        num_workers=args.num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=args.num_workers > 0,
+        generator=generator,
+    )
+
+
+def seed_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
+    loader.generator.manual_seed(seed * 100_003 + epoch)
+
+
+def build_lr_schedule(args: Namespace, steps_per_epoch: int) -> np.ndarray:
+    """Scale base/warmup/final lr by the batch size once (DESIGN §2), print it, return the
+    per-step cosine schedule with linear warmup (DESIGN §6). Sets `args.lr` to the scaled base."""
+    scale = lambda lr: scale_lr(lr, args.batch_size, args.lr_scaling)  # noqa: E731
+    args.lr = scale(args.base_lr)
+    warmup_epochs = args.warmup_epochs
+    if warmup_epochs >= args.num_epochs:
+        warmup_epochs = max(args.num_epochs - 1, 0)
+        print(
+            f"note: --warmup_epochs {args.warmup_epochs} >= --num_epochs {args.num_epochs}; "
+            f"warming up for {warmup_epochs} epoch(s) instead"
+        )
+    print(
+        f"lr = {args.base_lr} x {args.batch_size}/256 -> {args.lr:.6g} ({args.lr_scaling} "
+        "scaling); "
+        f"warmup from {scale(args.warmup_lr):.6g} over {warmup_epochs} epoch(s), "
+        f"cosine to {scale(args.final_lr):.6g}"
+    )
+    return cosine_scheduler(
+        args.lr,
+        scale(args.final_lr),
+        args.num_epochs,
+        steps_per_epoch,
+        warmup_epochs=warmup_epochs,
+        start_warmup_value=scale(args.warmup_lr),
+    )
