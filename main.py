@@ -36,6 +36,7 @@ from utils.misc import (
     bool_flag,
     non_negative_float,
     non_negative_int,
+    positive_float,
     positive_int,
     resolve_device,
     run_cli,
@@ -121,7 +122,7 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
         "--batch_size",
         type=positive_int,
         default=512,
-        help="global batch size; lrs scale with it (default: 512)",
+        help="global batch size; lrs scale with it (default: %(default)s)",
     )
     group.add_argument(
         "--num_workers",
@@ -188,7 +189,7 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
         "--base_lr",
         type=non_negative_float,
         default=0.03,
-        help="peak lr for a batch of 256 (default: 0.03)",
+        help="peak lr for a batch of 256 (default: %(default)s)",
     )
     group.add_argument(
         "--final_lr",
@@ -197,7 +198,7 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
         help="lr at the end of the cosine, before batch scaling (default: 0)",
     )
     group.add_argument(
-        "--num_epochs", type=positive_int, default=800, help="training epochs (default: 800)"
+        "--num_epochs", type=positive_int, default=800, help="training epochs (default: %(default)s)"
     )
     group.add_argument(
         "--lr_scaling",
@@ -212,6 +213,25 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
         const=True,
         default=False,
         help="keep the predictor's lr fixed at the base lr, as SimSiam (default: false)",
+    )
+    group.add_argument(
+        "--lars_eta",
+        type=positive_float,
+        default=0.001,
+        help="trust coefficient of lars and lars_simclr (default: 0.001)",
+    )
+    group.add_argument(
+        "--larc_trust_coefficient",
+        type=positive_float,
+        default=0.02,
+        help="trust coefficient of larc (default: 0.02, NVIDIA apex; SwAV uses 0.001)",
+    )
+    group.add_argument(
+        "--larc_clip",
+        type=bool_flag,
+        default=True,
+        help="larc clips the adaptive lr at the global lr (true) or scales it (false, SwAV) "
+        "(default: true)",
     )
 
     # Augmentation
@@ -427,6 +447,10 @@ def main(args) -> dict:
     title = f"{args.model_name} / {args.backbone} / {args.dataset_name}"
     stats: dict[str, float] = {}
     start_time = time.time()
+    if args.knn_freq and start_epoch == 0:  # the untrained network: the baseline of the curve
+        knn_acc1 = knn_monitor(model.backbone, *knn_loaders, device, args)
+        logger.log("epoch", 0, 0, knn_acc1=knn_acc1)
+        print(f"epoch 0 (random initialisation): knn_acc1 {knn_acc1:.4g}")
     for epoch in range(start_epoch, args.num_epochs):
         seed_epoch(loader, args.seed, epoch)
         stats = train_one_epoch(model, optimizer, loader, lr_schedule, device, epoch, args, logger)

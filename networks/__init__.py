@@ -38,8 +38,15 @@ def build_backbone(name: str, image_size: int, pretrained: bool = False) -> tupl
     return BACKBONES[name](image_size, pretrained)
 
 
-def load_pretrained(model: nn.Module, name: str) -> None:
-    """Load torchvision's ImageNet weights for `name` from the local torch cache only."""
+def load_pretrained(
+    model: nn.Module,
+    name: str,
+    fix_keys: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
+) -> None:
+    """Load torchvision's ImageNet weights for `name` from the local torch cache only.
+
+    `fix_keys` renames the keys of an old checkpoint format (DenseNet's `norm.1` style) first.
+    """
     weights = torchvision.models.get_model_weights(name).DEFAULT
     path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
     if not os.path.isfile(path):
@@ -47,7 +54,8 @@ def load_pretrained(model: nn.Module, name: str) -> None:
             f"--pretrained: ImageNet weights for {name} not found at {path}; "
             f"download {weights.url} there on a machine with internet, or drop --pretrained"
         )
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(fix_keys(state_dict) if fix_keys else state_dict)
 
 
 def warn_reinitialised_stem(name: str) -> None:
@@ -58,4 +66,12 @@ def warn_reinitialised_stem(name: str) -> None:
     )
 
 
-from networks import resnet  # noqa: E402,F401  (fills BACKBONES)
+def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
+    """`--sync_bn`: BatchNorm layers become SyncBatchNorm, so that batch statistics are taken over
+    all processes; the model is returned unchanged unless torch.distributed is initialised."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
+from networks import alexnet, densenet, efficientnet, resnet, small, vgg  # noqa: E402,F401  (fill BACKBONES)

@@ -6,7 +6,8 @@ Policy (which parameters get weight decay), following each optimizer's usual rec
     adamw              AdamW, biases and norm weights excluded from decay (DINO's param groups)
     lars, lars_simclr  1-D parameters (biases, norms) excluded from decay and adaptation inside
                        the optimizer (SimCLR, BYOL, Barlow Twins)
-    larc               LARC wrapping momentum SGD (SwAV)
+    larc               LARC wrapping momentum SGD (apex defaults; SwAV: --larc_trust_coefficient
+                       0.001 --larc_clip false)
 Parameters whose name starts with "predictor." form their own group, which keeps a fixed lr
 when `--fix_pred_lr` is given (SimSiam).
 """
@@ -14,11 +15,18 @@ when `--fix_pred_lr` is given (SimSiam).
 import math
 from argparse import Namespace
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Union
 
 import torch
 from torch import nn
 
-OPTIMIZERS: dict[str, Callable[[list[dict], Namespace], torch.optim.Optimizer]] = {}
+if TYPE_CHECKING:
+    from optimizers.larc import LARC
+
+# LARC wraps an optimizer rather than being one, but offers the same interface
+AnyOptimizer = Union[torch.optim.Optimizer, "LARC"]
+
+OPTIMIZERS: dict[str, Callable[[list[dict], Namespace], AnyOptimizer]] = {}
 
 
 def register(name: str):
@@ -63,7 +71,7 @@ def param_groups(
     return list(groups.values())
 
 
-def build_optimizer(args: Namespace, model: nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(args: Namespace, model: nn.Module) -> AnyOptimizer:
     """The optimizer `args.optimizer` over `model`'s trainable parameters, at lr `args.lr`."""
     if args.optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {args.optimizer!r}; choose from {sorted(OPTIMIZERS)}")

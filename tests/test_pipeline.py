@@ -167,3 +167,22 @@ def test_existing_run_folder_is_not_overwritten(run_dirs):
 
     with pytest.raises(UserError, match="already exists"):
         pretrain(run_dirs, "--num_epochs", "1")
+
+
+def test_design_commands_run_end_to_end(run_dirs):
+    """DESIGN §2's SimSiam pretraining and both linear commands (SGD base_lr 30, LARS base_lr
+    0.02), as written plus tiny-run overrides (small_cnn for speed), chain through the
+    newest-checkpoint lookup."""
+    from test_args import DESIGN_COMMANDS
+
+    tiny = [*TINY, *run_dirs, "--num_epochs", "1", "--limit", "32", "--backbone", "small_cnn"]
+    for command in DESIGN_COMMANDS[1:]:
+        script, *argv = command.split()[1:]
+        module = main if script == "main.py" else main_linear
+        args = module.get_args_parser().parse_args([*argv, *tiny])
+        out = module.main(args)
+        if module is main_linear:
+            assert os.path.basename(os.path.dirname(out["pretrain_checkpoint"])).startswith(
+                "simsiam_small_cnn"
+            )
+            assert 0 <= out["acc1"] <= out["acc5"] <= 100

@@ -53,6 +53,13 @@ def non_negative_float(value: str) -> float:
     return number
 
 
+def positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value!r}")
+    return number
+
+
 def run_cli(main, parser: argparse.ArgumentParser, argv: list[str] | None = None) -> None:
     """Run `main(args)`; a UserError ends the program with one line on stderr and exit code 2."""
     args = parser.parse_args(argv)

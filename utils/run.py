@@ -16,8 +16,15 @@ from utils.misc import UserError, git_sha
 
 
 def default_run_name(args: Namespace, prefix: str = "") -> str:
+    """`<prefix><method>_<backbone>_<dataset>_<timestamp>`, with a suffix when runs started in
+    the same second (a script launching several) would otherwise share the folder."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return f"{prefix}{args.model_name}_{args.backbone}_{args.dataset_name}_{stamp}"
+    name = base = f"{prefix}{args.model_name}_{args.backbone}_{args.dataset_name}_{stamp}"
+    count = 1
+    while any(os.path.exists(os.path.join(d, name)) for d in (args.logs_dir, args.ckpt_dir)):
+        count += 1
+        name = f"{base}-{count}"
+    return name
 
 
 def prepare_run_dirs(args: Namespace, resuming: bool) -> tuple[str, str]:
