@@ -198,7 +198,10 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
         help="lr at the end of the cosine, before batch scaling (default: 0)",
     )
     group.add_argument(
-        "--num_epochs", type=positive_int, default=800, help="training epochs (default: %(default)s)"
+        "--num_epochs",
+        type=positive_int,
+        default=800,
+        help="training epochs (default: %(default)s)",
     )
     group.add_argument(
         "--lr_scaling",

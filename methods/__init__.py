@@ -35,4 +35,4 @@ def build_method(name: str, backbone: nn.Module, feat_dim: int, /, **kwargs) -> 
     return cls(backbone, feat_dim, **kwargs)
 
 
-from methods import simclr, simsiam  # noqa: E402,F401  (fills METHODS)
+from methods import barlowtwins, simclr, simsiam, supcon, vicreg  # noqa: E402,F401  (fills METHODS)

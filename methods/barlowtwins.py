@@ -1,0 +1,73 @@
+"""Barlow Twins: Zbontar, Jing, Misra, LeCun, Deny, "Barlow Twins: Self-Supervised Learning via
+Redundancy Reduction", ICML 2021 (https://arxiv.org/abs/2103.03230).
+
+Loss: standardise each of the D dimensions of both views' projections over the batch (zero mean,
+unit biased std, as BatchNorm1d without affine), take the D x D cross-correlation
+C = z1ᵀ z2 / N, and push it to the identity:
+
+    L = sum_i (1 - C_ii)² + λ sum_i sum_{j != i} C_ij².
+
+No negatives, no predictor, no stop-gradient: decorrelating the dimensions prevents collapse.
+
+Default recipe (paper, ImageNet): ResNet-50, projector of 3 linear layers 8192-8192-8192 with BN
+and ReLU between them (none after the last), λ = 5e-3, LARS with lr 0.2 (weights) and 0.0048
+(biases and BN) x B/256, batch 2048, 10 warmup epochs then cosine, weight decay 1.5e-6,
+1000 epochs. At CIFAR scale this module defaults to a 2048-2048-2048 projector (solo-learn's
+CIFAR configuration).
+"""
+
+import torch
+from torch import Tensor, nn
+
+from methods import register
+from networks.heads import build_mlp
+
+
+def _standardise(z: Tensor, eps: float = 1e-5) -> Tensor:
+    """Per-dimension (z - mean) / sqrt(biased var + eps) over the batch: BatchNorm1d(affine=False)
+    in training mode."""
+    return (z - z.mean(0)) / torch.sqrt(z.var(0, unbiased=False) + eps)
+
+
+def barlow_twins_loss(z1: Tensor, z2: Tensor, lambd: float = 5e-3) -> Tensor:
+    """Barlow Twins redundancy-reduction loss.
+
+    Args:
+        z1: [N, D] projections of the first views.
+        z2: [N, D] projections of the second views; row i is the same image as z1's row i.
+        lambd: λ, the weight of the off-diagonal (redundancy) term.
+
+    Returns:
+        Scalar: sum_i (1 - C_ii)² + λ sum_{i != j} C_ij², C = standardised z1ᵀ z2 / N ([D, D]).
+    """
+    n, d = z1.shape
+    # (a distributed version all-reduces the sum z1ᵀz2 and divides by the global batch here, with
+    # the standardisation statistics also taken over the global batch, as SyncBatchNorm does)
+    c = _standardise(z1).T @ _standardise(z2) / n  # D x D
+    off_diagonal = ~torch.eye(d, dtype=torch.bool, device=c.device)
+    on_diag = (1 - c.diagonal()).pow(2).sum()
+    off_diag = c[off_diagonal].pow(2).sum()
+    return on_diag + lambd * off_diag
+
+
+@register("barlowtwins")
+class BarlowTwins(nn.Module):
+    """Backbone + 3-layer projector (BN+ReLU between layers, none after the last); the loss
+    standardises the projections itself."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        feat_dim: int,
+        proj_hidden_dim: int = 2048,
+        proj_dim: int = 2048,
+        lambd: float = 5e-3,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.projector = build_mlp(3, feat_dim, proj_hidden_dim, proj_dim)
+        self.lambd = lambd
+
+    def forward(self, views: list[Tensor], labels: Tensor | None = None) -> dict[str, Tensor]:
+        z1, z2 = self.projector(self.backbone(torch.cat(views[:2]))).chunk(2)
+        return {"loss": barlow_twins_loss(z1, z2, self.lambd), "z1": z1, "z2": z2}

@@ -1,0 +1,94 @@
+"""VICReg: Bardes, Ponce, LeCun, "VICReg: Variance-Invariance-Covariance Regularization for
+Self-Supervised Learning", ICLR 2022 (https://arxiv.org/abs/2105.04906).
+
+Loss: with z1, z2 the [N, D] embeddings (expander outputs) of two views,
+
+    L = λ s(z1, z2) + μ [v(z1) + v(z2)] / 2 + ν [c(z1) + c(z2)],
+    s = MSE(z1, z2)                                   (invariance, mean over N·D entries),
+    v(z) = mean_j relu(1 - sqrt(Var(z_j) + ε))        (variance: hinge on each dimension's std),
+    c(z) = sum_{i != j} Cov(z)_ij² / D                (covariance: decorrelate the dimensions),
+
+with Var and Cov unbiased (N - 1) over the batch.
+
+Default recipe (paper, ImageNet): ResNet-50, expander of 3 linear layers 8192-8192-8192 with BN and
+ReLU between them (none after the last), λ = μ = 25, ν = 1, ε = 1e-4, LARS with lr 0.2 x B/256
+(base lr 0.2 in the paper), batch 2048, 10 warmup epochs then cosine, weight decay 1e-6,
+1000 epochs. At CIFAR scale this module defaults to a 2048-2048-2048 expander.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from methods import register
+from networks.heads import build_mlp
+
+
+def _variance_loss(z: Tensor, eps: float) -> Tensor:
+    """mean over dimensions of relu(1 - sqrt(unbiased var + eps))."""
+    return F.relu(1 - torch.sqrt(z.var(0) + eps)).mean()
+
+
+def _covariance_loss(z: Tensor) -> Tensor:
+    """Sum of the squared off-diagonal entries of the unbiased covariance, divided by D."""
+    n, d = z.shape
+    z = z - z.mean(0)
+    cov = z.T @ z / (n - 1)  # D x D
+    off_diagonal = ~torch.eye(d, dtype=torch.bool, device=z.device)
+    return cov[off_diagonal].pow(2).sum() / d
+
+
+def vicreg_loss(
+    z1: Tensor,
+    z2: Tensor,
+    sim_coeff: float = 25.0,
+    std_coeff: float = 25.0,
+    cov_coeff: float = 1.0,
+    eps: float = 1e-4,
+) -> Tensor:
+    """VICReg: invariance + variance + covariance terms.
+
+    Args:
+        z1: [N, D] embeddings of the first views.
+        z2: [N, D] embeddings of the second views; row i is the same image as z1's row i.
+        sim_coeff: λ, weight of the invariance (MSE) term.
+        std_coeff: μ, weight of the variance term (averaged over the two branches).
+        cov_coeff: ν, weight of the covariance term (summed over the two branches).
+        eps: ε added to the variance inside the square root.
+
+    Returns:
+        Scalar loss.
+    """
+    invariance = F.mse_loss(z1, z2)
+    # (a distributed version gathers z1 and z2 over all processes here, with gradients, as the
+    # official code does: variance and covariance are then taken over the global batch)
+    variance = 0.5 * (_variance_loss(z1, eps) + _variance_loss(z2, eps))
+    covariance = _covariance_loss(z1) + _covariance_loss(z2)
+    return sim_coeff * invariance + std_coeff * variance + cov_coeff * covariance
+
+
+@register("vicreg")
+class VICReg(nn.Module):
+    """Backbone + 3-layer expander (BN+ReLU between layers, none after the last); VICReg loss."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        feat_dim: int,
+        proj_hidden_dim: int = 2048,
+        proj_dim: int = 2048,
+        sim_coeff: float = 25.0,
+        std_coeff: float = 25.0,
+        cov_coeff: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.projector = build_mlp(3, feat_dim, proj_hidden_dim, proj_dim)
+        self.sim_coeff = sim_coeff
+        self.std_coeff = std_coeff
+        self.cov_coeff = cov_coeff
+
+    def forward(self, views: list[Tensor], labels: Tensor | None = None) -> dict[str, Tensor]:
+        z1, z2 = self.projector(self.backbone(torch.cat(views[:2]))).chunk(2)
+        loss = vicreg_loss(z1, z2, self.sim_coeff, self.std_coeff, self.cov_coeff)
+        return {"loss": loss, "z1": z1, "z2": z2}
