@@ -255,7 +255,10 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
     # Method hyper-parameters: None keeps each method's paper default
     group = parser.add_argument_group("method hyper-parameters (default: the method's own)")
     group.add_argument(
-        "--temperature", type=float, default=None, help="softmax temperature (SimCLR: 0.5)"
+        "--temperature",
+        type=positive_float,
+        default=None,
+        help="softmax temperature (SimCLR: 0.5, SupCon: 0.1)",
     )
     group.add_argument(
         "--proj_hidden_dim",
@@ -275,6 +278,19 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
         default=None,
         help="predictor bottleneck size (SimSiam: 512)",
     )
+    group.add_argument(
+        "--lambd",
+        type=non_negative_float,
+        default=None,
+        help="weight of the off-diagonal terms (Barlow Twins: 5e-3)",
+    )
+    for name, default in (("sim", 25.0), ("std", 25.0), ("cov", 1.0)):
+        group.add_argument(
+            f"--{name}_coeff",
+            type=non_negative_float,
+            default=None,
+            help=f"weight of the {name} term (VICReg: {default})",
+        )
 
     # Monitoring
     group = parser.add_argument_group("monitoring")

@@ -96,6 +96,19 @@ def test_one_backbone_per_family_trains(name, feat_dim, size):
     assert all(p.grad is not None and p.grad.isfinite().all() for p in model.parameters())
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("size", [32, 96])
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_every_backbone_trains(name, size):
+    """Real forward and backward for every name at both stems (minutes: --runslow)."""
+    torch.manual_seed(0)
+    model, feat_dim = build_backbone(name, size)
+    out = model.train()(torch.randn(2, 3, size, size))
+    assert out.shape == (2, feat_dim) and out.isfinite().all()
+    out.square().mean().backward()
+    assert all(p.grad is not None and p.grad.isfinite().all() for p in model.parameters())
+
+
 @pytest.mark.parametrize(
     "name, stem_output",
     [
