@@ -27,7 +27,15 @@ from utils.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from utils.data import DATASETS, balanced_subset, build_dataset, num_classes_of
 from utils.knn import extract_features, knn_scores, topk_accuracy
 from utils.logging import MetricsLogger, write_json
-from utils.misc import ArgumentParser, UserError, positive_int, resolve_device, run_cli, set_seed
+from utils.misc import (
+    ArgumentParser,
+    UserError,
+    bool_flag,
+    positive_int,
+    resolve_device,
+    run_cli,
+    set_seed,
+)
 from utils.plots import plot_run
 from utils.run import (
     build_lr_schedule,
@@ -67,6 +75,15 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
         "--random_init",
         action="store_true",
         help="evaluate the backbone at random initialisation: the baseline (default: off)",
+    )
+    group.add_argument(
+        "--probe_bn",
+        type=bool_flag,
+        nargs="?",
+        const=True,
+        default=False,
+        help="BatchNorm without affine before the linear layer, as MAE: the probe no longer "
+        "depends on the feature scale, which matters for untrained backbones (default: false)",
     )
     parser.set_defaults(batch_size=256, base_lr=30.0, num_epochs=100)
     return parser
@@ -208,7 +225,7 @@ def main(args) -> dict:
         acc1, acc5 = topk_accuracy(scores, test_y)
     else:
         # ============ linear classifier ============
-        classifier = LinearClassifier(feat_dim, num_classes).to(device)
+        classifier = LinearClassifier(feat_dim, num_classes, args.probe_bn).to(device)
         lr_schedule = build_lr_schedule(args, len(train_loader))
         optimizer = build_optimizer(args, classifier)
         save_args(log_dir, args)

@@ -17,7 +17,7 @@ python main.py "${COMMON[@]}" --run_name "simclr_$STAMP" --limit 4000 --batch_si
     --optimizer adam --base_lr 0.004 --weight_decay 0 --warmup_epochs 1 --num_epochs 8 \
     --temperature 0.2 --crop_min_scale 0.5 --knn_freq 2 --knn_k 20 --save_freq 8
 
-LINEAR=(--limit 4000 --batch_size 256 --optimizer sgd --base_lr 1.0 --weight_decay 0
+LINEAR=(--limit 4000 --batch_size 256 --optimizer sgd --base_lr 1.0 --weight_decay 0 --probe_bn
         --warmup_epochs 0 --num_epochs 10)
 echo "== 2/3 linear evaluation of the pretrained backbone =="
 python main_linear.py "${COMMON[@]}" "${LINEAR[@]}" --run_name "linear_simclr_$STAMP" \

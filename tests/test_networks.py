@@ -210,3 +210,14 @@ def test_mlp_shapes_and_batch_norm_placement():
     plain = build_mlp(2, 16, 32, 8, batch_norm=False)
     assert [type(m).__name__ for m in plain] == ["Linear", "ReLU", "Linear"]
     assert LinearClassifier(16, 5)(torch.randn(3, 16)).shape == (3, 5)
+
+
+def test_probe_batch_norm_makes_the_linear_probe_scale_free():
+    from networks.heads import LinearClassifier
+
+    torch.manual_seed(0)
+    probe = LinearClassifier(8, 3, batch_norm=True)
+    x = torch.randn(16, 8)
+    assert torch.allclose(probe.train()(x), probe(x * 50.0), atol=1e-4)
+    assert not any(p.requires_grad for p in probe.bn.parameters())  # no affine: still linear
+    assert isinstance(LinearClassifier(8, 3).bn, torch.nn.Identity)
