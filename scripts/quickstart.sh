@@ -5,6 +5,7 @@
 # method learning in minutes; with a GPU, try --backbone resnet18 --image_size 32 and more epochs.
 #
 #   bash scripts/quickstart.sh [OUT_DIR]      (default OUT_DIR: runs/quickstart)
+#   UPDATE_README=1 bash scripts/quickstart.sh   also rewrites the README's quick-start table
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/quickstart}
@@ -29,5 +30,10 @@ python main_linear.py "${COMMON[@]}" "${LINEAR[@]}" --run_name "linear_random_$S
 echo
 echo "SimCLR-pretrained backbone: $(tail -n 1 "$OUT/linear_pretrained.txt")"
 echo "randomly initialised      : $(tail -n 1 "$OUT/linear_random.txt")"
+echo
+python scripts/quickstart_table.py "$OUT/logs/simclr_$STAMP" "$OUT/logs/linear_simclr_$STAMP" \
+    "$OUT/logs/linear_random_$STAMP" --seconds "$SECONDS" \
+    ${UPDATE_README:+--readme README.md}
+echo
 echo "plots: $OUT/logs/simclr_$STAMP/{loss,lr,knn}.png"
 echo "       $OUT/logs/linear_simclr_$STAMP/{loss,lr,accuracy}.png"

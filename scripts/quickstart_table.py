@@ -1,0 +1,59 @@
+"""The README's quick-start table, read from the result files of `scripts/quickstart.sh`:
+kNN Acc@1 of the pretraining run at epoch 0 and at its last epoch (metrics.csv), and the linear
+probes of the pretrained and the randomly initialised backbone (results.json).
+
+    python scripts/quickstart_table.py PRETRAIN_LOG_DIR LINEAR_LOG_DIR RANDOM_LOG_DIR \
+        [--seconds N] [--readme README.md]
+"""
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from readme_block import replace_block  # noqa: E402
+
+from utils.logging import read_metrics  # noqa: E402
+
+
+def table(pretrain_dir: str, linear_dir: str, random_dir: str) -> str:
+    epochs = [r for r in read_metrics(pretrain_dir) if r["kind"] == "epoch"]
+    knn = [r for r in epochs if r.get("knn_acc1")]
+    if not knn or float(knn[0]["epoch"]) != 0:
+        sys.exit(f"error: {pretrain_dir}/metrics.csv has no kNN row at epoch 0 (use --knn_freq)")
+    results = []
+    for run_dir in (random_dir, linear_dir):
+        with open(os.path.join(run_dir, "results.json")) as f:
+            results.append(json.load(f))
+    method, steps = results[1]["model_name"], epochs[-1]["step"]
+    rows = [
+        ("random initialisation", knn[0]["knn_acc1"], results[0]),
+        (f"{method}, {steps} steps", knn[-1]["knn_acc1"], results[1]),
+    ]
+    lines = [
+        "| backbone weights | kNN Acc@1 (test set) | linear Acc@1 | linear Acc@5 |",
+        "|---|---|---|---|",
+    ]
+    for label, knn_acc1, res in rows:
+        lines.append(f"| {label} | {float(knn_acc1):.2f} | {res['acc1']:.2f} | {res['acc5']:.2f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dirs", nargs=3, metavar="LOG_DIR", help="pretrain, linear, random")
+    parser.add_argument("--seconds", type=int, help="wall time of the whole quick start")
+    parser.add_argument("--readme", help="also put the table in the quickstart block here")
+    args = parser.parse_args()
+    text = table(*args.run_dirs)
+    if args.seconds is not None:
+        minutes, seconds = divmod(args.seconds, 60)
+        text += f"\n\nWall time of the whole quick start: {minutes} min {seconds} s."
+    print(text)
+    if args.readme:
+        replace_block(args.readme, "quickstart", text)
+
+
+if __name__ == "__main__":
+    main()
