@@ -341,9 +341,10 @@ def train_one_epoch(
         views = [v.to(device, non_blocking=True) for v in views]
         labels = labels.to(device, non_blocking=True)
         loss = model(views, labels)["loss"]
-        if not math.isfinite(loss.item()):
+        loss_value = loss.item()  # one host sync per step, reused below
+        if not math.isfinite(loss_value):
             sys.exit(
-                f"error: loss is {loss.item()} at step {it} (lr {lr:.4g}); the last good "
+                f"error: loss is {loss_value} at step {it} (lr {lr:.4g}); the last good "
                 f"checkpoint is kept. Lower --base_lr or raise --warmup_epochs."
             )
         optimizer.zero_grad(set_to_none=True)
@@ -351,16 +352,16 @@ def train_one_epoch(
         optimizer.step()
 
         batch = labels.shape[0]
-        total_loss += loss.item() * batch
+        total_loss += loss_value * batch
         seen += batch
         window_images += batch
         if (i + 1) % args.print_freq == 0 or i + 1 == steps:
             now = time.time()
             speed = window_images / max(now - window_start, 1e-9)
             window_start, window_images = now, 0
-            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.4g}", img_s=f"{speed:.1f}")
+            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.4g}", img_s=f"{speed:.1f}")
             logger.log(
-                "step", epoch + (i + 1) / steps, it + 1, loss=loss.item(), lr=lr, images_per_s=speed
+                "step", epoch + (i + 1) / steps, it + 1, loss=loss_value, lr=lr, images_per_s=speed
             )
     bar.close()
     return {

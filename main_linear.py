@@ -140,13 +140,14 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total_loss += loss.item() * labels.shape[0]
+        loss_value = loss.item()  # one host sync per step, reused below
+        total_loss += loss_value * labels.shape[0]
         seen += labels.shape[0]
         if (i + 1) % args.print_freq == 0 or i + 1 == steps:
             speed = seen / (time.time() - start)
-            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.4g}", img_s=f"{speed:.1f}")
+            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.4g}", img_s=f"{speed:.1f}")
             logger.log(
-                "step", epoch + (i + 1) / steps, it + 1, loss=loss.item(), lr=lr, images_per_s=speed
+                "step", epoch + (i + 1) / steps, it + 1, loss=loss_value, lr=lr, images_per_s=speed
             )
     bar.close()
     return {

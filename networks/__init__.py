@@ -38,15 +38,15 @@ def build_backbone(name: str, image_size: int, pretrained: bool = False) -> tupl
     return BACKBONES[name](image_size, pretrained)
 
 
-def load_pretrained(
-    model: nn.Module,
-    name: str,
-    fix_keys: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
-) -> None:
-    """Load torchvision's ImageNet weights for `name` from the local torch cache only.
+def torchvision_model(name: str, pretrained: bool) -> nn.Module:
+    """torchvision's `name` (with its classifier), with ImageNet weights when `pretrained`.
 
-    `fix_keys` renames the keys of an old checkpoint format (DenseNet's `norm.1` style) first.
+    The weights come from the local torch cache only: when the file is missing, a clear error
+    says where to put it (torchvision would try to download it). Loading goes through torchvision
+    itself, which also handles old checkpoint formats (DenseNet's `norm.1` keys).
     """
+    if not pretrained:
+        return torchvision.models.get_model(name, weights=None)
     weights = torchvision.models.get_model_weights(name).DEFAULT
     path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
     if not os.path.isfile(path):
@@ -54,8 +54,7 @@ def load_pretrained(
             f"--pretrained: ImageNet weights for {name} not found at {path}; "
             f"download {weights.url} there on a machine with internet, or drop --pretrained"
         )
-    state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(fix_keys(state_dict) if fix_keys else state_dict)
+    return torchvision.models.get_model(name, weights=weights)
 
 
 def warn_reinitialised_stem(name: str) -> None:

@@ -5,17 +5,14 @@ Small images (<= 64 px): torchvision's 11x11 stride-4 first conv leaves a 32x32 
 for the three max-pools (it fails), so it becomes a 3x3 stride-1 conv with the same 64 channels.
 """
 
-import torchvision
 from torch import nn
 
-from networks import SMALL_IMAGE_SIZE, load_pretrained, register, warn_reinitialised_stem
+from networks import SMALL_IMAGE_SIZE, register, torchvision_model, warn_reinitialised_stem
 
 
 @register("alexnet")
 def alexnet(image_size: int, pretrained: bool) -> tuple[nn.Module, int]:
-    model = torchvision.models.alexnet(weights=None)
-    if pretrained:
-        load_pretrained(model, "alexnet")
+    model = torchvision_model("alexnet", pretrained)
     if image_size <= SMALL_IMAGE_SIZE:
         if pretrained:
             warn_reinitialised_stem("alexnet")

@@ -6,29 +6,13 @@ Small images (<= 64 px): 3x3 stride-1 `conv0` and no `pool0`, as for ResNet, so 
 input reaches the last dense block at 4x4 instead of 1x1.
 """
 
-import re
-
-import torch
-import torchvision
 from torch import nn
 
-from networks import SMALL_IMAGE_SIZE, load_pretrained, register, warn_reinitialised_stem
-
-# torchvision's DenseNet checkpoints predate the ban on '.' in module names: they hold
-# `...denselayer1.norm.1.weight` where the model has `...denselayer1.norm1.weight`.
-_OLD_DENSE_LAYER_KEY = re.compile(
-    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.([12]\.(?:weight|bias|running_mean|running_var))$"
-)
-
-
-def _rename_old_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {_OLD_DENSE_LAYER_KEY.sub(r"\1\2", k): v for k, v in state_dict.items()}
+from networks import SMALL_IMAGE_SIZE, register, torchvision_model, warn_reinitialised_stem
 
 
 def _densenet(name: str, image_size: int, pretrained: bool) -> tuple[nn.Module, int]:
-    model = getattr(torchvision.models, name)(weights=None)
-    if pretrained:
-        load_pretrained(model, name, fix_keys=_rename_old_keys)
+    model = torchvision_model(name, pretrained)
     if image_size <= SMALL_IMAGE_SIZE:
         if pretrained:
             warn_reinitialised_stem(name)

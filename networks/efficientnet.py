@@ -5,16 +5,13 @@ Small images (<= 64 px): the first conv has stride 1 instead of 2 (its weights a
 that a 32x32 input reaches the last stage at 2x2 instead of 1x1.
 """
 
-import torchvision
 from torch import nn
 
-from networks import SMALL_IMAGE_SIZE, load_pretrained, register
+from networks import SMALL_IMAGE_SIZE, register, torchvision_model
 
 
 def _efficientnet(name: str, image_size: int, pretrained: bool) -> tuple[nn.Module, int]:
-    model = getattr(torchvision.models, name)(weights=None)
-    if pretrained:
-        load_pretrained(model, name)
+    model = torchvision_model(name, pretrained)
     if image_size <= SMALL_IMAGE_SIZE:
         stem = model.features[0][0]
         assert isinstance(stem, nn.Conv2d) and stem.stride == (2, 2)

@@ -4,16 +4,13 @@ Small images (<= 64 px): 3x3 stride-1 first conv and no max-pool, as in the SimC
 so that a 32x32 input reaches the last block at 4x4 instead of 1x1.
 """
 
-import torchvision
 from torch import nn
 
-from networks import SMALL_IMAGE_SIZE, load_pretrained, register, warn_reinitialised_stem
+from networks import SMALL_IMAGE_SIZE, register, torchvision_model, warn_reinitialised_stem
 
 
 def _resnet(name: str, image_size: int, pretrained: bool) -> tuple[nn.Module, int]:
-    model = getattr(torchvision.models, name)(weights=None)
-    if pretrained:
-        load_pretrained(model, name)
+    model = torchvision_model(name, pretrained)
     if image_size <= SMALL_IMAGE_SIZE:
         if pretrained:
             warn_reinitialised_stem(name)

@@ -5,16 +5,13 @@ are the 512 channels of the last conv at any image size. Small images (<= 64 px)
 max-pool is dropped, so that a 32x32 input reaches the global pool at 2x2 instead of 1x1.
 """
 
-import torchvision
 from torch import nn
 
-from networks import SMALL_IMAGE_SIZE, load_pretrained, register
+from networks import SMALL_IMAGE_SIZE, register, torchvision_model
 
 
 def _vgg(name: str, image_size: int, pretrained: bool) -> tuple[nn.Module, int]:
-    model = getattr(torchvision.models, name)(weights=None)
-    if pretrained:
-        load_pretrained(model, name)
+    model = torchvision_model(name, pretrained)
     if image_size <= SMALL_IMAGE_SIZE:
         # a max-pool has no weights: the pretrained convs are all kept, so no warning
         assert isinstance(model.features[-1], nn.MaxPool2d)

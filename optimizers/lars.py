@@ -20,6 +20,13 @@ import torch
 from torch.optim import Optimizer
 
 
+def trust_ratio(p: torch.Tensor, d: torch.Tensor, eta: float) -> torch.Tensor:
+    """eta * ||p|| / ||d||, or 1 when either norm is zero (shared with LARSSimCLR)."""
+    p_norm, d_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(d)
+    # torch.where instead of `if`: no GPU-to-host sync per parameter
+    return torch.where((p_norm > 0) & (d_norm > 0), eta * p_norm / d_norm, 1.0)
+
+
 class LARS(Optimizer):
     """Momentum SGD with layer-wise trust ratios. `weight_decay`, `eta`, `momentum` and
     `exclude_bias_and_norm` may be overridden per parameter group."""
@@ -60,12 +67,7 @@ class LARS(Optimizer):
                 d = p.grad
                 if p.ndim > 1 or not group["exclude_bias_and_norm"]:
                     d = d.add(p, alpha=group["weight_decay"])
-                    p_norm, d_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(d)
-                    # torch.where instead of `if`: no GPU-to-host sync per parameter
-                    q = torch.where(
-                        (p_norm > 0) & (d_norm > 0), group["eta"] * p_norm / d_norm, 1.0
-                    )
-                    d = d.mul(q)
+                    d = d.mul(trust_ratio(p, d, group["eta"]))
                 state = self.state[p]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p)

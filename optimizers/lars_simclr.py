@@ -20,6 +20,8 @@ the whole buffer); it also offers Nesterov momentum.
 import torch
 from torch.optim import Optimizer
 
+from optimizers.lars import trust_ratio
+
 
 class LARSSimCLR(Optimizer):
     """SimCLR's LARS. `weight_decay`, `eta`, `momentum`, `exclude_bias_and_norm` and `nesterov`
@@ -64,12 +66,7 @@ class LARSSimCLR(Optimizer):
                 d = p.grad
                 if p.ndim > 1 or not group["exclude_bias_and_norm"]:
                     d = d.add(p, alpha=group["weight_decay"])
-                    p_norm, d_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(d)
-                    # torch.where instead of `if`: no GPU-to-host sync per parameter
-                    trust = torch.where(
-                        (p_norm > 0) & (d_norm > 0), group["eta"] * p_norm / d_norm, 1.0
-                    )
-                    scaled = d.mul(trust * lr)  # lr * trust * d
+                    scaled = d.mul(trust_ratio(p, d, group["eta"]) * lr)  # lr * trust * d
                 else:
                     scaled = d.mul(lr)
                 state = self.state[p]

@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from methods import METHODS, build_method
@@ -71,11 +72,21 @@ def test_vicreg_gradients_reach_both_inputs():
         assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0
 
 
-def test_vicreg_module_forward_backward():
-    assert "vicreg" in METHODS
+def test_vicreg_build_method_filters_kwargs():
+    backbone, _ = build_backbone("small_cnn", 16)
+    kwargs = {"temperature": None, "unrelated_flag": 3, "sim_coeff": None, "cov_coeff": 2.0}
+    model = build_method("vicreg", backbone, 256, **kwargs)
+    assert (model.sim_coeff, model.std_coeff, model.cov_coeff) == (25.0, 25.0, 2.0)
+    assert model.projector[0].in_features == 256 and model.projector[-1].out_features == 2048
+
+
+@pytest.mark.parametrize("name", ["barlowtwins", "vicreg"])
+def test_three_layer_projector_module_forward_backward(name):
+    """Barlow Twins and VICReg wire a backbone to a 3-layer projector with no final BN."""
+    assert name in METHODS
     torch.manual_seed(0)
     backbone, feat_dim = build_backbone("small_cnn", 16)
-    model = build_method("vicreg", backbone, feat_dim, proj_hidden_dim=64, proj_dim=32)
+    model = build_method(name, backbone, feat_dim, proj_hidden_dim=64, proj_dim=32)
     linears = [m for m in model.projector if isinstance(m, torch.nn.Linear)]
     assert len(linears) == 3 and not isinstance(model.projector[-1], torch.nn.BatchNorm1d)
     views = [torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16)]
@@ -84,11 +95,3 @@ def test_vicreg_module_forward_backward():
     assert out["z1"].shape == (8, 32) and out["z2"].shape == (8, 32)
     out["loss"].backward()
     assert all(p.grad is not None for p in model.backbone.parameters() if p.requires_grad)
-
-
-def test_vicreg_build_method_filters_kwargs():
-    backbone, _ = build_backbone("small_cnn", 16)
-    kwargs = {"temperature": None, "unrelated_flag": 3, "sim_coeff": None, "cov_coeff": 2.0}
-    model = build_method("vicreg", backbone, 256, **kwargs)
-    assert (model.sim_coeff, model.std_coeff, model.cov_coeff) == (25.0, 25.0, 2.0)
-    assert model.projector[0].in_features == 256 and model.projector[-1].out_features == 2048
