@@ -19,7 +19,7 @@ from methods import METHODS, build_method
 from networks import BACKBONES, build_backbone
 from optimizers import OPTIMIZERS, build_optimizer
 from optimizers.cosine_decay_warmup import adjust_learning_rate
-from transformations import eval_transform, simclr_transform
+from transformations import eval_transform, pretrain_transform
 from utils.checkpoint import (
     find_checkpoint,
     load_checkpoint,
@@ -241,15 +241,29 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
     group = parser.add_argument_group("augmentation")
     group.add_argument(
         "--crop_min_scale",
-        type=float,
-        default=0.08,
-        help="smallest area fraction of a random resized crop (default: 0.08)",
+        type=positive_float,
+        default=None,
+        help="smallest area fraction of a (high-resolution) random resized crop "
+        "(default: the method's recipe: 0.08; SwAV 0.14)",
     )
     group.add_argument(
         "--jitter_strength",
-        type=float,
-        default=0.5,
-        help="colour jitter strength s (0.5 for CIFAR, 1.0 for ImageNet) (default: 0.5)",
+        type=non_negative_float,
+        default=None,
+        help="colour jitter strength s (default: the method's recipe: SimCLR, SwAV 0.5 as for "
+        "CIFAR; BYOL, Barlow Twins, VICReg 1.0)",
+    )
+    group.add_argument(
+        "--num_crops",
+        type=non_negative_int,
+        default=None,
+        help="low-resolution crops besides the two high-resolution ones (SwAV: 6)",
+    )
+    group.add_argument(
+        "--small_crop_size",
+        type=positive_int,
+        default=None,
+        help="side of the low-resolution crops (default: image_size x 96/224, at least 8)",
     )
 
     # Method hyper-parameters: None keeps each method's paper default
@@ -264,19 +278,19 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
         "--proj_hidden_dim",
         type=positive_int,
         default=None,
-        help="projector hidden size (SimCLR, SimSiam: 2048)",
+        help="projector hidden size (SimCLR, SimSiam, SwAV: 2048; BYOL: 4096)",
     )
     group.add_argument(
         "--proj_dim",
         type=positive_int,
         default=None,
-        help="projector output size (SimCLR: 128, SimSiam: 2048)",
+        help="projector output size (SimCLR, SwAV: 128; BYOL: 256; SimSiam: 2048)",
     )
     group.add_argument(
         "--pred_hidden_dim",
         type=positive_int,
         default=None,
-        help="predictor bottleneck size (SimSiam: 512)",
+        help="predictor hidden size (SimSiam: 512; BYOL: 4096)",
     )
     group.add_argument(
         "--lambd",
@@ -291,6 +305,47 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
             default=None,
             help=f"weight of the {name} term (VICReg: {default})",
         )
+
+    group.add_argument(
+        "--ema_momentum",
+        type=float,
+        default=None,
+        help="EMA momentum of the target network at step 0, rising to 1 on a cosine (BYOL: 0.996)",
+    )
+    group.add_argument(
+        "--num_prototypes", type=positive_int, default=None, help="prototypes (SwAV: 3000)"
+    )
+    group.add_argument(
+        "--epsilon",
+        type=positive_float,
+        default=None,
+        help="entropic regularisation of Sinkhorn-Knopp (SwAV: 0.05)",
+    )
+    group.add_argument(
+        "--sinkhorn_iterations",
+        type=positive_int,
+        default=None,
+        help="Sinkhorn-Knopp iterations (SwAV: 3)",
+    )
+    group.add_argument(
+        "--queue_length",
+        type=non_negative_int,
+        default=None,
+        help="embeddings of past batches used for the codes, 0 = off (SwAV: 0; the paper uses "
+        "3840 for batches of 256 or less)",
+    )
+    group.add_argument(
+        "--epoch_queue_starts",
+        type=non_negative_int,
+        default=None,
+        help="epoch from which the queue is filled and used (SwAV: 15)",
+    )
+    group.add_argument(
+        "--freeze_prototypes_epochs",
+        type=non_negative_int,
+        default=None,
+        help="epochs during which the prototypes are not updated (SwAV: 1)",
+    )
 
     # Monitoring
     group = parser.add_argument_group("monitoring")
@@ -321,6 +376,7 @@ def train_one_epoch(
 ) -> dict[str, float]:
     model.train()
     steps = len(loader) if not args.debug else min(len(loader), 5)
+    total_steps = args.num_epochs * len(loader)
     total_loss, seen, start = 0.0, 0, time.time()
     window_start, window_images = start, 0
     bar = tqdm(
@@ -349,7 +405,9 @@ def train_one_epoch(
             )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        model.before_optimizer_step()
         optimizer.step()
+        model.after_optimizer_step(it, total_steps)
 
         batch = labels.shape[0]
         total_loss += loss_value * batch
@@ -417,19 +475,24 @@ def main(args) -> dict:
 
     # ============ data ============
     info = DATASETS[args.dataset_name]
-    train_transform = simclr_transform(
+    train_transform = pretrain_transform(
+        METHODS[args.model_name].augmentation,
         image_size=args.image_size,
         mean=info.mean,
         std=info.std,
         crop_min_scale=args.crop_min_scale,
         jitter_strength=args.jitter_strength,
+        num_crops=args.num_crops,
+        small_crop_size=args.small_crop_size,
     )
     dataset = build_dataset(args.dataset_name, args.data_dir, True, train_transform, args.download)
     dataset = balanced_subset(dataset, args.limit)
     loader = make_loader(dataset, args, device, train=True)
     print(
         f"data: {len(dataset)} training images of {args.dataset_name}, "
-        f"{len(loader)} steps of {args.batch_size} per epoch"
+        f"{len(loader)} steps of {args.batch_size} per epoch, "
+        f"{len(train_transform.view_transforms)} views each "
+        f"({METHODS[args.model_name].augmentation} recipe)"
     )
     if args.knn_freq:
         plain = eval_transform(
@@ -473,6 +536,7 @@ def main(args) -> dict:
         print(f"epoch 0 (random initialisation): knn_acc1 {knn_acc1:.4g}")
     for epoch in range(start_epoch, args.num_epochs):
         seed_epoch(loader, args.seed, epoch)
+        model.set_epoch(epoch)
         stats = train_one_epoch(model, optimizer, loader, lr_schedule, device, epoch, args, logger)
         if args.knn_freq and ((epoch + 1) % args.knn_freq == 0 or epoch + 1 == args.num_epochs):
             stats["knn_acc1"] = knn_monitor(model.backbone, *knn_loaders, device, args)

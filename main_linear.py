@@ -1,4 +1,5 @@
-"""Linear evaluation of a pretrained backbone: a linear classifier trained on frozen features.
+"""Evaluation of a pretrained backbone: a linear classifier trained on frozen features (or kNN,
+or fine-tuning).
 
     python main_linear.py --model_name=simclr --backbone=resnet18 --dataset_name=cifar10 ...
 
@@ -7,30 +8,37 @@ set under --ckpt_dir), freezes the backbone in eval mode (BatchNorm statistics s
 trains the classifier with the same optimizer and schedule flags as main.py, validates every epoch
 and ends by printing `Acc@1 X.XX Acc@5 Y.YY`. `--eval knn` gives the weighted kNN accuracy instead,
 and `--random_init` evaluates the same backbone untrained: the baseline for every result.
+
+Variants (docs/evaluation.md): `--precompute_features` trains the head on features computed once
+(no augmentation; seconds instead of hours), `--finetune` trains backbone and head together,
+`--data_fraction 0.01` keeps a class-balanced 1% of the labels, `--tsne` draws the test features.
 """
 
+import argparse
 import os
 import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
 import main as pretrain
 from networks import build_backbone
 from networks.heads import LinearClassifier
-from optimizers import build_optimizer
+from optimizers import build_optimizer, param_groups
 from optimizers.cosine_decay_warmup import adjust_learning_rate
 from transformations import eval_transform, linear_train_transform
 from utils.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
-from utils.data import DATASETS, balanced_subset, build_dataset, num_classes_of
-from utils.knn import extract_features, knn_scores, topk_accuracy
+from utils.data import DATASETS, balanced_subset, build_dataset, dataset_targets, num_classes_of
+from utils.knn import FeatureLoader, extract_features, knn_scores, topk_accuracy
 from utils.logging import MetricsLogger, write_json
 from utils.misc import (
     ArgumentParser,
     UserError,
     bool_flag,
+    non_negative_float,
     positive_int,
     resolve_device,
     run_cli,
@@ -46,6 +54,15 @@ from utils.run import (
     save_args,
     seed_epoch,
 )
+from utils.subsets import class_balanced_fraction
+from utils.tsne import plot_tsne
+
+
+def unit_fraction(value: str) -> float:
+    number = float(value)
+    if not 0 < number <= 1:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {value!r}")
+    return number
 
 
 def get_args_parser(add_help: bool = True) -> ArgumentParser:
@@ -85,8 +102,86 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
         help="BatchNorm without affine before the linear layer, as MAE: the probe no longer "
         "depends on the feature scale, which matters for untrained backbones (default: false)",
     )
+    group.add_argument(
+        "--precompute_features",
+        type=bool_flag,
+        nargs="?",
+        const=True,
+        default=False,
+        help="compute the frozen backbone's features of the un-augmented training and test "
+        "images once and train the head on them: same optimizer, schedule and epochs, seconds "
+        "instead of hours, but no augmentation (default: false)",
+    )
+    group.add_argument(
+        "--finetune",
+        type=bool_flag,
+        nargs="?",
+        const=True,
+        default=False,
+        help="train backbone and head together, backbone in train mode, with the linear "
+        "probe's augmentation (default: false)",
+    )
+    group.add_argument(
+        "--backbone_lr",
+        type=non_negative_float,
+        default=None,
+        help="--finetune: the backbone's lr for a batch of 256, scaled and scheduled like "
+        "--base_lr (default: 0.1 x --base_lr)",
+    )
+    group.add_argument(
+        "--data_fraction",
+        type=unit_fraction,
+        default=1.0,
+        help="train on this class-balanced fraction of the labelled training set, chosen by "
+        "--seed; 0.01 and 0.1 are the 1%% and 10%% label regimes (default: 1.0)",
+    )
+    group.add_argument(
+        "--tsne",
+        type=bool_flag,
+        nargs="?",
+        const=True,
+        default=False,
+        help="write tsne.png of the test-set features into the run folder (default: false)",
+    )
     parser.set_defaults(batch_size=256, base_lr=30.0, num_epochs=100)
     return parser
+
+
+def check_args(args) -> None:
+    """Combinations that cannot work end the run before anything is loaded."""
+    if args.finetune and args.precompute_features:
+        raise UserError(
+            "--finetune trains the backbone, so its features cannot be precomputed: "
+            "drop --precompute_features"
+        )
+    if args.finetune and args.eval == "knn":
+        raise UserError("--finetune trains a classifier, --eval knn has none: drop one of them")
+    if args.backbone_lr is not None and not args.finetune:
+        raise UserError("--backbone_lr is the lr of --finetune: add --finetune or drop it")
+    if args.finetune and args.base_lr == 0:
+        raise UserError(
+            "--finetune: the backbone's lr follows the head's schedule scaled by "
+            "backbone_lr/base_lr, so --base_lr must be > 0"
+        )
+
+
+def load_pretrained(args) -> dict | None:
+    """The pretraining checkpoint (None with --random_init); sets `args.ckpt` to its path."""
+    if args.random_init:
+        return None
+    args.ckpt = args.ckpt or find_checkpoint(
+        args.ckpt_dir, args.model_name, args.backbone, args.dataset_name
+    )
+    if args.ckpt is None:
+        raise UserError(
+            f"no pretraining checkpoint of {args.model_name}/{args.backbone}/"
+            f"{args.dataset_name} under {args.ckpt_dir}: pass --ckpt PATH, run main.py "
+            f"first, or use --random_init for the untrained baseline"
+        )
+    checkpoint = load_checkpoint(args.ckpt)
+    if checkpoint.get("kind") != "pretrain":
+        raise UserError(f"{args.ckpt} is not a pretraining checkpoint")
+    return checkpoint
 
 
 def load_backbone(args, checkpoint: dict | None) -> tuple[nn.Module, int]:
@@ -112,13 +207,57 @@ def load_backbone(args, checkpoint: dict | None) -> tuple[nn.Module, int]:
     return backbone, feat_dim
 
 
+def build_datasets(args) -> tuple[Dataset, Dataset]:
+    """Training set (augmented only for the image-based linear probe and fine-tuning; cut by
+    --limit, then --data_fraction) and test set (eval transform)."""
+    info = DATASETS[args.dataset_name]
+    plain = eval_transform(
+        image_size=args.image_size, native_size=info.image_size, mean=info.mean, std=info.std
+    )
+    augmented = args.eval == "linear" and not args.precompute_features
+    transform = (
+        linear_train_transform(image_size=args.image_size, mean=info.mean, std=info.std)
+        if augmented
+        else plain
+    )
+    train_set = build_dataset(args.dataset_name, args.data_dir, True, transform, args.download)
+    train_set = balanced_subset(train_set, args.limit)
+    if args.data_fraction < 1:
+        keep = class_balanced_fraction(dataset_targets(train_set), args.data_fraction, args.seed)
+        train_set = Subset(train_set, keep)
+    test_set = build_dataset(args.dataset_name, args.data_dir, False, plain, args.download)
+    print(
+        f"data: {len(train_set)} training images ({args.data_fraction:g} of "
+        f"{args.dataset_name}{', --limit ' + str(args.limit) if args.limit else ''}), "
+        f"{len(test_set)} test images"
+    )
+    return train_set, test_set
+
+
+def class_names(dataset: Dataset) -> list[str] | None:
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return getattr(dataset, "classes", None)
+
+
+def add_backbone_groups(optimizer, backbone: nn.Module, args) -> None:
+    """--finetune: the backbone's parameters join the head's optimizer in groups of their own
+    whose lr is backbone_lr/base_lr times the head's at every step (their `lr_scale`)."""
+    scale = args.backbone_lr / args.base_lr
+    exclude = args.optimizer == "adamw"  # same weight-decay policy as build_optimizer
+    for group in param_groups(backbone, exclude_bias_and_norm_from_wd=exclude):
+        group.update(name=f"backbone_{group['name']}", lr_scale=scale, lr=args.lr * scale)
+        optimizer.add_param_group(group)
+
+
 def train_one_epoch(
     classifier, backbone, optimizer, loader, lr_schedule, device, epoch, args, logger: MetricsLogger
 ) -> dict[str, float]:
+    finetune = getattr(args, "finetune", False)
     classifier.train()
-    backbone.eval()  # frozen: BatchNorm keeps its pretrained statistics
+    backbone.train(finetune)  # frozen: eval mode, BatchNorm keeps its pretrained statistics
     steps = len(loader) if not args.debug else min(len(loader), 5)
-    total_loss, seen, start = 0.0, 0, time.time()
+    total_loss, correct, seen, start = 0.0, 0, 0, time.time()
     bar = tqdm(
         loader,
         total=steps,
@@ -134,13 +273,15 @@ def train_one_epoch(
         lr = float(lr_schedule[it])
         adjust_learning_rate(optimizer, lr)
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with torch.no_grad():
+        with torch.set_grad_enabled(finetune):
             features = backbone(images)
-        loss = F.cross_entropy(classifier(features), labels)
+        logits = classifier(features)
+        loss = F.cross_entropy(logits, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         loss_value = loss.item()  # one host sync per step, reused below
+        correct += (logits.argmax(dim=1) == labels).sum()  # a tensor: no sync
         total_loss += loss_value * labels.shape[0]
         seen += labels.shape[0]
         if (i + 1) % args.print_freq == 0 or i + 1 == steps:
@@ -154,6 +295,7 @@ def train_one_epoch(
         "loss": total_loss / max(seen, 1),
         "lr": lr,
         "images_per_s": seen / (time.time() - start),
+        "train_acc1": 100.0 * float(correct) / max(seen, 1),
     }
 
 
@@ -174,111 +316,137 @@ def evaluate(classifier, backbone, loader, device) -> dict[str, float]:
     return {"val_loss": total_loss / len(targets), "val_acc1": acc1, "val_acc5": acc5}
 
 
+def train_classifier(
+    args, classifier, backbone, train_loader, test_loader, device, log_dir, ckpt_dir, title
+) -> tuple[float, float]:
+    """Train the head (and the backbone with --finetune) for --num_epochs, validating every
+    epoch; returns the last epoch's Acc@1 and Acc@5. The loaders yield images, or cached
+    features with `backbone` an nn.Identity."""
+    lr_schedule = build_lr_schedule(args, len(train_loader))
+    optimizer = build_optimizer(args, classifier)
+    if args.finetune:
+        add_backbone_groups(optimizer, backbone, args)
+        print(f"backbone lr = {args.backbone_lr:g}/{args.base_lr:g} x the head's lr")
+    save_args(log_dir, args)
+    columns = ["loss", "lr", "images_per_s", "train_acc1", "val_loss", "val_acc1", "val_acc5"]
+    logger = MetricsLogger(log_dir, columns)
+    for epoch in range(args.num_epochs):
+        seed_epoch(train_loader, args.seed, epoch)
+        stats = train_one_epoch(
+            classifier, backbone, optimizer, train_loader, lr_schedule, device, epoch, args, logger
+        )
+        stats.update(evaluate(classifier, backbone, test_loader, device))
+        logger.log("epoch", epoch + 1, (epoch + 1) * len(train_loader), **stats)
+        print(
+            f"epoch {epoch + 1}/{args.num_epochs}: "
+            + ", ".join(f"{k} {v:.4g}" for k, v in stats.items())
+        )
+        state = {
+            "args": vars(args),
+            "kind": "finetune" if args.finetune else "linear",
+            "epoch": epoch + 1,
+            "model": classifier.state_dict(),
+            "optimizer": optimizer.state_dict(),
+        }
+        if args.finetune:
+            state["backbone"] = backbone.state_dict()
+        save_checkpoint(state, os.path.join(ckpt_dir, "last.pt"))
+    logger.close()
+    print("plots: " + " ".join(plot_run(log_dir, title)))
+    return stats["val_acc1"], stats["val_acc5"]
+
+
 def main(args) -> dict:
+    check_args(args)
     device = resolve_device(args.device)
     set_seed(args.seed)
+    if args.finetune and args.backbone_lr is None:
+        args.backbone_lr = 0.1 * args.base_lr
 
     # ============ pretrained backbone ============
-    checkpoint = None
-    if not args.random_init:
-        args.ckpt = args.ckpt or find_checkpoint(
-            args.ckpt_dir, args.model_name, args.backbone, args.dataset_name
-        )
-        if args.ckpt is None:
-            raise UserError(
-                f"no pretraining checkpoint of {args.model_name}/{args.backbone}/"
-                f"{args.dataset_name} under {args.ckpt_dir}: pass --ckpt PATH, run main.py "
-                f"first, or use --random_init for the untrained baseline"
-            )
-        checkpoint = load_checkpoint(args.ckpt)
-        if checkpoint.get("kind") != "pretrain":
-            raise UserError(f"{args.ckpt} is not a pretraining checkpoint")
+    checkpoint = load_pretrained(args)
     backbone, feat_dim = load_backbone(args, checkpoint)
-    backbone.requires_grad_(False)
+    backbone.requires_grad_(args.finetune)
     backbone.eval().to(device)
-    prefix = f"{args.eval}_{'random_' if args.random_init else ''}"
-    args.run_name = args.run_name or default_run_name(args, prefix=prefix)
+    mode = "finetune" if args.finetune else args.eval
+    args.run_name = args.run_name or default_run_name(
+        args, prefix=f"{mode}_{'random_' if args.random_init else ''}"
+    )
     log_dir, ckpt_dir = prepare_run_dirs(args, resuming=False)
     print_args(args)
 
     # ============ data ============
-    info = DATASETS[args.dataset_name]
-    plain = eval_transform(
-        image_size=args.image_size, native_size=info.image_size, mean=info.mean, std=info.std
-    )
-    augment = linear_train_transform(image_size=args.image_size, mean=info.mean, std=info.std)
-    train_transform = plain if args.eval == "knn" else augment
-    train_set = balanced_subset(
-        build_dataset(args.dataset_name, args.data_dir, True, train_transform, args.download),
-        args.limit,
-    )
-    test_set = build_dataset(args.dataset_name, args.data_dir, False, plain, args.download)
+    train_set, test_set = build_datasets(args)
     num_classes = args.num_classes or num_classes_of(train_set)
     train_loader = make_loader(train_set, args, device, train=args.eval == "linear")
     test_loader = make_loader(test_set, args, device, train=False)
     start_time = time.time()
+    test_features = None  # (features, labels) of the test set, when computed anyway
     if args.eval == "knn":
         save_args(log_dir, args)
         # ============ weighted kNN ============
         train_x, train_y = extract_features(backbone, train_loader, device)
-        test_x, test_y = extract_features(backbone, test_loader, device)
-        scores = knn_scores(train_x, train_y, test_x, num_classes, args.knn_k, args.knn_temperature)
-        acc1, acc5 = topk_accuracy(scores, test_y)
-    else:
-        # ============ linear classifier ============
-        classifier = LinearClassifier(feat_dim, num_classes, args.probe_bn).to(device)
-        lr_schedule = build_lr_schedule(args, len(train_loader))
-        optimizer = build_optimizer(args, classifier)
-        save_args(log_dir, args)
-        logger = MetricsLogger(
-            log_dir, ["loss", "lr", "images_per_s", "val_loss", "val_acc1", "val_acc5"]
+        test_features = extract_features(backbone, test_loader, device)
+        scores = knn_scores(
+            train_x, train_y, test_features[0], num_classes, args.knn_k, args.knn_temperature
         )
-        title = f"linear / {args.model_name} / {args.backbone} / {args.dataset_name}"
-        for epoch in range(args.num_epochs):
-            seed_epoch(train_loader, args.seed, epoch)
-            stats = train_one_epoch(
-                classifier,
-                backbone,
-                optimizer,
-                train_loader,
-                lr_schedule,
-                device,
-                epoch,
-                args,
-                logger,
+        acc1, acc5 = topk_accuracy(scores, test_features[1])
+    else:
+        # ============ linear classifier (or fine-tuning) ============
+        classifier = LinearClassifier(feat_dim, num_classes, args.probe_bn).to(device)
+        head_input, train_batches, test_batches = backbone, train_loader, test_loader
+        if args.precompute_features:
+            plain_train = make_loader(train_set, args, device, train=False)
+            train_x, train_y = extract_features(backbone, plain_train, device)
+            test_features = extract_features(backbone, test_loader, device)
+            print(f"features: {tuple(train_x.shape)} train, {tuple(test_features[0].shape)} test")
+            head_input = nn.Identity()
+            train_batches = FeatureLoader(
+                train_x.to(device), train_y, args.batch_size, shuffle=True, seed=args.seed
             )
-            stats.update(evaluate(classifier, backbone, test_loader, device))
-            logger.log("epoch", epoch + 1, (epoch + 1) * len(train_loader), **stats)
-            print(
-                f"epoch {epoch + 1}/{args.num_epochs}: "
-                + ", ".join(f"{k} {v:.4g}" for k, v in stats.items())
+            test_batches = FeatureLoader(
+                test_features[0].to(device), test_features[1], args.batch_size, shuffle=False
             )
-            save_checkpoint(
-                {
-                    "args": vars(args),
-                    "kind": "linear",
-                    "epoch": epoch + 1,
-                    "model": classifier.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                },
-                os.path.join(ckpt_dir, "last.pt"),
-            )
-        logger.close()
-        acc1, acc5 = stats["val_acc1"], stats["val_acc5"]
-        print("plots: " + " ".join(plot_run(log_dir, title)))
+        label = "finetune" if args.finetune else "linear"
+        label += " (precomputed features)" if args.precompute_features else ""
+        title = f"{label} / {args.model_name} / {args.backbone} / {args.dataset_name}"
+        acc1, acc5 = train_classifier(
+            args,
+            classifier,
+            head_input,
+            train_batches,
+            test_batches,
+            device,
+            log_dir,
+            ckpt_dir,
+            title,
+        )
+    wall_time = time.time() - start_time
+
+    if args.tsne:  # ============ t-SNE of the test features ============
+        if test_features is None:  # linear on images or fine-tuned: the final backbone's
+            test_features = extract_features(backbone, test_loader, device)
+        title = f"{args.model_name} / {args.backbone}: {args.dataset_name} test features"
+        path = os.path.join(log_dir, "tsne.png")
+        plot_tsne(*test_features, path, title, seed=args.seed, class_names=class_names(test_set))
+        print(f"t-SNE: {path}")
 
     results = {
         "model_name": args.model_name,
         "backbone": args.backbone,
         "dataset_name": args.dataset_name,
         "eval": args.eval,
+        "finetune": args.finetune,
+        "precompute_features": args.precompute_features,
+        "data_fraction": args.data_fraction,
+        "train_images": len(train_set),
         "random_init": args.random_init,
         "pretrain_checkpoint": args.ckpt,
         "pretrain_epochs": checkpoint["epoch"] if checkpoint else 0,
         "epochs": args.num_epochs if args.eval == "linear" else 0,
         "acc1": acc1,
         "acc5": acc5,
-        "wall_time_s": round(time.time() - start_time, 1),
+        "wall_time_s": round(wall_time, 1),
     }
     write_json(os.path.join(log_dir, "results.json"), results)
     print(f"results: {os.path.join(log_dir, 'results.json')}")

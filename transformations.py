@@ -1,9 +1,11 @@
-"""Augmentation pipelines: SimCLR's two views, linear-evaluation training, and the eval transform.
+"""Augmentation pipelines: each method's pretraining views (SimCLR's symmetric pair, BYOL's
+asymmetric pair, SwAV's multi-crop), linear-evaluation training, and the eval transform.
 
 Each pipeline is a small class with keyword-only arguments whose `__call__` delegates to a built
 `Compose`, so a method states its recipe in one line and the code reads like the paper's appendix.
 """
 
+import inspect
 from collections.abc import Callable
 
 from PIL import Image
@@ -13,10 +15,10 @@ from torchvision import transforms as T
 BLUR_MIN_SIZE = 64
 
 
-class SimCLRView:
-    """One SimCLR view (Chen et al. 2020, appendix A): random resized crop, horizontal flip,
-    colour jitter (p=0.8, strength s: 0.8s brightness/contrast/saturation, 0.2s hue),
-    grayscale (p=0.2), Gaussian blur (p=0.5, only for images larger than 64 px), normalise."""
+class View:
+    """One random view, in the order of the papers' appendices: random resized crop, horizontal
+    flip, colour jitter (brightness, contrast, saturation, hue) with probability `jitter_prob`,
+    grayscale, Gaussian blur (only for images larger than 64 px), solarisation, normalisation."""
 
     def __init__(
         self,
@@ -24,25 +26,32 @@ class SimCLRView:
         image_size: int,
         mean: tuple[float, ...],
         std: tuple[float, ...],
-        crop_min_scale: float = 0.08,
-        jitter_strength: float = 0.5,
-        blur_prob: float = 0.5,
+        crop_scale: tuple[float, float] = (0.08, 1.0),
+        jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1),
+        jitter_prob: float = 0.8,
+        gray_prob: float = 0.2,
+        blur_prob: float = 0.0,
+        solarize_prob: float = 0.0,
     ) -> None:
-        s = jitter_strength
         steps = [
-            T.RandomResizedCrop(image_size, scale=(crop_min_scale, 1.0)),
+            T.RandomResizedCrop(image_size, scale=crop_scale),
             T.RandomHorizontalFlip(),
-            T.RandomApply([T.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)], p=0.8),
-            T.RandomGrayscale(p=0.2),
+            T.RandomApply([T.ColorJitter(*jitter)], p=jitter_prob),
+            T.RandomGrayscale(p=gray_prob),
         ]
         if image_size > BLUR_MIN_SIZE and blur_prob > 0:
             kernel = int(0.1 * image_size) // 2 * 2 + 1  # 10% of the side, odd
             steps.append(T.RandomApply([T.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=blur_prob))
+        if solarize_prob > 0:
+            steps.append(T.RandomSolarize(threshold=128, p=solarize_prob))  # on PIL uint8
         steps += [T.ToTensor(), T.Normalize(mean, std)]
         self.transform = T.Compose(steps)
 
     def __call__(self, image: Image.Image):
         return self.transform(image)
+
+    def __repr__(self) -> str:
+        return repr(self.transform)
 
 
 class MultiView:
@@ -58,10 +67,91 @@ class MultiView:
         return f"MultiView({self.view_transforms!r})"
 
 
-def simclr_transform(*, image_size: int, mean, std, **view_kwargs) -> MultiView:
-    """SimCLR's symmetric recipe: two views drawn from the same distribution."""
-    view = SimCLRView(image_size=image_size, mean=mean, std=std, **view_kwargs)
+def simclr_jitter(strength: float) -> tuple[float, float, float, float]:
+    """SimCLR's colour distortion of strength s: 0.8s brightness, contrast, saturation; 0.2s hue."""
+    return (0.8 * strength, 0.8 * strength, 0.8 * strength, 0.2 * strength)
+
+
+def simclr_transform(
+    *, image_size: int, mean, std, crop_min_scale: float = 0.08, jitter_strength: float = 0.5
+) -> MultiView:
+    """SimCLR (Chen et al. 2020, appendix A), symmetric: two views from one distribution with
+    blur p=0.5. Jitter strength 0.5 is the paper's CIFAR choice (1.0 on ImageNet). SupCon and
+    SimSiam use the same views."""
+    view = View(
+        image_size=image_size,
+        mean=mean,
+        std=std,
+        crop_scale=(crop_min_scale, 1.0),
+        jitter=simclr_jitter(jitter_strength),
+        blur_prob=0.5,
+    )
     return MultiView([view, view])
+
+
+def byol_transform(
+    *, image_size: int, mean, std, crop_min_scale: float = 0.08, jitter_strength: float = 1.0
+) -> MultiView:
+    """BYOL (Grill et al. 2020, table 6), asymmetric: jitter (0.4, 0.4, 0.2, 0.1) x strength with
+    p=0.8, grayscale p=0.2; the first view always blurred and never solarised, the second blurred
+    with p=0.1 and solarised with p=0.2. Barlow Twins and VICReg use the same views."""
+    common = dict(
+        image_size=image_size,
+        mean=mean,
+        std=std,
+        crop_scale=(crop_min_scale, 1.0),
+        jitter=tuple(jitter_strength * x for x in (0.4, 0.4, 0.2, 0.1)),
+    )
+    return MultiView(
+        [
+            View(**common, blur_prob=1.0, solarize_prob=0.0),
+            View(**common, blur_prob=0.1, solarize_prob=0.2),
+        ]
+    )
+
+
+def small_crop_size_for(image_size: int) -> int:
+    """SwAV's 96 px low-resolution crops for 224 px images, scaled; at least 8 px, which the
+    smallest backbones still reduce to a feature map."""
+    return max(8, round(image_size * 96 / 224))
+
+
+def multicrop_transform(
+    *,
+    image_size: int,
+    mean,
+    std,
+    crop_min_scale: float = 0.14,
+    jitter_strength: float = 0.5,
+    num_crops: int = 6,
+    small_crop_size: int | None = None,
+    small_crop_scale: tuple[float, float] = (0.05, 0.14),
+) -> MultiView:
+    """SwAV's multi-crop (Caron et al. 2020, section 3.2): two high-resolution crops covering
+    14-100 % of the image, then `num_crops` low-resolution crops of 5-14 %, all with SimCLR's
+    colour distortion and blur. The two high-resolution views come first."""
+    small_crop_size = small_crop_size or small_crop_size_for(image_size)
+    colour = dict(mean=mean, std=std, jitter=simclr_jitter(jitter_strength), blur_prob=0.5)
+    high = View(image_size=image_size, crop_scale=(crop_min_scale, 1.0), **colour)
+    low = View(image_size=small_crop_size, crop_scale=small_crop_scale, **colour)
+    return MultiView([high, high] + [low] * num_crops)
+
+
+# method.augmentation -> the pretraining views (see methods.Method)
+PRETRAIN_TRANSFORMS: dict[str, Callable[..., MultiView]] = {
+    "simclr": simclr_transform,
+    "byol": byol_transform,
+    "multicrop": multicrop_transform,
+}
+
+
+def pretrain_transform(recipe: str, *, image_size: int, mean, std, **options) -> MultiView:
+    """The views of `recipe`; options that are None or that the recipe does not take (such as
+    `num_crops` for a two-view recipe) are dropped, so the recipe keeps its own defaults."""
+    build = PRETRAIN_TRANSFORMS[recipe]
+    accepted = inspect.signature(build).parameters
+    options = {k: v for k, v in options.items() if v is not None and k in accepted}
+    return build(image_size=image_size, mean=mean, std=std, **options)
 
 
 def eval_transform(*, image_size: int, native_size: int, mean, std) -> T.Compose:

@@ -1,6 +1,6 @@
 """Method registry: `--model_name` -> an nn.Module class that wires backbone, heads and a loss.
 
-A method class takes `(backbone, feat_dim, **hyper_parameters)`, and its
+A method class subclasses `Method`, takes `(backbone, feat_dim, **hyper_parameters)`, and its
 `forward(views, labels=None)` returns a dict with at least "loss". Adding a method means one new
 file with `@register("name")` on its class plus one import line below.
 """
@@ -11,7 +11,30 @@ from torch import nn
 
 from utils.misc import UserError
 
-METHODS: dict[str, type[nn.Module]] = {}
+
+class Method(nn.Module):
+    """What the training loop (main.py) expects of a method besides `forward`.
+
+    `augmentation` names its pretraining views in `transformations.PRETRAIN_TRANSFORMS`. The
+    hooks run once per step or epoch; methods with state outside autograd override them (BYOL's
+    EMA target, SwAV's prototypes and queue).
+    """
+
+    augmentation = "simclr"
+    epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called before each training epoch (0-based)."""
+        self.epoch = epoch
+
+    def before_optimizer_step(self) -> None:
+        """Called after backward, before the optimizer step: gradients may be changed here."""
+
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        """Called after optimizer step `step` (0-based) of `total_steps` in the whole run."""
+
+
+METHODS: dict[str, type[Method]] = {}
 
 
 def register(name: str):
@@ -35,4 +58,4 @@ def build_method(name: str, backbone: nn.Module, feat_dim: int, /, **kwargs) -> 
     return cls(backbone, feat_dim, **kwargs)
 
 
-from methods import barlowtwins, simclr, simsiam, supcon, vicreg  # noqa: E402,F401  (fills METHODS)
+from methods import barlowtwins, byol, simclr, simsiam, supcon, swav, vicreg  # noqa: E402,F401  (fills METHODS)

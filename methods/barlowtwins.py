@@ -19,8 +19,9 @@ CIFAR configuration).
 import torch
 from torch import Tensor, nn
 
-from methods import register
+from methods import Method, register
 from networks.heads import build_mlp
+from utils.distributed import gather_with_grad
 
 
 def _standardise(z: Tensor, eps: float = 1e-5) -> Tensor:
@@ -41,8 +42,6 @@ def barlow_twins_loss(z1: Tensor, z2: Tensor, lambd: float = 5e-3) -> Tensor:
         Scalar: sum_i (1 - C_ii)² + λ sum_{i != j} C_ij², C = standardised z1ᵀ z2 / N ([D, D]).
     """
     n, d = z1.shape
-    # (a distributed version all-reduces the sum z1ᵀz2 and divides by the global batch here, with
-    # the standardisation statistics also taken over the global batch, as SyncBatchNorm does)
     c = _standardise(z1).T @ _standardise(z2) / n  # D x D
     off_diagonal = ~torch.eye(d, dtype=torch.bool, device=c.device)
     on_diag = (1 - c.diagonal()).pow(2).sum()
@@ -51,9 +50,11 @@ def barlow_twins_loss(z1: Tensor, z2: Tensor, lambd: float = 5e-3) -> Tensor:
 
 
 @register("barlowtwins")
-class BarlowTwins(nn.Module):
+class BarlowTwins(Method):
     """Backbone + 3-layer projector (BN+ReLU between layers, none after the last); the loss
     standardises the projections itself."""
+
+    augmentation = "byol"  # the paper uses BYOL's asymmetric views
 
     def __init__(
         self,
@@ -70,4 +71,6 @@ class BarlowTwins(nn.Module):
 
     def forward(self, views: list[Tensor], labels: Tensor | None = None) -> dict[str, Tensor]:
         z1, z2 = self.projector(self.backbone(torch.cat(views[:2]))).chunk(2)
-        return {"loss": barlow_twins_loss(z1, z2, self.lambd), "z1": z1, "z2": z2}
+        # statistics over the global batch (with gradient): one process on the whole batch
+        loss = barlow_twins_loss(gather_with_grad(z1), gather_with_grad(z2), self.lambd)
+        return {"loss": loss, "z1": z1, "z2": z2}

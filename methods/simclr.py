@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from methods import register
+from methods import Method, register
 from networks.heads import build_mlp
+from utils.distributed import gather_with_grad
 
 
 def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
@@ -42,7 +43,7 @@ def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
 
 
 @register("simclr")
-class SimCLR(nn.Module):
+class SimCLR(Method):
     """Backbone + projection MLP; NT-Xent between the projections of two views."""
 
     def __init__(
@@ -61,4 +62,5 @@ class SimCLR(nn.Module):
     def forward(self, views: list[Tensor], labels: Tensor | None = None) -> dict[str, Tensor]:
         # one pass over both views: faster, and BatchNorm sees all 2N images as in the paper's code
         z1, z2 = self.projector(self.backbone(torch.cat(views[:2]))).chunk(2)
-        return {"loss": nt_xent_loss(z1, z2, self.temperature), "z1": z1, "z2": z2}
+        loss = nt_xent_loss(gather_with_grad(z1), gather_with_grad(z2), self.temperature)
+        return {"loss": loss, "z1": z1, "z2": z2}

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from methods import register
+from methods import Method, register
 from networks.heads import build_mlp
 
 
@@ -33,7 +33,7 @@ def negative_cosine_similarity(p: Tensor, z: Tensor) -> Tensor:
 
 
 @register("simsiam")
-class SimSiam(nn.Module):
+class SimSiam(Method):
     """Backbone + projector (BN on the output) + predictor bottleneck; symmetric loss."""
 
     def __init__(

@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from methods import register
+from methods import Method, register
 from networks.heads import build_mlp
+from utils.distributed import gather, gather_with_grad
 
 
 def supcon_loss(z: Tensor, labels: Tensor, temperature: float = 0.1) -> Tensor:
@@ -57,7 +58,7 @@ def supcon_loss(z: Tensor, labels: Tensor, temperature: float = 0.1) -> Tensor:
 
 
 @register("supcon")
-class SupCon(nn.Module):
+class SupCon(Method):
     """Backbone + projection MLP; supervised contrastive loss over two views, using the labels."""
 
     def __init__(
@@ -77,5 +78,6 @@ class SupCon(nn.Module):
         if labels is None:
             raise ValueError("SupCon is supervised: forward(views, labels) needs the class labels")
         z1, z2 = self.projector(self.backbone(torch.cat(views[:2]))).chunk(2)
-        loss = supcon_loss(torch.stack([z1, z2], dim=1), labels, self.temperature)
+        z = gather_with_grad(torch.stack([z1, z2], dim=1))
+        loss = supcon_loss(z, gather(labels), self.temperature)
         return {"loss": loss, "z1": z1, "z2": z2}

@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from methods import register
+from methods import Method, register
 from networks.heads import build_mlp
+from utils.distributed import gather_with_grad
 
 
 def _variance_loss(z: Tensor, eps: float) -> Tensor:
@@ -60,16 +61,16 @@ def vicreg_loss(
         Scalar loss.
     """
     invariance = F.mse_loss(z1, z2)
-    # (a distributed version gathers z1 and z2 over all processes here, with gradients, as the
-    # official code does: variance and covariance are then taken over the global batch)
     variance = 0.5 * (_variance_loss(z1, eps) + _variance_loss(z2, eps))
     covariance = _covariance_loss(z1) + _covariance_loss(z2)
     return sim_coeff * invariance + std_coeff * variance + cov_coeff * covariance
 
 
 @register("vicreg")
-class VICReg(nn.Module):
+class VICReg(Method):
     """Backbone + 3-layer expander (BN+ReLU between layers, none after the last); VICReg loss."""
+
+    augmentation = "byol"  # the paper uses BYOL's asymmetric views
 
     def __init__(
         self,
@@ -90,5 +91,7 @@ class VICReg(nn.Module):
 
     def forward(self, views: list[Tensor], labels: Tensor | None = None) -> dict[str, Tensor]:
         z1, z2 = self.projector(self.backbone(torch.cat(views[:2]))).chunk(2)
-        loss = vicreg_loss(z1, z2, self.sim_coeff, self.std_coeff, self.cov_coeff)
+        # statistics over the global batch (with gradient), as the official code gathers them
+        z1_all, z2_all = gather_with_grad(z1), gather_with_grad(z2)
+        loss = vicreg_loss(z1_all, z2_all, self.sim_coeff, self.std_coeff, self.cov_coeff)
         return {"loss": loss, "z1": z1, "z2": z2}

@@ -217,3 +217,11 @@ def test_method_flags_reach_the_modules():
     barlow = build_method("barlowtwins", build_backbone("small_cnn", 16)[0], 256, **vars(args))
     assert (vicreg.sim_coeff, vicreg.std_coeff, vicreg.cov_coeff) == (25.0, 25.0, 2.0)
     assert barlow.lambd == 0.01
+
+    argv = [*TINY, "--ema_momentum", "0.99", "--num_prototypes", "30", "--queue_length", "64"]
+    args = main.get_args_parser().parse_args(argv + ["--freeze_prototypes_epochs", "0"])
+    byol = build_method("byol", build_backbone("small_cnn", 16)[0], 256, **vars(args))
+    swav = build_method("swav", build_backbone("small_cnn", 16)[0], 256, **vars(args))
+    assert byol.ema_momentum == 0.99 and byol.projector[-1].out_features == 256
+    assert swav.prototypes.out_features == 30 and swav.queue.shape == (2, 64, 128)
+    assert (swav.freeze_prototypes_epochs, swav.epoch_queue_starts, swav.epsilon) == (0, 15, 0.05)

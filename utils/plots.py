@@ -73,3 +73,51 @@ def plot_run(run_dir: str, title: str) -> list[str]:
             out("knn.png"), f"{title}: kNN accuracy", "kNN Acc@1 (%)", [("kNN Acc@1", *knn, "o-")]
         )
     return paths
+
+
+# (metrics.csv column, axis label, preferred row kind) of the curves `plot_compare` overlays
+COMPARE_METRICS = [
+    ("loss", "train loss", "epoch"),
+    ("val_loss", "test loss", "epoch"),
+    ("lr", "learning rate", "step"),
+    ("knn_acc1", "kNN Acc@1 (%)", "epoch"),
+    ("train_acc1", "train Acc@1 (%)", "epoch"),
+    ("val_acc1", "test Acc@1 (%)", "epoch"),
+]
+
+
+def plot_compare(runs: dict[str, list[dict]], path: str, title: str = "") -> list[str]:
+    """One PNG overlaying several runs (name -> metrics.csv rows): one subplot per metric of
+    COMPARE_METRICS that some run logged, each read from the preferred row kind when the run
+    has it there, else from the other kind. Returns the metrics drawn."""
+    panels = []
+    for key, label, kind in COMPARE_METRICS:
+        curves = []
+        for name, rows in runs.items():
+            xs, ys = _series(rows, kind, key)
+            if not xs:
+                xs, ys = _series(rows, "step" if kind == "epoch" else "epoch", key)
+            if xs:
+                curves.append((name, xs, ys))
+        if curves:
+            panels.append((key, label, curves))
+    if not panels:
+        raise ValueError("none of the runs logged " + ", ".join(k for k, _, _ in COMPARE_METRICS))
+    ncols = min(3, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3.6 * nrows), dpi=100, squeeze=False)
+    for ax, (_, label, curves) in zip(axes.flat, panels, strict=False):
+        for name, xs, ys in curves:
+            ax.plot(xs, ys, "-" if len(xs) > 20 else "o-", label=name, markersize=3)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return [key for key, _, _ in panels]

@@ -1,0 +1,77 @@
+"""BYOL: Grill et al., "Bootstrap Your Own Latent: A New Approach to Self-Supervised Learning",
+NeurIPS 2020 (https://arxiv.org/abs/2006.07733).
+
+Loss: an online network (backbone, projector, predictor q) predicts the projection z' that a
+target network (backbone', projector', no predictor, no gradient) gives of the other view:
+
+    L = byol(q1, z2') + byol(q2, z1'),   byol(p, z) = 2 - 2 cos(p, z), averaged over the batch,
+
+so the minimum is 0 and the maximum 8. After every optimizer step the target's weights follow
+the online ones by an exponential moving average, xi <- tau xi + (1 - tau) theta, with tau rising
+from tau_base = 0.996 at the first step to 1 at the last on a cosine:
+tau_k = 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2. The target is saved in checkpoints.
+
+Default recipe (paper, ImageNet): ResNet-50; projector and predictor are MLPs 4096 (BN, ReLU)
+-> 256; LARS, lr 0.2 x B/256, weight decay 1.5e-6, biases and BN excluded; batch 4096, 10 warmup
+epochs then cosine, 1000 epochs; asymmetric views (transformations.byol_transform).
+On CIFAR, solo-learn uses LARS lr 1.0, weight decay 1e-5 and tau_base 0.99.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from methods import Method, register
+from methods.momentum import cosine_momentum, ema_update, frozen_copy
+from networks.heads import build_mlp
+
+
+def byol_loss(p: Tensor, z: Tensor) -> Tensor:
+    """2 - 2 cos(p, stopgrad(z)), averaged over the batch (the MSE of the L2-normalised vectors).
+
+    Args:
+        p: [N, D] online predictions.
+        z: [N, D] target projections of the other view; no gradient flows into them.
+    """
+    return (2 - 2 * F.cosine_similarity(p, z.detach(), dim=-1)).mean()
+
+
+@register("byol")
+class BYOL(Method):
+    """Online backbone + projector + predictor; EMA target backbone + projector."""
+
+    augmentation = "byol"
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        feat_dim: int,
+        proj_hidden_dim: int = 4096,
+        proj_dim: int = 256,
+        pred_hidden_dim: int = 4096,
+        ema_momentum: float = 0.996,
+    ) -> None:
+        super().__init__()
+        if not 0 <= ema_momentum <= 1:
+            raise ValueError(f"ema_momentum must be in [0, 1], got {ema_momentum}")
+        self.backbone = backbone
+        self.projector = build_mlp(2, feat_dim, proj_hidden_dim, proj_dim)
+        self.predictor = build_mlp(2, proj_dim, pred_hidden_dim, proj_dim)
+        self.target_backbone = frozen_copy(backbone)
+        self.target_projector = frozen_copy(self.projector)
+        self.ema_momentum = ema_momentum
+        self.current_momentum = ema_momentum
+
+    def forward(self, views: list[Tensor], labels: Tensor | None = None) -> dict[str, Tensor]:
+        images = torch.cat(views[:2])
+        z1, z2 = self.projector(self.backbone(images)).chunk(2)
+        p1, p2 = self.predictor(torch.cat([z1, z2])).chunk(2)
+        with torch.no_grad():
+            t1, t2 = self.target_projector(self.target_backbone(images)).chunk(2)
+        loss = byol_loss(p1, t2) + byol_loss(p2, t1)
+        return {"loss": loss, "z1": z1, "z2": z2}
+
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        self.current_momentum = cosine_momentum(step, total_steps, self.ema_momentum)
+        ema_update(self.target_backbone, self.backbone, self.current_momentum)
+        ema_update(self.target_projector, self.projector, self.current_momentum)

@@ -1,0 +1,176 @@
+"""SwAV: Caron, Misra, Mairal, Goyal, Bojanowski, Joulin, "Unsupervised Learning of Visual
+Features by Contrasting Cluster Assignments", NeurIPS 2020 (https://arxiv.org/abs/2006.09882).
+
+Each crop's L2-normalised projection z is scored against K L2-normalised prototypes c_k,
+s = z C (cosine similarities). For each of the two high-resolution crops, a code q is computed
+without gradient by Sinkhorn-Knopp, which spreads the batch equally over the prototypes:
+
+    Q = argmax_{Q in Q_equipartition} Tr(Qᵀ S) + eps H(Q),  solved by a few row/column scalings
+    of exp(S / eps).
+
+Every other crop (the other high-resolution one and all low-resolution ones) must predict that
+code from its own scores, softmax(s / T):
+
+    L = 1 / (2 (V - 1)) sum_{i in high-res} sum_{v != i} CE(q_i, softmax(s_v / T)).
+
+The prototypes are re-normalised after every step and frozen during the first epoch(s); with
+small batches a queue of past high-resolution embeddings joins the batch inside Sinkhorn.
+
+Default recipe (paper, ImageNet): ResNet-50, projector 2048 (BN, ReLU) -> 128, 3000 prototypes,
+T = 0.1, eps = 0.05, 3 Sinkhorn iterations, multi-crop 2 x 224 + 6 x 96 px, LARC (trust 0.001,
+no clipping) on SGD lr 4.8 for batch 4096 (0.6 for 256), weight decay 1e-6, cosine to 0.0006,
+prototypes frozen for the first epoch; batch 256 adds a 3840-long queue from epoch 15.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from methods import Method, register
+from networks.heads import build_mlp
+from utils.distributed import all_reduce_sum, world_size
+
+
+@torch.no_grad()
+def sinkhorn(scores: Tensor, epsilon: float = 0.05, iterations: int = 3) -> Tensor:
+    """Codes of a batch by Sinkhorn-Knopp: equal mass per prototype, mass 1 per sample.
+
+    Args:
+        scores: [B, K] prototype scores (cosine similarities) of B samples.
+        epsilon: entropic regularisation; smaller gives sharper codes.
+        iterations: rounds of row and column normalisation.
+
+    Returns:
+        [B, K] codes whose rows sum to 1 (each column sums to B/K after the last round).
+        Under DDP the sums run over the global batch.
+    """
+    q = torch.exp(scores.float() / epsilon).T  # K x B; float32 even under AMP
+    q /= all_reduce_sum(q.sum())
+    num_prototypes, batch = q.shape[0], q.shape[1] * world_size()
+    for _ in range(iterations):
+        q /= all_reduce_sum(q.sum(dim=1, keepdim=True))  # each prototype: total mass 1/K
+        q /= num_prototypes
+        q /= q.sum(dim=0, keepdim=True)  # each sample: total mass 1/B
+        q /= batch
+    return (q * batch).T
+
+
+def swav_loss(
+    high_res: list[Tensor],
+    low_res: list[Tensor],
+    temperature: float = 0.1,
+    sinkhorn_iterations: int = 3,
+    epsilon: float = 0.05,
+    queue_scores: list[Tensor] | None = None,
+) -> Tensor:
+    """Swapped prediction between crops.
+
+    Args:
+        high_res: [B, K] prototype scores of each high-resolution crop; each gives a code.
+        low_res: [B, K] prototype scores of each low-resolution crop (may be empty).
+        temperature: T of the predicted distributions softmax(scores / T).
+        sinkhorn_iterations, epsilon: of `sinkhorn`.
+        queue_scores: optional [Q, K] scores of queued embeddings, one per high-resolution crop,
+            which join that crop's batch inside Sinkhorn (their codes are discarded).
+
+    Returns:
+        Scalar: mean over the high-resolution crops i and the other crops v of
+        -sum_k q_i[k] log softmax(s_v / T)[k], averaged over the batch.
+    """
+    crops = list(high_res) + list(low_res)
+    if len(crops) < 2:
+        raise ValueError("swav_loss needs at least two crops")
+    log_probs = [F.log_softmax(s / temperature, dim=1) for s in crops]
+    total = 0.0
+    for i, scores in enumerate(high_res):
+        batch = scores.detach()
+        if queue_scores is not None:
+            batch = torch.cat([queue_scores[i].detach(), batch])
+        codes = sinkhorn(batch, epsilon, sinkhorn_iterations)[-scores.shape[0] :]
+        for v, log_p in enumerate(log_probs):
+            if v != i:
+                total = total - (codes * log_p).sum(dim=1).mean()
+    return total / (len(high_res) * (len(crops) - 1))
+
+
+@register("swav")
+class SwAV(Method):
+    """Backbone + projector + prototypes (a bias-free linear layer with unit-norm rows)."""
+
+    augmentation = "multicrop"
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        feat_dim: int,
+        proj_hidden_dim: int = 2048,
+        proj_dim: int = 128,
+        num_prototypes: int = 3000,
+        temperature: float = 0.1,
+        epsilon: float = 0.05,
+        sinkhorn_iterations: int = 3,
+        queue_length: int = 0,
+        epoch_queue_starts: int = 15,
+        freeze_prototypes_epochs: int = 1,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.projector = build_mlp(2, feat_dim, proj_hidden_dim, proj_dim)
+        self.prototypes = nn.Linear(proj_dim, num_prototypes, bias=False)
+        self.normalize_prototypes()
+        self.temperature = temperature
+        self.epsilon = epsilon
+        self.sinkhorn_iterations = sinkhorn_iterations
+        self.epoch_queue_starts = epoch_queue_starts
+        self.freeze_prototypes_epochs = freeze_prototypes_epochs
+        # each process queues its own share; Sinkhorn then sees queue_length embeddings in all
+        self.register_buffer("queue", torch.zeros(2, queue_length // world_size(), proj_dim))
+        self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def normalize_prototypes(self) -> None:
+        self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
+
+    def embed(self, crops: list[Tensor]) -> Tensor:
+        """L2-normalised projections of crops of one resolution, in one backbone pass."""
+        return F.normalize(self.projector(self.backbone(torch.cat(crops))), dim=1)
+
+    def forward(self, views: list[Tensor], labels: Tensor | None = None) -> dict[str, Tensor]:
+        z_high = self.embed(views[:2])
+        high_res = list(self.prototypes(z_high).chunk(2))
+        low_res = (
+            list(self.prototypes(self.embed(views[2:])).chunk(len(views) - 2)) if views[2:] else []
+        )
+
+        queue_scores = None
+        use_queue = self.queue.shape[1] > 0 and self.epoch >= self.epoch_queue_starts
+        if use_queue and self.queue_filled >= self.queue.shape[1]:
+            with torch.no_grad():
+                queue_scores = [self.prototypes(self.queue[i]) for i in range(2)]
+        loss = swav_loss(
+            high_res,
+            low_res,
+            self.temperature,
+            self.sinkhorn_iterations,
+            self.epsilon,
+            queue_scores,
+        )
+        if use_queue:
+            self.enqueue(z_high.detach().chunk(2))
+        return {"loss": loss, "z1": z_high.chunk(2)[0], "z2": z_high.chunk(2)[1]}
+
+    @torch.no_grad()
+    def enqueue(self, embeddings: tuple[Tensor, ...]) -> None:
+        """Newest first: shift the queue by the batch size and write the batch at the front."""
+        n = min(embeddings[0].shape[0], self.queue.shape[1])
+        self.queue[:, n:] = self.queue[:, :-n].clone()
+        for i, z in enumerate(embeddings):
+            self.queue[i, :n] = z[:n]
+        self.queue_filled += n
+
+    def before_optimizer_step(self) -> None:
+        if self.epoch < self.freeze_prototypes_epochs:
+            self.prototypes.weight.grad = None  # skipped by the optimizer, momentum included
+
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        self.normalize_prototypes()

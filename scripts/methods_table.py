@@ -1,0 +1,103 @@
+"""The README's methods table, read from the result files of `scripts/methods.sh`: for each
+method, its views and loss, the flags its short run set, the kNN Acc@1 of its backbone at epoch 0
+(random initialisation) and at the end (metrics.csv), and the linear probe (results.json), beside
+the linear probe of the randomly initialised backbone.
+
+    python scripts/methods_table.py LOG_ROOT [--seconds N] [--readme README.md]
+
+LOG_ROOT holds `pretrain_<method>/`, `linear_<method>/` and `linear_random/` run folders.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from readme_block import replace_block  # noqa: E402
+
+from methods import METHODS  # noqa: E402
+from utils.logging import read_metrics  # noqa: E402
+
+LOSSES = {
+    "simclr": "`nt_xent_loss`",
+    "supcon": "`supcon_loss` (labels)",
+    "simsiam": "`negative_cosine_similarity`",
+    "byol": "`byol_loss`, EMA target",
+    "swav": "`swav_loss`, `sinkhorn`",
+    "barlowtwins": "`barlow_twins_loss`",
+    "vicreg": "`vicreg_loss`",
+}
+# flags a method's short run may override; shown in the table so each row can be repeated
+METHOD_FLAGS = (
+    "temperature",
+    "proj_hidden_dim",
+    "proj_dim",
+    "pred_hidden_dim",
+    "lambd",
+    "sim_coeff",
+    "std_coeff",
+    "cov_coeff",
+    "ema_momentum",
+    "num_prototypes",
+    "num_crops",
+    "queue_length",
+    "epoch_queue_starts",
+    "freeze_prototypes_epochs",
+)
+
+
+def load_json(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def knn_first_last(run_dir: str) -> tuple[float, float, int]:
+    epochs = [r for r in read_metrics(run_dir) if r["kind"] == "epoch" and r.get("knn_acc1")]
+    if not epochs or float(epochs[0]["epoch"]) != 0:
+        sys.exit(f"error: {run_dir}/metrics.csv has no kNN row at epoch 0 (use --knn_freq)")
+    return float(epochs[0]["knn_acc1"]), float(epochs[-1]["knn_acc1"]), int(epochs[-1]["step"])
+
+
+def table(root: str) -> str:
+    random = load_json(os.path.join(root, "linear_random", "results.json"))
+    lines = [
+        "| method | views | loss | flags of the short run | steps | kNN Acc@1: random init "
+        "→ trained | linear Acc@1 (random init: "
+        f"{random['acc1']:.2f}) | linear Acc@5 (random init: {random['acc5']:.2f}) |",
+        "|---|---|---|---|---:|---|---:|---:|",
+    ]
+    for method in METHODS:
+        pretrain_dir = os.path.join(root, f"pretrain_{method}")
+        if not os.path.isdir(pretrain_dir):
+            continue
+        args = load_json(os.path.join(pretrain_dir, "args.json"))
+        flags = " ".join(f"`--{k} {args[k]}`" for k in METHOD_FLAGS if args.get(k) is not None)
+        before, after, steps = knn_first_last(pretrain_dir)
+        linear = load_json(os.path.join(root, f"linear_{method}", "results.json"))
+        lines.append(
+            f"| `{method}` | {METHODS[method].augmentation} | {LOSSES.get(method, '')} | "
+            f"{flags or '(paper defaults)'} | {steps} | {before:.2f} → {after:.2f} | "
+            f"{linear['acc1']:.2f} | {linear['acc5']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root", metavar="LOG_ROOT")
+    parser.add_argument("--seconds", type=int, help="wall time of the whole script")
+    parser.add_argument("--readme", help="also put the table in the methods block here")
+    args = parser.parse_args()
+    text = table(args.root)
+    if args.seconds is not None:
+        minutes, seconds = divmod(args.seconds, 60)
+        text += f"\n\nWall time of `scripts/methods.sh`: {minutes} min {seconds} s."
+    print(text)
+    if args.readme:
+        replace_block(args.readme, "methods", text)
+
+
+if __name__ == "__main__":
+    main()

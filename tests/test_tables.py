@@ -1,0 +1,130 @@
+"""scripts/make_tables.py and scripts/compare_runs.py on hand-made result files."""
+
+import json
+import os
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+from utils.logging import MetricsLogger
+
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import compare_runs  # noqa: E402
+import make_tables  # noqa: E402
+
+RESULTS = {
+    "linear_simclr": dict(
+        model_name="simclr", eval="linear", epochs=100, acc1=91.234, acc5=99.8,
+        pretrain_epochs=800, wall_time_s=3725.0, random_init=False, finetune=False,
+        precompute_features=False, data_fraction=1.0,
+    ),
+    "knn_byol": dict(
+        model_name="byol", eval="knn", epochs=0, acc1=88.0, acc5=98.5, pretrain_epochs=800,
+        wall_time_s=75.2, random_init=False, finetune=False, precompute_features=False,
+        data_fraction=1.0,
+    ),
+    "finetune_simclr": dict(
+        model_name="simclr", eval="linear", epochs=30, acc1=70.0, acc5=95.0, pretrain_epochs=800,
+        wall_time_s=605.0, random_init=False, finetune=True, precompute_features=False,
+        data_fraction=0.1,
+    ),
+    "fast_simclr": dict(
+        model_name="simclr", eval="linear", epochs=100, acc1=89.5, acc5=99.6, pretrain_epochs=800,
+        wall_time_s=9.4, random_init=False, finetune=False, precompute_features=True,
+        data_fraction=1.0,
+    ),
+    # written before the finetune/precompute/fraction keys existed: read as the defaults
+    "linear_random": dict(
+        model_name="simclr", eval="linear", epochs=100, acc1=35.5, acc5=80.01, pretrain_epochs=0,
+        wall_time_s=59.6, random_init=True,
+    ),
+}  # fmt: skip
+
+EXPECTED = """\
+| method | backbone | data set | eval | epochs | Acc@1 | Acc@5 | pretrain epochs | wall time |
+|---|---|---|---|---:|---:|---:|---:|---:|
+| simclr | resnet18 | cifar10 | finetune, 10% labels | 30 | 70.00 | 95.00 | 800 | 10 min 05 s |
+| byol | resnet18 | cifar10 | knn | - | 88.00 | 98.50 | 800 | 1 min 15 s |
+| random init (baseline) | resnet18 | cifar10 | linear | 100 | 35.50 | 80.01 | - | 1 min 00 s |
+| simclr | resnet18 | cifar10 | linear | 100 | 91.23 | 99.80 | 800 | 1 h 02 min |
+| simclr | resnet18 | cifar10 | linear (precomputed) | 100 | 89.50 | 99.60 | 800 | 9 s |"""
+
+
+@pytest.fixture
+def logs(tmp_path):
+    for run, results in RESULTS.items():
+        os.makedirs(tmp_path / "logs" / run)
+        common = dict(backbone="resnet18", dataset_name="cifar10")
+        with open(tmp_path / "logs" / run / "results.json", "w") as f:
+            json.dump({**common, **results}, f)
+    os.makedirs(tmp_path / "logs" / "pretrain_run")  # no results.json: skipped
+    return tmp_path / "logs"
+
+
+def test_make_tables_builds_the_expected_markdown(logs, capsys):
+    assert make_tables.main([str(logs)]) == EXPECTED  # a folder of run folders
+    assert capsys.readouterr().out.strip() == EXPECTED
+    # globs and single run folders name the same files; each file counts once
+    assert make_tables.main([str(logs / "*"), str(logs / "knn_byol")]) == EXPECTED
+
+
+def test_make_tables_writes_the_readme_block(logs, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- results:begin -->\nold table\n<!-- results:end -->\nend\n")
+    make_tables.main([str(logs / "linear_*"), "--readme", str(readme), "--block", "results"])
+    rows = [line for line in EXPECTED.splitlines() if "| linear |" in line]
+    expected_table = "\n".join(EXPECTED.splitlines()[:2] + rows)
+    assert readme.read_text() == (
+        f"intro\n<!-- results:begin -->\n{expected_table}\n<!-- results:end -->\nend\n"
+    )
+
+
+def test_make_tables_refuses_a_missing_path(tmp_path):
+    with pytest.raises(SystemExit, match="no such file"):
+        make_tables.main([str(tmp_path / "nowhere")])
+
+
+def write_metrics(run_dir, columns, rows):
+    os.makedirs(run_dir, exist_ok=True)
+    logger = MetricsLogger(str(run_dir), columns, tensorboard=False)
+    for kind, epoch, step, values in rows:
+        logger.log(kind, epoch, step, **values)
+    logger.close()
+
+
+def test_compare_runs_writes_a_png_and_prints_a_table(logs, tmp_path, capsys):
+    pretrain = tmp_path / "runs" / "simclr_pre"
+    write_metrics(
+        pretrain,
+        ["loss", "lr", "knn_acc1"],
+        [("epoch", 0, 0, dict(knn_acc1=12.0))]
+        + [("step", e + 0.5, 2 * e + 1, dict(loss=5.0 - e, lr=0.1)) for e in range(3)]
+        + [
+            ("epoch", e + 1, 2 * e + 2, dict(loss=4.5 - e, lr=0.1, knn_acc1=20.0 + e))
+            for e in range(3)
+        ],
+    )
+    linear = logs / "linear_simclr"  # holds results.json already
+    write_metrics(
+        linear,
+        ["loss", "lr", "train_acc1", "val_loss", "val_acc1", "val_acc5"],
+        [
+            ("epoch", e + 1, e + 1, dict(loss=1.0, lr=0.1, train_acc1=80, val_acc1=90))
+            for e in range(2)
+        ],
+    )
+    output = tmp_path / "compare.png"
+    text = compare_runs.main([str(pretrain), str(linear), "--output", str(output)])
+    with open(output, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    out = capsys.readouterr().out
+    assert text in out and "knn_acc1" in out and str(output) in out
+    assert "| linear_simclr | simclr | resnet18 | cifar10 | linear | 100 | 91.23 |" in text
+    assert "| simclr_pre | 3 | 2.5 | 0.1 | 22 |" in text  # the last epoch's loss, lr, kNN
+    assert "train_acc1" in out.splitlines()[-1] and "val_acc1" in out.splitlines()[-1]
+
+
+def test_compare_runs_refuses_a_folder_without_metrics(tmp_path):
+    with pytest.raises(SystemExit, match="no metrics.csv"):
+        compare_runs.main([str(tmp_path), "--output", str(tmp_path / "c.png")])
