@@ -8,6 +8,7 @@ Writes <logs_dir>/<run_name>/{args.json, metrics.csv, loss.png, lr.png} and
 
 import math
 import os
+import signal
 import sys
 import time
 
@@ -44,6 +45,7 @@ from utils.misc import (
 )
 from utils.plots import plot_run
 from utils.run import (
+    TrainingGuard,
     build_lr_schedule,
     default_run_name,
     make_loader,
@@ -93,6 +95,13 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
         type=positive_int,
         default=10,
         help="log a metrics.csv row every N steps (default: 10)",
+    )
+    group.add_argument(
+        "--skip_nonfinite",
+        type=non_negative_int,
+        default=0,
+        help="steps with a NaN or infinite loss to skip (no update) before stopping the run "
+        "(default: 0, stop at the first)",
     )
     group.add_argument(
         "--resume",
@@ -373,24 +382,28 @@ def train_one_epoch(
     epoch: int,
     args,
     logger: MetricsLogger,
+    guard: TrainingGuard,
+    steps_per_epoch: int,
+    first_step: int = 0,
 ) -> dict[str, float]:
+    """Steps `first_step` .. `steps_per_epoch` - 1 of `epoch` (the loader skips the ones before);
+    returns as soon as a stop signal arrives, with `steps_done` telling where it stopped."""
     model.train()
-    steps = len(loader) if not args.debug else min(len(loader), 5)
-    total_steps = args.num_epochs * len(loader)
+    last_step = steps_per_epoch if not args.debug else min(steps_per_epoch, first_step + 5)
+    total_steps = args.num_epochs * steps_per_epoch
     total_loss, seen, start = 0.0, 0, time.time()
     window_start, window_images = start, 0
     bar = tqdm(
         loader,
-        total=steps,
+        total=last_step - first_step,
         desc=f"epoch {epoch + 1}/{args.num_epochs}",
         dynamic_ncols=True,
         mininterval=1.0,
         leave=False,
     )
-    for i, (views, labels) in enumerate(bar):
-        if i == steps:
-            break
-        it = epoch * len(loader) + i  # global step: indexes the per-step schedule
+    step_in_epoch, lr = first_step, float(lr_schedule[epoch * steps_per_epoch + first_step])
+    for views, labels in bar:
+        it = epoch * steps_per_epoch + step_in_epoch  # global step: indexes per-step schedules
         lr = float(lr_schedule[it])
         adjust_learning_rate(optimizer, lr)
 
@@ -398,34 +411,57 @@ def train_one_epoch(
         labels = labels.to(device, non_blocking=True)
         loss = model(views, labels)["loss"]
         loss_value = loss.item()  # one host sync per step, reused below
-        if not math.isfinite(loss_value):
-            sys.exit(
-                f"error: loss is {loss_value} at step {it} (lr {lr:.4g}); the last good "
-                f"checkpoint is kept. Lower --base_lr or raise --warmup_epochs."
-            )
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        model.before_optimizer_step()
-        optimizer.step()
-        model.after_optimizer_step(it, total_steps)
+        step_in_epoch += 1
+        if math.isfinite(loss_value):
+            loss.backward()
+            model.before_optimizer_step()
+            optimizer.step()
+            model.after_optimizer_step(it, total_steps)
+            batch = labels.shape[0]
+            total_loss += loss_value * batch
+            seen += batch
+            window_images += batch
+        else:
+            guard.nonfinite_loss(loss_value, it, lr)  # exits unless --skip_nonfinite allows it
 
-        batch = labels.shape[0]
-        total_loss += loss_value * batch
-        seen += batch
-        window_images += batch
-        if (i + 1) % args.print_freq == 0 or i + 1 == steps:
+        if step_in_epoch % args.print_freq == 0 or step_in_epoch == last_step:
             now = time.time()
             speed = window_images / max(now - window_start, 1e-9)
             window_start, window_images = now, 0
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.4g}", img_s=f"{speed:.1f}")
             logger.log(
-                "step", epoch + (i + 1) / steps, it + 1, loss=loss_value, lr=lr, images_per_s=speed
+                "step",
+                epoch + step_in_epoch / steps_per_epoch,
+                it + 1,
+                loss=loss_value,
+                lr=lr,
+                images_per_s=speed,
             )
+        # stop before the loader draws the next batch: a resumed run then augments that batch
+        # with the same random numbers as a run that never stopped
+        if step_in_epoch == last_step or guard.signal is not None:
+            break
     bar.close()
     return {
         "loss": total_loss / max(seen, 1),
         "images_per_s": seen / (time.time() - start),
         "lr": lr,
+        "steps_done": step_in_epoch,
+    }
+
+
+def training_state(args, model, optimizer, epoch: int, step_in_epoch: int, steps: int) -> dict:
+    """What `--resume` needs: `epoch` epochs completed plus `step_in_epoch` steps of the next."""
+    return {
+        "args": vars(args),
+        "kind": "pretrain",
+        "epoch": epoch,
+        "step_in_epoch": step_in_epoch,
+        "step": epoch * steps + step_in_epoch,
+        "model": model.state_dict(),  # BYOL's target network, SwAV's queue included
+        "optimizer": optimizer.state_dict(),
+        "rng": rng_state(),
     }
 
 
@@ -517,48 +553,62 @@ def main(args) -> dict:
     optimizer = build_optimizer(args, model)
     save_args(log_dir, args)
 
-    start_epoch = 0
+    start_epoch, start_step = 0, 0
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         set_rng_state(checkpoint["rng"])
-        start_epoch = checkpoint["epoch"]
-        print(f"resumed from {ckpt_path} at epoch {start_epoch}")
+        start_epoch, start_step = checkpoint["epoch"], checkpoint.get("step_in_epoch", 0)
+        print(f"resumed from {ckpt_path} at epoch {start_epoch}, step {start_step} of the epoch")
 
     # ============ training ============
+    steps_per_epoch = len(loader)
     logger = MetricsLogger(log_dir, ["loss", "lr", "images_per_s", "knn_acc1"])
     title = f"{args.model_name} / {args.backbone} / {args.dataset_name}"
     stats: dict[str, float] = {}
     start_time = time.time()
-    if args.knn_freq and start_epoch == 0:  # the untrained network: the baseline of the curve
+    if args.knn_freq and start_epoch == start_step == 0:  # the untrained network: the baseline
         knn_acc1 = knn_monitor(model.backbone, *knn_loaders, device, args)
         logger.log("epoch", 0, 0, knn_acc1=knn_acc1)
         print(f"epoch 0 (random initialisation): knn_acc1 {knn_acc1:.4g}")
-    for epoch in range(start_epoch, args.num_epochs):
-        seed_epoch(loader, args.seed, epoch)
-        model.set_epoch(epoch)
-        stats = train_one_epoch(model, optimizer, loader, lr_schedule, device, epoch, args, logger)
-        if args.knn_freq and ((epoch + 1) % args.knn_freq == 0 or epoch + 1 == args.num_epochs):
-            stats["knn_acc1"] = knn_monitor(model.backbone, *knn_loaders, device, args)
-        logger.log("epoch", epoch + 1, (epoch + 1) * len(loader), **stats)
-        print(
-            f"epoch {epoch + 1}/{args.num_epochs}: "
-            + ", ".join(f"{k} {v:.4g}" for k, v in stats.items())
-        )
+    last_path = os.path.join(ckpt_dir, "last.pt")
+    with TrainingGuard(args.skip_nonfinite) as guard:
+        for epoch in range(start_epoch, args.num_epochs):
+            first_step = start_step if epoch == start_epoch else 0
+            seed_epoch(loader, epoch, skip_batches=first_step)
+            model.set_epoch(epoch)
+            stats = train_one_epoch(
+                model, optimizer, loader, lr_schedule, device, epoch, args, logger, guard,
+                steps_per_epoch, first_step,
+            )  # fmt: skip
+            steps_done = stats.pop("steps_done")
+            if guard.signal is not None and steps_done < steps_per_epoch:
+                state = training_state(args, model, optimizer, epoch, steps_done, steps_per_epoch)
+                save_checkpoint(state, last_path)
+                logger.close()
+                print(
+                    f"stopped by {signal.Signals(guard.signal).name} at epoch {epoch + 1}, step "
+                    f"{steps_done}/{steps_per_epoch}; saved {last_path}. Continue with the same "
+                    f"command plus --resume {last_path}"
+                )
+                sys.exit(128 + guard.signal)
+            if args.knn_freq and ((epoch + 1) % args.knn_freq == 0 or epoch + 1 == args.num_epochs):
+                stats["knn_acc1"] = knn_monitor(model.backbone, *knn_loaders, device, args)
+            logger.log("epoch", epoch + 1, (epoch + 1) * steps_per_epoch, **stats)
+            print(
+                f"epoch {epoch + 1}/{args.num_epochs}: "
+                + ", ".join(f"{k} {v:.4g}" for k, v in stats.items())
+            )
 
-        state = {
-            "args": vars(args),
-            "kind": "pretrain",
-            "epoch": epoch + 1,
-            "step": (epoch + 1) * len(loader),
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "rng": rng_state(),
-        }
-        save_checkpoint(state, os.path.join(ckpt_dir, "last.pt"))
-        if (epoch + 1) % args.save_freq == 0 or epoch + 1 == args.num_epochs:
-            save_checkpoint(state, os.path.join(ckpt_dir, f"epoch_{epoch + 1:04d}.pt"))
-            plot_run(log_dir, title)
+            state = training_state(args, model, optimizer, epoch + 1, 0, steps_per_epoch)
+            save_checkpoint(state, last_path)
+            if (epoch + 1) % args.save_freq == 0 or epoch + 1 == args.num_epochs:
+                save_checkpoint(state, os.path.join(ckpt_dir, f"epoch_{epoch + 1:04d}.pt"))
+                plot_run(log_dir, title)
+            if guard.signal is not None:  # arrived during the last step of the epoch
+                logger.close()
+                print(f"stopped after epoch {epoch + 1}; continue with --resume {last_path}")
+                sys.exit(128 + guard.signal)
     logger.close()
 
     plots = plot_run(log_dir, title)

@@ -331,7 +331,7 @@ def train_classifier(
     columns = ["loss", "lr", "images_per_s", "train_acc1", "val_loss", "val_acc1", "val_acc5"]
     logger = MetricsLogger(log_dir, columns)
     for epoch in range(args.num_epochs):
-        seed_epoch(train_loader, args.seed, epoch)
+        seed_epoch(train_loader, epoch)
         stats = train_one_epoch(
             classifier, backbone, optimizer, train_loader, lr_schedule, device, epoch, args, logger
         )

@@ -4,7 +4,9 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from torchvision import transforms as T
 
 from transformations import eval_transform, simclr_transform
 from utils.data import DATASETS, balanced_subset, build_dataset, dataset_targets, num_classes_of
@@ -73,3 +75,21 @@ def test_two_views_differ_and_have_the_requested_size():
     assert v1.shape == v2.shape == (3, 24, 24)
     assert not (v1 == v2).all()
     assert isinstance(label, int)
+
+
+def test_corrupt_images_are_skipped_with_a_warning(tmp_path, capsys):
+    for cls in ("cat", "dog"):
+        os.makedirs(tmp_path / "train" / cls)
+        for i in range(2):
+            pixels = np.full((8, 8, 3), 40 * i, dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "train" / cls / f"{i}.png")
+    good = (tmp_path / "train" / "cat" / "0.png").read_bytes()
+    (tmp_path / "train" / "cat" / "0.png").write_bytes(good[: len(good) // 2])  # truncated
+    (tmp_path / "train" / "dog" / "9.jpg").write_bytes(b"not an image")
+    data = build_dataset("imagefolder", str(tmp_path), train=True, transform=T.PILToTensor())
+    images = [data[i] for i in range(len(data))]
+    assert len(images) == 5
+    # the truncated cat/0.png is replaced by the next image (cat/1.png, label 0)
+    assert images[0][1] == 0 and torch.equal(images[0][0], images[1][0])
+    out = capsys.readouterr().out
+    assert "cat/0.png" in out and "dog/9.jpg" in out and "2 skipped so far" in out

@@ -78,23 +78,26 @@ def test_toy_clusters_have_known_neighbours():
 
 
 def test_feature_loader_batches_like_a_shuffled_data_loader():
-    from torch.utils.data import DataLoader, TensorDataset
+    from argparse import Namespace
+
+    from torch.utils.data import TensorDataset
 
     from utils.knn import FeatureLoader
-    from utils.run import seed_epoch
+    from utils.run import make_loader, seed_epoch
 
     features, labels = torch.randn(103, 4), torch.arange(103)
     fast = FeatureLoader(features, labels, batch_size=10, shuffle=True, seed=5)
     assert len(fast) == 10  # the last partial batch is dropped when shuffling
-    generator = torch.Generator().manual_seed(5)
-    slow = DataLoader(
-        TensorDataset(features, labels), 10, shuffle=True, drop_last=True, generator=generator
-    )
+    args = Namespace(batch_size=10, limit=None, seed=5, num_workers=0)
+    slow = make_loader(TensorDataset(features, labels), args, torch.device("cpu"), train=True)
     for epoch in range(2):
-        seed_epoch(fast, 7, epoch)
-        seed_epoch(slow, 7, epoch)
+        seed_epoch(fast, epoch)
+        seed_epoch(slow, epoch)
         fast_batches = [y.tolist() for _, y in fast]
         assert fast_batches == [y.tolist() for _, y in slow]
         assert len({i for b in fast_batches for i in b}) == 100  # no repeats within an epoch
+    # resuming part-way: the remaining batches of the same epoch, nothing else
+    seed_epoch(slow, 1, skip_batches=3)
+    assert [y.tolist() for _, y in slow] == fast_batches[3:]
     ordered = FeatureLoader(features, labels, batch_size=10, shuffle=False)
     assert len(ordered) == 11 and torch.equal(torch.cat([y for _, y in ordered]), labels)

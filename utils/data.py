@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset, Sampler, Subset
 from torchvision import datasets
 
 from utils.misc import UserError
@@ -61,13 +61,40 @@ def _torchvision_dataset(name: str, root: str, train: bool, transform, download:
         raise UserError(f"could not download {name} into {root}: {err}") from err
 
 
+class TolerantImageFolder(datasets.ImageFolder):
+    """ImageFolder that skips unreadable files (truncated or corrupt images, stray non-images with
+    an image extension) instead of ending a long run: it warns with the path and a count, and
+    returns the next readable image of the folder in its place."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.unreadable: set[str] = set()
+
+    def __getitem__(self, index: int):
+        for offset in range(len(self.samples)):
+            i = (index + offset) % len(self.samples)
+            path = self.samples[i][0]
+            if path in self.unreadable:
+                continue
+            try:
+                return super().__getitem__(i)
+            except (OSError, ValueError, SyntaxError) as err:  # what PIL raises on bad files
+                self.unreadable.add(path)
+                print(
+                    f"warning: skipping unreadable image {path} ({type(err).__name__}: {err}); "
+                    f"{len(self.unreadable)} skipped so far in this process",
+                    flush=True,
+                )
+        raise UserError(f"no readable image in {self.root}")
+
+
 def _image_folder(root: str, train: bool, transform) -> Dataset:
     candidates = ["train"] if train else ["test", "val"]
     for sub in candidates:
         path = os.path.join(root, sub)
         if os.path.isdir(path):
             try:
-                return datasets.ImageFolder(path, transform=transform)
+                return TolerantImageFolder(path, transform=transform)
             except (FileNotFoundError, RuntimeError) as err:
                 raise UserError(f"no images in {path}: {err}") from err
     looked = " or ".join(os.path.join(os.path.abspath(root), s) for s in candidates)
@@ -127,3 +154,25 @@ def balanced_subset(dataset: Dataset, limit: int | None) -> Dataset:
         take = per_class + (1 if rank < extra else 0)
         indices.extend((targets == c).nonzero().flatten()[:take].tolist())
     return Subset(dataset, sorted(indices))
+
+
+class EpochSampler(Sampler[int]):
+    """Random order drawn from (seed, epoch) alone, so that an epoch's order does not depend on
+    what ran before it, and able to start part-way: a run resumed at batch k of an epoch sees
+    exactly the images it had not seen, without loading (and augmenting) the skipped ones."""
+
+    def __init__(self, num_samples: int, seed: int) -> None:
+        self.num_samples, self.seed = num_samples, seed
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Draw epoch `epoch`'s permutation and skip its first `start` items."""
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.num_samples, generator=generator)
+        return iter(order[self.start :].tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from utils.data import EpochSampler
+
 
 @torch.no_grad()
 def knn_scores(
@@ -69,39 +71,34 @@ def extract_features(backbone: nn.Module, loader, device: torch.device) -> tuple
 
 
 class FeatureLoader:
-    """Mini-batches of (features, labels) from cached tensors, in the order a DataLoader over the
-    same items would give: with `shuffle`, a fresh permutation per epoch from `generator` (seeded
-    by utils.run.seed_epoch) and the last partial batch dropped, so that a head trained on cached
-    features takes the same steps as one trained on images. Indexing tensors directly costs
-    microseconds per batch, where a DataLoader would collate item by item."""
+    """Mini-batches of (features, labels) from cached tensors, in the order a training DataLoader
+    from utils.run.make_loader gives over the same items: with `shuffle`, the same EpochSampler
+    (set by utils.run.seed_epoch) and the last partial batch dropped, so that a head trained on
+    cached features takes the same steps as one trained on images. Indexing tensors directly
+    costs microseconds per batch, where a DataLoader would collate item by item."""
 
     def __init__(
         self, features: Tensor, labels: Tensor, batch_size: int, shuffle: bool, seed: int = 0
     ) -> None:
         self.features, self.labels = features, labels.to(features.device)
         self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.generator = torch.Generator().manual_seed(seed)
+        self.sampler = EpochSampler(len(labels), seed) if shuffle else None
+        self.generator = torch.Generator()  # only so that seed_epoch treats both loaders alike
 
     def __len__(self) -> int:
-        n = len(self.labels)
-        return n // self.batch_size if self.shuffle else math.ceil(n / self.batch_size)
+        if self.sampler is not None:
+            return len(self.sampler) // self.batch_size
+        return math.ceil(len(self.labels) / self.batch_size)
 
     def __iter__(self):
-        n = len(self.labels)
-        if self.shuffle:
-            # DataLoader's iterator draws one number (the worker base seed) before its sampler's
-            # permutation: do the same, so that (seed, epoch) gives the same batches
-            torch.empty((), dtype=torch.int64).random_(generator=self.generator)
-            order = torch.randperm(n, generator=self.generator)[: len(self) * self.batch_size]
+        order = None
+        if self.sampler is not None:
+            order = torch.tensor(list(self.sampler)[: len(self) * self.batch_size])
             order = order.to(self.features.device)
         for i in range(len(self)):
-            if self.shuffle:
-                index = order[i * self.batch_size : (i + 1) * self.batch_size]
-                yield self.features[index], self.labels[index]
-            else:
-                window = slice(i * self.batch_size, (i + 1) * self.batch_size)
-                yield self.features[window], self.labels[window]
+            window = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            index = order[window] if order is not None else window
+            yield self.features[index], self.labels[index]
 
 
 def topk_accuracy(scores: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) -> list[float]:

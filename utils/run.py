@@ -2,6 +2,8 @@
 
 import json
 import os
+import signal
+import sys
 import time
 from argparse import Namespace
 
@@ -11,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from optimizers import scale_lr
 from optimizers.cosine_decay_warmup import cosine_scheduler
+from utils.data import EpochSampler
 from utils.logging import write_json
 from utils.misc import UserError, git_sha
 
@@ -53,8 +56,9 @@ def print_args(args: Namespace) -> None:
 
 
 def make_loader(dataset: Dataset, args: Namespace, device: torch.device, train: bool) -> DataLoader:
-    """A loader whose shuffling is re-seeded from (seed, epoch) by `seed_epoch`, so that the order
-    of an epoch does not depend on what ran before it (a resumed run sees the same batches)."""
+    """A loader; for training, shuffled in an order fixed by (seed, epoch) through `seed_epoch`,
+    so that the order of an epoch does not depend on what ran before it (a resumed run sees the
+    same batches)."""
     if train and args.batch_size > len(dataset):
         if not args.limit:
             raise UserError(
@@ -67,12 +71,11 @@ def make_loader(dataset: Dataset, args: Namespace, device: torch.device, train: 
             f"using batches of {len(dataset)}"
         )
         args.batch_size = len(dataset)
-    generator = torch.Generator()
-    generator.manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(args.seed)  # workers' seeds, per epoch below
     return DataLoader(
         dataset,
         batch_size=args.batch_size,
-        shuffle=train,
+        sampler=EpochSampler(len(dataset), args.seed) if train else None,
         drop_last=train,  # equal batches: BatchNorm and contrastive losses dislike a tiny last one
         num_workers=args.num_workers,
         pin_memory=device.type == "cuda",
@@ -81,8 +84,11 @@ def make_loader(dataset: Dataset, args: Namespace, device: torch.device, train: 
     )
 
 
-def seed_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
-    loader.generator.manual_seed(seed * 100_003 + epoch)
+def seed_epoch(loader, epoch: int, skip_batches: int = 0) -> None:
+    """Set the shuffled order (and the workers' seeds) of epoch `epoch` from (--seed, epoch), then
+    skip its first `skip_batches` batches (a run resumed part-way through the epoch)."""
+    loader.sampler.set_epoch(epoch, skip_batches * loader.batch_size)
+    loader.generator.manual_seed(loader.sampler.seed * 100_003 + epoch)
 
 
 def build_lr_schedule(args: Namespace, steps_per_epoch: int) -> np.ndarray:
@@ -111,3 +117,48 @@ def build_lr_schedule(args: Namespace, steps_per_epoch: int) -> np.ndarray:
         warmup_epochs=warmup_epochs,
         start_warmup_value=scale(args.warmup_lr),
     )
+
+
+class TrainingGuard:
+    """The two ways a long run ends badly, handled at step boundaries.
+
+    SIGINT (Ctrl-C) and SIGTERM (a scheduler's time limit) only set `signal`; the training loop
+    finishes its step, saves a resumable checkpoint and exits. A second Ctrl-C aborts at once.
+    A non-finite loss skips its step up to `max_nonfinite` times in the whole run, then stops.
+    """
+
+    def __init__(self, max_nonfinite: int = 0) -> None:
+        self.signal: int | None = None
+        self.max_nonfinite, self.nonfinite = max_nonfinite, 0
+        self._previous: dict = {}
+
+    def __enter__(self) -> "TrainingGuard":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signal is not None:
+            raise KeyboardInterrupt  # asked twice: stop now, without a checkpoint
+        self.signal = signum
+        print(
+            f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint "
+            "(Ctrl-C again to abort without saving)",
+            flush=True,
+        )
+
+    def nonfinite_loss(self, loss: float, step: int, lr: float) -> None:
+        """Warn, and let the caller skip the step; exit once the allowance is spent."""
+        self.nonfinite += 1
+        where = f"loss is {loss} at step {step} (lr {lr:.4g})"
+        if self.nonfinite > self.max_nonfinite:
+            sys.exit(
+                f"error: {where}; the last good checkpoint is kept. Likely causes: lr too high for "
+                "this batch size or optimizer (lower --base_lr, raise --warmup_epochs), or fp16 "
+                f"overflow. --skip_nonfinite N tolerates N such steps ({self.max_nonfinite} now)."
+            )
+        print(f"warning: {where}; step skipped ({self.nonfinite}/{self.max_nonfinite} allowed)")
