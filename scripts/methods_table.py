@@ -12,10 +12,11 @@ import argparse
 import json
 import os
 import sys
+from collections import Counter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from readme_block import replace_block  # noqa: E402
+from readme_block import publish  # noqa: E402
 
 from methods import METHODS  # noqa: E402
 from utils.logging import read_metrics  # noqa: E402
@@ -46,6 +47,8 @@ METHOD_FLAGS = (
     "epoch_queue_starts",
     "freeze_prototypes_epochs",
 )
+# flags every run sets; a row lists them only where it departs from the value most runs use
+SHARED_FLAGS = ("optimizer", "base_lr", "weight_decay", "num_epochs")
 
 
 def load_json(path: str) -> dict:
@@ -68,12 +71,19 @@ def table(root: str) -> str:
         f"{random['acc1']:.2f}) | linear Acc@5 (random init: {random['acc5']:.2f}) |",
         "|---|---|---|---|---:|---|---:|---:|",
     ]
+    runs = {}
     for method in METHODS:
         pretrain_dir = os.path.join(root, f"pretrain_{method}")
-        if not os.path.isdir(pretrain_dir):
-            continue
-        args = load_json(os.path.join(pretrain_dir, "args.json"))
-        flags = " ".join(f"`--{k} {args[k]}`" for k in METHOD_FLAGS if args.get(k) is not None)
+        if os.path.isdir(pretrain_dir):
+            runs[method] = (pretrain_dir, load_json(os.path.join(pretrain_dir, "args.json")))
+    usual = {
+        key: Counter(args[key] for _, args in runs.values()).most_common(1)[0][0]
+        for key in SHARED_FLAGS
+    }
+    for method, (pretrain_dir, args) in runs.items():
+        changed = [k for k in SHARED_FLAGS if args[k] != usual[k]]
+        changed += [k for k in METHOD_FLAGS if args.get(k) is not None]
+        flags = " ".join(f"`--{k} {args[k]}`" for k in changed)
         before, after, steps = knn_first_last(pretrain_dir)
         linear = load_json(os.path.join(root, f"linear_{method}", "results.json"))
         lines.append(
@@ -81,6 +91,8 @@ def table(root: str) -> str:
             f"{flags or '(paper defaults)'} | {steps} | {before:.2f} → {after:.2f} | "
             f"{linear['acc1']:.2f} | {linear['acc5']:.2f} |"
         )
+    common = ", ".join(f"`--{k} {v}`" for k, v in usual.items())
+    lines += ["", f"Shared by the runs unless their row says otherwise: {common}."]
     return "\n".join(lines)
 
 
@@ -90,13 +102,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, help="wall time of the whole script")
     parser.add_argument("--readme", help="also put the table in the methods block here")
     args = parser.parse_args()
-    text = table(args.root)
-    if args.seconds is not None:
-        minutes, seconds = divmod(args.seconds, 60)
-        text += f"\n\nWall time of `scripts/methods.sh`: {minutes} min {seconds} s."
-    print(text)
-    if args.readme:
-        replace_block(args.readme, "methods", text)
+    publish(table(args.root), args.seconds, "`scripts/methods.sh`", args.readme, "methods")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from readme_block import replace_block  # noqa: E402
+from readme_block import publish  # noqa: E402
 
 from utils.logging import read_metrics  # noqa: E402
 
@@ -46,13 +46,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, help="wall time of the whole quick start")
     parser.add_argument("--readme", help="also put the table in the quickstart block here")
     args = parser.parse_args()
-    text = table(*args.run_dirs)
-    if args.seconds is not None:
-        minutes, seconds = divmod(args.seconds, 60)
-        text += f"\n\nWall time of the whole quick start: {minutes} min {seconds} s."
-    print(text)
-    if args.readme:
-        replace_block(args.readme, "quickstart", text)
+    publish(table(*args.run_dirs), args.seconds, "the whole quick start", args.readme, "quickstart")
 
 
 if __name__ == "__main__":

@@ -3,9 +3,10 @@ accuracy of its backbone clearly above the same backbone at random initialisatio
 
 The real pieces run (synthetic data, each method's own views, module and loss, its step hooks,
 optimizer factory, weighted kNN) with the `small_cnn` backbone at 16 px, so that each run fits in
-about a minute on 2 CPU cores. One method per family: contrastive (SimCLR), self-distillation
-with an EMA target (BYOL), clustering (SwAV), redundancy reduction (VICReg). The short-run flags
-are those of `scripts/methods.sh`; measured values are in each test's comment.
+about a minute on 2 CPU cores: contrastive (SimCLR) and redundancy reduction (VICReg). The
+self-distillation (SimSiam, BYOL) and clustering (SwAV) families showed no kNN gain within a few
+hundred CPU steps on this data in any setting tried (see `scripts/methods.sh` and the README), so
+they are tested by their mechanics instead (tests/test_byol.py, tests/test_swav.py).
 """
 
 from argparse import Namespace
@@ -94,3 +95,11 @@ def test_simclr_pretraining_beats_random_init():
     before, after, first, last = pretrain("simclr", 150, 2e-3, {"temperature": 0.2}, {})
     assert last < first - 0.5, f"NT-Xent did not fall: {first:.3f} -> {last:.3f}"
     assert after > before + 6, f"kNN Acc@1 {before:.1f} % at init -> {after:.1f} % after SimCLR"
+
+
+def test_vicreg_pretraining_beats_random_init():
+    # measured: kNN 14.0 -> 25.6 %, loss 21.2 -> 19.5 (512-wide expander, BYOL's views), ~70 s
+    dims = {"proj_hidden_dim": 512, "proj_dim": 512}
+    before, after, first, last = pretrain("vicreg", 150, 2e-3, dims, {})
+    assert last < first - 1.0, f"VICReg loss did not fall: {first:.3f} -> {last:.3f}"
+    assert after > before + 6, f"kNN Acc@1 {before:.1f} % at init -> {after:.1f} % after VICReg"
