@@ -45,7 +45,6 @@ def supcon_loss(z: Tensor, labels: Tensor, temperature: float = 0.1) -> Tensor:
     # view-major order: rows 0..N-1 are view 0, rows N..2N-1 are view 1, ...
     z = F.normalize(z.transpose(0, 1).reshape(n * v, -1), dim=1)  # NV x D
     labels = labels.repeat(v)  # NV
-    # (a distributed version gathers the contrast set `z`, `labels` here and offsets the anchors)
     logits = z @ z.T / temperature  # NV x NV
     self_mask = torch.eye(n * v, dtype=torch.bool, device=z.device)
     logits = logits.masked_fill(self_mask, float("-inf"))  # an anchor is not its own contrast

@@ -19,18 +19,37 @@ def rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
-def gather_with_grad(x: Tensor) -> Tensor:
-    """Concatenate `x` from all processes along dim 0, in rank order, keeping the autograd graph.
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward all-reduces (sums) the gradient of the gathered tensor over
+    the processes and returns this process's slice. Written here rather than taken from
+    torch.distributed.nn.functional.all_gather, whose backward gave wrong gradients under gloo
+    for SupCon's gathered [N, V, D] tensor (tests/test_distributed.py); NT-Xent's were right."""
 
-    The backward of torch.distributed.nn's all_gather sums the gradients of every process's copy
-    of the loss, so after DDP averages gradients each process holds d(global loss)/d(its inputs):
-    the same gradients as one process on the concatenated batch.
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        parts = [torch.empty_like(x) for _ in range(world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        n = grad.shape[0] // world_size()
+        return grad[rank() * n : (rank() + 1) * n]
+
+
+def gather_with_grad(x: Tensor) -> Tensor:
+    """Concatenate `x` from all processes along dim 0, in rank order, keeping the autograd graph
+    (every process must pass the same shape: training batches are equal, drop_last).
+
+    Each process's gradient w.r.t. its own `x` is the sum over processes of their copies of the
+    loss's gradient, so after DDP averages parameter gradients each process holds
+    d(global loss)/d(parameters): the same gradients as one process on the concatenated batch.
     """
     if world_size() == 1:
         return x
-    import torch.distributed.nn.functional as dist_fn  # imported here: needs a process group
-
-    return torch.cat(dist_fn.all_gather(x), dim=0)
+    return _GatherWithGrad.apply(x)
 
 
 @torch.no_grad()
