@@ -64,7 +64,7 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
     group.add_argument(
         "--debug",
         action="store_true",
-        help="a few steps per epoch and autograd anomaly detection (default: off)",
+        help="5 steps per epoch, every step logged, autograd anomaly detection (default: off)",
     )
     group.add_argument(
         "--data_dir", default="./data/", help="data sets live here (default: ./data/)"
@@ -489,8 +489,9 @@ def resume_path(args) -> str | None:
 def main(args) -> dict:
     device = resolve_device(args.device)
     set_seed(args.seed)
+    torch.autograd.set_detect_anomaly(args.debug)  # names the op behind a NaN gradient; slow
     if args.debug:
-        torch.autograd.set_detect_anomaly(True)
+        args.print_freq = 1
 
     # ============ resume: the run folder comes from the checkpoint ============
     ckpt_path = resume_path(args)

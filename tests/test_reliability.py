@@ -136,3 +136,11 @@ def test_skip_nonfinite_skips_the_step_and_finishes(run_dirs, monkeypatch, capsy
     out = run(run_dirs, "skipped", "--skip_nonfinite", "1")
     assert "step skipped (1/1 allowed)" in capsys.readouterr().out
     assert all(torch.isfinite(v.float()).all() for v in weights(out["ckpt_dir"]).values())
+
+
+def test_debug_runs_five_logged_steps_per_epoch(run_dirs):
+    out = run(run_dirs, "debug", "--debug", "--print_freq", "10", "--limit", "400")
+    with open(os.path.join(out["log_dir"], "metrics.csv")) as f:
+        steps = [line.split(",")[2] for line in f if line.startswith("step,")]
+    assert steps == ["1", "2", "3", "4", "5", "9", "10", "11", "12", "13"]  # 8 steps per epoch
+    torch.autograd.set_detect_anomaly(False)  # main() leaves the mode on; later tests want speed
