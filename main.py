@@ -54,6 +54,7 @@ from utils.run import (
     save_args,
     seed_epoch,
 )
+from utils.tsne import plot_tsne
 
 
 def get_args_parser(add_help: bool = True) -> ArgumentParser:
@@ -368,6 +369,12 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
         "--knn_k", type=positive_int, default=200, help="kNN neighbours (default: 200)"
     )
     group.add_argument(
+        "--tsne",
+        action="store_true",
+        help="with --knn_freq: tsne.png of the test features at the last kNN evaluation "
+        "(default: off)",
+    )
+    group.add_argument(
         "--knn_temperature", type=float, default=0.1, help="kNN vote temperature (default: 0.1)"
     )
     return parser
@@ -466,13 +473,14 @@ def training_state(args, model, optimizer, epoch: int, step_in_epoch: int, steps
 
 
 @torch.no_grad()
-def knn_monitor(backbone: nn.Module, train_loader, test_loader, device, args) -> float:
-    """Weighted kNN Acc@1 of the backbone (training set as the bank, test set as queries)."""
+def knn_monitor(backbone: nn.Module, train_loader, test_loader, device, args) -> tuple:
+    """Weighted kNN Acc@1 of the backbone (training set as the bank, test set as queries), and
+    the test features with their labels."""
     train_x, train_y = extract_features(backbone, train_loader, device)
     test_x, test_y = extract_features(backbone, test_loader, device)
     num_classes = int(train_y.max()) + 1
     scores = knn_scores(train_x, train_y, test_x, num_classes, args.knn_k, args.knn_temperature)
-    return topk_accuracy(scores, test_y, ks=(1,))[0]
+    return topk_accuracy(scores, test_y, ks=(1,))[0], (test_x, test_y)
 
 
 def resume_path(args) -> str | None:
@@ -569,7 +577,7 @@ def main(args) -> dict:
     stats: dict[str, float] = {}
     start_time = time.time()
     if args.knn_freq and start_epoch == start_step == 0:  # the untrained network: the baseline
-        knn_acc1 = knn_monitor(model.backbone, *knn_loaders, device, args)
+        knn_acc1, _ = knn_monitor(model.backbone, *knn_loaders, device, args)
         logger.log("epoch", 0, 0, knn_acc1=knn_acc1)
         print(f"epoch 0 (random initialisation): knn_acc1 {knn_acc1:.4g}")
     last_path = os.path.join(ckpt_dir, "last.pt")
@@ -594,7 +602,12 @@ def main(args) -> dict:
                 )
                 sys.exit(128 + guard.signal)
             if args.knn_freq and ((epoch + 1) % args.knn_freq == 0 or epoch + 1 == args.num_epochs):
-                stats["knn_acc1"] = knn_monitor(model.backbone, *knn_loaders, device, args)
+                stats["knn_acc1"], test_features = knn_monitor(
+                    model.backbone, *knn_loaders, device, args
+                )
+                if args.tsne and epoch + 1 == args.num_epochs:
+                    path = os.path.join(log_dir, "tsne.png")
+                    plot_tsne(*test_features, path, f"{title}: test features, epoch {epoch + 1}")
             logger.log("epoch", epoch + 1, (epoch + 1) * steps_per_epoch, **stats)
             print(
                 f"epoch {epoch + 1}/{args.num_epochs}: "

@@ -225,3 +225,29 @@ def test_method_flags_reach_the_modules():
     assert byol.ema_momentum == 0.99 and byol.projector[-1].out_features == 256
     assert swav.prototypes.out_features == 30 and swav.queue.shape == (2, 64, 128)
     assert (swav.freeze_prototypes_epochs, swav.epoch_queue_starts, swav.epsilon) == (0, 15, 0.05)
+
+
+def test_knn_monitor_logs_epoch_0_and_draws_knn_and_tsne(run_dirs, monkeypatch):
+    """--knn_freq evaluates the untrained network (epoch 0) and then every N epochs; --tsne maps
+    the test features of the last evaluation (t-SNE itself is tested in test_linear_eval.py and
+    takes seconds, so a stand-in records the call here)."""
+    drawn = []
+    monkeypatch.setattr(main, "plot_tsne", lambda x, y, path, title: drawn.append((x, y, path)))
+    args = main.get_args_parser().parse_args(
+        [*TINY, *run_dirs, "--backbone", "small_cnn", "--num_epochs", "2", "--warmup_epochs", "0"]
+        + ["--knn_freq", "2", "--knn_k", "5", "--tsne", "--run_name", "knn"]
+    )
+    out = main.main(args)
+    epochs = [
+        r for r in read_csv(os.path.join(out["log_dir"], "metrics.csv")) if r["kind"] == "epoch"
+    ]
+    assert [(r["epoch"], bool(r["knn_acc1"])) for r in epochs] == [
+        ("0", True),
+        ("1", False),
+        ("2", True),
+    ]
+    assert all(0 <= float(r["knn_acc1"]) <= 100 for r in epochs if r["knn_acc1"])
+    assert os.path.getsize(os.path.join(out["log_dir"], "knn.png")) > 0
+    [(features, labels, path)] = drawn
+    assert features.shape == (2000, 256) and labels.shape == (2000,)  # the synthetic test set
+    assert path == os.path.join(out["log_dir"], "tsne.png")
