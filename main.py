@@ -370,9 +370,12 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
     )
     group.add_argument(
         "--tsne",
-        action="store_true",
-        help="with --knn_freq: tsne.png of the test features at the last kNN evaluation "
-        "(default: off)",
+        type=bool_flag,
+        nargs="?",
+        const=True,
+        default=False,
+        help="tsne.png of the test-set features in the run folder: at the last kNN evaluation "
+        "(with --knn_freq), or after main_linear.py's evaluation (default: false)",
     )
     group.add_argument(
         "--knn_temperature", type=float, default=0.1, help="kNN vote temperature (default: 0.1)"

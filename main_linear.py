@@ -135,14 +135,6 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
         help="train on this class-balanced fraction of the labelled training set, chosen by "
         "--seed; 0.01 and 0.1 are the 1%% and 10%% label regimes (default: 1.0)",
     )
-    group.add_argument(
-        "--tsne",
-        type=bool_flag,
-        nargs="?",
-        const=True,
-        default=False,
-        help="write tsne.png of the test-set features into the run folder (default: false)",
-    )
     parser.set_defaults(batch_size=256, base_lr=30.0, num_epochs=100)
     return parser
 
