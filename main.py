@@ -29,7 +29,7 @@ from utils.checkpoint import (
     set_rng_state,
 )
 from utils.data import DATASETS, balanced_subset, build_dataset
-from utils.knn import extract_features, knn_scores, topk_accuracy
+from utils.knn import knn_evaluate
 from utils.logging import MetricsLogger
 from utils.misc import (
     ArgumentParser,
@@ -475,15 +475,12 @@ def training_state(args, model, optimizer, epoch: int, step_in_epoch: int, steps
     }
 
 
-@torch.no_grad()
 def knn_monitor(backbone: nn.Module, train_loader, test_loader, device, args) -> tuple:
-    """Weighted kNN Acc@1 of the backbone (training set as the bank, test set as queries), and
-    the test features with their labels."""
-    train_x, train_y = extract_features(backbone, train_loader, device)
-    test_x, test_y = extract_features(backbone, test_loader, device)
-    num_classes = int(train_y.max()) + 1
-    scores = knn_scores(train_x, train_y, test_x, num_classes, args.knn_k, args.knn_temperature)
-    return topk_accuracy(scores, test_y, ks=(1,))[0], (test_x, test_y)
+    """Weighted kNN Acc@1 of the backbone, and the test features with their labels."""
+    (acc1,), test_features = knn_evaluate(
+        backbone, train_loader, test_loader, device, args.knn_k, args.knn_temperature, ks=(1,)
+    )
+    return acc1, test_features
 
 
 def resume_path(args) -> str | None:

@@ -32,7 +32,7 @@ from optimizers.cosine_decay_warmup import adjust_learning_rate
 from transformations import eval_transform, linear_train_transform
 from utils.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from utils.data import DATASETS, balanced_subset, build_dataset, dataset_targets, num_classes_of
-from utils.knn import FeatureLoader, extract_features, knn_scores, topk_accuracy
+from utils.knn import FeatureLoader, extract_features, knn_evaluate, topk_accuracy
 from utils.logging import MetricsLogger, write_json
 from utils.misc import (
     ArgumentParser,
@@ -377,12 +377,10 @@ def main(args) -> dict:
     if args.eval == "knn":
         save_args(log_dir, args)
         # ============ weighted kNN ============
-        train_x, train_y = extract_features(backbone, train_loader, device)
-        test_features = extract_features(backbone, test_loader, device)
-        scores = knn_scores(
-            train_x, train_y, test_features[0], num_classes, args.knn_k, args.knn_temperature
-        )
-        acc1, acc5 = topk_accuracy(scores, test_features[1])
+        (acc1, acc5), test_features = knn_evaluate(
+            backbone, train_loader, test_loader, device, args.knn_k, args.knn_temperature,
+            num_classes,
+        )  # fmt: skip
     else:
         # ============ linear classifier (or fine-tuning) ============
         classifier = LinearClassifier(feat_dim, num_classes, args.probe_bn).to(device)

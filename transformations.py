@@ -5,11 +5,12 @@ Each pipeline is a small class with keyword-only arguments whose `__call__` dele
 `Compose`, so a method states its recipe in one line and the code reads like the paper's appendix.
 """
 
-import inspect
 from collections.abc import Callable
 
 from PIL import Image
 from torchvision import transforms as T
+
+from utils.misc import given_kwargs
 
 # Blur needs a few pixels of kernel to mean anything; SimCLR drops it for CIFAR-sized images.
 BLUR_MIN_SIZE = 64
@@ -149,9 +150,7 @@ def pretrain_transform(recipe: str, *, image_size: int, mean, std, **options) ->
     """The views of `recipe`; options that are None or that the recipe does not take (such as
     `num_crops` for a two-view recipe) are dropped, so the recipe keeps its own defaults."""
     build = PRETRAIN_TRANSFORMS[recipe]
-    accepted = inspect.signature(build).parameters
-    options = {k: v for k, v in options.items() if v is not None and k in accepted}
-    return build(image_size=image_size, mean=mean, std=std, **options)
+    return build(image_size=image_size, mean=mean, std=std, **given_kwargs(build, options))
 
 
 def eval_transform(*, image_size: int, native_size: int, mean, std) -> T.Compose:

@@ -5,11 +5,9 @@ A method class subclasses `Method`, takes `(backbone, feat_dim, **hyper_paramete
 file with `@register("name")` on its class plus one import line below.
 """
 
-import inspect
-
 from torch import nn
 
-from utils.misc import UserError
+from utils.misc import UserError, given_kwargs
 
 
 class Method(nn.Module):
@@ -53,9 +51,7 @@ def build_method(name: str, backbone: nn.Module, feat_dim: int, /, **kwargs) -> 
     if name not in METHODS:
         raise UserError(f"unknown method {name!r}; choose from {sorted(METHODS)}")
     cls = METHODS[name]
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "backbone", "feat_dim"}
-    kwargs = {k: v for k, v in kwargs.items() if k in accepted and v is not None}
-    return cls(backbone, feat_dim, **kwargs)
+    return cls(backbone, feat_dim, **given_kwargs(cls, kwargs, exclude=("backbone", "feat_dim")))
 
 
 from methods import barlowtwins, byol, simclr, simsiam, supcon, swav, vicreg  # noqa: E402,F401  (fills METHODS)

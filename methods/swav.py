@@ -157,7 +157,8 @@ class SwAV(Method):
         )
         if use_queue:
             self.enqueue(z_high.detach().chunk(2))
-        return {"loss": loss, "z1": z_high.chunk(2)[0], "z2": z_high.chunk(2)[1]}
+        z1, z2 = z_high.chunk(2)
+        return {"loss": loss, "z1": z1, "z2": z2}
 
     @torch.no_grad()
     def enqueue(self, embeddings: tuple[Tensor, ...]) -> None:

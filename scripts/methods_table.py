@@ -9,17 +9,15 @@ LOG_ROOT holds `pretrain_<method>/`, `linear_<method>/` and `linear_random/` run
 """
 
 import argparse
-import json
 import os
 import sys
 from collections import Counter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from readme_block import publish  # noqa: E402
+from readme_block import knn_first_last, load_json, publish  # noqa: E402
 
 from methods import METHODS  # noqa: E402
-from utils.logging import read_metrics  # noqa: E402
 
 LOSSES = {
     "simclr": "`nt_xent_loss`",
@@ -49,18 +47,6 @@ METHOD_FLAGS = (
 )
 # flags every run sets; a row lists them only where it departs from the value most runs use
 SHARED_FLAGS = ("optimizer", "base_lr", "weight_decay", "num_epochs")
-
-
-def load_json(path: str) -> dict:
-    with open(path) as f:
-        return json.load(f)
-
-
-def knn_first_last(run_dir: str) -> tuple[float, float, int]:
-    epochs = [r for r in read_metrics(run_dir) if r["kind"] == "epoch" and r.get("knn_acc1")]
-    if not epochs or float(epochs[0]["epoch"]) != 0:
-        sys.exit(f"error: {run_dir}/metrics.csv has no kNN row at epoch 0 (use --knn_freq)")
-    return float(epochs[0]["knn_acc1"]), float(epochs[-1]["knn_acc1"]), int(epochs[-1]["step"])
 
 
 def table(root: str) -> str:

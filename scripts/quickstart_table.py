@@ -7,29 +7,19 @@ probes of the pretrained and the randomly initialised backbone (results.json).
 """
 
 import argparse
-import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from readme_block import publish  # noqa: E402
-
-from utils.logging import read_metrics  # noqa: E402
+from readme_block import knn_first_last, load_json, publish  # noqa: E402
 
 
 def table(pretrain_dir: str, linear_dir: str, random_dir: str) -> str:
-    epochs = [r for r in read_metrics(pretrain_dir) if r["kind"] == "epoch"]
-    knn = [r for r in epochs if r.get("knn_acc1")]
-    if not knn or float(knn[0]["epoch"]) != 0:
-        sys.exit(f"error: {pretrain_dir}/metrics.csv has no kNN row at epoch 0 (use --knn_freq)")
-    results = []
-    for run_dir in (random_dir, linear_dir):
-        with open(os.path.join(run_dir, "results.json")) as f:
-            results.append(json.load(f))
-    method, steps = results[1]["model_name"], epochs[-1]["step"]
+    before, after, steps = knn_first_last(pretrain_dir)
+    random, linear = (load_json(os.path.join(d, "results.json")) for d in (random_dir, linear_dir))
     rows = [
-        ("random initialisation", knn[0]["knn_acc1"], results[0]),
-        (f"{method}, {steps} steps", knn[-1]["knn_acc1"], results[1]),
+        ("random initialisation", before, random),
+        (f"{linear['model_name']}, {steps} steps", after, linear),
     ]
     lines = [
         "| backbone weights | kNN Acc@1 (test set) | linear Acc@1 | linear Acc@5 |",

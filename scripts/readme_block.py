@@ -1,7 +1,27 @@
-"""Replace a generated block of README.md: the text between `<!-- NAME:begin -->` and
-`<!-- NAME:end -->`, so that README tables come from scripts, never from typing."""
+"""Helpers of the scripts that write README tables: read a run's result files, and replace a
+generated block of README.md (the text between `<!-- NAME:begin -->` and `<!-- NAME:end -->`), so
+that README tables come from scripts, never from typing."""
 
+import json
+import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from utils.logging import read_metrics  # noqa: E402
+
+
+def load_json(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def knn_first_last(run_dir: str) -> tuple[float, float, int]:
+    """kNN Acc@1 of a pretraining run at epoch 0 (its random initialisation) and at its last
+    kNN evaluation, and that evaluation's step (metrics.csv)."""
+    epochs = [r for r in read_metrics(run_dir) if r["kind"] == "epoch" and r.get("knn_acc1")]
+    if not epochs or float(epochs[0]["epoch"]) != 0:
+        sys.exit(f"error: {run_dir}/metrics.csv has no kNN row at epoch 0 (use --knn_freq)")
+    return float(epochs[0]["knn_acc1"]), float(epochs[-1]["knn_acc1"]), int(epochs[-1]["step"])
 
 
 def replace_block(path: str, name: str, text: str) -> None:

@@ -70,6 +70,26 @@ def extract_features(backbone: nn.Module, loader, device: torch.device) -> tuple
     return torch.cat(features), torch.cat(labels)
 
 
+def knn_evaluate(
+    backbone: nn.Module,
+    train_loader,
+    test_loader,
+    device: torch.device,
+    k: int,
+    temperature: float,
+    num_classes: int | None = None,
+    ks: tuple[int, ...] = (1, 5),
+) -> tuple[list[float], tuple[Tensor, Tensor]]:
+    """Top-k accuracies (percent) of the weighted kNN classifier on the backbone's features,
+    training images as the bank and test images as queries, and the test features with their
+    labels (for a t-SNE map). The kNN monitor of main.py and main_linear.py --eval knn."""
+    train_x, train_y = extract_features(backbone, train_loader, device)
+    test_x, test_y = extract_features(backbone, test_loader, device)
+    num_classes = num_classes or int(train_y.max()) + 1
+    scores = knn_scores(train_x, train_y, test_x, num_classes, k, temperature)
+    return topk_accuracy(scores, test_y, ks), (test_x, test_y)
+
+
 class FeatureLoader:
     """Mini-batches of (features, labels) from cached tensors, in the order a training DataLoader
     from utils.run.make_loader gives over the same items: with `shuffle`, the same EpochSampler

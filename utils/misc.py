@@ -1,6 +1,7 @@
 """Small helpers shared by the entry points: clear user errors, flags, seeding, device choice."""
 
 import argparse
+import inspect
 import os
 import random
 import subprocess
@@ -68,6 +69,13 @@ def run_cli(main, parser: argparse.ArgumentParser, argv: list[str] | None = None
     except UserError as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+def given_kwargs(fn, kwargs: dict, exclude: tuple[str, ...] = ()) -> dict:
+    """The entries of `kwargs` that `fn` takes by name (less `exclude`) and that are not None, so
+    a caller can pass every flag and `fn` keeps its own defaults for the ones left unset."""
+    accepted = set(inspect.signature(fn).parameters) - set(exclude)
+    return {k: v for k, v in kwargs.items() if k in accepted and v is not None}
 
 
 def set_seed(seed: int) -> None:
