@@ -21,6 +21,7 @@ from networks import BACKBONES, build_backbone
 from optimizers import OPTIMIZERS, build_optimizer
 from optimizers.cosine_decay_warmup import adjust_learning_rate
 from transformations import eval_transform, pretrain_transform
+from utils.accel import autocast, check_options, grad_scaler, prepare_model, to_device
 from utils.checkpoint import (
     find_checkpoint,
     load_checkpoint,
@@ -29,8 +30,18 @@ from utils.checkpoint import (
     set_rng_state,
 )
 from utils.data import DATASETS, balanced_subset, build_dataset
+from utils.distributed import (
+    barrier,
+    broadcast_object,
+    close_distributed,
+    init_distributed,
+    is_main_process,
+    mean_over_processes,
+    rank,
+    world_size,
+)
 from utils.knn import knn_evaluate
-from utils.logging import MetricsLogger
+from utils.logging import MetricsLogger, NullLogger, write_json
 from utils.misc import (
     ArgumentParser,
     UserError,
@@ -112,6 +123,43 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
         metavar="PATH|auto",
         help="continue a run from a checkpoint, or the newest of --run_name / of "
         "the same method, backbone and data set with 'auto' (default: off)",
+    )
+
+    # Speed (docs/speed.md says when each helps); multi-GPU runs start with torchrun
+    group = parser.add_argument_group("speed and scale")
+    group.add_argument(
+        "--amp",
+        choices=["none", "fp16", "bf16"],
+        default="none",
+        help="mixed precision: fp16 (CUDA, with a gradient scaler) or bf16 (CUDA from Ampere, "
+        "or recent CPUs) (default: none)",
+    )
+    group.add_argument(
+        "--channels_last",
+        type=bool_flag,
+        nargs="?",
+        const=True,
+        default=False,
+        help="NHWC memory layout for model and images; helps convnets under --amp on tensor-core "
+        "GPUs (default: false)",
+    )
+    group.add_argument(
+        "--compile",
+        type=bool_flag,
+        nargs="?",
+        const=True,
+        default=False,
+        help="torch.compile the model's forward; pays a minute of compilation up front "
+        "(default: false)",
+    )
+    group.add_argument(
+        "--sync_bn",
+        type=bool_flag,
+        nargs="?",
+        const=True,
+        default=False,
+        help="BatchNorm statistics over the global batch under DDP (torchrun); needs CUDA "
+        "(default: false)",
     )
 
     # Data
@@ -323,6 +371,13 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
         help="EMA momentum of the target network at step 0, rising to 1 on a cosine (BYOL: 0.996)",
     )
     group.add_argument(
+        "--queue_size",
+        type=non_negative_int,
+        default=None,
+        help="past embeddings kept in a queue: MoCo v2's negatives (65536) or NNCLR's support "
+        "set (98304); these ImageNet values exceed CIFAR's 50,000 images, use 4096-16384 there",
+    )
+    group.add_argument(
         "--num_prototypes", type=positive_int, default=None, help="prototypes (SwAV: 3000)"
     )
     group.add_argument(
@@ -355,6 +410,30 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
         type=non_negative_int,
         default=None,
         help="epochs during which the prototypes are not updated (SwAV: 1)",
+    )
+    group.add_argument(
+        "--teacher_temp",
+        type=positive_float,
+        default=None,
+        help="teacher softmax temperature after its warmup (DINO: 0.07)",
+    )
+    group.add_argument(
+        "--warmup_teacher_temp",
+        type=positive_float,
+        default=None,
+        help="teacher temperature at epoch 0, rising linearly to --teacher_temp (DINO: 0.04)",
+    )
+    group.add_argument(
+        "--teacher_temp_warmup_epochs",
+        type=non_negative_int,
+        default=None,
+        help="epochs of the teacher temperature warmup (DINO: 30)",
+    )
+    group.add_argument(
+        "--center_momentum",
+        type=non_negative_float,
+        default=None,
+        help="momentum of the running mean subtracted from the teacher's output (DINO: 0.9)",
     )
 
     # Monitoring
@@ -395,9 +474,17 @@ def train_one_epoch(
     guard: TrainingGuard,
     steps_per_epoch: int,
     first_step: int = 0,
+    forward: nn.Module | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> dict[str, float]:
     """Steps `first_step` .. `steps_per_epoch` - 1 of `epoch` (the loader skips the ones before);
-    returns as soon as a stop signal arrives, with `steps_done` telling where it stopped."""
+    returns as soon as a stop signal arrives, with `steps_done` telling where it stopped.
+
+    `forward` is the module to call (DDP / torch.compile wrappers of `model`; default `model`),
+    `scaler` the fp16 gradient scaler (default: none). Under DDP `images_per_s` counts the
+    images of all processes."""
+    forward = model if forward is None else forward
+    scaler = torch.amp.GradScaler(device.type, enabled=False) if scaler is None else scaler
     model.train()
     last_step = steps_per_epoch if not args.debug else min(steps_per_epoch, first_step + 5)
     total_steps = args.num_epochs * steps_per_epoch
@@ -410,6 +497,7 @@ def train_one_epoch(
         dynamic_ncols=True,
         mininterval=1.0,
         leave=False,
+        disable=not is_main_process(),
     )
     step_in_epoch, lr = first_step, float(lr_schedule[epoch * steps_per_epoch + first_step])
     for views, labels in bar:
@@ -417,18 +505,22 @@ def train_one_epoch(
         lr = float(lr_schedule[it])
         adjust_learning_rate(optimizer, lr)
 
-        views = [v.to(device, non_blocking=True) for v in views]
+        views = [to_device(v, device, args.channels_last) for v in views]
         labels = labels.to(device, non_blocking=True)
-        loss = model(views, labels)["loss"]
-        loss_value = loss.item()  # one host sync per step, reused below
+        with autocast(args, device):
+            loss = forward(views, labels)["loss"]
+        # one host sync per step, reused below; the same value on every DDP process
+        loss_value = mean_over_processes(loss)
         optimizer.zero_grad(set_to_none=True)
         step_in_epoch += 1
         if math.isfinite(loss_value):
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)  # hooks and LARS see true gradients
             model.before_optimizer_step()
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             model.after_optimizer_step(it, total_steps)
-            batch = labels.shape[0]
+            batch = labels.shape[0] * world_size()
             total_loss += loss_value * batch
             seen += batch
             window_images += batch
@@ -450,7 +542,7 @@ def train_one_epoch(
             )
         # stop before the loader draws the next batch: a resumed run then augments that batch
         # with the same random numbers as a run that never stopped
-        if step_in_epoch == last_step or guard.signal is not None:
+        if step_in_epoch == last_step or guard.should_stop(device):
             break
     bar.close()
     return {
@@ -495,8 +587,12 @@ def resume_path(args) -> str | None:
 
 
 def main(args) -> dict:
-    device = resolve_device(args.device)
-    set_seed(args.seed)
+    device = init_distributed(resolve_device(args.device))  # torchrun: one process per GPU
+    check_options(args, device)
+    if not is_main_process():
+        sys.stdout = open(os.devnull, "w")  # rank 0 speaks and writes for all
+    args.world_size = world_size()  # recorded in args.json; --batch_size is split among them
+    set_seed(args.seed)  # the same initial weights on every process
     torch.autograd.set_detect_anomaly(args.debug)  # names the op behind a NaN gradient; slow
     if args.debug:
         args.print_freq = 1
@@ -514,8 +610,10 @@ def main(args) -> dict:
         args.run_name = os.path.basename(os.path.dirname(os.path.abspath(ckpt_path)))
     elif args.resume is not None:
         print("--resume auto: no checkpoint found, starting a new run")
-    args.run_name = args.run_name or default_run_name(args)
-    log_dir, ckpt_dir = prepare_run_dirs(args, resuming=checkpoint is not None)
+    args.run_name = broadcast_object(args.run_name or default_run_name(args))
+    if is_main_process():
+        log_dir, ckpt_dir = prepare_run_dirs(args, resuming=checkpoint is not None)
+    log_dir, ckpt_dir = (os.path.join(d, args.run_name) for d in (args.logs_dir, args.ckpt_dir))
     print_args(args)
 
     # ============ data ============
@@ -552,6 +650,7 @@ def main(args) -> dict:
     # ============ model ============
     backbone, feat_dim = build_backbone(args.backbone, args.image_size, args.pretrained)
     model = build_method(args.model_name, backbone, feat_dim, **vars(args)).to(device)
+    forward = prepare_model(model, args, device)  # DDP, compile: wrappers for the forward only
     print(
         f"model: {args.model_name} on {args.backbone} ({feat_dim}-d features), "
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters"
@@ -560,19 +659,25 @@ def main(args) -> dict:
     # ============ optimizer and per-step schedule ============
     lr_schedule = build_lr_schedule(args, len(loader))
     optimizer = build_optimizer(args, model)
-    save_args(log_dir, args)
+    scaler = grad_scaler(args, device)
+    main_rank = is_main_process()
+    if main_rank:
+        save_args(log_dir, args)
 
     start_epoch, start_step = 0, 0
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        set_rng_state(checkpoint["rng"])
+        set_rng_state(checkpoint["rng"])  # rank 0's; the others draw their own below
         start_epoch, start_step = checkpoint["epoch"], checkpoint.get("step_in_epoch", 0)
         print(f"resumed from {ckpt_path} at epoch {start_epoch}, step {start_step} of the epoch")
+    if not main_rank:  # different augmentations per process (when loading in this process)
+        set_seed(args.seed + 7919 * rank() + start_epoch * 100_003 + start_step)
 
     # ============ training ============
     steps_per_epoch = len(loader)
-    logger = MetricsLogger(log_dir, ["loss", "lr", "images_per_s", "knn_acc1"])
+    columns = ["loss", "lr", "images_per_s", "knn_acc1"]
+    logger = MetricsLogger(log_dir, columns) if main_rank else NullLogger()
     title = f"{args.model_name} / {args.backbone} / {args.dataset_name}"
     stats: dict[str, float] = {}
     start_time = time.time()
@@ -588,12 +693,14 @@ def main(args) -> dict:
             model.set_epoch(epoch)
             stats = train_one_epoch(
                 model, optimizer, loader, lr_schedule, device, epoch, args, logger, guard,
-                steps_per_epoch, first_step,
+                steps_per_epoch, first_step, forward, scaler,
             )  # fmt: skip
             steps_done = stats.pop("steps_done")
             if guard.signal is not None and steps_done < steps_per_epoch:
                 state = training_state(args, model, optimizer, epoch, steps_done, steps_per_epoch)
-                save_checkpoint(state, last_path)
+                if main_rank:
+                    save_checkpoint(state, last_path)
+                barrier()  # no process exits (and makes torchrun stop rank 0) before the save
                 logger.close()
                 print(
                     f"stopped by {signal.Signals(guard.signal).name} at epoch {epoch + 1}, step "
@@ -605,7 +712,7 @@ def main(args) -> dict:
                 stats["knn_acc1"], test_features = knn_monitor(
                     model.backbone, *knn_loaders, device, args
                 )
-                if args.tsne and epoch + 1 == args.num_epochs:
+                if args.tsne and epoch + 1 == args.num_epochs and main_rank:
                     path = os.path.join(log_dir, "tsne.png")
                     plot_tsne(*test_features, path, f"{title}: test features, epoch {epoch + 1}")
             logger.log("epoch", epoch + 1, (epoch + 1) * steps_per_epoch, **stats)
@@ -615,20 +722,35 @@ def main(args) -> dict:
             )
 
             state = training_state(args, model, optimizer, epoch + 1, 0, steps_per_epoch)
-            save_checkpoint(state, last_path)
-            if (epoch + 1) % args.save_freq == 0 or epoch + 1 == args.num_epochs:
-                save_checkpoint(state, os.path.join(ckpt_dir, f"epoch_{epoch + 1:04d}.pt"))
-                plot_run(log_dir, title)
-            if guard.signal is not None:  # arrived during the last step of the epoch
+            if main_rank:
+                save_checkpoint(state, last_path)
+                if (epoch + 1) % args.save_freq == 0 or epoch + 1 == args.num_epochs:
+                    save_checkpoint(state, os.path.join(ckpt_dir, f"epoch_{epoch + 1:04d}.pt"))
+                    plot_run(log_dir, title)
+            if guard.should_stop(device):  # arrived during the last step of the epoch
+                barrier()
                 logger.close()
                 print(f"stopped after epoch {epoch + 1}; continue with --resume {last_path}")
                 sys.exit(128 + guard.signal)
     logger.close()
+    close_distributed()
+    if not main_rank:
+        return {"run_name": args.run_name, "log_dir": log_dir, "ckpt_dir": ckpt_dir, **stats}
 
     plots = plot_run(log_dir, title)
-    print(
-        f"done in {time.time() - start_time:.0f} s; checkpoint {os.path.join(ckpt_dir, 'last.pt')}"
-    )
+    wall_time = time.time() - start_time
+    summary = {
+        "model_name": args.model_name,
+        "backbone": args.backbone,
+        "dataset_name": args.dataset_name,
+        "epochs": args.num_epochs,
+        "steps": args.num_epochs * steps_per_epoch,
+        "checkpoint": last_path,
+        **stats,
+        "wall_time_s": round(wall_time, 1),  # of this process: a resumed run counts from resume
+    }
+    write_json(os.path.join(log_dir, "summary.json"), summary)
+    print(f"done in {wall_time:.0f} s; checkpoint {last_path}")
     print("plots: " + " ".join(plots))
     return {"run_name": args.run_name, "log_dir": log_dir, "ckpt_dir": ckpt_dir, **stats}
 

@@ -16,11 +16,13 @@ Variants (docs/evaluation.md): `--precompute_features` trains the head on featur
 
 import argparse
 import os
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
@@ -30,10 +32,27 @@ from networks.heads import LinearClassifier
 from optimizers import build_optimizer, param_groups
 from optimizers.cosine_decay_warmup import adjust_learning_rate
 from transformations import eval_transform, linear_train_transform
+from utils.accel import autocast, check_options, device_ids, to_device
 from utils.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
-from utils.data import DATASETS, balanced_subset, build_dataset, dataset_targets, num_classes_of
+from utils.data import (
+    DATASETS,
+    EpochSampler,
+    ShardSampler,
+    balanced_subset,
+    build_dataset,
+    dataset_targets,
+    num_classes_of,
+)
+from utils.distributed import (
+    broadcast_object,
+    close_distributed,
+    gather,
+    init_distributed,
+    is_main_process,
+    world_size,
+)
 from utils.knn import FeatureLoader, extract_features, knn_evaluate, topk_accuracy
-from utils.logging import MetricsLogger, write_json
+from utils.logging import MetricsLogger, NullLogger, write_json
 from utils.misc import (
     ArgumentParser,
     UserError,
@@ -150,6 +169,8 @@ def check_args(args) -> None:
         raise UserError("--finetune trains a classifier, --eval knn has none: drop one of them")
     if args.backbone_lr is not None and not args.finetune:
         raise UserError("--backbone_lr is the lr of --finetune: add --finetune or drop it")
+    if args.compile:
+        raise UserError("--compile is a pretraining option (main.py): drop it here")
     if args.finetune and args.base_lr == 0:
         raise UserError(
             "--finetune: the backbone's lr follows the head's schedule scaled by "
@@ -257,6 +278,7 @@ def train_one_epoch(
         dynamic_ncols=True,
         mininterval=1.0,
         leave=False,
+        disable=not is_main_process(),
     )
     for i, (images, labels) in enumerate(bar):
         if i == steps:
@@ -264,11 +286,13 @@ def train_one_epoch(
         it = epoch * len(loader) + i
         lr = float(lr_schedule[it])
         adjust_learning_rate(optimizer, lr)
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with torch.set_grad_enabled(finetune):
+        images = to_device(images, device, args.channels_last)
+        labels = labels.to(device, non_blocking=True)
+        with torch.set_grad_enabled(finetune), autocast(args, device):
             features = backbone(images)
-        logits = classifier(features)
-        loss = F.cross_entropy(logits, labels)
+        with autocast(args, device):
+            logits = classifier(features)
+        loss = F.cross_entropy(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -292,20 +316,24 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(classifier, backbone, loader, device) -> dict[str, float]:
-    """Validation loss, Acc@1 and Acc@5 (percent) over the whole loader."""
+def evaluate(classifier, backbone, loader, device, args) -> dict[str, float]:
+    """Validation loss, Acc@1 and Acc@5 (percent) over the whole loader (under DDP, over the
+    shards of all processes, gathered)."""
     classifier.eval()
     backbone.eval()
-    total_loss, scores, targets = 0.0, [], []
+    scores, targets = [], []
     for images, labels in loader:
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        logits = classifier(backbone(images))
-        total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
-        scores.append(logits.cpu())
-        targets.append(labels.cpu())
+        with autocast(args, device):
+            logits = classifier(backbone(to_device(images, device, args.channels_last)))
+        scores.append(logits.float())
+        targets.append(labels.to(device))
     scores, targets = torch.cat(scores), torch.cat(targets)
-    acc1, acc5 = topk_accuracy(scores, targets)
-    return {"val_loss": total_loss / len(targets), "val_acc1": acc1, "val_acc5": acc5}
+    if isinstance(getattr(loader, "sampler", None), ShardSampler):  # padded shards: N rows
+        count = len(loader.dataset)
+        scores, targets = gather(scores)[:count], gather(targets)[:count]
+    val_loss = F.cross_entropy(scores, targets).item()
+    acc1, acc5 = topk_accuracy(scores.cpu(), targets.cpu())
+    return {"val_loss": val_loss, "val_acc1": acc1, "val_acc5": acc5}
 
 
 def train_classifier(
@@ -313,21 +341,29 @@ def train_classifier(
 ) -> tuple[float, float]:
     """Train the head (and the backbone with --finetune) for --num_epochs, validating every
     epoch; returns the last epoch's Acc@1 and Acc@5. The loaders yield images, or cached
-    features with `backbone` an nn.Identity."""
+    features with `backbone` an nn.Identity (then every DDP process trains the same head on
+    all the features; on images each process takes its share of every batch)."""
     lr_schedule = build_lr_schedule(args, len(train_loader))
     optimizer = build_optimizer(args, classifier)
     if args.finetune:
         add_backbone_groups(optimizer, backbone, args)
         print(f"backbone lr = {args.backbone_lr:g}/{args.base_lr:g} x the head's lr")
-    save_args(log_dir, args)
+    head, body = classifier, backbone
+    if world_size() > 1 and isinstance(train_loader.sampler, EpochSampler):
+        head = DistributedDataParallel(classifier, device_ids=device_ids(device))
+        if args.finetune:
+            body = DistributedDataParallel(backbone, device_ids=device_ids(device))
+    main_rank = is_main_process()
+    if main_rank:
+        save_args(log_dir, args)
     columns = ["loss", "lr", "images_per_s", "train_acc1", "val_loss", "val_acc1", "val_acc5"]
-    logger = MetricsLogger(log_dir, columns)
+    logger = MetricsLogger(log_dir, columns) if main_rank else NullLogger()
     for epoch in range(args.num_epochs):
         seed_epoch(train_loader, epoch)
         stats = train_one_epoch(
-            classifier, backbone, optimizer, train_loader, lr_schedule, device, epoch, args, logger
+            head, body, optimizer, train_loader, lr_schedule, device, epoch, args, logger
         )
-        stats.update(evaluate(classifier, backbone, test_loader, device))
+        stats.update(evaluate(classifier, backbone, test_loader, device, args))
         logger.log("epoch", epoch + 1, (epoch + 1) * len(train_loader), **stats)
         print(
             f"epoch {epoch + 1}/{args.num_epochs}: "
@@ -342,15 +378,21 @@ def train_classifier(
         }
         if args.finetune:
             state["backbone"] = backbone.state_dict()
-        save_checkpoint(state, os.path.join(ckpt_dir, "last.pt"))
+        if main_rank:
+            save_checkpoint(state, os.path.join(ckpt_dir, "last.pt"))
     logger.close()
-    print("plots: " + " ".join(plot_run(log_dir, title)))
+    if main_rank:
+        print("plots: " + " ".join(plot_run(log_dir, title)))
     return stats["val_acc1"], stats["val_acc5"]
 
 
 def main(args) -> dict:
     check_args(args)
-    device = resolve_device(args.device)
+    device = init_distributed(resolve_device(args.device))  # torchrun: one process per GPU
+    check_options(args, device)
+    if not is_main_process():
+        sys.stdout = open(os.devnull, "w")  # rank 0 speaks and writes for all
+    args.world_size = world_size()
     set_seed(args.seed)
     if args.finetune and args.backbone_lr is None:
         args.backbone_lr = 0.1 * args.base_lr
@@ -360,11 +402,16 @@ def main(args) -> dict:
     backbone, feat_dim = load_backbone(args, checkpoint)
     backbone.requires_grad_(args.finetune)
     backbone.eval().to(device)
+    if args.channels_last:
+        backbone.to(memory_format=torch.channels_last)
     mode = "finetune" if args.finetune else args.eval
-    args.run_name = args.run_name or default_run_name(
-        args, prefix=f"{mode}_{'random_' if args.random_init else ''}"
+    args.run_name = broadcast_object(
+        args.run_name
+        or default_run_name(args, prefix=f"{mode}_{'random_' if args.random_init else ''}")
     )
-    log_dir, ckpt_dir = prepare_run_dirs(args, resuming=False)
+    if is_main_process():
+        prepare_run_dirs(args, resuming=False)
+    log_dir, ckpt_dir = (os.path.join(d, args.run_name) for d in (args.logs_dir, args.ckpt_dir))
     print_args(args)
 
     # ============ data ============
@@ -374,8 +421,9 @@ def main(args) -> dict:
     test_loader = make_loader(test_set, args, device, train=False)
     start_time = time.time()
     test_features = None  # (features, labels) of the test set, when computed anyway
-    if args.eval == "knn":
+    if args.eval == "knn" and is_main_process():
         save_args(log_dir, args)
+    if args.eval == "knn":
         # ============ weighted kNN ============
         (acc1, acc5), test_features = knn_evaluate(
             backbone, train_loader, test_loader, device, args.knn_k, args.knn_temperature,
@@ -412,10 +460,13 @@ def main(args) -> dict:
             title,
         )
     wall_time = time.time() - start_time
+    if args.tsne and test_features is None:  # linear on images or fine-tuned: the final backbone's
+        test_features = extract_features(backbone, test_loader, device)  # all processes take part
+    close_distributed()
+    if not is_main_process():
+        return {"acc1": acc1, "acc5": acc5}
 
     if args.tsne:  # ============ t-SNE of the test features ============
-        if test_features is None:  # linear on images or fine-tuned: the final backbone's
-            test_features = extract_features(backbone, test_loader, device)
         title = f"{args.model_name} / {args.backbone}: {args.dataset_name} test features"
         path = os.path.join(log_dir, "tsne.png")
         plot_tsne(*test_features, path, title, seed=args.seed, class_names=class_names(test_set))

@@ -138,11 +138,42 @@ def multicrop_transform(
     return MultiView([high, high] + [low] * num_crops)
 
 
+def dino_transform(
+    *,
+    image_size: int,
+    mean,
+    std,
+    crop_min_scale: float = 0.4,
+    jitter_strength: float = 1.0,
+    num_crops: int = 8,
+    small_crop_size: int | None = None,
+    small_crop_scale: tuple[float, float] = (0.05, 0.4),
+) -> MultiView:
+    """DINO's multi-crop (Caron et al. 2021, appendix; facebookresearch/dino DataAugmentationDINO):
+    BYOL's colour distortion (jitter (0.4, 0.4, 0.2, 0.1) x strength with p=0.8, grayscale p=0.2)
+    and asymmetric global pair (the first always blurred, the second blurred with p=0.1 and
+    solarised with p=0.2) on crops of 40-100 % of the image, then `num_crops` local crops of
+    5-40 % at the small size, blurred with p=0.5. The official code's default is 8 local crops
+    (the paper's best setting 10). The two global views come first."""
+    small_crop_size = small_crop_size or small_crop_size_for(image_size)
+    colour = dict(
+        mean=mean, std=std, jitter=tuple(jitter_strength * x for x in (0.4, 0.4, 0.2, 0.1))
+    )
+    scale = (crop_min_scale, 1.0)
+    first = View(image_size=image_size, crop_scale=scale, blur_prob=1.0, **colour)
+    second = View(
+        image_size=image_size, crop_scale=scale, blur_prob=0.1, solarize_prob=0.2, **colour
+    )
+    local = View(image_size=small_crop_size, crop_scale=small_crop_scale, blur_prob=0.5, **colour)
+    return MultiView([first, second] + [local] * num_crops)
+
+
 # method.augmentation -> the pretraining views (see methods.Method)
 PRETRAIN_TRANSFORMS: dict[str, Callable[..., MultiView]] = {
     "simclr": simclr_transform,
     "byol": byol_transform,
     "multicrop": multicrop_transform,
+    "dino": dino_transform,
 }
 
 

@@ -55,3 +55,9 @@ def build_method(name: str, backbone: nn.Module, feat_dim: int, /, **kwargs) -> 
 
 
 from methods import barlowtwins, byol, simclr, simsiam, supcon, swav, vicreg  # noqa: E402,F401  (fills METHODS)
+
+# isort: split
+from methods import dino  # noqa: E402,F401
+
+# isort: split
+from methods import moco, nnclr  # noqa: E402,F401

@@ -73,4 +73,4 @@ def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
-from networks import alexnet, densenet, efficientnet, resnet, small, vgg  # noqa: E402,F401  (fill BACKBONES)
+from networks import alexnet, densenet, efficientnet, resnet, small, vgg, vit  # noqa: E402,F401  (fill BACKBONES)

@@ -12,19 +12,10 @@ cd "$(dirname "$0")/.."
 OUT=${1:-runs/methods/$(date +%Y%m%d-%H%M%S)}
 shift || true
 METHODS=("$@")
-[ ${#METHODS[@]} -eq 0 ] && METHODS=(simclr supcon simsiam byol swav barlowtwins vicreg)
 
-# Flags after the common ones below win. SimSiam uses its paper's optimizer (SGD with weight
-# decay), with which it does not fall below its initialisation in short runs, unlike with Adam.
-declare -A FLAGS=(
-    [simclr]="--temperature 0.2"
-    [supcon]=""
-    [simsiam]="--optimizer sgd --base_lr 0.1 --weight_decay 5e-4"
-    [byol]="--ema_momentum 0.99 --proj_hidden_dim 512 --pred_hidden_dim 512"
-    [swav]="--num_prototypes 100 --num_crops 2"
-    [barlowtwins]="--proj_hidden_dim 512 --proj_dim 512"
-    [vicreg]="--proj_hidden_dim 512 --proj_dim 512"
-)
+# Flags after the common ones below win.
+source scripts/short_recipes.sh
+[ ${#METHODS[@]} -eq 0 ] && METHODS=("${ALL_METHODS[@]}")
 COMMON=(--backbone small_cnn --dataset_name synthetic --image_size 16 --limit 4000 --device cpu
         --num_workers 0 --logs_dir "$OUT" --ckpt_dir "$OUT/ckpts")
 PRETRAIN=(--batch_size 128 --optimizer adam --base_lr 0.004 --weight_decay 0 --warmup_epochs 1

@@ -1,9 +1,10 @@
-"""The README's methods table, read from the result files of `scripts/methods.sh`: for each
-method, its views and loss, the flags its short run set, the kNN Acc@1 of its backbone at epoch 0
-(random initialisation) and at the end (metrics.csv), and the linear probe (results.json), beside
-the linear probe of the randomly initialised backbone.
+"""The README's methods tables, read from the result files of `scripts/methods.sh` (synthetic)
+or `scripts/cifar10_cpu.sh` (real CIFAR-10): for each method, its views and loss, the flags its
+short run set, the kNN Acc@1 of its backbone at epoch 0 (random initialisation) and at the end
+(metrics.csv), and the linear probe (results.json), beside the linear probe of the randomly
+initialised backbone, and the pretraining's wall time when every run wrote a summary.json.
 
-    python scripts/methods_table.py LOG_ROOT [--seconds N] [--readme README.md]
+    python scripts/methods_table.py LOG_ROOT [--seconds N] [--readme README.md] [--block NAME]
 
 LOG_ROOT holds `pretrain_<method>/`, `linear_<method>/` and `linear_random/` run folders.
 """
@@ -49,19 +50,26 @@ METHOD_FLAGS = (
 SHARED_FLAGS = ("optimizer", "base_lr", "weight_decay", "num_epochs")
 
 
+def minutes(run_dir: str) -> str:
+    seconds = round(load_json(os.path.join(run_dir, "summary.json"))["wall_time_s"])
+    return f"{seconds // 60} min {seconds % 60:02d} s"
+
+
 def table(root: str) -> str:
     random = load_json(os.path.join(root, "linear_random", "results.json"))
-    lines = [
-        "| method | views | loss | flags of the short run | steps | kNN Acc@1: random init "
-        "→ trained | linear Acc@1 (random init: "
-        f"{random['acc1']:.2f}) | linear Acc@5 (random init: {random['acc5']:.2f}) |",
-        "|---|---|---|---|---:|---|---:|---:|",
-    ]
     runs = {}
     for method in METHODS:
         pretrain_dir = os.path.join(root, f"pretrain_{method}")
         if os.path.isdir(pretrain_dir):
             runs[method] = (pretrain_dir, load_json(os.path.join(pretrain_dir, "args.json")))
+    timed = all(os.path.exists(os.path.join(d, "summary.json")) for d, _ in runs.values())
+    lines = [
+        "| method | views | loss | flags of the short run | steps | kNN Acc@1: random init "
+        "→ trained | linear Acc@1 (random init: "
+        f"{random['acc1']:.2f}) | linear Acc@5 (random init: {random['acc5']:.2f}) |"
+        + (" pretraining time |" if timed else ""),
+        "|---|---|---|---|---:|---|---:|---:|" + ("---:|" if timed else ""),
+    ]
     usual = {
         key: Counter(args[key] for _, args in runs.values()).most_common(1)[0][0]
         for key in SHARED_FLAGS
@@ -76,6 +84,7 @@ def table(root: str) -> str:
             f"| `{method}` | {METHODS[method].augmentation} | {LOSSES.get(method, '')} | "
             f"{flags or '(paper defaults)'} | {steps} | {before:.2f} → {after:.2f} | "
             f"{linear['acc1']:.2f} | {linear['acc5']:.2f} |"
+            + (f" {minutes(pretrain_dir)} |" if timed else "")
         )
     common = ", ".join(f"`--{k} {v}`" for k, v in usual.items())
     lines += ["", f"Shared by the runs unless their row says otherwise: {common}."]
@@ -86,9 +95,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", metavar="LOG_ROOT")
     parser.add_argument("--seconds", type=int, help="wall time of the whole script")
-    parser.add_argument("--readme", help="also put the table in the methods block here")
+    parser.add_argument("--readme", help="also put the table in a generated block here")
+    parser.add_argument("--block", default="methods", help="the README block (methods, cifar10)")
+    parser.add_argument("--script", default="scripts/methods.sh", help="named with the wall time")
     args = parser.parse_args()
-    publish(table(args.root), args.seconds, "`scripts/methods.sh`", args.readme, "methods")
+    publish(table(args.root), args.seconds, f"`{args.script}`", args.readme, args.block)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,12 @@ size times the single-process ones (DDP's averaging of parameter gradients then 
 SwAV's Sinkhorn sums over both processes; its loss is a per-sample mean, so the processes' losses
 average to the single-process one."""
 
+import csv
+import json
 import os
 import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -17,7 +21,11 @@ from methods.simclr import nt_xent_loss
 from methods.supcon import supcon_loss
 from methods.swav import swav_loss
 from methods.vicreg import vicreg_loss
+from utils.data import EpochSampler, ShardSampler
 from utils.distributed import gather, gather_with_grad
+from utils.knn import extract_features
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 WORLD, N, D = 2, 6, 8  # each process holds N of the 2N samples
 
@@ -58,7 +66,17 @@ def worker(rank: int, port: int, results: dict) -> None:
     torch.set_num_threads(1)
     part = slice(rank * N, (rank + 1) * N)
     results[rank] = grads_of(Z1[part], Z2[part], LABELS[part], gathered=True)
+    results[f"features{rank}"] = sharded_features(rank)
     dist.destroy_process_group()
+
+
+def sharded_features(rank: int, count: int = 7):
+    """extract_features over a loader that reads this process's shard (as main.py's kNN does)."""
+    data = torch.utils.data.TensorDataset(Z1[:count], LABELS[:count])
+    sampler = ShardSampler(count, rank, WORLD) if dist.is_initialized() else None
+    loader = torch.utils.data.DataLoader(data, batch_size=2, sampler=sampler)
+    torch.manual_seed(1)
+    return extract_features(torch.nn.Linear(D, 3), loader, torch.device("cpu"))
 
 
 def free_port() -> int:
@@ -88,3 +106,78 @@ def test_two_processes_equal_one_on_the_whole_batch(name, two_processes):
         _, g1, g2 = two_processes[r][name]
         assert torch.allclose(g1 / WORLD, single_g1[part], atol=1e-5), name
         assert torch.allclose(g2 / WORLD, single_g2[part], atol=1e-5), name
+
+
+def test_features_of_shards_gather_into_the_whole_set_in_order(two_processes):
+    features, labels = sharded_features(0)  # one process: plain loader, no sampler
+    for r in range(WORLD):  # 7 items in blocks of 4: the padding row is dropped
+        got_features, got_labels = two_processes[f"features{r}"]
+        assert got_features.shape == (7, 3)
+        assert torch.allclose(got_features, features) and torch.equal(got_labels, labels)
+
+
+@pytest.mark.parametrize("start_batches", [0, 3])
+def test_epoch_sampler_shards_make_the_single_process_batches(start_batches):
+    """With per-process batches of B/W, the W processes' j-th batches together hold the images
+    of the j-th batch of B in one process, also when resuming after some batches."""
+    n, batch, world = 50, 8, 2
+    single = EpochSampler(n, seed=5)
+    single.set_epoch(3, start_batches * batch)
+    order = list(single)
+    shards = []
+    for r in range(world):
+        sampler = EpochSampler(n, seed=5, rank=r, num_replicas=world)
+        sampler.set_epoch(3, start_batches * batch)
+        shards.append(list(sampler))
+        assert len(sampler) == len(shards[-1]) == (n - start_batches * batch) // world
+    per_process = batch // world
+    for j in range(len(order) // batch):
+        together = {i for shard in shards for i in shard[j * per_process : (j + 1) * per_process]}
+        assert together == set(order[j * batch : (j + 1) * batch])
+
+
+def test_shard_sampler_blocks_cover_the_set_in_order():
+    blocks = [list(ShardSampler(7, r, 3)) for r in range(3)]
+    assert blocks == [[0, 1, 2], [3, 4, 5], [6, 6, 6]]  # padded with the last index
+    assert sum(blocks, [])[:7] == list(range(7))
+
+
+def test_torchrun_two_processes_write_one_run(tmp_path):
+    """`torchrun --nproc_per_node=2 main.py ...` on the CPU (gloo): --batch_size is the global
+    batch, rank 0 alone writes one metrics.csv, args.json and set of checkpoints."""
+    flags = ["--model_name", "simclr", "--backbone", "small_cnn", "--image_size", "16",
+             "--dataset_name", "synthetic", "--device", "cpu", "--limit", "256",
+             "--num_epochs", "2", "--batch_size", "64", "--num_workers", "0", "--knn_freq", "2",
+             "--knn_k", "20", "--logs_dir", str(tmp_path / "logs"),
+             "--ckpt_dir", str(tmp_path / "ckpts"), "--run_name", "ddp"]  # fmt: skip
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+               "--master_port", str(free_port()), "main.py", *flags]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("done in") == 1  # rank 1 prints nothing
+    run = tmp_path / "logs" / "ddp"
+    with open(run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    epochs = [r for r in rows if r["kind"] == "epoch"]
+    assert [r["step"] for r in epochs] == ["0", "4", "8"]  # 256 images / 64 global = 4 steps
+    assert all(float(r["knn_acc1"]) > 0 for r in epochs[::2])
+    assert json.loads((run / "args.json").read_text())["world_size"] == 2
+    assert sorted(os.listdir(tmp_path / "ckpts" / "ddp")) == ["epoch_0002.pt", "last.pt"]
+    state = torch.load(tmp_path / "ckpts" / "ddp" / "last.pt", weights_only=False)
+    assert state["epoch"] == 2 and not any(k.startswith("module.") for k in state["model"])
+
+    # kNN evaluation of that checkpoint: 2 processes (features gathered) == 1 process
+    knn = ["--eval", "knn", "--ckpt", str(tmp_path / "ckpts" / "ddp" / "last.pt")]
+    results = []
+    torchrun = [*command[:4], "--master_port", str(free_port())]
+    for launcher in (torchrun, [sys.executable]):
+        done = subprocess.run(
+            [*launcher, "main_linear.py", *flags[:-2], *knn, "--run_name", f"knn{len(results)}"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        results.append(
+            json.loads((tmp_path / "logs" / f"knn{len(results)}" / "results.json").read_text())
+        )
+    assert results[0]["acc1"] == results[1]["acc1"] and results[0]["acc5"] == results[1]["acc5"]

@@ -159,20 +159,46 @@ def balanced_subset(dataset: Dataset, limit: int | None) -> Dataset:
 class EpochSampler(Sampler[int]):
     """Random order drawn from (seed, epoch) alone, so that an epoch's order does not depend on
     what ran before it, and able to start part-way: a run resumed at batch k of an epoch sees
-    exactly the images it had not seen, without loading (and augmenting) the skipped ones."""
+    exactly the images it had not seen, without loading (and augmenting) the skipped ones.
 
-    def __init__(self, num_samples: int, seed: int) -> None:
+    Under DDP every process draws the same order and takes every `num_replicas`-th item from
+    position `rank`, so with per-process batches of B/W the W processes' j-th batches together
+    hold the same images as the j-th batch of B of a single process (the tail that does not
+    divide by W is dropped, as drop_last drops a short batch).
+    """
+
+    def __init__(self, num_samples: int, seed: int, rank: int = 0, num_replicas: int = 1) -> None:
         self.num_samples, self.seed = num_samples, seed
+        self.rank, self.num_replicas = rank, num_replicas
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """Draw epoch `epoch`'s permutation and skip its first `start` items."""
+        """Draw epoch `epoch`'s permutation; skip its first `start` items (of all processes)."""
         self.epoch, self.start = epoch, start
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(self.num_samples, generator=generator)
-        return iter(order[self.start :].tolist())
+        order = torch.randperm(self.num_samples, generator=generator)[self.start :]
+        end = len(order) - len(order) % self.num_replicas
+        return iter(order[self.rank : end : self.num_replicas].tolist())
 
     def __len__(self) -> int:
-        return self.num_samples - self.start
+        return (self.num_samples - self.start) // self.num_replicas
+
+
+class ShardSampler(Sampler[int]):
+    """In-order evaluation under DDP: process r reads the r-th contiguous block of ceil(N/W)
+    items, the last block padded with its final index, so that gathering the blocks in rank
+    order and keeping the first N rows gives the data set's order (utils.knn.extract_features)."""
+
+    def __init__(self, num_samples: int, rank: int, num_replicas: int) -> None:
+        self.num_samples = num_samples
+        self.block = -(-num_samples // num_replicas)
+        self.begin = min(rank * self.block, num_samples)
+
+    def __iter__(self):
+        indices = list(range(self.begin, min(self.begin + self.block, self.num_samples)))
+        return iter(indices + [self.num_samples - 1] * (self.block - len(indices)))
+
+    def __len__(self) -> int:
+        return self.block

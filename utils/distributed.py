@@ -4,7 +4,11 @@ usual case) both are the identity, so every loss reads as its single-GPU formula
 Losses that need the whole global batch (NT-Xent and SupCon negatives, VICReg and Barlow Twins
 statistics) call `gather_with_grad` on their embeddings; SwAV's Sinkhorn calls `all_reduce_sum`
 on its normalisers. BYOL and SimSiam need neither: their loss is a mean of per-sample terms.
+Below them: joining the process group that `torchrun` sets up, and the few helpers main.py uses
+so that only rank 0 writes.
 """
+
+import os
 
 import torch
 import torch.distributed as dist
@@ -67,3 +71,50 @@ def all_reduce_sum(x: Tensor) -> Tensor:
     if world_size() > 1:
         dist.all_reduce(x)
     return x
+
+
+def mean_over_processes(x: Tensor) -> float:
+    """The mean of the scalar `x` over all processes, as a float: the loss every process logs
+    and tests for NaN, so that they all skip (or stop at) the same step."""
+    if world_size() == 1:
+        return x.item()
+    x = x.detach().float().clone()
+    dist.all_reduce(x)
+    return x.item() / world_size()
+
+
+def is_main_process() -> bool:
+    return rank() == 0
+
+
+def init_distributed(device: torch.device) -> torch.device:
+    """Join the process group that `torchrun` describes in the environment (RANK, WORLD_SIZE,
+    LOCAL_RANK, MASTER_ADDR/PORT: the `env://` rendezvous), and return this process's device:
+    NCCL with one GPU per process (cuda:LOCAL_RANK) on CUDA, gloo on the CPU. Without torchrun
+    (no WORLD_SIZE, or 1) nothing happens and `device` is returned unchanged."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://")
+    return device
+
+
+def close_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def broadcast_object(obj):
+    """Rank 0's `obj` on every process (a run name drawn from the clock, say)."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()

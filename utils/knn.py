@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from utils.data import EpochSampler
+from utils.distributed import gather, world_size
 
 
 @torch.no_grad()
@@ -59,7 +60,9 @@ def weighted_knn(
 
 @torch.no_grad()
 def extract_features(backbone: nn.Module, loader, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Features and labels of every image of `loader`, backbone in eval mode (kept on CPU)."""
+    """Features and labels of every image of `loader`, backbone in eval mode (kept on CPU).
+    Under DDP each process computes its shard (utils.data.ShardSampler) and every process
+    returns all of them, in the data set's order."""
     was_training = backbone.training
     backbone.eval()
     features, labels = [], []
@@ -67,7 +70,12 @@ def extract_features(backbone: nn.Module, loader, device: torch.device) -> tuple
         features.append(backbone(images.to(device, non_blocking=True)).float().cpu())
         labels.append(targets)
     backbone.train(was_training)
-    return torch.cat(features), torch.cat(labels)
+    features, labels = torch.cat(features), torch.cat(labels)
+    if world_size() > 1:  # shards padded to equal length: keep the data set's N rows
+        count = len(loader.dataset)
+        features = gather(features.to(device))[:count].cpu()
+        labels = gather(labels.to(device))[:count].cpu()
+    return features, labels
 
 
 def knn_evaluate(

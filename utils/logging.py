@@ -43,6 +43,16 @@ class MetricsLogger:
             self.tb.close()
 
 
+class NullLogger:
+    """MetricsLogger's stand-in on the DDP processes other than rank 0, which write nothing."""
+
+    def log(self, kind: str, epoch: float, step: int, **values: float) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _fmt(value: float) -> str:
     return f"{value:.6g}"
 

@@ -13,7 +13,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from optimizers import scale_lr
 from optimizers.cosine_decay_warmup import cosine_scheduler
-from utils.data import EpochSampler
+from utils.data import EpochSampler, ShardSampler
+from utils.distributed import all_reduce_sum, rank, world_size
 from utils.logging import write_json
 from utils.misc import UserError, git_sha
 
@@ -58,7 +59,9 @@ def print_args(args: Namespace) -> None:
 def make_loader(dataset: Dataset, args: Namespace, device: torch.device, train: bool) -> DataLoader:
     """A loader; for training, shuffled in an order fixed by (seed, epoch) through `seed_epoch`,
     so that the order of an epoch does not depend on what ran before it (a resumed run sees the
-    same batches)."""
+    same batches). Under DDP `--batch_size` is the global batch: each of the W processes loads
+    B/W images of it; evaluation loaders read one contiguous shard each (utils.data.ShardSampler).
+    """
     if train and args.batch_size > len(dataset):
         if not args.limit:
             raise UserError(
@@ -70,12 +73,21 @@ def make_loader(dataset: Dataset, args: Namespace, device: torch.device, train: 
             f"note: --batch_size {args.batch_size} > {len(dataset)} images after --limit; "
             f"using batches of {len(dataset)}"
         )
-        args.batch_size = len(dataset)
+        args.batch_size = len(dataset) - len(dataset) % world_size()
+    if args.batch_size % world_size():
+        raise UserError(
+            f"--batch_size {args.batch_size} (the global batch) does not divide among "
+            f"{world_size()} processes: use a multiple of {world_size()}"
+        )
+    if train:
+        sampler = EpochSampler(len(dataset), args.seed, rank(), world_size())
+    else:
+        sampler = ShardSampler(len(dataset), rank(), world_size()) if world_size() > 1 else None
     generator = torch.Generator().manual_seed(args.seed)  # workers' seeds, per epoch below
     return DataLoader(
         dataset,
-        batch_size=args.batch_size,
-        sampler=EpochSampler(len(dataset), args.seed) if train else None,
+        batch_size=args.batch_size // world_size(),
+        sampler=sampler,
         drop_last=train,  # equal batches: BatchNorm and contrastive losses dislike a tiny last one
         num_workers=args.num_workers,
         pin_memory=device.type == "cuda",
@@ -86,9 +98,11 @@ def make_loader(dataset: Dataset, args: Namespace, device: torch.device, train: 
 
 def seed_epoch(loader, epoch: int, skip_batches: int = 0) -> None:
     """Set the shuffled order (and the workers' seeds) of epoch `epoch` from (--seed, epoch), then
-    skip its first `skip_batches` batches (a run resumed part-way through the epoch)."""
-    loader.sampler.set_epoch(epoch, skip_batches * loader.batch_size)
-    loader.generator.manual_seed(loader.sampler.seed * 100_003 + epoch)
+    skip its first `skip_batches` batches (a run resumed part-way through the epoch). Processes
+    of a DDP run draw different augmentations (their workers' seeds differ by rank)."""
+    sampler = loader.sampler
+    sampler.set_epoch(epoch, skip_batches * loader.batch_size * sampler.num_replicas)
+    loader.generator.manual_seed(sampler.seed * 100_003 + epoch + 7919 * sampler.rank)
 
 
 def build_lr_schedule(args: Namespace, steps_per_epoch: int) -> np.ndarray:
@@ -150,6 +164,16 @@ class TrainingGuard:
             "(Ctrl-C again to abort without saving)",
             flush=True,
         )
+
+    def should_stop(self, device: torch.device) -> bool:
+        """Whether a stop signal arrived; under DDP, whether any process got one, so that all
+        of them stop after the same step (one that did not see it stops as if sent SIGTERM)."""
+        if world_size() == 1:
+            return self.signal is not None
+        flag = all_reduce_sum(torch.tensor([float(self.signal is not None)], device=device))
+        if flag.item() > 0 and self.signal is None:
+            self.signal = signal.SIGTERM
+        return flag.item() > 0
 
     def nonfinite_loss(self, loss: float, step: int, lr: float) -> None:
         """Warn, and let the caller skip the step; exit once the allowance is spent."""

@@ -1,0 +1,226 @@
+"""DINO: Caron, Touvron, Misra, Jégou, Mairal, Bojanowski, Joulin, "Emerging Properties in
+Self-Supervised Vision Transformers", ICCV 2021 (https://arxiv.org/abs/2104.14294); official code
+facebookresearch/dino (main_dino.py: DINOLoss, DataAugmentationDINO; vision_transformer.py:
+DINOHead).
+
+Self-distillation with no labels. A student g_s (backbone + DINO head) and a teacher g_t of the
+same architecture both output K logits. Each image gives V crops: 2 global ones, which the teacher
+sees, and V - 2 local ones, which only the student sees. The student matches the teacher's
+centred and sharpened distribution of every other crop:
+
+    P_t(x) = softmax((g_t(x) - c) / T_t),   P_s(x) = softmax(g_s(x) / T_s)
+    L = 1 / (2 (V - 1)) sum_{i in global} sum_{j != i} H(P_t(x_i), P_s(x_j)),
+    H(a, b) = - sum_k a_k log b_k, averaged over the batch.
+
+Collapse is avoided by two opposite forces on the teacher's output: centering (subtracting c, a
+running mean of the teacher's logits, keeps one dimension from dominating) and sharpening
+(T_t < T_s keeps the distribution from becoming uniform). After every optimizer step:
+
+    c   <- m c + (1 - m) mean of g_t over the two global crops of the (global) batch,  m = 0.9
+    θ_t <- λ θ_t + (1 - λ) θ_s,  λ rising from 0.996 to 1 on a cosine (methods.momentum)
+
+The teacher temperature warms up per epoch, linearly from 0.04 to 0.07 over the first 30 epochs
+(np.linspace as in the official code: 0.07 is reached at epoch 29), then stays at 0.07; the student
+temperature is 0.1. The head is a 3-layer MLP (GELU, no BatchNorm) in -> 2048 -> 2048 -> 256, an
+L2 normalisation, and a weight-normalised linear layer 256 -> K without bias whose gain is fixed at
+1 (`norm_last_layer`, the official default: a cosine-similarity layer); that last layer gets no
+update during the first epoch.
+
+Default recipe (paper, ImageNet): ViT-S/16, K = 65536, batch 1024, AdamW lr 5e-4 x B/256 with 10
+warmup epochs and a cosine to 1e-6, weight decay 0.04 -> 0.4 on a cosine, gradient clipping at
+norm 3, stochastic depth 0.1, 2 x 224 px + 10 x 96 px crops (8 in the code's default), 100-800
+epochs; the code recommends teacher momentum 0.9995 for batches of 256. Here K defaults to 4096
+(solo-learn's CIFAR setting; 65536 is sized for ImageNet's 1.28 M images and would make the
+head's last layer 16.8 M parameters). Not reproduced: the weight-decay schedule and gradient
+clipping (toolkit-wide options), stochastic depth (see networks/vit.py).
+
+Flags (main.py): --temperature (student T_s, 0.1), --teacher_temp (0.07), --warmup_teacher_temp
+(0.04), --teacher_temp_warmup_epochs (30), --center_momentum (0.9), --ema_momentum (0.996),
+--proj_hidden_dim (2048), --proj_dim (bottleneck, 256), --num_prototypes (K, 4096),
+--freeze_prototypes_epochs (epochs with the last layer frozen, 1), --num_crops (local crops, 8),
+--small_crop_size; views: transformations.dino_transform.
+"""
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import weight_norm
+
+from methods import Method, register
+from methods.momentum import cosine_momentum, ema_update, frozen_copy
+from utils.distributed import all_reduce_sum, world_size
+
+
+def dino_loss(
+    student_out: Sequence[Tensor],
+    teacher_out: Sequence[Tensor],
+    center: Tensor,
+    student_temp: float = 0.1,
+    teacher_temp: float = 0.04,
+) -> Tensor:
+    """Mean over the pairs (teacher crop i, student crop j), j != i, of
+    H(softmax((t_i - c) / T_t), softmax(s_j / T_s)), each averaged over the batch.
+
+    Args:
+        student_out: [B, K] student logits, one per crop; the first `len(teacher_out)` are the
+            global crops, in the teacher's order (a crop is never compared with itself).
+        teacher_out: [B, K] teacher logits, one per global crop; no gradient flows into them.
+        center: [K] (or [1, K]) running mean of the teacher logits, subtracted before the softmax.
+        student_temp: T_s.
+        teacher_temp: T_t; below T_s it sharpens the targets.
+
+    Returns:
+        Scalar: sum_{i, j != i} mean_b(-sum_k P_t(t_i)[b, k] log P_s(s_j)[b, k]) / number of pairs.
+    """
+    if len(teacher_out) > len(student_out):
+        raise ValueError("dino_loss: more teacher crops than student crops")
+    log_p = [F.log_softmax(s.float() / student_temp, dim=-1) for s in student_out]
+    total, pairs = 0.0, 0
+    for i, t in enumerate(teacher_out):
+        q = F.softmax((t.detach().float() - center) / teacher_temp, dim=-1)
+        for j, log_p_j in enumerate(log_p):
+            if j != i:
+                total = total - (q * log_p_j).sum(dim=-1).mean()
+                pairs += 1
+    if pairs == 0:
+        raise ValueError("dino_loss needs at least two crops")
+    return total / pairs
+
+
+def teacher_temperature(
+    epoch: int, teacher_temp: float, warmup_teacher_temp: float, warmup_epochs: int
+) -> float:
+    """T_t of `epoch` (0-based): np.linspace(warmup_teacher_temp, teacher_temp, warmup_epochs)
+    [epoch] during the warmup, as in the official code (so the final value is reached at epoch
+    warmup_epochs - 1), then `teacher_temp`."""
+    if epoch >= warmup_epochs:
+        return teacher_temp
+    if warmup_epochs == 1:
+        return warmup_teacher_temp
+    return warmup_teacher_temp + (teacher_temp - warmup_teacher_temp) * epoch / (warmup_epochs - 1)
+
+
+class DINOHead(nn.Module):
+    """MLP (Linear-GELU blocks, no BatchNorm) to a bottleneck, L2 normalisation, then a
+    weight-normalised bias-free linear layer to `out_dim` logits. With `norm_last_layer` its gain
+    g stays 1, so each logit is the cosine similarity to a learnt unit vector (a prototype)."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        num_layers: int = 3,
+        norm_last_layer: bool = True,
+    ) -> None:
+        super().__init__()
+        dims = [in_dim] + [hidden_dim] * (num_layers - 1)
+        layers: list[nn.Module] = []
+        for d_in, d_out in zip(dims[:-1], dims[1:], strict=True):
+            layers += [nn.Linear(d_in, d_out), nn.GELU()]
+        layers.append(nn.Linear(dims[-1], bottleneck_dim))
+        self.mlp = nn.Sequential(*layers)
+        for m in self.mlp.modules():
+            if isinstance(m, nn.Linear):  # the official initialisation (ViT's)
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+        # weight = g v / ||v|| per output row; v keeps nn.Linear's default initialisation
+        self.last_layer = weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
+        gain = self.last_layer.parametrizations.weight.original0
+        with torch.no_grad():
+            gain.fill_(1.0)
+        gain.requires_grad_(not norm_last_layer)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.last_layer(F.normalize(self.mlp(x), dim=-1))
+
+
+@register("dino")
+class DINO(Method):
+    """Student backbone + DINO head; EMA teacher backbone + head; the center as a buffer."""
+
+    augmentation = "dino"
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        feat_dim: int,
+        proj_hidden_dim: int = 2048,
+        proj_dim: int = 256,
+        num_prototypes: int = 4096,
+        temperature: float = 0.1,
+        teacher_temp: float = 0.07,
+        warmup_teacher_temp: float = 0.04,
+        teacher_temp_warmup_epochs: int = 30,
+        center_momentum: float = 0.9,
+        ema_momentum: float = 0.996,
+        freeze_prototypes_epochs: int = 1,
+        norm_last_layer: bool = True,
+    ) -> None:
+        super().__init__()
+        for name, value in (("ema_momentum", ema_momentum), ("center_momentum", center_momentum)):
+            if not 0 <= value <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        self.backbone = backbone
+        self.head = DINOHead(
+            feat_dim, num_prototypes, proj_hidden_dim, proj_dim, 3, norm_last_layer
+        )
+        self.teacher_backbone = frozen_copy(backbone)
+        self.teacher_head = frozen_copy(self.head)
+        self.temperature = temperature
+        self.teacher_temp = teacher_temp
+        self.warmup_teacher_temp = warmup_teacher_temp
+        self.teacher_temp_warmup_epochs = teacher_temp_warmup_epochs
+        self.center_momentum = center_momentum
+        self.ema_momentum = ema_momentum
+        self.current_momentum = ema_momentum
+        self.freeze_prototypes_epochs = freeze_prototypes_epochs
+        self.current_teacher_temp = self.teacher_temperature(0)
+        self.register_buffer("center", torch.zeros(num_prototypes))
+        # this step's teacher mean, folded into the center after the optimizer step (not saved)
+        self.register_buffer("batch_center", torch.zeros(num_prototypes), persistent=False)
+
+    def teacher_temperature(self, epoch: int) -> float:
+        return teacher_temperature(
+            epoch, self.teacher_temp, self.warmup_teacher_temp, self.teacher_temp_warmup_epochs
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.current_teacher_temp = self.teacher_temperature(epoch)
+
+    def student(self, crops: list[Tensor]) -> list[Tensor]:
+        """Logits of crops of one resolution, in one backbone pass."""
+        return list(self.head(self.backbone(torch.cat(crops))).chunk(len(crops)))
+
+    def forward(self, views: list[Tensor], labels: Tensor | None = None) -> dict[str, Tensor]:
+        global_views, local_views = views[:2], views[2:]
+        student = self.student(global_views) + (self.student(local_views) if local_views else [])
+        with torch.no_grad():
+            teacher = self.teacher_head(self.teacher_backbone(torch.cat(global_views))).float()
+            # mean over both global crops and every process's batch
+            total = all_reduce_sum(teacher.sum(dim=0))
+            self.batch_center.copy_(total / (teacher.shape[0] * world_size()))
+        loss = dino_loss(
+            student,
+            list(teacher.chunk(len(global_views))),
+            self.center,
+            self.temperature,
+            self.current_teacher_temp,
+        )
+        return {"loss": loss, "z1": student[0], "z2": student[1]}
+
+    def before_optimizer_step(self) -> None:
+        if self.epoch < self.freeze_prototypes_epochs:
+            for p in self.head.last_layer.parameters():
+                p.grad = None  # skipped by the optimizer, momentum and weight decay included
+
+    @torch.no_grad()
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        self.current_momentum = cosine_momentum(step, total_steps, self.ema_momentum)
+        ema_update(self.teacher_backbone, self.backbone, self.current_momentum)
+        ema_update(self.teacher_head, self.head, self.current_momentum)
+        self.center.lerp_(self.batch_center, 1.0 - self.center_momentum)

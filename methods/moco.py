@@ -1,0 +1,264 @@
+"""MoCo v2 and MoCo v3: a query encoder trained by contrast against the keys of a momentum
+(EMA) copy of itself.
+
+MoCo v2: Chen, Fan, Girshick, He, "Improved Baselines with Momentum Contrastive Learning", 2020
+(https://arxiv.org/abs/2003.04297), on MoCo: He et al., CVPR 2020
+(https://arxiv.org/abs/1911.05722).
+
+    The query q (backbone + MLP head) of one view must pick out the key k+ that the key encoder
+    gives of the other view, among K negatives: the keys of past batches kept in a queue. With
+    all vectors L2-normalised and T the temperature, InfoNCE is
+
+        L = -log( exp(q.k+ / T) / (exp(q.k+ / T) + sum_{j=1..K} exp(q.queue_j / T)) ),
+
+    a (K+1)-way cross-entropy whose target is index 0 (`moco_loss`), averaged over the batch.
+    The keys of each batch are enqueued after the loss (the oldest leave), so the negatives are
+    at most K / B steps old; the key encoder follows the query encoder by an EMA,
+    xi <- m xi + (1 - m) theta, so that keys of consecutive batches stay consistent.
+
+    Default recipe (paper, ImageNet): ResNet-50, head Linear 2048 - ReLU - Linear 128 (no BN),
+    K = 65536, m = 0.999 constant, T = 0.2, SGD lr 0.03 x B/256 (B = 256), weight decay 1e-4,
+    cosine schedule, 200 or 800 epochs, SimCLR-style views with blur. On CIFAR-10 the official
+    MoCo demo (facebookresearch/moco, colab/moco_cifar10_demo: ResNet-18, batch 512, K = 4096,
+    m = 0.99, T = 0.1) finds kNN accuracy saturating at K = 4096; solo-learn's MoCo v2+ uses
+    K = 32768, T = 0.2 and m rising from 0.99 to 0.999. Choices here:
+      - the loss is symmetrised by default, 1/2 (L(q1, k2) + L(q2, k1)), each direction with its
+        own queue, as solo-learn's MoCo v2+, the CIFAR demo's option and MoCo v3 do: each image
+        pair is used in both directions, at the cost per image of this project's other two-view
+        methods (the demo: "behaves like 2x epochs of the asymmetric counterpart").
+        `symmetric=False` gives the paper's one-directional loss and half the compute;
+      - the momentum rises from `ema_momentum` to 1 on BYOL's cosine (the meaning of the shared
+        --ema_momentum flag). From the paper's 0.999 it stays within [0.999, 1], so long runs
+        barely differ from the paper's constant; short runs on small data want a faster key
+        encoder: --ema_momentum 0.99;
+      - K = 65536 exceeds CIFAR's 50,000 images (the queue would hold keys of the same image
+        from an earlier epoch): use --queue_size 4096 to 16384 there.
+    Shuffle-BN is not implemented. A query and its positive key are normalised by BatchNorm
+    with statistics of the same images while the queued negatives had other batches', which
+    can leak which key is the positive; MoCo shuffles the keys across GPUs so that each key's
+    statistics come from other images. Here each encoder sees both views as one batch of 2N,
+    so the leak exists in principle, and the CIFAR demo measures it: without its one-GPU
+    emulation (BatchNorm over 8 splits of the batch, keys shuffled between splits) it loses 4
+    points of kNN accuracy at 800 epochs. It is left out because it is undefined without
+    several GPUs or split BatchNorm layers, and because with a few hundred images per
+    BatchNorm the statistics differ little between batches, which weakens the leak; under DDP,
+    --sync_bn takes them over the global batch, as MoCo v3 and solo-learn (which have no
+    Shuffle-BN either) do. Emulating it here would mean forwarding the shuffled key batch in
+    chunks.
+
+MoCo v3: Chen, Xie, He, "An Empirical Study of Training Self-Supervised Vision Transformers",
+ICCV 2021 (https://arxiv.org/abs/2104.02057).
+
+    No queue: the keys of the current (global) batch are the negatives. The query encoder is
+    backbone + projector + predictor, the momentum encoder backbone + projector. Per direction
+
+        L(q, k) = 2T * CE( q k_all^T / T, labels ),  labels_i = i + rank * N,
+
+    with q, k L2-normalised, k_all the keys gathered from every process without gradient, so
+    a query's positive is its own image's key in the global batch (`mocov3_loss`). The factor
+    2T (from the official code) keeps the gradient's scale roughly independent of T (the
+    gradient of CE(x / T) carries a 1 / T). The loss is symmetric: L(q1, k2) + L(q2, k1).
+    The momentum rises from m = 0.99 to 1 on a cosine.
+
+    Default recipe (paper and facebookresearch/moco-v3): projector 3-layer MLP and predictor
+    2-layer MLP, hidden 4096, output 256, BatchNorm after every layer (the last without affine
+    parameters); ViTs: AdamW lr 1.5e-4 x B/256, weight decay 0.1, T = 0.2, batch 4096, 300
+    epochs, BYOL's asymmetric views. The official code's ResNet-50 branch uses a 2-layer
+    projector and its default T = 1.0, with LARS, weight decay 1e-6, batch 4096 and m = 0.99 on
+    the cosine (CONFIG.md: 0.996 and weight decay 1.5e-6 for 1000 epochs). Choices here: the
+    paper's 3-layer projector (`proj_layers=2` gives the official ResNet head) and T = 0.2,
+    solo-learn's choice for ResNet-18 on CIFAR (batch 256, LARS lr 0.3, m 0.99 -> 1).
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from methods import Method, register
+from methods.momentum import cosine_momentum, ema_update, frozen_copy
+from networks.heads import build_mlp
+from utils.distributed import gather, rank
+
+
+def moco_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float = 0.2) -> Tensor:
+    """InfoNCE of MoCo: each query against its key (index 0) and the K queued negatives.
+
+        L = mean_i -log( exp(q_i.k_i / T) / (exp(q_i.k_i / T) + sum_j exp(q_i.queue_j / T)) )
+
+    Args:
+        q: [N, D] queries; L2-normalised inside.
+        k: [N, D] keys of the other view, row i the positive of query i; normalised inside, no
+            gradient flows into them.
+        queue: [K, D] negatives, rows assumed L2-normalised (the module stores them so); no
+            gradient.
+        temperature: T dividing the cosine similarities.
+
+    Returns:
+        Scalar: mean over the N queries of the (K+1)-way cross-entropy with target 0.
+    """
+    q = F.normalize(q, dim=1)
+    k = F.normalize(k.detach(), dim=1)
+    positives = (q * k).sum(dim=1, keepdim=True)  # N x 1
+    negatives = q @ queue.detach().T  # N x K
+    logits = torch.cat([positives, negatives], dim=1) / temperature
+    targets = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+    return F.cross_entropy(logits, targets)
+
+
+def mocov3_loss(q: Tensor, k: Tensor, temperature: float = 0.2) -> Tensor:
+    """MoCo v3's in-batch contrastive loss, one direction.
+
+        L = 2T * mean_i -log( exp(q_i.k_{r N + i} / T) / sum_m exp(q_i.k_m / T) ),
+
+    where k_m runs over the keys of the global batch (gathered from all processes without
+    gradient; r is this process's rank) and N is the local batch size. On one process it is
+    2T * CE(q k^T / T, arange(N)).
+
+    Args:
+        q: [N, D] queries (predictor outputs) of this process; L2-normalised inside.
+        k: [N, D] keys (momentum projector outputs) of the other view on this process;
+            normalised inside, no gradient.
+        temperature: T.
+    """
+    q = F.normalize(q, dim=1)
+    keys = gather(F.normalize(k.detach(), dim=1))  # world*N x D
+    logits = q @ keys.T / temperature  # N x world*N
+    n = q.shape[0]
+    labels = torch.arange(n, device=q.device) + rank() * n
+    return F.cross_entropy(logits, labels) * (2 * temperature)
+
+
+@torch.no_grad()
+def enqueue(queue: Tensor, queue_ptr: Tensor, keys: Tensor) -> None:
+    """First in, first out, in place: write `keys` [..., B, D] into `queue` [..., K, D] from row
+    `queue_ptr` (a 0-d long tensor: the oldest row once the queue is full) on, wrapping around
+    the end, and move the pointer by B modulo K. When B > K only the last K keys fit.
+
+    Both are buffers of the method, so the queue and its position are checkpointed; under DDP
+    the caller passes the keys gathered from all processes, so every process keeps the same
+    queue.
+    """
+    size = queue.shape[-2]
+    keys = keys[..., -size:, :]
+    start = int(queue_ptr)
+    idx = (start + torch.arange(keys.shape[-2], device=queue.device)) % size
+    queue[..., idx, :] = keys.to(queue.dtype)
+    queue_ptr.fill_((start + keys.shape[-2]) % size)
+
+
+@register("mocov2")
+class MoCoV2(Method):
+    """Query encoder (backbone + MLP head), EMA key encoder, queues of past keys."""
+
+    augmentation = "simclr"  # the paper's views: SimCLR's, with blur
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        feat_dim: int,
+        proj_hidden_dim: int = 2048,
+        proj_dim: int = 128,
+        temperature: float = 0.2,
+        queue_size: int = 65536,
+        ema_momentum: float = 0.999,
+        symmetric: bool = True,
+    ) -> None:
+        super().__init__()
+        if not 0 <= ema_momentum <= 1:
+            raise ValueError(f"ema_momentum must be in [0, 1], got {ema_momentum}")
+        if queue_size < 1:
+            raise ValueError(
+                f"mocov2 needs a queue of negatives: queue_size >= 1, got {queue_size}"
+            )
+        self.backbone = backbone
+        # MoCo v2's head has no BatchNorm: fc - ReLU - fc
+        self.projector = build_mlp(2, feat_dim, proj_hidden_dim, proj_dim, batch_norm=False)
+        self.target_backbone = frozen_copy(backbone)
+        self.target_projector = frozen_copy(self.projector)
+        self.temperature = temperature
+        self.ema_momentum = ema_momentum
+        self.current_momentum = ema_momentum
+        self.symmetric = symmetric
+        # one queue per direction; random unit vectors until real keys replace them (as MoCo).
+        # The same on every process: each enqueues the keys gathered from all of them.
+        directions = 2 if symmetric else 1
+        queue = F.normalize(torch.randn(directions, queue_size, proj_dim), dim=2)
+        self.register_buffer("queue", queue)
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        self._pending: Tensor | None = None
+
+    def forward(self, views: list[Tensor], labels: Tensor | None = None) -> dict[str, Tensor]:
+        x1, x2 = views[:2]
+        images = torch.cat([x1, x2]) if self.symmetric else x1
+        q = self.projector(self.backbone(images))
+        with torch.no_grad():
+            key_images = torch.cat([x2, x1]) if self.symmetric else x2
+            k = F.normalize(self.target_projector(self.target_backbone(key_images)), dim=1)
+        qs, ks = q.chunk(len(self.queue)), k.chunk(len(self.queue))
+        # direction d: queries of view d against keys of the other view and queue d
+        loss = sum(
+            moco_loss(qd, kd, self.queue[d], self.temperature)
+            for d, (qd, kd) in enumerate(zip(qs, ks, strict=True))
+        ) / len(qs)
+        if self.training:
+            # enqueued only once the step is taken (after_optimizer_step): a skipped step with
+            # a non-finite loss leaves the queue clean; gathered here, where every process runs
+            self._pending = torch.stack([gather(kd) for kd in ks])
+        out = {"loss": loss, "z1": qs[0]}
+        if self.symmetric:
+            out["z2"] = qs[1]
+        return out
+
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        self.current_momentum = cosine_momentum(step, total_steps, self.ema_momentum)
+        ema_update(self.target_backbone, self.backbone, self.current_momentum)
+        ema_update(self.target_projector, self.projector, self.current_momentum)
+        if self._pending is not None:
+            enqueue(self.queue, self.queue_ptr, self._pending)
+            self._pending = None
+
+
+@register("mocov3")
+class MoCoV3(Method):
+    """Backbone + projector + predictor; EMA momentum backbone + projector; in-batch keys."""
+
+    augmentation = "byol"
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        feat_dim: int,
+        proj_hidden_dim: int = 4096,
+        proj_dim: int = 256,
+        pred_hidden_dim: int = 4096,
+        temperature: float = 0.2,
+        ema_momentum: float = 0.99,
+        proj_layers: int = 3,
+    ) -> None:
+        super().__init__()
+        if not 0 <= ema_momentum <= 1:
+            raise ValueError(f"ema_momentum must be in [0, 1], got {ema_momentum}")
+        self.backbone = backbone
+        # BatchNorm after every layer, the last one without affine parameters (official code)
+        self.projector = build_mlp(proj_layers, feat_dim, proj_hidden_dim, proj_dim, last_bn=True)
+        self.predictor = build_mlp(2, proj_dim, pred_hidden_dim, proj_dim, last_bn=True)
+        self.target_backbone = frozen_copy(backbone)
+        self.target_projector = frozen_copy(self.projector)
+        self.temperature = temperature
+        self.ema_momentum = ema_momentum
+        self.current_momentum = ema_momentum
+
+    def forward(self, views: list[Tensor], labels: Tensor | None = None) -> dict[str, Tensor]:
+        images = torch.cat(views[:2])
+        z = self.projector(self.backbone(images))
+        q1, q2 = self.predictor(z).chunk(2)
+        with torch.no_grad():
+            k1, k2 = self.target_projector(self.target_backbone(images)).chunk(2)
+        loss = mocov3_loss(q1, k2, self.temperature) + mocov3_loss(q2, k1, self.temperature)
+        z1, z2 = z.chunk(2)
+        return {"loss": loss, "z1": z1, "z2": z2}
+
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        self.current_momentum = cosine_momentum(step, total_steps, self.ema_momentum)
+        ema_update(self.target_backbone, self.backbone, self.current_momentum)
+        ema_update(self.target_projector, self.projector, self.current_momentum)

@@ -1,0 +1,272 @@
+"""Speed of the training step against a bare PyTorch loop, of the data path, and of kNN.
+
+    python scripts/benchmark.py [main.py flags ...] [--steps 20] [--repeats 3] [--output F.json]
+                                [--readme README.md]
+
+Takes main.py's flags (method, backbone, image size, batch, optimizer, --amp, --channels_last,
+--compile, data set, workers) and measures, on one process:
+
+- ours: images/s of main.py's `train_one_epoch` (per-step lr, hooks, NaN guard, logging) over
+  `--steps` steps of one batch held in memory, so that data loading does not enter;
+- bare: a plain loop in this file over the same batch with the same model, loss and optimizer
+  (forward, zero_grad, backward, step, and nothing else);
+- lightly: the same step written with lightly's SimCLR loss, where lightly is installed;
+- data: images/s that main.py's loader (real data set, augmentation, --num_workers) delivers;
+- kNN: seconds of `utils.knn.weighted_knn` on 50,000 x 512 bank features and 10,000 queries.
+
+The ours/bare measurements alternate, `--repeats` times each, after a warm-up, and the best of each
+is kept, so that a busy machine hurts both alike. Peak memory is the CUDA allocator's peak on a
+GPU and the process's resident peak on the CPU.
+"""
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from readme_block import publish  # noqa: E402
+
+import main as pretrain  # noqa: E402
+from methods import METHODS, build_method  # noqa: E402
+from networks import build_backbone  # noqa: E402
+from optimizers import build_optimizer  # noqa: E402
+from transformations import pretrain_transform  # noqa: E402
+from utils.accel import autocast, grad_scaler, prepare_model, to_device  # noqa: E402
+from utils.data import DATASETS, balanced_subset, build_dataset  # noqa: E402
+from utils.knn import weighted_knn  # noqa: E402
+from utils.logging import NullLogger  # noqa: E402
+from utils.misc import resolve_device, set_seed  # noqa: E402
+from utils.run import TrainingGuard, build_lr_schedule, make_loader, seed_epoch  # noqa: E402
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], parents=[pretrain.get_args_parser(add_help=False)]
+    )
+    group = parser.add_argument_group("benchmark")
+    group.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
+    group.add_argument("--warmup_steps", type=int, default=5, help="untimed steps first")
+    group.add_argument("--repeats", type=int, default=3, help="alternating measurements of each")
+    group.add_argument("--data_batches", type=int, default=20, help="batches to time the loader")
+    group.add_argument("--skip_knn", action="store_true", help="do not time kNN")
+    group.add_argument("--output", help="also write the figures to this JSON file")
+    group.add_argument("--readme", help="put the table in this README's benchmark block")
+    return parser
+
+
+def build(args, device):
+    """A fresh model and optimizer from the same seed: ours and bare start from the same state."""
+    set_seed(args.seed)
+    backbone, feat_dim = build_backbone(args.backbone, args.image_size, False)
+    model = build_method(args.model_name, backbone, feat_dim, **vars(args)).to(device)
+    forward = prepare_model(model, args, device)
+    return model, forward, build_optimizer(args, model)
+
+
+def one_batch(args, device):
+    """One real batch of augmented views (as main.py's loader gives), kept on the device."""
+    dataset = training_set(args)
+    views, labels = next(iter(make_loader(dataset, args, torch.device("cpu"), train=True)))
+    return [to_device(v, device, args.channels_last) for v in views], labels.to(device)
+
+
+def training_set(args):
+    info = DATASETS[args.dataset_name]
+    transform = pretrain_transform(
+        METHODS[args.model_name].augmentation,
+        image_size=args.image_size,
+        mean=info.mean,
+        std=info.std,
+        num_crops=args.num_crops,
+        small_crop_size=args.small_crop_size,
+    )
+    dataset = build_dataset(args.dataset_name, args.data_dir, True, transform, args.download)
+    return balanced_subset(dataset, args.limit)
+
+
+def sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_ours(args, device, batch, steps: int, schedule) -> float:
+    """Seconds for `steps` steps of main.train_one_epoch on `batch` repeated."""
+    model, forward, optimizer = build(args, device)
+    loader = [batch] * (args.warmup_steps + steps)
+    scaler = grad_scaler(args, device)
+    with TrainingGuard() as guard:
+        # the warm-up steps run as the first epoch (compilation, allocator, caches), untimed
+        run = lambda part: pretrain.train_one_epoch(  # noqa: E731
+            model, optimizer, part, schedule, device, 0, args, NullLogger(), guard,
+            len(part), 0, forward, scaler,
+        )  # fmt: skip
+        run(loader[: args.warmup_steps])
+        sync(device)
+        start = time.perf_counter()
+        run(loader[args.warmup_steps :])
+        sync(device)
+    return time.perf_counter() - start
+
+
+def time_bare(args, device, batch, steps: int) -> float:
+    """The same steps as a textbook loop: forward, zero_grad, backward, step."""
+    model, forward, optimizer = build(args, device)
+    scaler = grad_scaler(args, device)
+    views, labels = batch
+    model.train()
+    for i in range(args.warmup_steps + steps):
+        if i == args.warmup_steps:
+            sync(device)
+            start = time.perf_counter()
+        with autocast(args, device):
+            loss = forward(views, labels)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def time_lightly(args, device, batch, steps: int) -> float | None:
+    """SimCLR with lightly's NTXentLoss on our backbone and projector, where lightly exists."""
+    try:
+        from lightly.loss import NTXentLoss
+    except ImportError:
+        return None
+    if args.model_name != "simclr":
+        return None
+    model, _, optimizer = build(args, device)
+    criterion = NTXentLoss(temperature=model.temperature)
+    views, _ = batch
+    model.train()
+    for i in range(args.warmup_steps + steps):
+        if i == args.warmup_steps:
+            sync(device)
+            start = time.perf_counter()
+        z1, z2 = model.projector(model.backbone(torch.cat(views[:2]))).chunk(2)
+        loss = criterion(z1, z2)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def time_loader(args, batches: int) -> float:
+    """Images/s of the training loader alone (decode, augmentation, collation, workers)."""
+    loader = make_loader(training_set(args), args, torch.device("cpu"), train=True)
+    seed_epoch(loader, 0)
+    batches = min(batches, len(loader))
+    iterator = iter(loader)
+    next(iterator)  # workers start up
+    start = time.perf_counter()
+    for _ in range(batches - 1):
+        next(iterator)
+    return (batches - 1) * loader.batch_size / (time.perf_counter() - start)
+
+
+def time_knn(device) -> float:
+    generator = torch.Generator().manual_seed(0)
+    bank = torch.randn(50_000, 512, generator=generator).to(device)
+    labels = torch.randint(0, 10, (50_000,), generator=generator).to(device)
+    queries = torch.randn(10_000, 512, generator=generator).to(device)
+    sync(device)
+    start = time.perf_counter()
+    weighted_knn(bank, labels, queries, 10, k=200, temperature=0.1)
+    sync(device)
+    return time.perf_counter() - start
+
+
+def peak_memory_mb(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def describe(device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = "CPU"
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        model = names[0] if names else model
+    return f"{torch.get_num_threads()} threads of {model}"
+
+
+def main() -> None:
+    args = get_args_parser().parse_args()
+    device = resolve_device(args.device)
+    args.print_freq = max(args.steps, args.print_freq)  # no logging inside the timed steps
+    args.num_epochs, args.warmup_epochs = 1, 0
+    batch = one_batch(args, device)
+    schedule = build_lr_schedule(args, args.warmup_steps + args.steps)  # also sets args.lr
+    images = args.batch_size * args.steps
+    ours, bare, lightly = [], [], []
+    for _ in range(args.repeats):  # alternate, so that a busy machine slows both alike
+        ours.append(images / time_ours(args, device, batch, args.steps, schedule))
+        bare.append(images / time_bare(args, device, batch, args.steps))
+        seconds = time_lightly(args, device, batch, args.steps)
+        if seconds is not None:
+            lightly.append(images / seconds)
+    result = {
+        "device": describe(device),
+        "torch": torch.__version__,
+        "config": {
+            k: getattr(args, k)
+            for k in (
+                "model_name",
+                "backbone",
+                "image_size",
+                "batch_size",
+                "optimizer",
+                "amp",
+                "channels_last",
+                "compile",
+                "dataset_name",
+                "num_workers",
+            )
+        },  # fmt: skip
+        "ours_images_per_s": max(ours),
+        "bare_images_per_s": max(bare),
+        "ratio_ours_to_bare": max(ours) / max(bare),
+        "lightly_images_per_s": max(lightly) if lightly else None,
+        "loader_images_per_s": time_loader(args, args.data_batches),
+        "peak_memory_mb": peak_memory_mb(device),
+        "knn_50000x10000x512_s": None if args.skip_knn else time_knn(device),
+    }
+    result["loader_to_model_ratio"] = result["loader_images_per_s"] / result["ours_images_per_s"]
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(result, f, indent=2)
+    publish(table(result), None, "", args.readme, "benchmark")
+
+
+def table(r: dict) -> str:
+    config = ", ".join(f"`--{k} {v}`" for k, v in r["config"].items())
+    lightly = f"{r['lightly_images_per_s']:.1f}" if r["lightly_images_per_s"] else "not installed"
+    knn = r["knn_50000x10000x512_s"]
+    rows = [
+        ("training step, `main.py` (`train_one_epoch`)", f"{r['ours_images_per_s']:.1f} images/s"),
+        ("training step, bare PyTorch loop", f"{r['bare_images_per_s']:.1f} images/s"),
+        ("ratio ours / bare", f"{r['ratio_ours_to_bare']:.3f}"),
+        ("lightly (SimCLR only)", lightly),
+        ("data loader alone", f"{r['loader_images_per_s']:.1f} images/s"),
+        ("loader / training step", f"{r['loader_to_model_ratio']:.2f}"),
+        ("peak memory", f"{r['peak_memory_mb']:.0f} MiB"),
+        ("weighted kNN, 50,000 x 10,000 x 512, k=200", f"{knn:.1f} s" if knn else "skipped"),
+    ]
+    lines = ["| measured | value |", "|---|---:|", *(f"| {a} | {b} |" for a, b in rows)]
+    return "\n".join(lines) + f"\n\nOn {r['device']}, torch {r['torch']}; {config}."
+
+
+if __name__ == "__main__":
+    main()

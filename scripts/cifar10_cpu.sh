@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Every method on the real CIFAR-10 at a budget 2 CPU cores can afford: pretraining of `small_cnn`
+# at 32x32 on a class-balanced 10,000-image subset of the training set (Adam, batch 256, 6 epochs,
+# the method's own augmentation recipe, kNN with k=200 on the 10,000 test images at epoch 0 and
+# every 2 epochs, the subset as memory bank), then a linear probe of the frozen backbone on
+# features of all 50,000 training images computed once (`--precompute_features`, SGD with
+# `--probe_bn`, 30 epochs), beside the same probe of the untrained backbone. Every method starts
+# from the same random initialisation (same seed). About 8 minutes per method on 2 CPU cores.
+# The full recipes for a GPU box are in scripts/cifar10_reference.sh.
+#
+#   bash scripts/cifar10_cpu.sh [OUT_DIR [METHOD...]]  (default: runs/cifar10_cpu/<timestamp>)
+#   DATA=path/to/cifar10 ...       ImageFolder copy with train/ and test/ (default ../shared/data/cifar10)
+#   UPDATE_README=1 ...            also rewrites the README's CIFAR-10 table
+#   LIMIT=512 EPOCHS=1 ...         a smoke test of the script itself
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-runs/cifar10_cpu/$(date +%Y%m%d-%H%M%S)}
+shift || true
+METHODS=("$@")
+DATA=${DATA:-../shared/data/cifar10}
+[ -d "$DATA/train" ] || { echo "error: no CIFAR-10 ImageFolder at $DATA/train: set DATA=..." >&2; exit 2; }
+
+source scripts/short_recipes.sh  # per-method flags; they come after the common ones and win
+[ ${#METHODS[@]} -eq 0 ] && METHODS=("${ALL_METHODS[@]}")
+COMMON=(--backbone small_cnn --dataset_name imagefolder --data_dir "$DATA" --image_size 32
+        --device cpu --num_workers 2 --logs_dir "$OUT" --ckpt_dir "$OUT/ckpts")
+PRETRAIN=(--limit "${LIMIT:-10000}" --batch_size 256 --optimizer adam --base_lr 0.004
+          --weight_decay 0 --warmup_epochs 1 --num_epochs "${EPOCHS:-6}" --knn_freq 2 --knn_k 200
+          --save_freq 100)
+LINEAR=(--precompute_features --batch_size 256 --optimizer sgd --base_lr 1.0 --weight_decay 0
+        --probe_bn --warmup_epochs 0 --num_epochs 30)
+
+for method in "${METHODS[@]}"; do
+    echo "== $method: pretraining (${FLAGS[$method]:-paper defaults}) =="
+    # shellcheck disable=SC2086  # FLAGS holds several words on purpose
+    python main.py "${COMMON[@]}" "${PRETRAIN[@]}" --model_name "$method" \
+        --run_name "pretrain_$method" ${FLAGS[$method]} | grep -E "^(epoch [0-9]+|done)"
+    echo "== $method: linear probe =="
+    python main_linear.py "${COMMON[@]}" "${LINEAR[@]}" --model_name "$method" \
+        --run_name "linear_$method" --ckpt "$OUT/ckpts/pretrain_$method/last.pt" | tail -n 1
+done
+if [ ! -e "$OUT/linear_random/results.json" ]; then
+    echo "== baseline: linear probe of the untrained backbone =="
+    python main_linear.py "${COMMON[@]}" "${LINEAR[@]}" --model_name simclr --random_init \
+        --run_name linear_random | tail -n 1
+fi
+
+echo
+python scripts/methods_table.py "$OUT" --seconds "$SECONDS" --block cifar10 \
+    --script scripts/cifar10_cpu.sh ${UPDATE_README:+--readme README.md}

@@ -1,0 +1,373 @@
+"""MoCo v2 and v3: both losses against hand-computed values and independent loops, the queue
+(wrap-around, pointer, enqueue after the step, checkpoint and resume), the EMA key encoder after
+a real optimizer step, both losses (and NNCLR's) under two gloo processes, and main.py end to
+end."""
+
+import math
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from methods import METHODS, build_method
+from methods.moco import enqueue, moco_loss, mocov3_loss
+from methods.nnclr import nnclr_loss
+from networks import build_backbone
+from utils.checkpoint import load_checkpoint
+from utils.distributed import gather, gather_with_grad
+
+# ---------------------------------------------------------------- MoCo v2 loss
+
+
+def test_moco_loss_hand_computed():
+    # cosines: positive 1, negatives 0 and -1; T = 0.5 -> logits 2, 0, -2
+    q = torch.tensor([[3.0, 0.0]])  # normalised inside
+    k = torch.tensor([[1.0, 0.0]])
+    queue = torch.tensor([[0.0, 1.0], [-1.0, 0.0]])
+    expected = -math.log(math.exp(2) / (math.exp(2) + 1 + math.exp(-2)))
+    assert moco_loss(q, k, queue, temperature=0.5).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_moco_loss_matches_a_loop():
+    torch.manual_seed(0)
+    q, k = torch.randn(5, 8), torch.randn(5, 8)
+    queue = F.normalize(torch.randn(7, 8), dim=1)
+    t = 0.2
+    total = 0.0
+    for i in range(5):
+        qi, ki = q[i] / q[i].norm(), k[i] / k[i].norm()
+        pos = math.exp(float(qi @ ki) / t)
+        neg = sum(math.exp(float(qi @ queue[j]) / t) for j in range(7))
+        total += -math.log(pos / (pos + neg))
+    assert moco_loss(q, k, queue, t).item() == pytest.approx(total / 5, rel=1e-5)
+
+
+def test_moco_loss_is_log_k_plus_one_when_all_similarities_are_equal():
+    # q orthogonal to its key and to all K negatives: K + 1 equal logits
+    num_neg = 6
+    eye = torch.eye(num_neg + 2)
+    q, k, queue = eye[:1], eye[1:2], eye[2:]
+    loss = moco_loss(q, k, queue, temperature=0.07)
+    assert loss.item() == pytest.approx(math.log(num_neg + 1), rel=1e-6)
+
+
+def test_moco_loss_sends_gradient_to_queries_only():
+    q = torch.randn(4, 8, requires_grad=True)
+    k = torch.randn(4, 8, requires_grad=True)
+    queue = torch.randn(5, 8, requires_grad=True)
+    moco_loss(q, k, queue).backward()
+    assert q.grad is not None and k.grad is None and queue.grad is None
+
+
+# ---------------------------------------------------------------- the queue
+
+
+def test_enqueue_wraps_around_and_moves_the_pointer():
+    queue, ptr = torch.zeros(1, 5, 2), torch.zeros((), dtype=torch.long)
+    keys = torch.arange(1.0, 8.0)[:, None].repeat(1, 2)  # rows (1,1), (2,2), ... (7,7)
+
+    enqueue(queue, ptr, keys[None, :3])
+    assert queue[0, :, 0].tolist() == [1, 2, 3, 0, 0] and ptr.item() == 3
+    enqueue(queue, ptr, keys[None, 3:6])  # 4, 5 at the end, 6 wraps to the front
+    assert queue[0, :, 0].tolist() == [6, 2, 3, 4, 5] and ptr.item() == 1
+    assert torch.equal(queue[0, :, 0], queue[0, :, 1])
+
+
+def test_enqueue_of_more_keys_than_the_queue_keeps_the_newest():
+    queue, ptr = torch.zeros(4, 1), torch.tensor(1)
+    enqueue(queue, ptr, torch.arange(1.0, 7.0)[:, None])  # 6 keys, room for 4: 3, 4, 5, 6
+    assert queue[:, 0].tolist() == [6, 3, 4, 5] and ptr.item() == 1
+
+
+def tiny(name: str, **kwargs):
+    torch.manual_seed(0)
+    backbone, feat_dim = build_backbone("small_cnn", 16)
+    if name == "mocov2":
+        dims = dict(proj_hidden_dim=32, proj_dim=16, queue_size=12)
+    else:
+        dims = dict(proj_hidden_dim=32, proj_dim=16, pred_hidden_dim=32)
+    return build_method(name, backbone, feat_dim, **{**dims, **kwargs})
+
+
+def two_views(n=8, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, 3, 16, 16, generator=g), torch.randn(n, 3, 16, 16, generator=g)]
+
+
+def train_step(model, optimizer, views, step=0, total=100):
+    loss = model(views)["loss"]
+    optimizer.zero_grad()
+    loss.backward()
+    model.before_optimizer_step()
+    optimizer.step()
+    model.after_optimizer_step(step, total)
+    return loss
+
+
+def test_mocov2_enqueues_the_normalised_keys_of_the_step_after_it():
+    model = tiny("mocov2", ema_momentum=1.0)  # a fixed key encoder: keys are reproducible
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    initial = model.queue.clone()
+    assert model.queue.shape == (2, 12, 16)  # symmetric: one queue per direction
+    assert torch.allclose(initial.norm(dim=2), torch.ones(2, 12))
+
+    views = two_views()
+    with torch.no_grad():
+        model.eval()
+        model(views)  # evaluation forwards leave the queue alone
+        model.train()
+        # the keys as the key encoder sees them in training (BatchNorm on the 2N key images)
+        k = F.normalize(model.target_projector(model.target_backbone(torch.cat(views[::-1]))))
+    loss = model(views)["loss"]
+    assert torch.equal(model.queue, initial)  # not before the optimizer step
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    model.after_optimizer_step(0, 100)
+    # direction 0 (queries of view 1) keeps keys of view 2; direction 1 those of view 1
+    assert torch.allclose(model.queue[0, :8], k[:8], atol=1e-5)
+    assert torch.allclose(model.queue[1, :8], k[8:], atol=1e-5)
+    assert torch.equal(model.queue[:, 8:], initial[:, 8:]) and model.queue_ptr.item() == 8
+
+    train_step(model, optimizer, views, step=1)  # 8 more: 4 at the end, 4 wrap to the front
+    assert model.queue_ptr.item() == 4
+    keys = k.view(2, 8, 16)  # the same keys again: fixed key encoder, same views
+    assert torch.allclose(model.queue[:, 8:], keys[:, :4], atol=1e-5)
+    assert torch.allclose(model.queue[:, :4], keys[:, 4:], atol=1e-5)
+    assert torch.allclose(model.queue[:, 4:8], keys[:, 4:], atol=1e-5)  # from the first step
+
+
+def test_mocov2_queue_is_in_the_checkpoint_and_resumes():
+    model = tiny("mocov2")
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    for step in range(2):
+        train_step(model, optimizer, two_views(seed=step), step)
+    state = model.state_dict()
+    assert {"queue", "queue_ptr"} <= set(state) and state["queue_ptr"].item() == 16 % 12
+
+    restored = tiny("mocov2")
+    assert not torch.equal(restored.queue, model.queue)
+    restored.load_state_dict(state)
+    assert torch.equal(restored.queue, model.queue) and restored.queue_ptr.item() == 4
+    model.eval()
+    restored.eval()
+    views = two_views(seed=5)
+    with torch.no_grad():
+        assert torch.equal(model(views)["loss"], restored(views)["loss"])
+
+
+def test_mocov2_asymmetric_form_has_one_queue_and_the_paper_loss():
+    model = tiny("mocov2", symmetric=False, ema_momentum=1.0)
+    assert model.queue.shape == (1, 12, 16)
+    views = two_views()
+    model.eval()
+    with torch.no_grad():
+        q = model.projector(model.backbone(views[0]))
+        k = model.target_projector(model.target_backbone(views[1]))
+        expected = moco_loss(q, k, model.queue[0], 0.2)
+        assert torch.allclose(model(views)["loss"], expected)
+
+
+def test_mocov2_head_has_no_batchnorm_and_paper_defaults():
+    backbone, feat_dim = build_backbone("small_cnn", 16)
+    model = build_method("mocov2", backbone, feat_dim)
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in model.projector.modules())
+    assert model.projector[-1].out_features == 128 and model.queue.shape == (2, 65536, 128)
+    assert (model.temperature, model.ema_momentum) == (0.2, 0.999)
+    assert METHODS["mocov2"].augmentation == "simclr"
+    with pytest.raises(ValueError, match="queue_size"):
+        build_method("mocov2", backbone, feat_dim, queue_size=0)
+
+
+@pytest.mark.parametrize("name", ["mocov2", "mocov3"])
+def test_key_encoder_follows_the_query_encoder_by_ema_after_a_step(name):
+    model = tiny(name, ema_momentum=0.9)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert not any(n.startswith("target_") for n, p in model.named_parameters() if p.requires_grad)
+    optimizer = torch.optim.SGD(trainable, lr=0.5)
+    online = list(model.backbone.parameters()) + list(model.projector.parameters())
+    target = list(model.target_backbone.parameters()) + list(model.target_projector.parameters())
+    before = [p.detach().clone() for p in target]
+    assert all(torch.equal(t, o) for t, o in zip(before, online, strict=True))
+
+    model(two_views())["loss"].backward()
+    assert next(model.backbone.parameters()).grad.abs().sum() > 0
+    assert all(p.grad is None for p in target)
+    optimizer.step()
+    model.after_optimizer_step(0, 100)  # step 0 of the cosine: momentum = 0.9
+
+    for t, t0, o in zip(target, before, online, strict=True):
+        assert torch.allclose(t, 0.9 * t0 + 0.1 * o.detach(), atol=1e-6)
+    assert not torch.equal(target[0], before[0])
+    model.after_optimizer_step(100, 100)  # the last step: momentum 1, the target stays
+    assert model.current_momentum == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- MoCo v3 loss
+
+
+def test_mocov3_loss_hand_computed():
+    # q_i.k_j = 1 if i = j else 0, T = 0.5: per row CE = log(1 + e^-2); times 2T = 1
+    q = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    k = torch.tensor([[1.0, 0.0], [0.0, 3.0]])
+    expected = math.log(1 + math.exp(-2))
+    assert mocov3_loss(q, k, temperature=0.5).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_mocov3_loss_matches_a_loop_and_is_scaled_by_2t():
+    torch.manual_seed(0)
+    q, k = torch.randn(6, 8), torch.randn(6, 8)
+    for t in (0.2, 1.0):
+        ce = 0.0
+        for i in range(6):
+            qi = q[i] / q[i].norm()
+            logits = [float(qi @ (k[j] / k[j].norm())) / t for j in range(6)]
+            ce += -logits[i] + math.log(sum(math.exp(x) for x in logits))
+        assert mocov3_loss(q, k, t).item() == pytest.approx(2 * t * ce / 6, rel=1e-5)
+
+
+def test_mocov3_loss_is_2t_log_n_when_all_similarities_are_equal():
+    n, t = 5, 0.2
+    eye = torch.eye(2 * n)
+    loss = mocov3_loss(eye[:n], eye[n:], temperature=t)  # every q orthogonal to every k
+    assert loss.item() == pytest.approx(2 * t * math.log(n), rel=1e-6)
+
+
+def test_mocov3_loss_sends_no_gradient_to_the_keys():
+    q = torch.randn(4, 8, requires_grad=True)
+    k = torch.randn(4, 8, requires_grad=True)
+    mocov3_loss(q, k).backward()
+    assert q.grad is not None and k.grad is None
+
+
+def test_mocov3_heads_and_defaults():
+    backbone, feat_dim = build_backbone("small_cnn", 16)
+    model = build_method("mocov3", backbone, feat_dim)
+    linears = [m for m in model.projector if isinstance(m, torch.nn.Linear)]
+    assert [m.out_features for m in linears] == [4096, 4096, 256]  # 3-layer projector
+    assert isinstance(model.projector[-1], torch.nn.BatchNorm1d)  # BN on the output too
+    assert isinstance(model.predictor[-1], torch.nn.BatchNorm1d)
+    assert model.predictor[0].out_features == 4096
+    assert (model.temperature, model.ema_momentum) == (0.2, 0.99)
+    assert METHODS["mocov3"].augmentation == "byol"
+    keys = model.state_dict().keys()
+    assert any(k.startswith("target_projector.") for k in keys)
+    assert not any(k.startswith("target_predictor") for k in keys)  # no momentum predictor
+
+
+def test_mocov3_module_loss_is_the_symmetric_sum():
+    model = tiny("mocov3", ema_momentum=1.0)
+    model.eval()
+    views = two_views()
+    with torch.no_grad():
+        q1, q2 = (model.predictor(model.projector(model.backbone(v))) for v in views)
+        k1, k2 = (model.target_projector(model.target_backbone(v)) for v in views)
+        expected = mocov3_loss(q1, k2) + mocov3_loss(q2, k1)
+        assert torch.allclose(model(views)["loss"], expected, atol=1e-6)
+
+
+# ---------------------------------------------------------------- two processes
+
+WORLD, N, D = 2, 4, 6
+torch.manual_seed(0)
+Q, K = torch.randn(WORLD * N, D), torch.randn(WORLD * N, D)
+QUEUE = F.normalize(torch.randn(5, D), dim=1)
+
+
+def worker(rank: int, port: int, results: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    torch.set_num_threads(1)
+    part = slice(rank * N, (rank + 1) * N)
+    out = {}
+    for name, fn in (("mocov3", mocov3_loss), ("moco", lambda q, k: moco_loss(q, k, QUEUE))):
+        q = Q[part].clone().requires_grad_()
+        loss = fn(q, K[part])
+        loss.backward()
+        out[name] = (loss.detach(), q.grad)
+    # NNCLR's loss as its module calls it: neighbours gathered, predictions with gradient
+    p = Q[part].clone().requires_grad_()
+    loss = nnclr_loss(gather(K[part]), gather_with_grad(p), 0.1)
+    loss.backward()
+    out["nnclr"] = (loss.detach(), p.grad)
+    queue, ptr = torch.zeros(1, 3 * N, D), torch.zeros((), dtype=torch.long)
+    enqueue(queue, ptr, gather(K[part])[None])  # as MoCoV2.forward / after_optimizer_step
+    out["queue"] = queue
+    results[rank] = out
+    dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_equal_one_on_the_whole_batch():
+    """MoCo's losses are per-sample means on each process: the processes' losses average to the
+    loss of the whole batch, and each one's query gradients are WORLD times the whole batch's
+    (DDP then averages). MoCo v3 must find each positive at index rank * N + i of the gathered
+    keys. NNCLR's loss (tests/test_nnclr.py) is computed on the gathered batch, as NT-Xent."""
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(worker, args=(free_port(), results), nprocs=WORLD, join=True)
+        results = dict(results)
+    for name, fn in (("mocov3", mocov3_loss), ("moco", lambda q, k: moco_loss(q, k, QUEUE))):
+        q = Q.clone().requires_grad_()
+        single = fn(q, K)
+        single.backward()
+        mean = sum(results[r][name][0] for r in range(WORLD)) / WORLD
+        assert torch.allclose(mean, single.detach(), atol=1e-6), name
+        for r in range(WORLD):
+            grad = results[r][name][1]
+            assert torch.allclose(grad / WORLD, q.grad[r * N : (r + 1) * N], atol=1e-6), name
+    # NNCLR: the global loss on every process, gradients WORLD times the whole batch's
+    q = Q.clone().requires_grad_()
+    single = nnclr_loss(K, q, 0.1)
+    single.backward()
+    for r in range(WORLD):
+        loss, grad = results[r]["nnclr"]
+        assert torch.allclose(loss, single.detach(), atol=1e-6)
+        assert torch.allclose(grad / WORLD, q.grad[r * N : (r + 1) * N], atol=1e-6)
+    for r in range(WORLD):  # every process queues the keys of both
+        assert torch.equal(results[r]["queue"][0, : WORLD * N], K)
+
+
+# ---------------------------------------------------------------- main.py
+
+
+@pytest.mark.parametrize("name", ["mocov2", "mocov3"])
+def test_main_pretrains_and_resumes_with_the_queue(name, run_dirs, capsys):
+    """Two steps per epoch (64 images, batch 32); the queue of 100 (not a multiple of the
+    batch) is checkpointed and continues where it stopped after --resume."""
+    import main  # here, not at the top: the two-process test's workers import this file
+
+    def run(*extra):
+        argv = [
+            *["--model_name", name, "--backbone", "small_cnn", "--dataset_name", "synthetic"],
+            *["--image_size", "16", "--limit", "64", "--batch_size", "32", "--device", "cpu"],
+            *["--num_workers", "0", "--warmup_epochs", "0", "--optimizer", "adam"],
+            *["--base_lr", "0.01", "--proj_hidden_dim", "64", "--pred_hidden_dim", "64"],
+            *["--queue_size", "100", "--run_name", name, *run_dirs, *extra],
+        ]
+        return main.main(main.get_args_parser().parse_args(argv))
+
+    out = run("--num_epochs", "1")
+    assert math.isfinite(out["loss"])
+    state = load_checkpoint(os.path.join(out["ckpt_dir"], "last.pt"))["model"]
+    if name == "mocov2":
+        assert state["queue"].shape == (2, 100, 128) and state["queue_ptr"].item() == 64
+    else:
+        assert "queue" not in state and "target_projector.0.weight" in state
+    out = run("--num_epochs", "2", "--resume", "auto")
+    assert "resumed from" in capsys.readouterr().out
+    state2 = load_checkpoint(os.path.join(out["ckpt_dir"], "last.pt"))["model"]
+    if name == "mocov2":
+        assert state2["queue_ptr"].item() == 128 % 100
+        # rows 64..99 were written in epoch 2, after the resume; rows 0..27 overwritten
+        assert torch.equal(state2["queue"][:, 28:64], state["queue"][:, 28:64])
+        assert not torch.equal(state2["queue"][:, 64:], state["queue"][:, 64:])

@@ -1,0 +1,109 @@
+"""Vision Transformers: feature sizes at 32 and 224 px, the patch size rule, other input sizes
+(multi-crop), the errors for indivisible sizes and --pretrained, and a short run of main.py."""
+
+import math
+
+import pytest
+import torch
+
+import main
+from networks import BACKBONES, build_backbone
+from networks.vit import patch_size_for
+from utils.misc import UserError
+
+
+def test_vit_tiny_at_32_px_trains_with_4_px_patches():
+    torch.manual_seed(0)
+    model, feat_dim = build_backbone("vit_tiny", 32)
+    assert feat_dim == 192 and model.patch_size == 4 and model.seq_length == 8 * 8 + 1
+    assert model.encoder.pos_embedding.shape == (1, 65, 192)
+    assert isinstance(model.heads, torch.nn.Identity)
+    out = model.train()(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 192) and out.isfinite().all()
+    out.square().mean().backward()
+    assert all(p.grad is not None and p.grad.isfinite().all() for p in model.parameters())
+
+
+def test_vit_small_at_32_px_on_the_meta_device():
+    # the same code as vit_tiny, four times the compute: shapes only
+    with torch.device("meta"):
+        model, feat_dim = build_backbone("vit_small", 32)
+        out = model.train()(torch.empty(2, 3, 32, 32))
+    assert feat_dim == 384 and out.shape == (2, 384) and model.seq_length == 65
+
+
+def test_features_at_224_px_use_16_px_patches():
+    model, feat_dim = build_backbone("vit_tiny", 224)
+    assert feat_dim == 192 and model.patch_size == 16 and model.seq_length == 14 * 14 + 1
+    with torch.no_grad():
+        assert model.eval()(torch.randn(1, 3, 224, 224)).shape == (1, 192)
+    # vit_small at 224 takes seconds on a CPU: its shapes on the meta device
+    with torch.device("meta"):
+        model, feat_dim = build_backbone("vit_small", 224)
+        assert model(torch.empty(1, 3, 224, 224)).shape == (1, 384)
+    assert feat_dim == 384 and model.patch_size == 16 and model.seq_length == 197
+
+
+def test_parameter_counts_match_deit():
+    # DeiT-Ti / DeiT-S at 224 px: 5.7 M / 22.1 M with their 1000-way classifier
+    for name, with_head in (("vit_tiny", 5_717_416), ("vit_small", 22_050_664)):
+        with torch.device("meta"):
+            model, dim = build_backbone(name, 224)
+        assert sum(p.numel() for p in model.parameters()) == with_head - (dim * 1000 + 1000)
+
+
+@pytest.mark.parametrize(
+    "size, patch", [(8, 4), (16, 4), (32, 4), (64, 4), (96, 16), (128, 16), (224, 16)]
+)
+def test_patch_size_rule(size, patch):
+    assert patch_size_for(size) == patch
+    with torch.device("meta"):
+        model, _ = build_backbone("vit_tiny", size)
+    assert model.patch_size == patch and model.seq_length == (size // patch) ** 2 + 1
+
+
+@pytest.mark.parametrize("size, patch", [(30, 4), (100, 16), (72, 16)])
+def test_indivisible_image_size_is_a_clear_error(size, patch):
+    with pytest.raises(UserError, match=rf"--image_size {size}: vit_tiny .* patch size {patch}"):
+        build_backbone("vit_tiny", size)
+
+
+@pytest.mark.parametrize("name", ["vit_tiny", "vit_small"])
+def test_pretrained_is_refused_because_torchvision_has_no_weights(name):
+    with pytest.raises(UserError, match=f"no ImageNet weights for {name}"):
+        build_backbone(name, 224, pretrained=True)
+
+
+def test_other_input_sizes_interpolate_the_position_embeddings():
+    torch.manual_seed(0)
+    model, _ = build_backbone("vit_tiny", 32)
+    model.eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        # at the native size the general path is torchvision's forward
+        assert torch.allclose(model(x), model.forward_any_size(x), atol=1e-5)
+        assert model.position_embedding((8, 8)) is model.encoder.pos_embedding
+        assert model.position_embedding((4, 3)).shape == (1, 1 + 12, 192)
+        # multi-crop's local crops; 14 px keeps 3x3 patches (12 px), as DINO's patch conv does
+        for size in (14, 48):
+            assert model(torch.randn(1, 3, size, size)).shape == (1, 192)
+        with pytest.raises(ValueError, match="smaller than one 4 px patch"):
+            model(torch.randn(1, 3, 3, 3))
+
+
+def test_registered():
+    assert {"vit_tiny", "vit_small"} <= set(BACKBONES)
+
+
+def test_dino_pretrains_a_vit_through_main(run_dirs):
+    """One step of DINO on vit_tiny at 32 px with one 16 px local crop, through main.py."""
+    args = main.get_args_parser().parse_args(
+        ["--dataset_name", "synthetic", "--backbone", "vit_tiny", "--image_size", "32"]
+        + ["--device", "cpu", "--num_workers", "0", "--limit", "8", "--batch_size", "8"]
+        + ["--model_name", "dino", "--num_epochs", "1", "--warmup_epochs", "0", *run_dirs]
+        + ["--optimizer", "adamw", "--base_lr", "5e-4", "--weight_decay", "0.04"]
+        + ["--num_crops", "1", "--small_crop_size", "16", "--num_prototypes", "64"]
+        + ["--proj_hidden_dim", "64", "--run_name", "vit"]
+    )
+    out = main.main(args)
+    assert math.isfinite(out["loss"])
