@@ -330,25 +330,27 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
         "--temperature",
         type=positive_float,
         default=None,
-        help="softmax temperature (SimCLR: 0.5, SupCon: 0.1)",
+        help="softmax temperature (SimCLR: 0.5; SupCon, NNCLR, DINO student: 0.1; MoCo v2/v3: 0.2)",
     )
     group.add_argument(
         "--proj_hidden_dim",
         type=positive_int,
         default=None,
-        help="projector hidden size (SimCLR, SimSiam, SwAV: 2048; BYOL: 4096)",
+        help="projector hidden size (SimCLR, SimSiam, SwAV, MoCo v2, NNCLR, DINO: 2048; "
+        "BYOL, MoCo v3: 4096)",
     )
     group.add_argument(
         "--proj_dim",
         type=positive_int,
         default=None,
-        help="projector output size (SimCLR, SwAV: 128; BYOL: 256; SimSiam: 2048)",
+        help="projector output size (SimCLR, SwAV, MoCo v2: 128; BYOL, MoCo v3, NNCLR, DINO "
+        "bottleneck: 256; SimSiam: 2048)",
     )
     group.add_argument(
         "--pred_hidden_dim",
         type=positive_int,
         default=None,
-        help="predictor hidden size (SimSiam: 512; BYOL: 4096)",
+        help="predictor hidden size (SimSiam: 512; BYOL, MoCo v3, NNCLR: 4096)",
     )
     group.add_argument(
         "--lambd",
@@ -368,7 +370,8 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
         "--ema_momentum",
         type=float,
         default=None,
-        help="EMA momentum of the target network at step 0, rising to 1 on a cosine (BYOL: 0.996)",
+        help="EMA momentum of the target network at step 0, rising to 1 on a cosine (BYOL, "
+        "DINO: 0.996; MoCo v2: 0.999; MoCo v3: 0.99)",
     )
     group.add_argument(
         "--queue_size",
@@ -378,7 +381,10 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
         "set (98304); these ImageNet values exceed CIFAR's 50,000 images, use 4096-16384 there",
     )
     group.add_argument(
-        "--num_prototypes", type=positive_int, default=None, help="prototypes (SwAV: 3000)"
+        "--num_prototypes",
+        type=positive_int,
+        default=None,
+        help="prototypes (SwAV: 3000); DINO: output dimension (4096)",
     )
     group.add_argument(
         "--epsilon",
@@ -409,7 +415,8 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
         "--freeze_prototypes_epochs",
         type=non_negative_int,
         default=None,
-        help="epochs during which the prototypes are not updated (SwAV: 1)",
+        help="epochs during which the prototypes (SwAV) or the last layer (DINO) are not "
+        "updated (1)",
     )
     group.add_argument(
         "--teacher_temp",

@@ -28,6 +28,10 @@ LOSSES = {
     "swav": "`swav_loss`, `sinkhorn`",
     "barlowtwins": "`barlow_twins_loss`",
     "vicreg": "`vicreg_loss`",
+    "mocov2": "`moco_loss`, queue, EMA keys",
+    "mocov3": "`mocov3_loss`, EMA keys",
+    "nnclr": "`nnclr_loss`, support set",
+    "dino": "`dino_loss`, EMA teacher",
 }
 # flags a method's short run may override; shown in the table so each row can be repeated
 METHOD_FLAGS = (
@@ -45,6 +49,11 @@ METHOD_FLAGS = (
     "queue_length",
     "epoch_queue_starts",
     "freeze_prototypes_epochs",
+    "queue_size",
+    "teacher_temp",
+    "warmup_teacher_temp",
+    "teacher_temp_warmup_epochs",
+    "center_momentum",
 )
 # flags every run sets; a row lists them only where it departs from the value most runs use
 SHARED_FLAGS = ("optimizer", "base_lr", "weight_decay", "num_epochs")

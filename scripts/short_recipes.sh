@@ -11,5 +11,9 @@ declare -A FLAGS=(
     [swav]="--num_prototypes 100 --num_crops 2"
     [barlowtwins]="--proj_hidden_dim 512 --proj_dim 512"
     [vicreg]="--proj_hidden_dim 512 --proj_dim 512"
+    [mocov2]="--queue_size 4096 --ema_momentum 0.99 --proj_hidden_dim 512"
+    [mocov3]="--proj_hidden_dim 512 --pred_hidden_dim 512"
+    [nnclr]="--queue_size 4096 --proj_hidden_dim 512 --pred_hidden_dim 512"
+    [dino]="--num_prototypes 1024 --num_crops 2 --proj_hidden_dim 512 --ema_momentum 0.99 --teacher_temp_warmup_epochs 2"
 )
-ALL_METHODS=(simclr supcon simsiam byol swav barlowtwins vicreg)
+ALL_METHODS=(simclr supcon simsiam byol swav barlowtwins vicreg mocov2 mocov3 nnclr dino)
