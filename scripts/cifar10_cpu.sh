@@ -45,6 +45,8 @@ if [ ! -e "$OUT/linear_random/results.json" ]; then
         --run_name linear_random | tail -n 1
 fi
 
+echo "$SECONDS ${METHODS[*]}" >> "$OUT/wall_seconds.txt"  # the table sums these lines
+
 echo
-python scripts/methods_table.py "$OUT" --seconds "$SECONDS" --block cifar10 \
-    --script scripts/cifar10_cpu.sh ${UPDATE_README:+--readme README.md}
+python scripts/methods_table.py "$OUT" --block cifar10 --script scripts/cifar10_cpu.sh \
+    ${UPDATE_README:+--readme README.md}

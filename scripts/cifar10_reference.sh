@@ -7,8 +7,10 @@
 #
 # Every number comes from a reference implementation (see docs/reference_results.md for the
 # table, the sources and the published accuracies to compare with):
-#   - vturrisi/solo-learn, scripts/pretrain/cifar/{simclr,supcon,byol,swav,barlow,vicreg}.yaml and
-#     augmentations/{symmetric,asymmetric}.yaml (ResNet-18, batch 256 on one GPU, 1000 epochs);
+#   - vturrisi/solo-learn, scripts/pretrain/cifar/{simclr,supcon,byol,swav,barlow,vicreg,
+#     mocov2plus,mocov3,nnclr,dino}.yaml and
+#     augmentations/{symmetric,symmetric_weak,asymmetric}.yaml (ResNet-18, batch 256 on one GPU,
+#     1000 epochs);
 #   - SimSiam: the paper's CIFAR appendix (arXiv 2011.10566, App. D) and facebookresearch/simsiam
 #     main_simsiam.py.
 # Learning rates: --base_lr is the lr for a batch of 256, scaled linearly by --batch_size
@@ -36,7 +38,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ALL_METHODS=(simclr supcon simsiam byol swav barlowtwins vicreg)
+ALL_METHODS=(simclr supcon simsiam byol swav barlowtwins vicreg mocov2 mocov3 nnclr dino)
 OUT=${1:-runs/cifar10_reference}
 shift || true
 if [ $# -gt 0 ]; then
@@ -92,10 +94,11 @@ SOLO=(--batch_size 256 --num_epochs 1000 --warmup_epochs 10 --warmup_lr 3e-5 --f
 # decay; `larc` adapts and decays every parameter.
 SOLO_LARS=(--optimizer larc --larc_trust_coefficient 0.02 --larc_clip true)
 # Not expressible for every recipe: solo-learn trains an online linear classifier together with
-# the backbone (classifier_lr 0.1, on the augmented views) and reports its accuracy; here the probe
-# is a separate main_linear.py run after pretraining. solo-learn trains in fp16 mixed precision
-# (precision: 16), this toolkit in fp32. solo-learn's CIFAR stem pads its 3x3 conv by 2 (padding 1
-# here). With DATASET=imagefolder the images are normalised with ImageNet statistics.
+# the backbone (classifier_lr 0.1, 0.3 for MoCo v2+ and v3, on the augmented views) and reports
+# its accuracy; here the probe is a separate main_linear.py run after pretraining. solo-learn trains
+# in fp16 mixed precision (precision: 16), this toolkit in fp32. solo-learn's CIFAR stem pads its
+# 3x3 conv by 2 (padding 1 here). With DATASET=imagefolder the images are normalised with ImageNet
+# statistics.
 
 recipe() {  # sets FLAGS to the method's pretraining flags
     case "$1" in
@@ -169,6 +172,61 @@ recipe() {  # sets FLAGS to the method's pretraining flags
             FLAGS=("${SOLO[@]}" "${SOLO_LARS[@]}" --base_lr 0.3 --weight_decay 1e-4
                    --sim_coeff 25 --std_coeff 25 --cov_coeff 1 --proj_hidden_dim 2048
                    --proj_dim 2048 --crop_min_scale 0.2 --jitter_strength 1.0) ;;
+        mocov2)
+            # solo-learn scripts/pretrain/cifar/mocov2plus.yaml (MoCo v2+: the symmetrised loss
+            # with one queue per direction, this toolkit's default): sgd lr 0.3 (batch 256),
+            # momentum 0.9 (solo/args/pretrain.py default for sgd), wd 1e-4, temperature 0.2,
+            # queue 32768, projector 2048 -> 256 without BatchNorm, EMA tau 0.99 -> 0.999 (cosine);
+            # augmentations/symmetric_weak.yaml: crop 0.08-1, jitter (0.4, 0.4, 0.4, 0.1) p=0.8 =
+            # strength 0.5 of the SimCLR views, grayscale 0.2.
+            # Not expressible: blur p=0.5 (dropped at <= 64 px); the EMA momentum here rises on the
+            # cosine to 1, not to solo's final 0.999 (0.995 vs 0.9945 at mid-run, 1 vs 0.999 at the
+            # end).
+            FLAGS=("${SOLO[@]}" --optimizer sgd --base_lr 0.3 --weight_decay 1e-4
+                   --temperature 0.2 --queue_size 32768 --ema_momentum 0.99
+                   --proj_hidden_dim 2048 --proj_dim 256
+                   --crop_min_scale 0.08 --jitter_strength 0.5) ;;
+        mocov3)
+            # solo-learn scripts/pretrain/cifar/mocov3.yaml: lars lr 0.3 (batch 256), wd 1e-6,
+            # temperature 0.2, projector 4096 -> 256, predictor 4096, EMA tau 0.99 -> 1.0 (cosine);
+            # asymmetric.yaml views (BYOL's, as for byol above).
+            # Not expressible: for ResNets solo builds a 2-layer projector
+            # (Linear-BN-ReLU-Linear-BN) and a predictor without the final BatchNorm; this
+            # toolkit's mocov3 has the paper's 3-layer projector and a final (affine-free) BN on
+            # the predictor, neither set by a flag.
+            FLAGS=("${SOLO[@]}" "${SOLO_LARS[@]}" --base_lr 0.3 --weight_decay 1e-6
+                   --temperature 0.2 --ema_momentum 0.99 --proj_hidden_dim 4096 --proj_dim 256
+                   --pred_hidden_dim 4096 --crop_min_scale 0.08 --jitter_strength 1.0) ;;
+        nnclr)
+            # solo-learn scripts/pretrain/cifar/nnclr.yaml: lars lr 0.4 (batch 256), wd 1e-5,
+            # temperature 0.2, projector 2048-2048-256, predictor 4096, support set 65536 (more
+            # than CIFAR's 50,000 images; copied as solo has it); asymmetric.yaml views (BYOL's).
+            # Not expressible: solo's loss is the row-wise cross-entropy only
+            # (solo/losses/nnclr.py), this toolkit's adds the column-wise term of the paper; solo
+            # starts from a support set of random unit vectors, this one from the filled rows (the
+            # same once full, after 256 steps); solo's last projector BatchNorm is affine, this
+            # one's is not.
+            FLAGS=("${SOLO[@]}" "${SOLO_LARS[@]}" --base_lr 0.4 --weight_decay 1e-5
+                   --temperature 0.2 --proj_hidden_dim 2048 --proj_dim 256 --pred_hidden_dim 4096
+                   --queue_size 65536 --crop_min_scale 0.08 --jitter_strength 1.0) ;;
+        dino)
+            # solo-learn scripts/pretrain/cifar/dino.yaml: lars lr 0.3 (batch 256), wd 1e-6,
+            # head 2048 -> 256 (no BatchNorm: use_bn_in_head False) and 4096 prototypes, EMA tau
+            # 0.9995 -> 1.0 (cosine); solo/methods/dino.py defaults: student temperature 0.1,
+            # teacher 0.07 with warmup_teacher_temperature_epochs 0 (so 0.07 throughout), centre
+            # momentum 0.9, last layer frozen for 1 epoch, no gradient clipping, norm_last_layer;
+            # asymmetric.yaml: two 32 px crops of 8-100 % and no local crops (--num_crops 0),
+            # BYOL's colour and solarisation 0 / 0.2, no blur: the dino views here with those
+            # settings (their blur is dropped at 32 px).
+            # Not expressible: nothing beyond the shared LARS and online-classifier notes. (Copies
+            # of the older argparse solo/methods/dino.py in forks default to 50 epochs of teacher
+            # warmup from 0.04; the current code's default, used here, is none.)
+            FLAGS=("${SOLO[@]}" "${SOLO_LARS[@]}" --base_lr 0.3 --weight_decay 1e-6
+                   --proj_hidden_dim 2048 --proj_dim 256 --num_prototypes 4096
+                   --ema_momentum 0.9995 --temperature 0.1 --teacher_temp 0.07
+                   --teacher_temp_warmup_epochs 0 --center_momentum 0.9
+                   --freeze_prototypes_epochs 1 --num_crops 0 --crop_min_scale 0.08
+                   --jitter_strength 1.0) ;;
     esac
 }
 

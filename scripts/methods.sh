@@ -5,7 +5,8 @@
 # plus the same probe of the untrained backbone, the baseline. The per-method flags below shorten
 # the papers' recipes so that a CPU shows learning in minutes. About 30 minutes on 2 CPU cores.
 #
-#   bash scripts/methods.sh [OUT_DIR [METHOD...]]   (default: runs/methods/<timestamp>, all methods)
+#   bash scripts/methods.sh [OUT_DIR [METHOD...]]   (default: runs/methods/<timestamp>, all methods;
+#                                                    an existing OUT_DIR gets the METHODs added)
 #   UPDATE_README=1 bash scripts/methods.sh          also rewrites the README's methods table
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,9 +33,12 @@ for method in "${METHODS[@]}"; do
     python main_linear.py "${COMMON[@]}" "${LINEAR[@]}" --model_name "$method" \
         --run_name "linear_$method" --ckpt "$OUT/ckpts/pretrain_$method/last.pt" | tail -n 1
 done
-echo "== baseline: linear probe of the untrained backbone =="
-python main_linear.py "${COMMON[@]}" "${LINEAR[@]}" --model_name simclr --random_init \
-    --run_name linear_random | tail -n 1
+if [ ! -e "$OUT/linear_random/results.json" ]; then  # once per OUT_DIR: methods can be added
+    echo "== baseline: linear probe of the untrained backbone =="
+    python main_linear.py "${COMMON[@]}" "${LINEAR[@]}" --model_name simclr --random_init \
+        --run_name linear_random | tail -n 1
+fi
+echo "$SECONDS ${METHODS[*]}" >> "$OUT/wall_seconds.txt"  # the table sums these lines
 
 echo
-python scripts/methods_table.py "$OUT" --seconds "$SECONDS" ${UPDATE_README:+--readme README.md}
+python scripts/methods_table.py "$OUT" ${UPDATE_README:+--readme README.md}

@@ -4,7 +4,10 @@ short run set, the kNN Acc@1 of its backbone at epoch 0 (random initialisation) 
 (metrics.csv), and the linear probe (results.json), beside the linear probe of the randomly
 initialised backbone, and the pretraining's wall time when every run wrote a summary.json.
 
-    python scripts/methods_table.py LOG_ROOT [--seconds N] [--readme README.md] [--block NAME]
+    python scripts/methods_table.py LOG_ROOT [--readme README.md] [--block NAME]
+
+The wall time under the table is the sum of LOG_ROOT/wall_seconds.txt, where each run of the
+script appends its seconds (a root can be filled in several runs: `methods.sh ROOT new_method`).
 
 LOG_ROOT holds `pretrain_<method>/`, `linear_<method>/` and `linear_random/` run folders.
 """
@@ -59,6 +62,14 @@ METHOD_FLAGS = (
 SHARED_FLAGS = ("optimizer", "base_lr", "weight_decay", "num_epochs")
 
 
+def wall_seconds(root: str) -> int | None:
+    path = os.path.join(root, "wall_seconds.txt")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return sum(int(line.split()[0]) for line in f if line.strip())
+
+
 def minutes(run_dir: str) -> str:
     seconds = round(load_json(os.path.join(run_dir, "summary.json"))["wall_time_s"])
     return f"{seconds // 60} min {seconds % 60:02d} s"
@@ -103,12 +114,11 @@ def table(root: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", metavar="LOG_ROOT")
-    parser.add_argument("--seconds", type=int, help="wall time of the whole script")
     parser.add_argument("--readme", help="also put the table in a generated block here")
     parser.add_argument("--block", default="methods", help="the README block (methods, cifar10)")
     parser.add_argument("--script", default="scripts/methods.sh", help="named with the wall time")
     args = parser.parse_args()
-    publish(table(args.root), args.seconds, f"`{args.script}`", args.readme, args.block)
+    publish(table(args.root), wall_seconds(args.root), f"`{args.script}`", args.readme, args.block)
 
 
 if __name__ == "__main__":
