@@ -239,6 +239,7 @@ def build_datasets(args) -> tuple[Dataset, Dataset]:
         keep = class_balanced_fraction(dataset_targets(train_set), args.data_fraction, args.seed)
         train_set = Subset(train_set, keep)
     test_set = build_dataset(args.dataset_name, args.data_dir, False, plain, args.download)
+    train_set, test_set = pretrain.in_memory(train_set, args), pretrain.in_memory(test_set, args)
     print(
         f"data: {len(train_set)} training images ({args.data_fraction:g} of "
         f"{args.dataset_name}{', --limit ' + str(args.limit) if args.limit else ''}), "

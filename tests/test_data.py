@@ -9,7 +9,14 @@ from PIL import Image
 from torchvision import transforms as T
 
 from transformations import eval_transform, simclr_transform
-from utils.data import DATASETS, balanced_subset, build_dataset, dataset_targets, num_classes_of
+from utils.data import (
+    DATASETS,
+    InMemory,
+    balanced_subset,
+    build_dataset,
+    dataset_targets,
+    num_classes_of,
+)
 from utils.misc import UserError
 
 
@@ -93,3 +100,27 @@ def test_corrupt_images_are_skipped_with_a_warning(tmp_path, capsys):
     assert images[0][1] == 0 and torch.equal(images[0][0], images[1][0])
     out = capsys.readouterr().out
     assert "cat/0.png" in out and "dog/9.jpg" in out and "2 skipped so far" in out
+
+
+def test_in_memory_gives_the_same_items_as_the_files(tmp_path):
+    """--in_memory: the decoded images of a (subset of an) ImageFolder, the same pixels and labels,
+    through the same transform; images of different sizes are refused with a clear message."""
+    generator = torch.Generator().manual_seed(0)
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            os.makedirs(tmp_path / split / c)
+            for i in range(3):
+                pixels = torch.randint(0, 256, (8, 8, 3), generator=generator, dtype=torch.uint8)
+                Image.fromarray(pixels.numpy()).save(tmp_path / split / c / f"{i}.png")
+    files = build_dataset("imagefolder", str(tmp_path), True, T.ToTensor())
+    subset = torch.utils.data.Subset(files, [0, 2, 3, 5])
+    memory = InMemory(subset)
+    assert memory.images.shape == (4, 8, 8, 3) and memory.images.dtype == torch.uint8
+    assert memory.classes == ["a", "b"] and memory.targets == [0, 0, 1, 1]
+    for i in range(4):
+        assert torch.equal(memory[i][0], subset[i][0]) and memory[i][1] == subset[i][1]
+    assert files.transform is not None  # the wrapped set keeps its transform
+
+    Image.new("RGB", (5, 5)).save(tmp_path / "train" / "a" / "odd.png")
+    with pytest.raises(UserError, match="--in_memory needs images of one size"):
+        InMemory(build_dataset("imagefolder", str(tmp_path), True, T.ToTensor()))

@@ -8,7 +8,9 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset, Sampler, Subset
 from torchvision import datasets
 
@@ -137,7 +139,7 @@ def dataset_targets(dataset: Dataset) -> list[int]:
 def num_classes_of(dataset: Dataset) -> int:
     if isinstance(dataset, Subset):
         return num_classes_of(dataset.dataset)
-    if hasattr(dataset, "classes"):
+    if getattr(dataset, "classes", None) is not None:
         return len(dataset.classes)
     return int(max(dataset_targets(dataset))) + 1
 
@@ -154,6 +156,41 @@ def balanced_subset(dataset: Dataset, limit: int | None) -> Dataset:
         take = per_class + (1 if rank < extra else 0)
         indices.extend((targets == c).nonzero().flatten()[:take].tolist())
     return Subset(dataset, sorted(indices))
+
+
+class InMemory(Dataset):
+    """A data set decoded once into one uint8 tensor [N, H, W, 3] (`--in_memory`): CIFAR's 50,000
+    training images take 150 MB, and an epoch then reads no file and decodes no JPEG. Items are
+    PIL images re-made from the tensor, passed through the transform the wrapped set had, so the
+    augmentations are those of the files. Loader workers share the tensor (fork, copy on write).
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        base = dataset
+        while isinstance(base, Subset):
+            base = base.dataset
+        self.transform, base.transform = base.transform, None  # read the raw images
+        try:
+            items = [dataset[i] for i in range(len(dataset))]
+        finally:
+            base.transform = self.transform
+        arrays = [np.asarray(image.convert("RGB")) for image, _ in items]
+        sizes = {a.shape for a in arrays}
+        if len(sizes) > 1:
+            raise UserError(
+                f"--in_memory needs images of one size, found {len(sizes)} sizes "
+                f"(e.g. {sorted(sizes)[:2]}): drop --in_memory for this data set"
+            )
+        self.images = torch.from_numpy(np.stack(arrays))
+        self.targets = [int(label) for _, label in items]
+        self.classes = getattr(base, "classes", None)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        image = Image.fromarray(self.images[index].numpy())
+        return (self.transform(image) if self.transform else image), self.targets[index]
 
 
 class EpochSampler(Sampler[int]):
