@@ -2,6 +2,7 @@
 
     python scripts/benchmark.py [main.py flags ...] [--steps 20] [--repeats 3] [--output F.json]
                                 [--readme README.md]
+    python scripts/benchmark.py --from_json F.json --readme README.md   (table of a saved run)
 
 Takes main.py's flags (method, backbone, image size, batch, optimizer, --amp, --channels_last,
 --compile, data set, workers) and measures, on one process:
@@ -58,6 +59,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     group.add_argument("--skip_knn", action="store_true", help="do not time kNN")
     group.add_argument("--output", help="also write the figures to this JSON file")
     group.add_argument("--readme", help="put the table in this README's benchmark block")
+    group.add_argument("--from_json", help="measure nothing: the table of a saved --output")
     return parser
 
 
@@ -204,6 +206,10 @@ def describe(device) -> str:
 
 def main() -> None:
     args = get_args_parser().parse_args()
+    if args.from_json:
+        with open(args.from_json) as f:
+            publish(table(json.load(f)), None, "", args.readme, "benchmark")
+        return
     device = resolve_device(args.device)
     args.print_freq = max(args.steps, args.print_freq)  # no logging inside the timed steps
     args.num_epochs, args.warmup_epochs = 1, 0
