@@ -583,6 +583,23 @@ def training_state(args, model, optimizer, epoch: int, step_in_epoch: int, steps
     }
 
 
+def training_set(args) -> tuple:
+    """The pretraining images (--limit, --in_memory) and their transform, the method's views."""
+    info = DATASETS[args.dataset_name]
+    transform = pretrain_transform(
+        METHODS[args.model_name].augmentation,
+        image_size=args.image_size,
+        mean=info.mean,
+        std=info.std,
+        crop_min_scale=args.crop_min_scale,
+        jitter_strength=args.jitter_strength,
+        num_crops=args.num_crops,
+        small_crop_size=args.small_crop_size,
+    )
+    dataset = build_dataset(args.dataset_name, args.data_dir, True, transform, args.download)
+    return in_memory(balanced_subset(dataset, args.limit), args), transform
+
+
 def in_memory(dataset, args):
     """The data set held in memory when --in_memory asks for it (utils.data.InMemory)."""
     if not args.in_memory:
@@ -644,18 +661,7 @@ def main(args) -> dict:
 
     # ============ data ============
     info = DATASETS[args.dataset_name]
-    train_transform = pretrain_transform(
-        METHODS[args.model_name].augmentation,
-        image_size=args.image_size,
-        mean=info.mean,
-        std=info.std,
-        crop_min_scale=args.crop_min_scale,
-        jitter_strength=args.jitter_strength,
-        num_crops=args.num_crops,
-        small_crop_size=args.small_crop_size,
-    )
-    dataset = build_dataset(args.dataset_name, args.data_dir, True, train_transform, args.download)
-    dataset = in_memory(balanced_subset(dataset, args.limit), args)
+    dataset, train_transform = training_set(args)
     loader = make_loader(dataset, args, device, train=True)
     print(
         f"data: {len(dataset)} training images of {args.dataset_name}, "

@@ -35,12 +35,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from readme_block import publish  # noqa: E402
 
 import main as pretrain  # noqa: E402
-from methods import METHODS, build_method  # noqa: E402
+from methods import build_method  # noqa: E402
 from networks import build_backbone  # noqa: E402
 from optimizers import build_optimizer  # noqa: E402
-from transformations import pretrain_transform  # noqa: E402
 from utils.accel import autocast, grad_scaler, prepare_model, to_device  # noqa: E402
-from utils.data import DATASETS, balanced_subset, build_dataset  # noqa: E402
 from utils.knn import weighted_knn  # noqa: E402
 from utils.logging import NullLogger  # noqa: E402
 from utils.misc import resolve_device, set_seed  # noqa: E402
@@ -74,23 +72,9 @@ def build(args, device):
 
 def one_batch(args, device):
     """One real batch of augmented views (as main.py's loader gives), kept on the device."""
-    dataset = training_set(args)
+    dataset, _ = pretrain.training_set(args)
     views, labels = next(iter(make_loader(dataset, args, torch.device("cpu"), train=True)))
     return [to_device(v, device, args.channels_last) for v in views], labels.to(device)
-
-
-def training_set(args):
-    info = DATASETS[args.dataset_name]
-    transform = pretrain_transform(
-        METHODS[args.model_name].augmentation,
-        image_size=args.image_size,
-        mean=info.mean,
-        std=info.std,
-        num_crops=args.num_crops,
-        small_crop_size=args.small_crop_size,
-    )
-    dataset = build_dataset(args.dataset_name, args.data_dir, True, transform, args.download)
-    return balanced_subset(dataset, args.limit)
 
 
 def sync(device) -> None:
@@ -164,7 +148,7 @@ def time_lightly(args, device, batch, steps: int) -> float | None:
 
 def time_loader(args, batches: int) -> float:
     """Images/s of the training loader alone (decode, augmentation, collation, workers)."""
-    loader = make_loader(training_set(args), args, torch.device("cpu"), train=True)
+    loader = make_loader(pretrain.training_set(args)[0], args, torch.device("cpu"), train=True)
     seed_epoch(loader, 0)
     batches = min(batches, len(loader))
     iterator = iter(loader)

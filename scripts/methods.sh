@@ -24,21 +24,7 @@ PRETRAIN=(--batch_size 128 --optimizer adam --base_lr 0.004 --weight_decay 0 --w
 LINEAR=(--batch_size 256 --optimizer sgd --base_lr 1.0 --weight_decay 0 --probe_bn
         --warmup_epochs 0 --num_epochs 10)
 
-for method in "${METHODS[@]}"; do
-    echo "== $method: pretraining (${FLAGS[$method]:-paper defaults}) =="
-    # shellcheck disable=SC2086  # FLAGS holds several words on purpose
-    python main.py "${COMMON[@]}" "${PRETRAIN[@]}" --model_name "$method" \
-        --run_name "pretrain_$method" ${FLAGS[$method]} | grep -E "^(epoch [0-9]+|done)"
-    echo "== $method: linear probe =="
-    python main_linear.py "${COMMON[@]}" "${LINEAR[@]}" --model_name "$method" \
-        --run_name "linear_$method" --ckpt "$OUT/ckpts/pretrain_$method/last.pt" | tail -n 1
-done
-if [ ! -e "$OUT/linear_random/results.json" ]; then  # once per OUT_DIR: methods can be added
-    echo "== baseline: linear probe of the untrained backbone =="
-    python main_linear.py "${COMMON[@]}" "${LINEAR[@]}" --model_name simclr --random_init \
-        --run_name linear_random | tail -n 1
-fi
-echo "$SECONDS ${METHODS[*]}" >> "$OUT/wall_seconds.txt"  # the table sums these lines
+run_rows
 
 echo
 python scripts/methods_table.py "$OUT" ${UPDATE_README:+--readme README.md}

@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Per-method flags of the short CPU runs (scripts/methods.sh, scripts/cifar10_cpu.sh), sourced by
-# both. They shorten the papers' recipes so that a CPU shows learning in minutes; each is listed
+# both, and the loop they share (run_rows). They shorten the papers' recipes so that a CPU shows learning in minutes; each is listed
 # in the generated table. SimSiam uses its paper's optimizer (SGD with weight decay), with which it
 # does not fall below its initialisation in short runs, unlike with Adam.
 declare -A FLAGS=(
@@ -17,3 +17,25 @@ declare -A FLAGS=(
     [dino]="--num_prototypes 1024 --num_crops 2 --proj_hidden_dim 512 --ema_momentum 0.99 --teacher_temp_warmup_epochs 2"
 )
 ALL_METHODS=(simclr supcon simsiam byol swav barlowtwins vicreg mocov2 mocov3 nnclr dino)
+
+# For each of METHODS: pretrain (COMMON, PRETRAIN, then the method's FLAGS), then a linear probe
+# (COMMON, LINEAR) of its last checkpoint; then, once per OUT, the same probe of the untrained
+# backbone; then append this script's seconds to OUT/wall_seconds.txt (the tables sum them).
+run_rows() {
+    local method
+    for method in "${METHODS[@]}"; do
+        echo "== $method: pretraining (${FLAGS[$method]:-paper defaults}) =="
+        # shellcheck disable=SC2086  # FLAGS holds several words on purpose
+        python main.py "${COMMON[@]}" "${PRETRAIN[@]}" --model_name "$method" \
+            --run_name "pretrain_$method" ${FLAGS[$method]} | grep -E "^(epoch [0-9]+|done)"
+        echo "== $method: linear probe =="
+        python main_linear.py "${COMMON[@]}" "${LINEAR[@]}" --model_name "$method" \
+            --run_name "linear_$method" --ckpt "$OUT/ckpts/pretrain_$method/last.pt" | tail -n 1
+    done
+    if [ ! -e "$OUT/linear_random/results.json" ]; then
+        echo "== baseline: linear probe of the untrained backbone =="
+        python main_linear.py "${COMMON[@]}" "${LINEAR[@]}" --model_name simclr --random_init \
+            --run_name linear_random | tail -n 1
+    fi
+    echo "$SECONDS ${METHODS[*]}" >> "$OUT/wall_seconds.txt"
+}
