@@ -463,8 +463,9 @@ def main(args) -> dict:
     wall_time = time.time() - start_time
     if args.tsne and test_features is None:  # linear on images or fine-tuned: the final backbone's
         test_features = extract_features(backbone, test_loader, device)  # all processes take part
+    main_rank = is_main_process()  # asked before the process group is gone
     close_distributed()
-    if not is_main_process():
+    if not main_rank:
         return {"acc1": acc1, "acc5": acc5}
 
     if args.tsne:  # ============ t-SNE of the test features ============
