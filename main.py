@@ -21,7 +21,7 @@ from networks import BACKBONES, build_backbone
 from optimizers import OPTIMIZERS, build_optimizer
 from optimizers.cosine_decay_warmup import adjust_learning_rate
 from transformations import eval_transform, pretrain_transform
-from utils.accel import autocast, check_options, grad_scaler, prepare_model, to_device
+from utils.accel import autocast, grad_scaler, prepare_model, to_device
 from utils.checkpoint import (
     find_checkpoint,
     load_checkpoint,
@@ -32,9 +32,7 @@ from utils.checkpoint import (
 from utils.data import DATASETS, InMemory, balanced_subset, build_dataset
 from utils.distributed import (
     barrier,
-    broadcast_object,
     close_distributed,
-    init_distributed,
     is_main_process,
     mean_over_processes,
     rank,
@@ -50,7 +48,6 @@ from utils.misc import (
     non_negative_int,
     positive_float,
     positive_int,
-    resolve_device,
     run_cli,
     set_seed,
 )
@@ -64,6 +61,7 @@ from utils.run import (
     print_args,
     save_args,
     seed_epoch,
+    start_process,
 )
 from utils.tsne import plot_tsne
 
@@ -630,11 +628,7 @@ def resume_path(args) -> str | None:
 
 
 def main(args) -> dict:
-    device = init_distributed(resolve_device(args.device))  # torchrun: one process per GPU
-    check_options(args, device)
-    if not is_main_process():
-        sys.stdout = open(os.devnull, "w")  # rank 0 speaks and writes for all
-    args.world_size = world_size()  # recorded in args.json; --batch_size is split among them
+    device = start_process(args)  # under torchrun: one process per GPU
     set_seed(args.seed)  # the same initial weights on every process
     torch.autograd.set_detect_anomaly(args.debug)  # names the op behind a NaN gradient; slow
     if args.debug:
@@ -653,10 +647,8 @@ def main(args) -> dict:
         args.run_name = os.path.basename(os.path.dirname(os.path.abspath(ckpt_path)))
     elif args.resume is not None:
         print("--resume auto: no checkpoint found, starting a new run")
-    args.run_name = broadcast_object(args.run_name or default_run_name(args))
-    if is_main_process():
-        log_dir, ckpt_dir = prepare_run_dirs(args, resuming=checkpoint is not None)
-    log_dir, ckpt_dir = (os.path.join(d, args.run_name) for d in (args.logs_dir, args.ckpt_dir))
+    args.run_name = args.run_name or default_run_name(args)
+    log_dir, ckpt_dir = prepare_run_dirs(args, resuming=checkpoint is not None)
     print_args(args)
 
     # ============ data ============

@@ -16,7 +16,6 @@ Variants (docs/evaluation.md): `--precompute_features` trains the head on featur
 
 import argparse
 import os
-import sys
 import time
 
 import torch
@@ -32,7 +31,7 @@ from networks.heads import LinearClassifier
 from optimizers import build_optimizer, param_groups
 from optimizers.cosine_decay_warmup import adjust_learning_rate
 from transformations import eval_transform, linear_train_transform
-from utils.accel import autocast, check_options, device_ids, to_device
+from utils.accel import autocast, device_ids, to_device
 from utils.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from utils.data import (
     DATASETS,
@@ -44,10 +43,8 @@ from utils.data import (
     num_classes_of,
 )
 from utils.distributed import (
-    broadcast_object,
     close_distributed,
     gather,
-    init_distributed,
     is_main_process,
     world_size,
 )
@@ -59,7 +56,6 @@ from utils.misc import (
     bool_flag,
     non_negative_float,
     positive_int,
-    resolve_device,
     run_cli,
     set_seed,
 )
@@ -72,6 +68,7 @@ from utils.run import (
     print_args,
     save_args,
     seed_epoch,
+    start_process,
 )
 from utils.subsets import class_balanced_fraction
 from utils.tsne import plot_tsne
@@ -389,11 +386,7 @@ def train_classifier(
 
 def main(args) -> dict:
     check_args(args)
-    device = init_distributed(resolve_device(args.device))  # torchrun: one process per GPU
-    check_options(args, device)
-    if not is_main_process():
-        sys.stdout = open(os.devnull, "w")  # rank 0 speaks and writes for all
-    args.world_size = world_size()
+    device = start_process(args)  # under torchrun: one process per GPU
     set_seed(args.seed)
     if args.finetune and args.backbone_lr is None:
         args.backbone_lr = 0.1 * args.base_lr
@@ -406,13 +399,10 @@ def main(args) -> dict:
     if args.channels_last:
         backbone.to(memory_format=torch.channels_last)
     mode = "finetune" if args.finetune else args.eval
-    args.run_name = broadcast_object(
-        args.run_name
-        or default_run_name(args, prefix=f"{mode}_{'random_' if args.random_init else ''}")
+    args.run_name = args.run_name or default_run_name(
+        args, prefix=f"{mode}_{'random_' if args.random_init else ''}"
     )
-    if is_main_process():
-        prepare_run_dirs(args, resuming=False)
-    log_dir, ckpt_dir = (os.path.join(d, args.run_name) for d in (args.logs_dir, args.ckpt_dir))
+    log_dir, ckpt_dir = prepare_run_dirs(args, resuming=False)
     print_args(args)
 
     # ============ data ============
@@ -422,9 +412,9 @@ def main(args) -> dict:
     test_loader = make_loader(test_set, args, device, train=False)
     start_time = time.time()
     test_features = None  # (features, labels) of the test set, when computed anyway
-    if args.eval == "knn" and is_main_process():
-        save_args(log_dir, args)
     if args.eval == "knn":
+        if is_main_process():
+            save_args(log_dir, args)
         # ============ weighted kNN ============
         (acc1, acc5), test_features = knn_evaluate(
             backbone, train_loader, test_loader, device, args.knn_k, args.knn_temperature,

@@ -13,10 +13,18 @@ from torch.utils.data import DataLoader, Dataset
 
 from optimizers import scale_lr
 from optimizers.cosine_decay_warmup import cosine_scheduler
+from utils.accel import check_options
 from utils.data import EpochSampler, ShardSampler
-from utils.distributed import all_reduce_sum, rank, world_size
+from utils.distributed import (
+    all_reduce_sum,
+    broadcast_object,
+    init_distributed,
+    is_main_process,
+    rank,
+    world_size,
+)
 from utils.logging import write_json
-from utils.misc import UserError, git_sha
+from utils.misc import UserError, git_sha, resolve_device
 
 
 def default_run_name(args: Namespace, prefix: str = "") -> str:
@@ -33,9 +41,14 @@ def default_run_name(args: Namespace, prefix: str = "") -> str:
 
 def prepare_run_dirs(args: Namespace, resuming: bool) -> tuple[str, str]:
     """Create `<logs_dir>/<run_name>` and `<ckpt_dir>/<run_name>`, refusing to reuse a finished or
-    running folder unless resuming (so nothing is overwritten by accident)."""
+    running folder unless resuming (so nothing is overwritten by accident). Under DDP every
+    process takes rank 0's run name (a default one comes from the clock) and rank 0 alone
+    creates the folders."""
+    args.run_name = broadcast_object(args.run_name)
     log_dir = os.path.join(args.logs_dir, args.run_name)
     ckpt_dir = os.path.join(args.ckpt_dir, args.run_name)
+    if not is_main_process():
+        return log_dir, ckpt_dir
     if not resuming and (os.path.exists(log_dir) or os.path.exists(ckpt_dir)):
         raise UserError(
             f"run folder {log_dir} already exists: pass another --run_name, "
@@ -44,6 +57,18 @@ def prepare_run_dirs(args: Namespace, resuming: bool) -> tuple[str, str]:
     os.makedirs(log_dir, exist_ok=True)
     os.makedirs(ckpt_dir, exist_ok=True)
     return log_dir, ckpt_dir
+
+
+def start_process(args: Namespace) -> torch.device:
+    """This process's device: joins torchrun's process group when there is one (rank 0 alone
+    prints from then on), checks the speed options against the device, and records the number
+    of processes in `args` (args.json)."""
+    device = init_distributed(resolve_device(args.device))
+    check_options(args, device)
+    if not is_main_process():
+        sys.stdout = open(os.devnull, "w")  # rank 0 speaks and writes for all
+    args.world_size = world_size()  # --batch_size is split among them
+    return device
 
 
 def save_args(log_dir: str, args: Namespace) -> None:
