@@ -20,7 +20,7 @@ from methods import METHODS, build_method
 from networks import BACKBONES, build_backbone
 from optimizers import OPTIMIZERS, build_optimizer
 from optimizers.cosine_decay_warmup import adjust_learning_rate
-from transformations import eval_transform, pretrain_transform
+from transformations import BatchViews, eval_transform, pretrain_transform
 from utils.accel import autocast, grad_scaler, prepare_model, to_device
 from utils.checkpoint import (
     find_checkpoint,
@@ -194,6 +194,15 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
         default=False,
         help="decode the images once and keep them in memory as uint8 (CIFAR: 150 MB), so that "
         "epochs read no files (default: false)",
+    )
+    group.add_argument(
+        "--gpu_augment",
+        type=bool_flag,
+        nargs="?",
+        const=True,
+        default=False,
+        help="hold the images in memory as uint8 and draw the views of whole batches on the "
+        "training device with kornia, so that CPU workers are no bottleneck (default: false)",
     )
     group.add_argument(
         "--limit",
@@ -490,13 +499,15 @@ def train_one_epoch(
     first_step: int = 0,
     forward: nn.Module | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    augment: nn.Module | None = None,
 ) -> dict[str, float]:
     """Steps `first_step` .. `steps_per_epoch` - 1 of `epoch` (the loader skips the ones before);
     returns as soon as a stop signal arrives, with `steps_done` telling where it stopped.
 
     `forward` is the module to call (DDP / torch.compile wrappers of `model`; default `model`),
-    `scaler` the fp16 gradient scaler (default: none). Under DDP `images_per_s` counts the
-    images of all processes."""
+    `scaler` the fp16 gradient scaler (default: none), `augment` the BatchViews that turn a
+    batch of uint8 images into the views on the device (--gpu_augment; default: the loader
+    gives the views). Under DDP `images_per_s` counts the images of all processes."""
     forward = model if forward is None else forward
     scaler = torch.amp.GradScaler(device.type, enabled=False) if scaler is None else scaler
     model.train()
@@ -519,6 +530,8 @@ def train_one_epoch(
         lr = float(lr_schedule[it])
         adjust_learning_rate(optimizer, lr)
 
+        if augment is not None:  # the loader gave the batch's uint8 images
+            views = augment(views.to(device, non_blocking=True))
         views = [to_device(v, device, args.channels_last) for v in views]
         labels = labels.to(device, non_blocking=True)
         with autocast(args, device):
@@ -595,15 +608,16 @@ def training_set(args) -> tuple:
         small_crop_size=args.small_crop_size,
     )
     dataset = build_dataset(args.dataset_name, args.data_dir, True, transform, args.download)
-    return in_memory(balanced_subset(dataset, args.limit), args), transform
+    return in_memory(balanced_subset(dataset, args.limit), args, raw=args.gpu_augment), transform
 
 
-def in_memory(dataset, args):
-    """The data set held in memory when --in_memory asks for it (utils.data.InMemory)."""
-    if not args.in_memory:
+def in_memory(dataset, args, raw: bool = False):
+    """The data set held in memory when --in_memory asks for it (utils.data.InMemory); `raw`
+    (--gpu_augment) keeps it there as uint8 tensors for BatchViews."""
+    if not (args.in_memory or raw):
         return dataset
     start = time.time()
-    dataset = InMemory(dataset)
+    dataset = InMemory(dataset, raw=raw)
     print(f"in memory: {len(dataset)} images in {time.time() - start:.0f} s")
     return dataset
 
@@ -655,11 +669,13 @@ def main(args) -> dict:
     info = DATASETS[args.dataset_name]
     dataset, train_transform = training_set(args)
     loader = make_loader(dataset, args, device, train=True)
+    augment = BatchViews(train_transform).to(device) if args.gpu_augment else None
     print(
         f"data: {len(dataset)} training images of {args.dataset_name}, "
         f"{len(loader)} steps of {args.batch_size} per epoch, "
         f"{len(train_transform.view_transforms)} views each "
-        f"({METHODS[args.model_name].augmentation} recipe)"
+        f"({METHODS[args.model_name].augmentation} recipe"
+        f"{', drawn on the ' + device.type + ' by kornia' if augment else ''})"
     )
     if args.knn_freq:
         plain = eval_transform(
@@ -718,7 +734,7 @@ def main(args) -> dict:
             model.set_epoch(epoch)
             stats = train_one_epoch(
                 model, optimizer, loader, lr_schedule, device, epoch, args, logger, guard,
-                steps_per_epoch, first_step, forward, scaler,
+                steps_per_epoch, first_step, forward, scaler, augment,
             )  # fmt: skip
             steps_done = stats.pop("steps_done")
             if guard.signal is not None and steps_done < steps_per_epoch:

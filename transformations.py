@@ -7,13 +7,20 @@ Each pipeline is a small class with keyword-only arguments whose `__call__` dele
 
 from collections.abc import Callable
 
+import torch
 from PIL import Image
+from torch import Tensor, nn
 from torchvision import transforms as T
 
 from utils.misc import given_kwargs
 
 # Blur needs a few pixels of kernel to mean anything; SimCLR drops it for CIFAR-sized images.
 BLUR_MIN_SIZE = 64
+
+
+def blur_kernel_size(image_size: int) -> int:
+    """10 % of the side, odd (SimCLR's appendix)."""
+    return int(0.1 * image_size) // 2 * 2 + 1
 
 
 class View:
@@ -34,6 +41,18 @@ class View:
         blur_prob: float = 0.0,
         solarize_prob: float = 0.0,
     ) -> None:
+        # the recipe itself, from which BatchViews builds the same view on the GPU (--gpu_augment)
+        self.options = dict(
+            image_size=image_size,
+            mean=mean,
+            std=std,
+            crop_scale=crop_scale,
+            jitter=jitter,
+            jitter_prob=jitter_prob,
+            gray_prob=gray_prob,
+            blur_prob=blur_prob if image_size > BLUR_MIN_SIZE else 0.0,
+            solarize_prob=solarize_prob,
+        )
         steps = [
             T.RandomResizedCrop(image_size, scale=crop_scale),
             T.RandomHorizontalFlip(),
@@ -41,7 +60,7 @@ class View:
             T.RandomGrayscale(p=gray_prob),
         ]
         if image_size > BLUR_MIN_SIZE and blur_prob > 0:
-            kernel = int(0.1 * image_size) // 2 * 2 + 1  # 10% of the side, odd
+            kernel = blur_kernel_size(image_size)
             steps.append(T.RandomApply([T.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=blur_prob))
         if solarize_prob > 0:
             steps.append(T.RandomSolarize(threshold=128, p=solarize_prob))  # on PIL uint8
@@ -66,6 +85,57 @@ class MultiView:
 
     def __repr__(self) -> str:
         return f"MultiView({self.view_transforms!r})"
+
+
+class BatchViews(nn.Module):
+    """The views of a MultiView recipe drawn for a whole batch at once, on the batch's device
+    (`--gpu_augment`), with kornia: uint8 images [B, 3, H, W] in, one normalised float tensor
+    [B, 3, s, s] per view out. Every image gets its own random crop, flip, jitter, grayscale,
+    blur and solarisation, with the probabilities and ranges of its `View`. Two differences from
+    the PIL path: the four colour adjustments run in one random order per batch (torchvision: per
+    image), and crops are resampled bilinearly by one batched affine warp, without antialiasing."""
+
+    def __init__(self, views: MultiView) -> None:
+        super().__init__()
+        import kornia.augmentation  # only --gpu_augment needs it, and importing it takes seconds
+
+        self.views = nn.ModuleList(
+            batch_view(kornia.augmentation, **view.options) for view in views.view_transforms
+        )
+
+    @torch.no_grad()
+    def forward(self, images: Tensor) -> list[Tensor]:
+        images = images.float().div_(255)
+        return [view(images) for view in self.views]
+
+
+def batch_view(
+    K,
+    *,
+    image_size,
+    mean,
+    std,
+    crop_scale,
+    jitter,
+    jitter_prob,
+    gray_prob,
+    blur_prob,
+    solarize_prob,
+) -> nn.Module:
+    """One `View` as a kornia pipeline (K is `kornia.augmentation`) on float images in [0, 1]."""
+    steps = [
+        K.RandomResizedCrop((image_size, image_size), scale=crop_scale, cropping_mode="resample"),
+        K.RandomHorizontalFlip(),
+        K.ColorJitter(*jitter, p=jitter_prob),
+        K.RandomGrayscale(p=gray_prob),
+    ]
+    if blur_prob > 0:
+        kernel = blur_kernel_size(image_size)
+        steps.append(K.RandomGaussianBlur(kernel, sigma=(0.1, 2.0), p=blur_prob))
+    if solarize_prob > 0:  # a fixed threshold of one half, as torchvision's 128 on uint8
+        steps.append(K.RandomSolarize(thresholds=0.0, additions=0.0, p=solarize_prob))
+    steps.append(K.Normalize(torch.tensor(mean), torch.tensor(std)))
+    return K.AugmentationSequential(*steps)
 
 
 def simclr_jitter(strength: float) -> tuple[float, float, float, float]:

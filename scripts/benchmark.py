@@ -38,6 +38,7 @@ import main as pretrain  # noqa: E402
 from methods import build_method  # noqa: E402
 from networks import build_backbone  # noqa: E402
 from optimizers import build_optimizer  # noqa: E402
+from transformations import BatchViews  # noqa: E402
 from utils.accel import autocast, grad_scaler, prepare_model, to_device  # noqa: E402
 from utils.knn import weighted_knn  # noqa: E402
 from utils.logging import NullLogger  # noqa: E402
@@ -70,11 +71,25 @@ def build(args, device):
     return model, forward, build_optimizer(args, model)
 
 
+def data_path(args, device):
+    """main.py's training loader, and the BatchViews that draw the views on `device` when
+    --gpu_augment asks for it (None: the loader's workers draw them)."""
+    dataset, transform = pretrain.training_set(args)
+    augment = BatchViews(transform).to(device) if args.gpu_augment else None
+    return make_loader(dataset, args, torch.device("cpu"), train=True), augment
+
+
+def views_of(batch, augment, device) -> list:
+    images, _ = batch
+    return images if augment is None else augment(images.to(device, non_blocking=True))
+
+
 def one_batch(args, device):
     """One real batch of augmented views (as main.py's loader gives), kept on the device."""
-    dataset, _ = pretrain.training_set(args)
-    views, labels = next(iter(make_loader(dataset, args, torch.device("cpu"), train=True)))
-    return [to_device(v, device, args.channels_last) for v in views], labels.to(device)
+    loader, augment = data_path(args, device)
+    batch = next(iter(loader))
+    views = views_of(batch, augment, device)
+    return [to_device(v, device, args.channels_last) for v in views], batch[1].to(device)
 
 
 def sync(device) -> None:
@@ -146,16 +161,19 @@ def time_lightly(args, device, batch, steps: int) -> float | None:
     return time.perf_counter() - start
 
 
-def time_loader(args, batches: int) -> float:
-    """Images/s of the training loader alone (decode, augmentation, collation, workers)."""
-    loader = make_loader(pretrain.training_set(args)[0], args, torch.device("cpu"), train=True)
+def time_loader(args, device, batches: int) -> float:
+    """Images/s of the data path alone: the training loader (decode, augmentation, collation,
+    workers), and with --gpu_augment the batched views drawn on the device."""
+    loader, augment = data_path(args, device)
     seed_epoch(loader, 0)
     batches = min(batches, len(loader))
     iterator = iter(loader)
-    next(iterator)  # workers start up
+    views_of(next(iterator), augment, device)  # workers and kernels start up
+    sync(device)
     start = time.perf_counter()
     for _ in range(batches - 1):
-        next(iterator)
+        views_of(next(iterator), augment, device)
+    sync(device)
     return (batches - 1) * loader.batch_size / (time.perf_counter() - start)
 
 
@@ -223,13 +241,15 @@ def main() -> None:
                 "compile",
                 "dataset_name",
                 "num_workers",
+                "in_memory",
+                "gpu_augment",
             )
         },  # fmt: skip
         "ours_images_per_s": max(ours),
         "bare_images_per_s": max(bare),
         "ratio_ours_to_bare": max(ours) / max(bare),
         "lightly_images_per_s": max(lightly) if lightly else None,
-        "loader_images_per_s": time_loader(args, args.data_batches),
+        "loader_images_per_s": time_loader(args, device, args.data_batches),
         "peak_memory_mb": peak_memory_mb(device),
         "knn_50000x10000x512_s": None if args.skip_knn else time_knn(device),
     }

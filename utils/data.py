@@ -162,10 +162,13 @@ class InMemory(Dataset):
     """A data set decoded once into one uint8 tensor [N, H, W, 3] (`--in_memory`): CIFAR's 50,000
     training images take 150 MB, and an epoch then reads no file and decodes no JPEG. Items are
     PIL images re-made from the tensor, passed through the transform the wrapped set had, so the
-    augmentations are those of the files. Loader workers share the tensor (fork, copy on write).
+    augmentations are those of the files; with `raw`, they are the uint8 tensors [3, H, W]
+    themselves, for augmentation of whole batches on the GPU (`--gpu_augment`, BatchViews).
+    Loader workers share the tensor (fork, copy on write).
     """
 
-    def __init__(self, dataset: Dataset) -> None:
+    def __init__(self, dataset: Dataset, raw: bool = False) -> None:
+        self.raw = raw
         base = dataset
         while isinstance(base, Subset):
             base = base.dataset
@@ -189,6 +192,8 @@ class InMemory(Dataset):
         return len(self.targets)
 
     def __getitem__(self, index: int):
+        if self.raw:
+            return self.images[index].permute(2, 0, 1), self.targets[index]
         image = Image.fromarray(self.images[index].numpy())
         return (self.transform(image) if self.transform else image), self.targets[index]
 
