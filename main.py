@@ -43,6 +43,7 @@ from utils.logging import MetricsLogger, NullLogger, write_json
 from utils.misc import (
     ArgumentParser,
     UserError,
+    add_bool_flag,
     bool_flag,
     non_negative_float,
     non_negative_int,
@@ -132,31 +133,21 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
         help="mixed precision: fp16 (CUDA, with a gradient scaler) or bf16 (CUDA from Ampere, "
         "or recent CPUs) (default: none)",
     )
-    group.add_argument(
+    add_bool_flag(
+        group,
         "--channels_last",
-        type=bool_flag,
-        nargs="?",
-        const=True,
-        default=False,
-        help="NHWC memory layout for model and images; helps convnets under --amp on tensor-core "
+        "NHWC memory layout for model and images; helps convnets under --amp on tensor-core "
         "GPUs (default: false)",
     )
-    group.add_argument(
+    add_bool_flag(
+        group,
         "--compile",
-        type=bool_flag,
-        nargs="?",
-        const=True,
-        default=False,
-        help="torch.compile the model's forward; pays a minute of compilation up front "
-        "(default: false)",
+        "torch.compile the model's forward; pays a minute of compilation up front (default: false)",
     )
-    group.add_argument(
+    add_bool_flag(
+        group,
         "--sync_bn",
-        type=bool_flag,
-        nargs="?",
-        const=True,
-        default=False,
-        help="BatchNorm statistics over the global batch under DDP (torchrun); needs CUDA "
+        "BatchNorm statistics over the global batch under DDP (torchrun); needs CUDA "
         "(default: false)",
     )
 
@@ -186,22 +177,16 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
         default=4,
         help="data loading processes (default: 4)",
     )
-    group.add_argument(
+    add_bool_flag(
+        group,
         "--in_memory",
-        type=bool_flag,
-        nargs="?",
-        const=True,
-        default=False,
-        help="decode the images once and keep them in memory as uint8 (CIFAR: 150 MB), so that "
+        "decode the images once and keep them in memory as uint8 (CIFAR: 150 MB), so that "
         "epochs read no files (default: false)",
     )
-    group.add_argument(
+    add_bool_flag(
+        group,
         "--gpu_augment",
-        type=bool_flag,
-        nargs="?",
-        const=True,
-        default=False,
-        help="hold the images in memory as uint8 and draw the views of whole batches on the "
+        "hold the images in memory as uint8 and draw the views of whole batches on the "
         "training device with kornia, so that CPU workers are no bottleneck (default: false)",
     )
     group.add_argument(
@@ -283,13 +268,10 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
         choices=["linear", "sqrt", "none"],
         help="lr = base_lr x B/256 (linear), x sqrt(B/256), or as given (default: linear)",
     )
-    group.add_argument(
+    add_bool_flag(
+        group,
         "--fix_pred_lr",
-        type=bool_flag,
-        nargs="?",
-        const=True,
-        default=False,
-        help="keep the predictor's lr fixed at the base lr, as SimSiam (default: false)",
+        "keep the predictor's lr fixed at the base lr, as SimSiam (default: false)",
     )
     group.add_argument(
         "--lars_eta",
@@ -470,13 +452,10 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
     group.add_argument(
         "--knn_k", type=positive_int, default=200, help="kNN neighbours (default: 200)"
     )
-    group.add_argument(
+    add_bool_flag(
+        group,
         "--tsne",
-        type=bool_flag,
-        nargs="?",
-        const=True,
-        default=False,
-        help="tsne.png of the test-set features in the run folder: at the last kNN evaluation "
+        "tsne.png of the test-set features in the run folder: at the last kNN evaluation "
         "(with --knn_freq), or after main_linear.py's evaluation (default: false)",
     )
     group.add_argument(

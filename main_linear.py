@@ -53,7 +53,7 @@ from utils.logging import MetricsLogger, NullLogger, write_json
 from utils.misc import (
     ArgumentParser,
     UserError,
-    bool_flag,
+    add_bool_flag,
     non_negative_float,
     positive_int,
     run_cli,
@@ -109,32 +109,23 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
         action="store_true",
         help="evaluate the backbone at random initialisation: the baseline (default: off)",
     )
-    group.add_argument(
+    add_bool_flag(
+        group,
         "--probe_bn",
-        type=bool_flag,
-        nargs="?",
-        const=True,
-        default=False,
-        help="BatchNorm without affine before the linear layer, as MAE: the probe no longer "
+        "BatchNorm without affine before the linear layer, as MAE: the probe no longer "
         "depends on the feature scale, which matters for untrained backbones (default: false)",
     )
-    group.add_argument(
+    add_bool_flag(
+        group,
         "--precompute_features",
-        type=bool_flag,
-        nargs="?",
-        const=True,
-        default=False,
-        help="compute the frozen backbone's features of the un-augmented training and test "
+        "compute the frozen backbone's features of the un-augmented training and test "
         "images once and train the head on them: same optimizer, schedule and epochs, seconds "
         "instead of hours, but no augmentation (default: false)",
     )
-    group.add_argument(
+    add_bool_flag(
+        group,
         "--finetune",
-        type=bool_flag,
-        nargs="?",
-        const=True,
-        default=False,
-        help="train backbone and head together, backbone in train mode, with the linear "
+        "train backbone and head together, backbone in train mode, with the linear "
         "probe's augmentation (default: false)",
     )
     group.add_argument(

@@ -7,14 +7,13 @@ average to the single-process one."""
 import csv
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from processes import free_port, run_processes
 
 from methods.barlowtwins import barlow_twins_loss
 from methods.simclr import nt_xent_loss
@@ -60,14 +59,10 @@ def grads_of(z1, z2, labels, gathered):
     return out
 
 
-def worker(rank: int, port: int, results: dict) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    torch.set_num_threads(1)
+def worker(rank: int, results: dict) -> None:
     part = slice(rank * N, (rank + 1) * N)
     results[rank] = grads_of(Z1[part], Z2[part], LABELS[part], gathered=True)
     results[f"features{rank}"] = sharded_features(rank)
-    dist.destroy_process_group()
 
 
 def sharded_features(rank: int, count: int = 7):
@@ -79,18 +74,9 @@ def sharded_features(rank: int, count: int = 7):
     return extract_features(torch.nn.Linear(D, 3), loader, torch.device("cpu"))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_processes():
-    with mp.Manager() as manager:
-        results = manager.dict()
-        mp.spawn(worker, args=(free_port(), results), nprocs=WORLD, join=True)
-        return dict(results)
+    return run_processes(worker, WORLD)
 
 
 @pytest.mark.parametrize("name", ["nt_xent", "supcon", "barlow", "vicreg", "swav"])

@@ -5,13 +5,11 @@ end."""
 
 import math
 import os
-import socket
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
+from processes import run_processes
 
 from methods import METHODS, build_method
 from methods.moco import enqueue, moco_loss, mocov3_loss
@@ -278,10 +276,7 @@ Q, K = torch.randn(WORLD * N, D), torch.randn(WORLD * N, D)
 QUEUE = F.normalize(torch.randn(5, D), dim=1)
 
 
-def worker(rank: int, port: int, results: dict) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    torch.set_num_threads(1)
+def worker(rank: int, results: dict) -> None:
     part = slice(rank * N, (rank + 1) * N)
     out = {}
     for name, fn in (("mocov3", mocov3_loss), ("moco", lambda q, k: moco_loss(q, k, QUEUE))):
@@ -298,13 +293,6 @@ def worker(rank: int, port: int, results: dict) -> None:
     enqueue(queue, ptr, gather(K[part])[None])  # as MoCoV2.forward / after_optimizer_step
     out["queue"] = queue
     results[rank] = out
-    dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_processes_equal_one_on_the_whole_batch():
@@ -312,10 +300,7 @@ def test_two_processes_equal_one_on_the_whole_batch():
     loss of the whole batch, and each one's query gradients are WORLD times the whole batch's
     (DDP then averages). MoCo v3 must find each positive at index rank * N + i of the gathered
     keys. NNCLR's loss (tests/test_nnclr.py) is computed on the gathered batch, as NT-Xent."""
-    with mp.Manager() as manager:
-        results = manager.dict()
-        mp.spawn(worker, args=(free_port(), results), nprocs=WORLD, join=True)
-        results = dict(results)
+    results = run_processes(worker, WORLD)
     for name, fn in (("mocov3", mocov3_loss), ("moco", lambda q, k: moco_loss(q, k, QUEUE))):
         q = Q.clone().requires_grad_()
         single = fn(q, K)

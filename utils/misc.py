@@ -33,6 +33,11 @@ def bool_flag(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {value!r}")
 
 
+def add_bool_flag(parser, name: str, help: str, default: bool = False) -> None:
+    """A boolean flag that `--name` alone switches on and `--name false` switches off."""
+    parser.add_argument(name, type=bool_flag, nargs="?", const=True, default=default, help=help)
+
+
 def positive_int(value: str) -> int:
     number = int(value)
     if number <= 0:
