@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 from PIL import Image
+from test_reliability import assert_same_weights, run, stop_at_call, weights
 
 import main
 from transformations import PRETRAIN_TRANSFORMS, BatchViews, MultiView, View, pretrain_transform
@@ -96,3 +97,14 @@ def test_main_pretrains_with_views_drawn_by_batch(run_dirs):
         summary = json.load(f)
     assert summary["steps"] == 3
     assert 0 < summary["loss"] < 100
+
+
+def test_a_stopped_and_resumed_run_draws_the_views_of_a_straight_run(run_dirs, monkeypatch):
+    """The views come from the process's random state, which checkpoints keep."""
+    straight = weights(run(run_dirs, "straight", "--gpu_augment")["ckpt_dir"])
+    stop_at_call(monkeypatch, 3)  # mid-epoch
+    with pytest.raises(SystemExit):
+        run(run_dirs, "stopped", "--gpu_augment")
+    monkeypatch.undo()
+    resumed = run(run_dirs, "stopped", "--gpu_augment", "--resume", "auto")
+    assert_same_weights(weights(resumed["ckpt_dir"]), straight)
