@@ -157,8 +157,9 @@ def check_args(args) -> None:
         raise UserError("--finetune trains a classifier, --eval knn has none: drop one of them")
     if args.backbone_lr is not None and not args.finetune:
         raise UserError("--backbone_lr is the lr of --finetune: add --finetune or drop it")
-    if args.compile:
-        raise UserError("--compile is a pretraining option (main.py): drop it here")
+    for flag in ("compile", "gpu_augment"):
+        if getattr(args, flag):
+            raise UserError(f"--{flag} is a pretraining option (main.py): drop it here")
     if args.finetune and args.base_lr == 0:
         raise UserError(
             "--finetune: the backbone's lr follows the head's schedule scaled by "

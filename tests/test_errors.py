@@ -102,3 +102,8 @@ def test_a_user_error_is_one_line_and_exit_code_2(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "checkpoint not found" in lines[0], proc.stderr
     assert not (tmp_path / "logs").exists() and not (tmp_path / "ckpts").exists()  # nothing written
+
+
+@pytest.mark.parametrize("flag", ["--compile", "--gpu_augment"])
+def test_pretraining_only_options_are_refused_by_the_linear_evaluation(flag, run_dirs):
+    expect_error(f"{flag} is a pretraining option", linear, run_dirs, flag)
