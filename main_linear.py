@@ -73,6 +73,9 @@ from utils.run import (
 from utils.subsets import class_balanced_fraction
 from utils.tsne import plot_tsne
 
+# the EMA copies of the backbone in a method's state dict: BYOL's and MoCo's target, DINO's teacher
+MOMENTUM_PREFIXES = ("target_backbone.", "teacher_backbone.")
+
 
 def unit_fraction(value: str) -> float:
     number = float(value)
@@ -108,6 +111,12 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
         "--random_init",
         action="store_true",
         help="evaluate the backbone at random initialisation: the baseline (default: off)",
+    )
+    add_bool_flag(
+        group,
+        "--momentum_backbone",
+        "evaluate the checkpoint's momentum (EMA) backbone instead of the trained one: BYOL's "
+        "and MoCo's target, DINO's teacher, which DINO's paper reports (default: false)",
     )
     add_bool_flag(
         group,
@@ -198,7 +207,7 @@ def load_backbone(args, checkpoint: dict | None) -> tuple[nn.Module, int]:
                 f"checkpoint {args.ckpt} was pretrained with {key}={trained.get(key)}, "
                 f"but --{key} is {getattr(args, key)}: pass the same value"
             )
-    prefix = "backbone."
+    prefix = momentum_prefix(checkpoint) if args.momentum_backbone else "backbone."
     weights = {k[len(prefix) :]: v for k, v in checkpoint["model"].items() if k.startswith(prefix)}
     missing, unexpected = backbone.load_state_dict(weights, strict=False)
     if missing or unexpected:
@@ -207,6 +216,17 @@ def load_backbone(args, checkpoint: dict | None) -> tuple[nn.Module, int]:
             f"{len(missing)} missing and {len(unexpected)} unexpected weights"
         )
     return backbone, feat_dim
+
+
+def momentum_prefix(checkpoint: dict) -> str:
+    """Where the EMA copy of the backbone lies in a checkpoint (methods/momentum.py)."""
+    for prefix in MOMENTUM_PREFIXES:
+        if any(key.startswith(prefix) for key in checkpoint["model"]):
+            return prefix
+    raise UserError(
+        f"--momentum_backbone: {checkpoint['args']['model_name']} keeps no momentum backbone "
+        "(BYOL, MoCo v2/v3 and DINO do): drop --momentum_backbone"
+    )
 
 
 def build_datasets(args) -> tuple[Dataset, Dataset]:

@@ -9,6 +9,8 @@
 # The full recipes for a GPU box are in scripts/cifar10_reference.sh.
 #
 #   bash scripts/cifar10_cpu.sh [OUT_DIR [METHOD...]]  (default: runs/cifar10_cpu/<timestamp>)
+#   The README's tables come from OUT_DIRs under results/, where git keeps the small result files
+#   (args.json, metrics.csv, summary.json, results.json) and ignores checkpoints and plots.
 #   DATA=path/to/cifar10 ...       ImageFolder copy with train/ and test/ (default ../shared/data/cifar10)
 #   UPDATE_README=1 ...            also rewrites the README's CIFAR-10 table
 #   LIMIT=512 EPOCHS=1 ...         a smoke test of the script itself

@@ -263,6 +263,8 @@ for method in "${SELECTED[@]}"; do
     [ -f "$OUT/ckpts/pretrain_$method/last.pt" ] || set_aside_partial "pretrain_$method"
     run python main.py "${COMMON[@]}" --model_name "$method" --run_name "pretrain_$method" \
         --resume auto --knn_freq 50 --save_freq 100 "${FLAGS[@]}"
+    # the trained (student, online) backbone, as solo-learn's online classifier; add
+    # --momentum_backbone to LINEAR to evaluate the EMA copy (DINO's paper reports the teacher)
     echo "== $method: linear probe of the frozen backbone =="
     set_aside_partial "linear_$method"
     run python main_linear.py "${COMMON[@]}" "${LINEAR[@]}" --model_name "$method" \

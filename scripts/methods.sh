@@ -7,6 +7,8 @@
 #
 #   bash scripts/methods.sh [OUT_DIR [METHOD...]]   (default: runs/methods/<timestamp>, all methods;
 #                                                    an existing OUT_DIR gets the METHODs added)
+#   The README's table comes from an OUT_DIR under results/, where git keeps the small result files
+#   (args.json, metrics.csv, summary.json, results.json) and ignores checkpoints and plots.
 #   UPDATE_README=1 bash scripts/methods.sh          also rewrites the README's methods table
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -5,6 +5,7 @@ import csv
 import functools
 import json
 import os
+from argparse import Namespace
 from collections import Counter
 
 import pytest
@@ -13,8 +14,10 @@ from threadpoolctl import threadpool_limits
 
 import main
 import main_linear
+from methods import build_method
+from networks import build_backbone
 from utils.checkpoint import load_checkpoint
-from utils.misc import run_cli
+from utils.misc import UserError, run_cli
 from utils.subsets import class_balanced_fraction
 from utils.tsne import plot_tsne
 
@@ -200,3 +203,33 @@ def test_bad_combinations_exit_with_code_2_and_one_line(argv, message, run_dirs,
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
     assert not os.path.exists(run_dirs[1])  # refused before anything was written
+
+
+@pytest.mark.parametrize(
+    ("method", "prefix"), [("byol", "target_backbone."), ("dino", "teacher_backbone.")]
+)
+def test_momentum_backbone_loads_the_ema_copy(method, prefix):
+    backbone, feat_dim = build_backbone("small_cnn", 16)
+    model = build_method(method, backbone, feat_dim, proj_hidden_dim=32, num_prototypes=8)
+    with torch.no_grad():  # an EMA copy that differs from the online backbone
+        for p in getattr(model, prefix[:-1]).parameters():
+            p.add_(1.0)
+    checkpoint = {"args": {"model_name": method, "backbone": "small_cnn", "image_size": 16}}
+    checkpoint["model"] = model.state_dict()
+    args = Namespace(backbone="small_cnn", image_size=16, ckpt="x.pt", momentum_backbone=True)
+    loaded, _ = main_linear.load_backbone(args, checkpoint)
+    for key, value in loaded.state_dict().items():
+        assert torch.equal(value, checkpoint["model"][prefix + key]), key
+    args.momentum_backbone = False
+    online, _ = main_linear.load_backbone(args, checkpoint)
+    first = next(iter(online.state_dict()))
+    assert torch.equal(online.state_dict()[first], checkpoint["model"]["backbone." + first])
+    assert not torch.equal(online.state_dict()[first], loaded.state_dict()[first])
+
+    checkpoint["args"]["model_name"] = "simclr"
+    checkpoint["model"] = {
+        k: v for k, v in checkpoint["model"].items() if k.startswith("backbone.")
+    }
+    args.momentum_backbone = True
+    with pytest.raises(UserError, match="simclr keeps no momentum backbone"):
+        main_linear.load_backbone(args, checkpoint)
