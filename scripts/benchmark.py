@@ -2,7 +2,8 @@
 
     python scripts/benchmark.py [main.py flags ...] [--steps 20] [--repeats 3] [--output F.json]
                                 [--readme README.md]
-    python scripts/benchmark.py --from_json F.json --readme README.md   (table of a saved run)
+    python scripts/benchmark.py --from_json F.json [G.json ...] --readme README.md
+                                (the table of saved runs, one column each)
 
 Takes main.py's flags (method, backbone, image size, batch, optimizer, --amp, --channels_last,
 --compile, data set, workers) and measures, on one process:
@@ -57,8 +58,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     group.add_argument("--data_batches", type=int, default=20, help="batches to time the loader")
     group.add_argument("--skip_knn", action="store_true", help="do not time kNN")
     group.add_argument("--output", help="also write the figures to this JSON file")
-    group.add_argument("--readme", help="put the table in this README's benchmark block")
-    group.add_argument("--from_json", help="measure nothing: the table of a saved --output")
+    group.add_argument("--readme", help="put the table in this README's generated block")
+    group.add_argument("--block", default="benchmark", help="that block's name")
+    group.add_argument(
+        "--from_json",
+        nargs="+",
+        help="measure nothing: the table of saved --output files, one column each",
+    )
     return parser
 
 
@@ -209,8 +215,11 @@ def describe(device) -> str:
 def main() -> None:
     args = get_args_parser().parse_args()
     if args.from_json:
-        with open(args.from_json) as f:
-            publish(table(json.load(f)), None, "", args.readme, "benchmark")
+        results = []
+        for path in args.from_json:
+            with open(path) as f:
+                results.append(json.load(f))
+        publish(table(results), None, "", args.readme, args.block)
         return
     device = resolve_device(args.device)
     args.print_freq = max(args.steps, args.print_freq)  # no logging inside the timed steps
@@ -257,14 +266,13 @@ def main() -> None:
     if args.output:
         with open(args.output, "w") as f:
             json.dump(result, f, indent=2)
-    publish(table(result), None, "", args.readme, "benchmark")
+    publish(table([result]), None, "", args.readme, args.block)
 
 
-def table(r: dict) -> str:
-    config = ", ".join(f"`--{k} {v}`" for k, v in r["config"].items())
+def rows(r: dict) -> list[tuple[str, str]]:
     lightly = f"{r['lightly_images_per_s']:.1f}" if r["lightly_images_per_s"] else "not installed"
     knn = r["knn_50000x10000x512_s"]
-    rows = [
+    return [
         ("training step, `main.py` (`train_one_epoch`)", f"{r['ours_images_per_s']:.1f} images/s"),
         ("training step, bare PyTorch loop", f"{r['bare_images_per_s']:.1f} images/s"),
         ("ratio ours / bare", f"{r['ratio_ours_to_bare']:.3f}"),
@@ -274,8 +282,24 @@ def table(r: dict) -> str:
         ("peak memory", f"{r['peak_memory_mb']:.0f} MiB"),
         ("weighted kNN, 50,000 x 10,000 x 512, k=200", f"{knn:.1f} s" if knn else "skipped"),
     ]
-    lines = ["| measured | value |", "|---|---:|", *(f"| {a} | {b} |" for a, b in rows)]
-    return "\n".join(lines) + f"\n\nOn {r['device']}, torch {r['torch']}; {config}."
+
+
+def table(results: list[dict]) -> str:
+    """One column per measured configuration, named by the flags in which it differs from the
+    others; the flags they share, the device and torch's version go under the table."""
+    configs = [r["config"] for r in results]
+    keys = list(configs[0])
+    differ = [k for k in keys if len({str(c.get(k)) for c in configs}) > 1]
+    names = [" ".join(f"`--{k} {c.get(k)}`" for k in differ) or "value" for c in configs]
+    columns = [dict(rows(r)) for r in results]
+    lines = [
+        "| measured | " + " | ".join(names) + " |",
+        "|---|" + "---:|" * len(results),
+        *(f"| {m} | " + " | ".join(c[m] for c in columns) + " |" for m, _ in rows(results[0])),
+    ]
+    shared = ", ".join(f"`--{k} {configs[0][k]}`" for k in keys if k not in differ)
+    devices = ", ".join(sorted({f"{r['device']}, torch {r['torch']}" for r in results}))
+    return "\n".join(lines) + f"\n\nOn {devices}; {shared}."
 
 
 if __name__ == "__main__":

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The speed figures of one GPU in one go (about 6 minutes on a recent GPU): scripts/benchmark.py on
+# SimCLR / ResNet-18 at 32x32, batch 512, in fp32, bf16 and fp16 with channels_last, compiled,
+# and with the views drawn on the GPU (--gpu_augment), each written to OUT/<name>.json, then one
+# table with a column per configuration (also into the README's benchmark_gpu block with
+# UPDATE_README=1).
+# The built-in synthetic set has CIFAR's size and shape (32x32 RGB, 10,000 training images), so
+# that no download is needed; DATASET="imagefolder --data_dir PATH" measures real files instead.
+#
+#   bash scripts/gpu_benchmarks.sh [OUT_DIR]      (default: runs/gpu_benchmarks/<timestamp>)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-runs/gpu_benchmarks/$(date +%Y%m%d-%H%M%S)}
+mkdir -p "$OUT"
+# shellcheck disable=SC2206  # DATASET may hold a flag and its value
+DATASET=(${DATASET:-synthetic})
+COMMON=(--model_name simclr --backbone resnet18 --image_size 32 --batch_size 512 --optimizer sgd
+        --device cuda --dataset_name "${DATASET[@]}" --steps 30 --warmup_steps 10 --repeats 3)
+WORKERS=(--num_workers "${WORKERS:-8}")
+
+bench() {  # NAME FLAGS...
+    local name=$1
+    shift
+    echo "== $name: $* =="
+    python scripts/benchmark.py "${COMMON[@]}" "$@" --output "$OUT/$name.json" | tail -n 3
+}
+
+bench fp32 "${WORKERS[@]}"
+bench bf16_cl "${WORKERS[@]}" --amp bf16 --channels_last --skip_knn
+bench fp16_cl "${WORKERS[@]}" --amp fp16 --channels_last --skip_knn
+bench bf16_cl_compile "${WORKERS[@]}" --amp bf16 --channels_last --compile --skip_knn
+bench bf16_cl_gpu_augment --num_workers 2 --amp bf16 --channels_last --gpu_augment --skip_knn
+
+echo
+python scripts/benchmark.py --from_json "$OUT"/{fp32,bf16_cl,fp16_cl,bf16_cl_compile,bf16_cl_gpu_augment}.json \
+    ${UPDATE_README:+--readme README.md --block benchmark_gpu}
