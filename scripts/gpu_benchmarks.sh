@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The speed figures of one GPU in one go (not run yet; 5 configurations of 240 timed steps each):
-# scripts/benchmark.py on SimCLR / ResNet-18 at 32x32, batch 512, in fp32, bf16 and fp16 with channels_last, compiled,
-# and with the views drawn on the GPU (--gpu_augment), each written to OUT/<name>.json, then one
-# table with a column per configuration (also into the README's benchmark_gpu block with
-# UPDATE_README=1).
+# scripts/benchmark.py on SimCLR / ResNet-18 at 32x32, batch 512, in fp32, bf16 and fp16 with
+# channels_last, compiled, and with the views drawn on the GPU (--gpu_augment), each written to
+# OUT/<name>.json, then one table with a column per configuration (also into the README's
+# benchmark_gpu block with UPDATE_README=1).
 # The built-in synthetic set has CIFAR's size and shape (32x32 RGB, 10,000 training images), so
 # that no download is needed; DATASET="imagefolder --data_dir PATH" measures real files instead.
 #
