@@ -57,6 +57,7 @@ METHOD_FLAGS = (
     "warmup_teacher_temp",
     "teacher_temp_warmup_epochs",
     "center_momentum",
+    "fix_pred_lr",
 )
 # flags every run sets; a row lists them only where it departs from the value most runs use
 SHARED_FLAGS = ("optimizer", "base_lr", "weight_decay", "num_epochs")
@@ -96,8 +97,8 @@ def table(root: str) -> str:
     }
     for method, (pretrain_dir, args) in runs.items():
         changed = [k for k in SHARED_FLAGS if args[k] != usual[k]]
-        changed += [k for k in METHOD_FLAGS if args.get(k) is not None]
-        flags = " ".join(f"`--{k} {args[k]}`" for k in changed)
+        changed += [k for k in METHOD_FLAGS if args.get(k) not in (None, False)]
+        flags = " ".join(f"`--{k}`" if args[k] is True else f"`--{k} {args[k]}`" for k in changed)
         before, after, steps = knn_first_last(pretrain_dir)
         linear = load_json(os.path.join(root, f"linear_{method}", "results.json"))
         lines.append(

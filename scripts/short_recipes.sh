@@ -1,12 +1,13 @@
 # shellcheck shell=bash
 # Per-method flags of the short CPU runs (scripts/methods.sh, scripts/cifar10_cpu.sh), sourced by
 # both, and the loop they share (run_rows). They shorten the papers' recipes so that a CPU shows learning in minutes; each is listed
-# in the generated table. SimSiam uses its paper's optimizer (SGD with weight decay), with which it
-# does not fall below its initialisation in short runs, unlike with Adam.
+# in the generated table. SimSiam uses its paper's optimizer (SGD with weight decay) and its fixed
+# predictor lr (--fix_pred_lr), with which it does not fall below its initialisation in short runs,
+# unlike with Adam.
 declare -A FLAGS=(
     [simclr]="--temperature 0.2"
     [supcon]=""
-    [simsiam]="--optimizer sgd --base_lr 0.1 --weight_decay 5e-4"
+    [simsiam]="--optimizer sgd --base_lr 0.1 --weight_decay 5e-4 --fix_pred_lr"
     [byol]="--ema_momentum 0.99 --proj_hidden_dim 512 --pred_hidden_dim 512"
     [swav]="--num_prototypes 100 --num_crops 2"
     [barlowtwins]="--proj_hidden_dim 512 --proj_dim 512"

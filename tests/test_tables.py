@@ -12,6 +12,7 @@ from utils.logging import MetricsLogger
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import compare_runs  # noqa: E402
 import make_tables  # noqa: E402
+import methods_table  # noqa: E402
 
 RESULTS = {
     "linear_simclr": dict(
@@ -128,3 +129,49 @@ def test_compare_runs_writes_a_png_and_prints_a_table(logs, tmp_path, capsys):
 def test_compare_runs_refuses_a_folder_without_metrics(tmp_path):
     with pytest.raises(SystemExit, match="no metrics.csv"):
         compare_runs.main([str(tmp_path), "--output", str(tmp_path / "c.png")])
+
+
+def test_methods_table_rows_from_result_files(tmp_path):
+    """scripts/methods_table.py: kNN at epoch 0 and at the end, probes beside the untrained one,
+    and only the flags a row changed (on/off flags by name alone)."""
+    shared = dict(optimizer="adam", base_lr=0.004, weight_decay=0.0, num_epochs=8)
+    runs = {
+        "simclr": dict(shared, temperature=0.2, fix_pred_lr=False),
+        "supcon": dict(shared, fix_pred_lr=False),
+        "simsiam": dict(shared, optimizer="sgd", base_lr=0.1, fix_pred_lr=True),
+    }
+    for i, (method, args) in enumerate(runs.items()):
+        run = tmp_path / f"pretrain_{method}"
+        run.mkdir()
+        logger = MetricsLogger(str(run), ["loss", "knn_acc1"], tensorboard=False)
+        logger.log("epoch", 0, 0, knn_acc1=13.35)
+        logger.log("epoch", 8, 248, loss=1.0, knn_acc1=20.0 + i)
+        logger.close()
+        (run / "args.json").write_text(json.dumps(args))
+        (run / "summary.json").write_text(json.dumps({"wall_time_s": 125.4}))
+        os.makedirs(tmp_path / f"linear_{method}")
+        result = {"acc1": 30.0 + i, "acc5": 90.0}
+        (tmp_path / f"linear_{method}" / "results.json").write_text(json.dumps(result))
+    os.makedirs(tmp_path / "linear_random")
+    random = {"acc1": 16.15, "acc5": 66.1}
+    (tmp_path / "linear_random" / "results.json").write_text(json.dumps(random))
+    (tmp_path / "wall_seconds.txt").write_text("100 simclr supcon\n20 simsiam\n")
+
+    text = methods_table.table(str(tmp_path))
+    lines = text.splitlines()
+    assert "linear Acc@1 (random init: 16.15)" in lines[0] and "pretraining time" in lines[0]
+    row = {line.split(" | ")[0][3:-1]: line for line in lines[2:5]}  # rows in registry order
+    assert row["simclr"] == (
+        "| `simclr` | simclr | `nt_xent_loss` | `--temperature 0.2` | 248 | 13.35 → 20.00 | "
+        "30.00 | 90.00 | 2 min 05 s |"
+    )
+    assert "| `supcon` | simclr | `supcon_loss` (labels) | (paper defaults) |" in row["supcon"]
+    assert (
+        "| `--optimizer sgd` `--base_lr 0.1` `--fix_pred_lr` | 248 | 13.35 → 22.00 |"
+        in (row["simsiam"])
+    )
+    assert lines[-1] == (
+        "Shared by the runs unless their row says otherwise: `--optimizer adam`, "
+        "`--base_lr 0.004`, `--weight_decay 0.0`, `--num_epochs 8`."
+    )
+    assert methods_table.wall_seconds(str(tmp_path)) == 120
