@@ -41,6 +41,7 @@ class View:
         blur_prob: float = 0.0,
         solarize_prob: float = 0.0,
     ) -> None:
+        blur_prob = blur_prob if image_size > BLUR_MIN_SIZE else 0.0  # see BLUR_MIN_SIZE
         # the recipe itself, from which BatchViews builds the same view on the GPU (--gpu_augment)
         self.options = dict(
             image_size=image_size,
@@ -50,7 +51,7 @@ class View:
             jitter=jitter,
             jitter_prob=jitter_prob,
             gray_prob=gray_prob,
-            blur_prob=blur_prob if image_size > BLUR_MIN_SIZE else 0.0,
+            blur_prob=blur_prob,
             solarize_prob=solarize_prob,
         )
         steps = [
@@ -59,7 +60,7 @@ class View:
             T.RandomApply([T.ColorJitter(*jitter)], p=jitter_prob),
             T.RandomGrayscale(p=gray_prob),
         ]
-        if image_size > BLUR_MIN_SIZE and blur_prob > 0:
+        if blur_prob > 0:
             kernel = blur_kernel_size(image_size)
             steps.append(T.RandomApply([T.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=blur_prob))
         if solarize_prob > 0:
@@ -97,11 +98,7 @@ class BatchViews(nn.Module):
 
     def __init__(self, views: MultiView) -> None:
         super().__init__()
-        import kornia.augmentation  # only --gpu_augment needs it, and importing it takes seconds
-
-        self.views = nn.ModuleList(
-            batch_view(kornia.augmentation, **view.options) for view in views.view_transforms
-        )
+        self.views = nn.ModuleList(batch_view(**view.options) for view in views.view_transforms)
 
     @torch.no_grad()
     def forward(self, images: Tensor) -> list[Tensor]:
@@ -110,7 +107,6 @@ class BatchViews(nn.Module):
 
 
 def batch_view(
-    K,
     *,
     image_size,
     mean,
@@ -122,7 +118,9 @@ def batch_view(
     blur_prob,
     solarize_prob,
 ) -> nn.Module:
-    """One `View` as a kornia pipeline (K is `kornia.augmentation`) on float images in [0, 1]."""
+    """One `View` as a kornia pipeline on float images in [0, 1]."""
+    import kornia.augmentation as K  # only --gpu_augment needs it, and importing it takes seconds
+
     steps = [
         K.RandomResizedCrop((image_size, image_size), scale=crop_scale, cropping_mode="resample"),
         K.RandomHorizontalFlip(),
