@@ -440,6 +440,20 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
         default=None,
         help="momentum of the running mean subtracted from the teacher's output (DINO: 0.9)",
     )
+    add_bool_flag(
+        group,
+        "--norm_last_layer",
+        "DINO: keep the gain of the head's weight-normalised last layer at 1 (default: true; "
+        "the official code sets false for ViT-S)",
+        default=None,
+    )
+    add_bool_flag(
+        group,
+        "--use_bn_in_head",
+        "DINO: BatchNorm after each hidden layer of the head, the official option for "
+        "BatchNorm backbones (default: false)",
+        default=None,
+    )
 
     # Monitoring
     group = parser.add_argument_group("monitoring")

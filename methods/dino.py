@@ -103,9 +103,10 @@ def teacher_temperature(
 
 
 class DINOHead(nn.Module):
-    """MLP (Linear-GELU blocks, no BatchNorm) to a bottleneck, L2 normalisation, then a
-    weight-normalised bias-free linear layer to `out_dim` logits. With `norm_last_layer` its gain
-    g stays 1, so each logit is the cosine similarity to a learnt unit vector (a prototype)."""
+    """MLP (Linear-GELU blocks; Linear-BatchNorm-GELU with `use_bn`) to a bottleneck, L2
+    normalisation, then a weight-normalised bias-free linear layer to `out_dim` logits. With
+    `norm_last_layer` its gain g stays 1, so each logit is the cosine similarity to a learnt unit
+    vector (a prototype)."""
 
     def __init__(
         self,
@@ -115,12 +116,15 @@ class DINOHead(nn.Module):
         bottleneck_dim: int = 256,
         num_layers: int = 3,
         norm_last_layer: bool = True,
+        use_bn: bool = False,
     ) -> None:
         super().__init__()
         dims = [in_dim] + [hidden_dim] * (num_layers - 1)
         layers: list[nn.Module] = []
         for d_in, d_out in zip(dims[:-1], dims[1:], strict=True):
-            layers += [nn.Linear(d_in, d_out), nn.GELU()]
+            layers += [nn.Linear(d_in, d_out)]
+            layers += [nn.BatchNorm1d(d_out)] if use_bn else []
+            layers += [nn.GELU()]
         layers.append(nn.Linear(dims[-1], bottleneck_dim))
         self.mlp = nn.Sequential(*layers)
         for m in self.mlp.modules():
@@ -159,6 +163,7 @@ class DINO(Method):
         ema_momentum: float = 0.996,
         freeze_prototypes_epochs: int = 1,
         norm_last_layer: bool = True,
+        use_bn_in_head: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (("ema_momentum", ema_momentum), ("center_momentum", center_momentum)):
@@ -166,7 +171,7 @@ class DINO(Method):
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
         self.backbone = backbone
         self.head = DINOHead(
-            feat_dim, num_prototypes, proj_hidden_dim, proj_dim, 3, norm_last_layer
+            feat_dim, num_prototypes, proj_hidden_dim, proj_dim, 3, norm_last_layer, use_bn_in_head
         )
         self.teacher_backbone = frozen_copy(backbone)
         self.teacher_head = frozen_copy(self.head)

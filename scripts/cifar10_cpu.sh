@@ -26,8 +26,9 @@ source scripts/short_recipes.sh  # per-method flags; they come after the common 
 [ ${#METHODS[@]} -eq 0 ] && METHODS=("${ALL_METHODS[@]}")
 COMMON=(--backbone small_cnn --dataset_name imagefolder --data_dir "$DATA" --image_size 32
         --device cpu --num_workers 2 --logs_dir "$OUT" --ckpt_dir "$OUT/ckpts")
+EPOCHS=${EPOCHS:-6}  # BYOL, SwAV, DINO: 5x (EPOCH_FACTOR in short_recipes.sh)
 PRETRAIN=(--limit "${LIMIT:-10000}" --batch_size 256 --optimizer adam --base_lr 0.004
-          --weight_decay 0 --warmup_epochs 1 --num_epochs "${EPOCHS:-6}" --knn_freq 2 --knn_k 200
+          --weight_decay 0 --warmup_epochs 1 --knn_freq 2 --knn_k 200
           --save_freq 100)
 LINEAR=(--precompute_features --batch_size 256 --optimizer sgd --base_lr 1.0 --weight_decay 0
         --probe_bn --warmup_epochs 0 --num_epochs 30)

@@ -21,8 +21,9 @@ source scripts/short_recipes.sh
 [ ${#METHODS[@]} -eq 0 ] && METHODS=("${ALL_METHODS[@]}")
 COMMON=(--backbone small_cnn --dataset_name synthetic --image_size 16 --limit 4000 --device cpu
         --num_workers 0 --logs_dir "$OUT" --ckpt_dir "$OUT/ckpts")
+EPOCHS=${EPOCHS:-8}  # BYOL, SwAV, DINO: 5x (EPOCH_FACTOR in short_recipes.sh)
 PRETRAIN=(--batch_size 128 --optimizer adam --base_lr 0.004 --weight_decay 0 --warmup_epochs 1
-          --num_epochs 8 --crop_min_scale 0.5 --knn_freq 2 --knn_k 20 --save_freq 100)
+          --crop_min_scale 0.5 --knn_freq 2 --knn_k 20 --save_freq 100)
 LINEAR=(--batch_size 256 --optimizer sgd --base_lr 1.0 --weight_decay 0 --probe_bn
         --warmup_epochs 0 --num_epochs 10)
 

@@ -21,6 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from readme_block import knn_first_last, load_json, publish  # noqa: E402
 
+from main import get_args_parser  # noqa: E402
 from methods import METHODS  # noqa: E402
 
 LOSSES = {
@@ -58,9 +59,12 @@ METHOD_FLAGS = (
     "teacher_temp_warmup_epochs",
     "center_momentum",
     "fix_pred_lr",
+    "use_bn_in_head",
+    "norm_last_layer",
 )
 # flags every run sets; a row lists them only where it departs from the value most runs use
 SHARED_FLAGS = ("optimizer", "base_lr", "weight_decay", "num_epochs")
+PARSER = get_args_parser()  # main.py's defaults: a row lists the method flags it changed
 
 
 def wall_seconds(root: str) -> int | None:
@@ -74,6 +78,17 @@ def wall_seconds(root: str) -> int | None:
 def minutes(run_dir: str) -> str:
     seconds = round(load_json(os.path.join(run_dir, "summary.json"))["wall_time_s"])
     return f"{seconds // 60} min {seconds % 60:02d} s"
+
+
+def default(key: str):
+    return PARSER.get_default(key)
+
+
+def flag(key: str, value) -> str:
+    """As typed on the command line: on/off flags by name (`--x`, `--x false`)."""
+    if isinstance(value, bool):
+        return f"`--{key}`" if value else f"`--{key} false`"
+    return f"`--{key} {value}`"
 
 
 def table(root: str) -> str:
@@ -97,8 +112,8 @@ def table(root: str) -> str:
     }
     for method, (pretrain_dir, args) in runs.items():
         changed = [k for k in SHARED_FLAGS if args[k] != usual[k]]
-        changed += [k for k in METHOD_FLAGS if args.get(k) not in (None, False)]
-        flags = " ".join(f"`--{k}`" if args[k] is True else f"`--{k} {args[k]}`" for k in changed)
+        changed += [k for k in METHOD_FLAGS if args.get(k, default(k)) != default(k)]
+        flags = " ".join(flag(k, args[k]) for k in changed)
         before, after, steps = knn_first_last(pretrain_dir)
         linear = load_json(os.path.join(root, f"linear_{method}", "results.json"))
         lines.append(

@@ -213,6 +213,19 @@ def test_head_shape_and_unit_norm_last_layer():
     assert free.requires_grad
 
 
+def test_use_bn_in_head_normalises_each_hidden_layer_over_the_batch():
+    head = tiny_dino(use_bn_in_head=True).head
+    kinds = [type(m).__name__ for m in head.mlp]
+    assert kinds == ["Linear", "BatchNorm1d", "GELU"] * 2 + ["Linear"]
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in tiny_dino().head.mlp)
+    # in training mode the pre-activations have zero mean and unit variance over the batch
+    # even when every input shares a large common component, as ReLU features do
+    x = 5.0 + torch.randn(32, head.mlp[0].in_features)
+    hidden = head.mlp[1](head.mlp[0](x))
+    assert torch.allclose(hidden.mean(0), torch.zeros(hidden.shape[1]), atol=1e-4)
+    assert torch.allclose(hidden.var(0, unbiased=False), torch.ones(hidden.shape[1]), atol=1e-2)
+
+
 def test_teacher_starts_as_the_student_and_is_never_trained():
     model = tiny_dino()
     for t, s in zip(model.teacher_backbone.parameters(), model.backbone.parameters(), strict=True):
@@ -326,6 +339,7 @@ def test_dino_runs_through_main_and_its_flags_reach_the_module(run_dirs):
     flags = ["--num_prototypes", "64", "--proj_hidden_dim", "64", "--num_crops", "2"]
     flags += ["--teacher_temp", "0.06", "--warmup_teacher_temp", "0.03"]
     flags += ["--teacher_temp_warmup_epochs", "3", "--center_momentum", "0.8"]
+    flags += ["--use_bn_in_head", "--norm_last_layer", "false"]
     args = main.get_args_parser().parse_args(
         [*TINY, *run_dirs, "--model_name", "dino", "--num_epochs", "2", "--warmup_epochs", "0"]
         + ["--optimizer", "adam", "--base_lr", "0.004", "--weight_decay", "0"]
@@ -335,6 +349,8 @@ def test_dino_runs_through_main_and_its_flags_reach_the_module(run_dirs):
     assert (model.teacher_temp, model.warmup_teacher_temp) == (0.06, 0.03)
     assert (model.teacher_temp_warmup_epochs, model.center_momentum) == (3, 0.8)
     assert model.head.last_layer.weight.shape == (64, 256) and model.temperature == 0.1
+    assert isinstance(model.head.mlp[1], torch.nn.BatchNorm1d)
+    assert model.head.last_layer.parametrizations.weight.original0.requires_grad
 
     out = main.main(args)
     assert math.isfinite(out["loss"])

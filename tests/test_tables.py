@@ -133,12 +133,14 @@ def test_compare_runs_refuses_a_folder_without_metrics(tmp_path):
 
 def test_methods_table_rows_from_result_files(tmp_path):
     """scripts/methods_table.py: kNN at epoch 0 and at the end, probes beside the untrained one,
-    and only the flags a row changed (on/off flags by name alone)."""
+    and only the flags a row changed (on/off flags by name, with `false` where a row turns off
+    one that is on by default)."""
     shared = dict(optimizer="adam", base_lr=0.004, weight_decay=0.0, num_epochs=8)
     runs = {
         "simclr": dict(shared, temperature=0.2, fix_pred_lr=False),
         "supcon": dict(shared, fix_pred_lr=False),
         "simsiam": dict(shared, optimizer="sgd", base_lr=0.1, fix_pred_lr=True),
+        "dino": dict(shared, num_epochs=40, use_bn_in_head=True, norm_last_layer=False),
     }
     for i, (method, args) in enumerate(runs.items()):
         run = tmp_path / f"pretrain_{method}"
@@ -160,7 +162,7 @@ def test_methods_table_rows_from_result_files(tmp_path):
     text = methods_table.table(str(tmp_path))
     lines = text.splitlines()
     assert "linear Acc@1 (random init: 16.15)" in lines[0] and "pretraining time" in lines[0]
-    row = {line.split(" | ")[0][3:-1]: line for line in lines[2:5]}  # rows in registry order
+    row = {line.split(" | ")[0][3:-1]: line for line in lines[2:6]}  # rows in registry order
     assert row["simclr"] == (
         "| `simclr` | simclr | `nt_xent_loss` | `--temperature 0.2` | 248 | 13.35 → 20.00 | "
         "30.00 | 90.00 | 2 min 05 s |"
@@ -170,6 +172,9 @@ def test_methods_table_rows_from_result_files(tmp_path):
         "| `--optimizer sgd` `--base_lr 0.1` `--fix_pred_lr` | 248 | 13.35 → 22.00 |"
         in (row["simsiam"])
     )
+    # a longer schedule, and on/off flags switched either way from main.py's defaults
+    flags = "`--num_epochs 40` `--use_bn_in_head` `--norm_last_layer false`"
+    assert f"| {flags} | 248 |" in row["dino"]
     assert lines[-1] == (
         "Shared by the runs unless their row says otherwise: `--optimizer adam`, "
         "`--base_lr 0.004`, `--weight_decay 0.0`, `--num_epochs 8`."
