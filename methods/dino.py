@@ -38,7 +38,10 @@ Flags (main.py): --temperature (student T_s, 0.1), --teacher_temp (0.07), --warm
 (0.04), --teacher_temp_warmup_epochs (30), --center_momentum (0.9), --ema_momentum (0.996),
 --proj_hidden_dim (2048), --proj_dim (bottleneck, 256), --num_prototypes (K, 4096),
 --freeze_prototypes_epochs (epochs with the last layer frozen, 1), --num_crops (local crops, 8),
---small_crop_size; views: transformations.dino_transform.
+--small_crop_size, --norm_last_layer (true), --use_bn_in_head (false; the official option for
+BatchNorm backbones: without it, a small CNN's ReLU features, which share a large common
+component, all map to nearly one bottleneck direction, so the teacher's output starts and stays
+uniform); views: transformations.dino_transform.
 """
 
 from collections.abc import Sequence

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Every method on the real CIFAR-10 at a budget 2 CPU cores can afford: pretraining of `small_cnn`
-# at 32x32 on a class-balanced 10,000-image subset of the training set (Adam, batch 256, 6 epochs,
+# at 32x32 on a class-balanced 10,000-image subset of the training set (Adam, batch 256, 6 epochs
+# and 30 for BYOL, SwAV and DINO, which start slowly: EPOCH_FACTOR in scripts/short_recipes.sh;
 # the method's own augmentation recipe, kNN with k=200 on the 10,000 test images at epoch 0 and
 # every 2 epochs, the subset as memory bank), then a linear probe of the frozen backbone on
 # features of all 50,000 training images computed once (`--precompute_features`, SGD with
 # `--probe_bn`, 30 epochs), beside the same probe of the untrained backbone. Every method starts
-# from the same random initialisation (same seed). About 8 minutes per method on 2 CPU cores.
+# from the same random initialisation (same seed). About 8 minutes per method on 2 CPU cores
+# (BYOL, SwAV, DINO: five times that).
 # The full recipes for a GPU box are in scripts/cifar10_reference.sh.
 #
 #   bash scripts/cifar10_cpu.sh [OUT_DIR [METHOD...]]  (default: runs/cifar10_cpu/<timestamp>)

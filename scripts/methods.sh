@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Every method on the built-in synthetic set (no download), all from the same random
 # initialisation: a short pretraining of `small_cnn` at 16x16 on 4,000 images (Adam, batch 128,
-# kNN on the test set at epoch 0 and every 2 epochs), then a linear probe of the frozen backbone;
+# 8 epochs and 40 for the slow starters BYOL, SwAV and DINO: EPOCH_FACTOR in
+# scripts/short_recipes.sh; kNN on the test set at epoch 0 and every 2 epochs), then a linear
+# probe of the frozen backbone;
 # plus the same probe of the untrained backbone, the baseline. The per-method flags below shorten
 # the papers' recipes so that a CPU shows learning in minutes. About 30 minutes on 2 CPU cores.
 #

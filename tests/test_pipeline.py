@@ -171,6 +171,26 @@ def test_existing_run_folder_is_not_overwritten(run_dirs):
         pretrain(run_dirs, "--num_epochs", "1")
 
 
+def test_a_left_over_checkpoint_folder_is_named_in_the_error(tmp_path):
+    """Only the checkpoint folder is there (its logs were deleted): the error names that one."""
+    from argparse import Namespace
+
+    from utils.misc import UserError
+    from utils.run import prepare_run_dirs
+
+    args = Namespace(
+        logs_dir=str(tmp_path / "logs"), ckpt_dir=str(tmp_path / "ckpts"), run_name="r"
+    )
+    os.makedirs(tmp_path / "ckpts" / "r")
+    with pytest.raises(UserError) as error:
+        prepare_run_dirs(args, resuming=False)
+    assert str(tmp_path / "ckpts" / "r") in str(error.value) and "logs" not in str(error.value)
+    assert prepare_run_dirs(args, resuming=True) == (
+        str(tmp_path / "logs" / "r"),
+        str(tmp_path / "ckpts" / "r"),
+    )
+
+
 def test_design_commands_run_end_to_end(run_dirs):
     """DESIGN §2's SimSiam pretraining and both linear commands (SGD base_lr 30, LARS base_lr
     0.02), as written plus tiny-run overrides (small_cnn for speed), chain through the

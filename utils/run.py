@@ -49,9 +49,10 @@ def prepare_run_dirs(args: Namespace, resuming: bool) -> tuple[str, str]:
     ckpt_dir = os.path.join(args.ckpt_dir, args.run_name)
     if not is_main_process():
         return log_dir, ckpt_dir
-    if not resuming and (os.path.exists(log_dir) or os.path.exists(ckpt_dir)):
+    existing = [d for d in (log_dir, ckpt_dir) if os.path.exists(d)]
+    if existing and not resuming:
         raise UserError(
-            f"run folder {log_dir} already exists: pass another --run_name, "
+            f"run folder {' and '.join(existing)} already exists: pass another --run_name, "
             f"or --resume auto to continue it"
         )
     os.makedirs(log_dir, exist_ok=True)
