@@ -109,3 +109,32 @@ def test_bad_flag_is_one_line_exit_2(flags, needle):
     assert needle in lines[0]
     if "invalid choice" in needle:
         assert "resnet18" in lines[0] or "sgd" in lines[0] or "linear" in lines[0]
+
+
+def test_short_recipes_parse_and_build():
+    """scripts/short_recipes.sh (the README tables' per-method flags) as bash reads it: every
+    method's flags parse with main.py's parser and build that method; the slow starters get a
+    whole-number multiple of the script's epochs."""
+    from methods import METHODS, build_method
+    from networks import build_backbone
+
+    listing = subprocess.run(
+        [
+            "bash",
+            "-c",
+            'source scripts/short_recipes.sh; for m in "${ALL_METHODS[@]}"; do '
+            'echo "$m|${FLAGS[$m]}|${EPOCH_FACTOR[$m]:-1}"; done',
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert sorted(line.split("|")[0] for line in listing) == sorted(METHODS)
+    factors = {}
+    for line in listing:
+        method, flags, factor = line.split("|")
+        args = main.get_args_parser().parse_args(["--model_name", method, *shlex.split(flags)])
+        build_method(method, *build_backbone("small_cnn", 16), **vars(args))
+        factors[method] = int(factor)
+    assert {m for m, f in factors.items() if f > 1} == {"byol", "swav", "dino"}
