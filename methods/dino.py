@@ -40,7 +40,7 @@ Flags (main.py): --temperature (student T_s, 0.1), --teacher_temp (0.07), --warm
 --freeze_prototypes_epochs (epochs with the last layer frozen, 1), --num_crops (local crops, 8),
 --small_crop_size, --norm_last_layer (true), --use_bn_in_head (false; the official option for
 BatchNorm backbones: without it, a small CNN's ReLU features, which share a large common
-component, all map to nearly one bottleneck direction, so the teacher's output starts and stays
+component, map to similar bottleneck directions, and the teacher's output starts and stays
 uniform); views: transformations.dino_transform.
 """
 
