@@ -3,11 +3,11 @@
 # both, and the loop they share (run_rows). They shorten the papers' recipes so that a CPU shows
 # learning in minutes; each is listed in the generated table. SimSiam uses its paper's optimizer
 # (SGD with weight decay) and its fixed predictor lr (--fix_pred_lr), with which it does not fall
-# below its initialisation in short runs, unlike with Adam. DINO uses the official head option for BatchNorm backbones (--use_bn_in_head:
-# small_cnn's ReLU features share a large common component, which a head without BatchNorm carries
-# into the bottleneck, so the teacher's output is uniform and stays so) and keeps the teacher
-# temperature at its paper's starting value, 0.04 (with 2 warmup epochs to 0.07 its loss sat at
-# ln K).
+# below its initialisation in short runs, unlike with Adam. DINO uses the official head option
+# for BatchNorm backbones (--use_bn_in_head: small_cnn's ReLU features share a large common
+# component, which a head without BatchNorm carries into the bottleneck, so the teacher's output
+# is uniform and stays so) and keeps the teacher temperature at its paper's starting value, 0.04
+# (with 2 warmup epochs to 0.07 its loss sat at ln K).
 declare -A FLAGS=(
     [simclr]="--temperature 0.2"
     [supcon]=""
