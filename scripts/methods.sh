@@ -3,9 +3,9 @@
 # initialisation: a short pretraining of `small_cnn` at 16x16 on 4,000 images (Adam, batch 128,
 # 8 epochs and 40 for the slow starters BYOL, SwAV and DINO: EPOCH_FACTOR in
 # scripts/short_recipes.sh; kNN on the test set at epoch 0 and every 2 epochs), then a linear
-# probe of the frozen backbone;
-# plus the same probe of the untrained backbone, the baseline. The per-method flags below shorten
-# the papers' recipes so that a CPU shows learning in minutes. About 30 minutes on 2 CPU cores.
+# probe of the frozen backbone; plus the same probe of the untrained backbone, the baseline. The
+# per-method flags shorten the papers' recipes so that a CPU shows learning in minutes. About 80
+# minutes on 2 CPU cores, some 50 of them the three slow starters (measured 2026-12-02).
 #
 #   bash scripts/methods.sh [OUT_DIR [METHOD...]]   (default: runs/methods/<timestamp>, all methods;
 #                                                    an existing OUT_DIR gets the METHODs added)

@@ -80,10 +80,6 @@ def minutes(run_dir: str) -> str:
     return f"{seconds // 60} min {seconds % 60:02d} s"
 
 
-def default(key: str):
-    return PARSER.get_default(key)
-
-
 def flag(key: str, value) -> str:
     """As typed on the command line: on/off flags by name (`--x`, `--x false`)."""
     if isinstance(value, bool):
@@ -112,7 +108,7 @@ def table(root: str) -> str:
     }
     for method, (pretrain_dir, args) in runs.items():
         changed = [k for k in SHARED_FLAGS if args[k] != usual[k]]
-        changed += [k for k in METHOD_FLAGS if args.get(k, default(k)) != default(k)]
+        changed += [k for k in METHOD_FLAGS if k in args and args[k] != PARSER.get_default(k)]
         flags = " ".join(flag(k, args[k]) for k in changed)
         before, after, steps = knn_first_last(pretrain_dir)
         linear = load_json(os.path.join(root, f"linear_{method}", "results.json"))
