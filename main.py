@@ -6,6 +6,7 @@ Writes <logs_dir>/<run_name>/{args.json, metrics.csv, loss.png, lr.png} and
 <ckpt_dir>/<run_name>/{last.pt, epoch_NNNN.pt}; `main_linear.py` then evaluates the backbone.
 """
 
+import inspect
 import math
 import os
 import signal
@@ -16,11 +17,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from methods import METHODS, build_method
+from methods import METHODS, build_method, method_options
 from networks import BACKBONES, build_backbone
 from optimizers import OPTIMIZERS, build_optimizer
 from optimizers.cosine_decay_warmup import adjust_learning_rate
-from transformations import BatchViews, eval_transform, pretrain_transform
+from transformations import PRETRAIN_TRANSFORMS, BatchViews, eval_transform, pretrain_transform
 from utils.accel import autocast, grad_scaler, prepare_model, to_device
 from utils.checkpoint import (
     find_checkpoint,
@@ -65,6 +66,9 @@ from utils.run import (
     start_process,
 )
 from utils.tsne import plot_tsne
+
+# the view flags: each recipe takes some of them (transformations.PRETRAIN_TRANSFORMS)
+VIEW_FLAGS = ("crop_min_scale", "jitter_strength", "num_crops", "small_crop_size")
 
 
 def get_args_parser(add_help: bool = True) -> ArgumentParser:
@@ -220,6 +224,14 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
         action="store_true",
         help="start from torchvision ImageNet weights in the local cache (default: off)",
     )
+    add_bool_flag(
+        group,
+        "--zero_init_residual",
+        "zero the last BatchNorm of each residual block at the start (ResNet, EfficientNet), as "
+        "the official SimCLR, SimSiam, Barlow Twins, VICReg and MoCo v3 do (BYOL: of Bottleneck "
+        "blocks only); never with --pretrained (default: the method's own)",
+        default=None,
+    )
 
     # Optimization
     group = parser.add_argument_group("optimization")
@@ -266,12 +278,8 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
         "--lr_scaling",
         default="linear",
         choices=["linear", "sqrt", "none"],
-        help="lr = base_lr x B/256 (linear), x sqrt(B/256), or as given (default: linear)",
-    )
-    add_bool_flag(
-        group,
-        "--fix_pred_lr",
-        "keep the predictor's lr fixed at the base lr, as SimSiam (default: false)",
+        help="lr = base_lr x B/256 (linear), x sqrt(B/256), or as given; SimCLR's square-root "
+        "rule 0.075 x sqrt(B) is sqrt with --base_lr 1.2 (default: linear)",
     )
     group.add_argument(
         "--lars_eta",
@@ -300,14 +308,14 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
         type=positive_float,
         default=None,
         help="smallest area fraction of a (high-resolution) random resized crop "
-        "(default: the method's recipe: 0.08; SwAV 0.14)",
+        "(default: the method's recipe: 0.08; SupCon, SimSiam, MoCo v2 0.2; SwAV 0.14; DINO 0.4)",
     )
     group.add_argument(
         "--jitter_strength",
         type=non_negative_float,
         default=None,
-        help="colour jitter strength s (default: the method's recipe: SimCLR, SwAV 0.5 as for "
-        "CIFAR; BYOL, Barlow Twins, VICReg 1.0)",
+        help="colour jitter strength s (default: the method's recipe: SimCLR, SupCon, SimSiam, "
+        "MoCo v2 0.5 as SimCLR's CIFAR setting, i.e. jitter (0.4, 0.4, 0.4, 0.1); the others 1.0)",
     )
     group.add_argument(
         "--num_crops",
@@ -334,15 +342,58 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
         "--proj_hidden_dim",
         type=positive_int,
         default=None,
-        help="projector hidden size (SimCLR, SimSiam, SwAV, MoCo v2, NNCLR, DINO: 2048; "
-        "BYOL, MoCo v3: 4096)",
+        help="projector hidden size (SimCLR, SupCon, SimSiam, MoCo v2: the backbone's feature "
+        "size, as their official code; SwAV, NNCLR, DINO, Barlow Twins, VICReg: 2048; BYOL, "
+        "MoCo v3: 4096)",
     )
     group.add_argument(
         "--proj_dim",
         type=positive_int,
         default=None,
-        help="projector output size (SimCLR, SwAV, MoCo v2: 128; BYOL, MoCo v3, NNCLR, DINO "
-        "bottleneck: 256; SimSiam: 2048)",
+        help="projector output size (SimCLR, SupCon, SwAV, MoCo v2: 128; BYOL, MoCo v3, NNCLR, "
+        "DINO bottleneck: 256; SimSiam, Barlow Twins, VICReg: 2048)",
+    )
+    group.add_argument(
+        "--proj_layers",
+        type=positive_int,
+        default=None,
+        help="MoCo v3 projector layers (official: 2 for CNNs, 3 for ViTs)",
+    )
+    add_bool_flag(
+        group,
+        "--concat_views",
+        "SimSiam, BYOL, Barlow Twins, VICReg, MoCo v2/v3, NNCLR: both views through the network "
+        "as one batch (BatchNorm statistics over both; one pass) instead of one call per view, "
+        "as their official code (default: false)",
+        default=None,
+    )
+    add_bool_flag(
+        group,
+        "--fix_pred_lr",
+        "SimSiam: keep the predictor's lr at the peak lr, no decay, as the official README's "
+        "command (default: true)",
+        default=None,
+    )
+    group.add_argument(
+        "--nt_xent_scale",
+        type=non_negative_float,
+        default=None,
+        help="SimCLR: factor on NT-Xent's mean over the 2N anchors (default: 2, the official "
+        "loss_a + loss_b; 1: the mean)",
+    )
+    group.add_argument(
+        "--base_temperature",
+        type=positive_float,
+        default=None,
+        help="SupCon: the loss is multiplied by temperature / base_temperature (default: 0.07, "
+        "the official code; set it to the temperature for the paper's formula)",
+    )
+    group.add_argument(
+        "--bias_lr_scale",
+        type=non_negative_float,
+        default=None,
+        help="Barlow Twins: lr of the biases and BatchNorm parameters as a fraction of the "
+        "weights' (default: 0.024 = 0.0048 / 0.2, the official code; 1: the same lr)",
     )
     group.add_argument(
         "--pred_hidden_dim",
@@ -420,7 +471,8 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
         "--teacher_temp",
         type=positive_float,
         default=None,
-        help="teacher softmax temperature after its warmup (DINO: 0.07)",
+        help="teacher softmax temperature after its warmup (DINO: 0.04, the official code; its "
+        "README raises it to 0.07 over 30 epochs for ViT-S)",
     )
     group.add_argument(
         "--warmup_teacher_temp",
@@ -432,7 +484,7 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
         "--teacher_temp_warmup_epochs",
         type=non_negative_int,
         default=None,
-        help="epochs of the teacher temperature warmup (DINO: 30)",
+        help="epochs of the teacher temperature warmup (DINO: 0, the official default)",
     )
     group.add_argument(
         "--center_momentum",
@@ -590,18 +642,32 @@ def training_state(args, model, optimizer, epoch: int, step_in_epoch: int, steps
 def training_set(args) -> tuple:
     """The pretraining images (--limit, --in_memory) and their transform, the method's views."""
     info = DATASETS[args.dataset_name]
+    method = METHODS[args.model_name]
+    flags = {key: getattr(args, key) for key in VIEW_FLAGS}
+    # the method's own view defaults (official crop scales), then the flags given
+    options = {**method.view_options, **{k: v for k, v in flags.items() if v is not None}}
     transform = pretrain_transform(
-        METHODS[args.model_name].augmentation,
-        image_size=args.image_size,
-        mean=info.mean,
-        std=info.std,
-        crop_min_scale=args.crop_min_scale,
-        jitter_strength=args.jitter_strength,
-        num_crops=args.num_crops,
-        small_crop_size=args.small_crop_size,
+        method.augmentation, image_size=args.image_size, mean=info.mean, std=info.std, **options
     )
     dataset = build_dataset(args.dataset_name, args.data_dir, True, transform, args.download)
     return in_memory(balanced_subset(dataset, args.limit), args, raw=args.gpu_augment), transform
+
+
+def check_method_flags(args) -> None:
+    """Refuse a method or view flag that the chosen method does not take (`--model_name
+    barlowtwins --temperature 0.3`), naming the ones it does take: such flags are None unless
+    given, and would otherwise be dropped without a word."""
+    name = args.model_name
+    recipe = inspect.signature(PRETRAIN_TRANSFORMS[METHODS[name].augmentation]).parameters
+    taken = method_options(name) | (set(recipe) & set(VIEW_FLAGS))
+    every = set(VIEW_FLAGS).union(*(method_options(m) for m in METHODS))
+    given = sorted(k for k in every - taken if getattr(args, k, None) is not None)
+    if given:
+        listed = ", ".join(f"--{k}" for k in sorted(taken & set(vars(args))))
+        raise UserError(
+            f"{', '.join('--' + k for k in given)}: not a flag of --model_name {name}, which "
+            f"takes {listed}; drop {'it' if len(given) == 1 else 'them'}"
+        )
 
 
 def in_memory(dataset, args, raw: bool = False):
@@ -635,6 +701,7 @@ def resume_path(args) -> str | None:
 
 
 def main(args) -> dict:
+    check_method_flags(args)
     device = start_process(args)  # under torchrun: one process per GPU
     set_seed(args.seed)  # the same initial weights on every process
     torch.autograd.set_detect_anomaly(args.debug)  # names the op behind a NaN gradient; slow

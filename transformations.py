@@ -18,6 +18,12 @@ from utils.misc import given_kwargs
 BLUR_MIN_SIZE = 64
 
 
+# PIL's GaussianBlur(radius=sigma), which the FAIR codes use (SwAV, DINO, MoCo, SimSiam, Barlow
+# Twins, VICReg), has no kernel size: it reaches about 3 sigma at any crop size, so 13 px at the
+# largest sigma, 2. SimCLR's and BYOL's kernel is 10 % of the side instead (blur_kernel_size).
+PIL_BLUR_KERNEL = 13
+
+
 def blur_kernel_size(image_size: int) -> int:
     """10 % of the side, odd (SimCLR's appendix)."""
     return int(0.1 * image_size) // 2 * 2 + 1
@@ -39,9 +45,11 @@ class View:
         jitter_prob: float = 0.8,
         gray_prob: float = 0.2,
         blur_prob: float = 0.0,
+        blur_kernel: int | None = None,
         solarize_prob: float = 0.0,
     ) -> None:
         blur_prob = blur_prob if image_size > BLUR_MIN_SIZE else 0.0  # see BLUR_MIN_SIZE
+        blur_kernel = blur_kernel or blur_kernel_size(image_size)
         # the recipe itself, from which BatchViews builds the same view on the GPU (--gpu_augment)
         self.options = dict(
             image_size=image_size,
@@ -52,6 +60,7 @@ class View:
             jitter_prob=jitter_prob,
             gray_prob=gray_prob,
             blur_prob=blur_prob,
+            blur_kernel=blur_kernel,
             solarize_prob=solarize_prob,
         )
         steps = [
@@ -61,8 +70,8 @@ class View:
             T.RandomGrayscale(p=gray_prob),
         ]
         if blur_prob > 0:
-            kernel = blur_kernel_size(image_size)
-            steps.append(T.RandomApply([T.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=blur_prob))
+            blur = T.GaussianBlur(blur_kernel, sigma=(0.1, 2.0))
+            steps.append(T.RandomApply([blur], p=blur_prob))
         if solarize_prob > 0:
             steps.append(T.RandomSolarize(threshold=128, p=solarize_prob))  # on PIL uint8
         steps += [T.ToTensor(), T.Normalize(mean, std)]
@@ -116,6 +125,7 @@ def batch_view(
     jitter_prob,
     gray_prob,
     blur_prob,
+    blur_kernel,
     solarize_prob,
 ) -> nn.Module:
     """One `View` as a kornia pipeline on float images in [0, 1]."""
@@ -128,8 +138,7 @@ def batch_view(
         K.RandomGrayscale(p=gray_prob),
     ]
     if blur_prob > 0:
-        kernel = blur_kernel_size(image_size)
-        steps.append(K.RandomGaussianBlur(kernel, sigma=(0.1, 2.0), p=blur_prob))
+        steps.append(K.RandomGaussianBlur(blur_kernel, sigma=(0.1, 2.0), p=blur_prob))
     if solarize_prob > 0:  # a fixed threshold of one half, as torchvision's 128 on uint8
         steps.append(K.RandomSolarize(thresholds=0.0, additions=0.0, p=solarize_prob))
     steps.append(K.Normalize(torch.tensor(mean), torch.tensor(std)))
@@ -191,16 +200,24 @@ def multicrop_transform(
     mean,
     std,
     crop_min_scale: float = 0.14,
-    jitter_strength: float = 0.5,
+    jitter_strength: float = 1.0,
     num_crops: int = 6,
     small_crop_size: int | None = None,
     small_crop_scale: tuple[float, float] = (0.05, 0.14),
 ) -> MultiView:
-    """SwAV's multi-crop (Caron et al. 2020, section 3.2): two high-resolution crops covering
-    14-100 % of the image, then `num_crops` low-resolution crops of 5-14 %, all with SimCLR's
-    colour distortion and blur. The two high-resolution views come first."""
+    """SwAV's multi-crop (Caron et al. 2020, section 3.2; facebookresearch/swav
+    src/multicropdataset.py): two high-resolution crops covering 14-100 % of the image, then
+    `num_crops` low-resolution crops of 5-14 %, all with SimCLR's colour distortion at strength 1
+    (`get_color_distortion(s=1.0)`: jitter (0.8, 0.8, 0.8, 0.2) with p=0.8, grayscale p=0.2) and
+    PIL's Gaussian blur with p=0.5. The two high-resolution views come first."""
     small_crop_size = small_crop_size or small_crop_size_for(image_size)
-    colour = dict(mean=mean, std=std, jitter=simclr_jitter(jitter_strength), blur_prob=0.5)
+    colour = dict(
+        mean=mean,
+        std=std,
+        jitter=simclr_jitter(jitter_strength),
+        blur_prob=0.5,
+        blur_kernel=PIL_BLUR_KERNEL,
+    )
     high = View(image_size=image_size, crop_scale=(crop_min_scale, 1.0), **colour)
     low = View(image_size=small_crop_size, crop_scale=small_crop_scale, **colour)
     return MultiView([high, high] + [low] * num_crops)
@@ -221,12 +238,12 @@ def dino_transform(
     BYOL's colour distortion (jitter (0.4, 0.4, 0.2, 0.1) x strength with p=0.8, grayscale p=0.2)
     and asymmetric global pair (the first always blurred, the second blurred with p=0.1 and
     solarised with p=0.2) on crops of 40-100 % of the image, then `num_crops` local crops of
-    5-40 % at the small size, blurred with p=0.5. The official code's default is 8 local crops
-    (the paper's best setting 10). The two global views come first."""
+    5-40 % at the small size, blurred with p=0.5 (PIL's blur, utils.GaussianBlur). The official
+    code's default is 8 local crops (the paper's best setting 10). The two global views come
+    first."""
     small_crop_size = small_crop_size or small_crop_size_for(image_size)
-    colour = dict(
-        mean=mean, std=std, jitter=tuple(jitter_strength * x for x in (0.4, 0.4, 0.2, 0.1))
-    )
+    jitter = tuple(jitter_strength * x for x in (0.4, 0.4, 0.2, 0.1))
+    colour = dict(mean=mean, std=std, jitter=jitter, blur_kernel=PIL_BLUR_KERNEL)
     scale = (crop_min_scale, 1.0)
     first = View(image_size=image_size, crop_scale=scale, blur_prob=1.0, **colour)
     second = View(

@@ -5,21 +5,65 @@ A method class subclasses `Method`, takes `(backbone, feat_dim, **hyper_paramete
 file with `@register("name")` on its class plus one import line below.
 """
 
-from torch import nn
+import inspect
+from collections.abc import Callable, Sequence
 
+import torch
+from torch import Tensor, nn
+
+from networks import zero_init_residual
 from utils.misc import UserError, given_kwargs
 
 
 class Method(nn.Module):
     """What the training loop (main.py) expects of a method besides `forward`.
 
-    `augmentation` names its pretraining views in `transformations.PRETRAIN_TRANSFORMS`. The
-    hooks run once per step or epoch; methods with state outside autograd override them (BYOL's
-    EMA target, SwAV's prototypes and queue).
+    Class attributes a method may set (docs/fidelity.md says where each comes from):
+      augmentation        its pretraining views in `transformations.PRETRAIN_TRANSFORMS`;
+      view_options        its own defaults for that recipe (e.g. crop_min_scale 0.2), which the
+                          view flags (--crop_min_scale, ...) override;
+      zero_init_residual  whether its official code zero-initialises the last BatchNorm of each
+                          residual block (`build_method` applies it; --zero_init_residual);
+                          "bottleneck": of Bottleneck blocks only (BYOL's haiku ResNet).
+    The hooks run once per step or epoch; methods with state outside autograd override them (BYOL's
+    EMA target, SwAV's prototypes and queue). `param_group` gives a parameter's own optimizer
+    options (Barlow Twins' bias lr, SimSiam's fixed predictor lr).
     """
 
     augmentation = "simclr"
+    view_options: dict = {}
+    zero_init_residual: bool | str = False
+    concat_views = False  # per-view methods: one pass over both views (see `per_view`)
     epoch = 0
+
+    def per_view(self, fn: Callable[[Tensor], Tensor], inputs: Sequence[Tensor]) -> list[Tensor]:
+        """`fn` of each input in its own call, so that BatchNorm normalises each view with its own
+        statistics, as the official code of the two-view methods without negatives forwards each
+        view (SimSiam's builder.py, BYOL, Barlow Twins, VICReg, MoCo); with `concat_views`, one
+        call on the concatenation (one pass, BatchNorm statistics over both views)."""
+        if self.concat_views:
+            return list(fn(torch.cat(list(inputs))).chunk(len(inputs)))
+        return [fn(x) for x in inputs]
+
+    def features_by_resolution(self, backbone: nn.Module, crops: Sequence[Tensor]) -> Tensor:
+        """Backbone features of all crops, concatenated in order: one backbone call per run of
+        consecutive crops of the same size (the multi-crop methods' BatchNorm batches), as the
+        official SwAV `resnet50.py` and DINO `MultiCropWrapper` do before one call of the head on
+        the whole concatenation."""
+        features, start = [], 0
+        while start < len(crops):
+            end = start + 1
+            while end < len(crops) and crops[end].shape[-2:] == crops[start].shape[-2:]:
+                end += 1
+            features.append(backbone(torch.cat(list(crops[start:end]))))
+            start = end
+        return torch.cat(features)
+
+    def param_group(self, name: str, param: nn.Parameter) -> dict:
+        """Optimizer options of one parameter beyond the defaults: `lr_scale` (a multiplier of the
+        scheduled lr) and/or `fix_lr` (keeps the peak lr). Parameters with the same options share
+        a group (optimizers.param_groups)."""
+        return {}
 
     def set_epoch(self, epoch: int) -> None:
         """Called before each training epoch (0-based)."""
@@ -47,11 +91,25 @@ def register(name: str):
 
 def build_method(name: str, backbone: nn.Module, feat_dim: int, /, **kwargs) -> nn.Module:
     """Build method `name`; keyword arguments it does not take, or that are None, are dropped,
-    so the caller can pass every flag and a method keeps its paper's defaults for unset ones."""
+    so the caller can pass every flag and a method keeps its paper's defaults for unset ones.
+
+    `zero_init_residual` (default: the method's own) zero-initialises the backbone's last
+    residual BatchNorms before the method copies it (EMA targets); never with `pretrained`, whose
+    weights it would overwrite."""
     if name not in METHODS:
         raise UserError(f"unknown method {name!r}; choose from {sorted(METHODS)}")
     cls = METHODS[name]
+    zero_init = kwargs.get("zero_init_residual")
+    zero_init = cls.zero_init_residual if zero_init is None else zero_init
+    if zero_init and not kwargs.get("pretrained"):
+        zero_init_residual(backbone, bottleneck_only=zero_init == "bottleneck")
     return cls(backbone, feat_dim, **given_kwargs(cls, kwargs, exclude=("backbone", "feat_dim")))
+
+
+def method_options(name: str) -> set[str]:
+    """The hyper-parameters method `name` takes by keyword (its constructor's, less the
+    backbone and its feature size)."""
+    return set(inspect.signature(METHODS[name]).parameters) - {"backbone", "feat_dim"}
 
 
 from methods import barlowtwins, byol, simclr, simsiam, supcon, swav, vicreg  # noqa: E402,F401  (fills METHODS)

@@ -9,11 +9,18 @@ C = z1ᵀ z2 / N, and push it to the identity:
 
 No negatives, no predictor, no stop-gradient: decorrelating the dimensions prevents collapse.
 
-Default recipe (paper, ImageNet): ResNet-50, projector of 3 linear layers 8192-8192-8192 with BN
-and ReLU between them (none after the last), λ = 5e-3, LARS with lr 0.2 (weights) and 0.0048
-(biases and BN) x B/256, batch 2048, 10 warmup epochs then cosine, weight decay 1.5e-6,
-1000 epochs. At CIFAR scale this module defaults to a 2048-2048-2048 projector (solo-learn's
-CIFAR configuration).
+Architecture as the official code (facebookresearch/barlowtwins main.py): a projector of 3
+bias-free linear layers 8192-8192-8192 with BN and ReLU between them (none after the last); each
+view through backbone and projector in its own call (`z1 = projector(backbone(y1))`: BatchNorm
+statistics per view; `--concat_views` gives one pass of 2N); the last BatchNorm of each
+residual block starts at zero (`resnet50(zero_init_residual=True)`).
+
+Default recipe (paper, ImageNet): ResNet-50, λ = 5e-3 (0.0051 in the code), LARS with lr 0.2
+for the weights and 0.0048 for the biases and BatchNorm parameters (every 1-D parameter), both x
+B/256: here the scheduled lr is the weights' and `bias_lr_scale` = 0.0048 / 0.2 = 0.024 scales
+it for the 1-D parameters (their own param group); batch 2048, 10 warmup epochs then cosine,
+weight decay 1.5e-6, 1000 epochs. At CIFAR scale this module defaults to a 2048-2048-2048
+projector (solo-learn's CIFAR configuration).
 """
 
 import torch
@@ -55,6 +62,7 @@ class BarlowTwins(Method):
     standardises the projections itself."""
 
     augmentation = "byol"  # the paper uses BYOL's asymmetric views
+    zero_init_residual = True
 
     def __init__(
         self,
@@ -63,14 +71,22 @@ class BarlowTwins(Method):
         proj_hidden_dim: int = 2048,
         proj_dim: int = 2048,
         lambd: float = 5e-3,
+        bias_lr_scale: float = 0.0048 / 0.2,
+        concat_views: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        self.projector = build_mlp(3, feat_dim, proj_hidden_dim, proj_dim)
+        self.projector = build_mlp(3, feat_dim, proj_hidden_dim, proj_dim, bias=False)
         self.lambd = lambd
+        self.bias_lr_scale = bias_lr_scale
+        self.concat_views = concat_views
+
+    def param_group(self, name: str, param: nn.Parameter) -> dict:
+        # official main.py: `param.ndim == 1` (biases, BatchNorm) get learning_rate_biases
+        return {"lr_scale": self.bias_lr_scale} if param.ndim == 1 else {}
 
     def forward(self, views: list[Tensor], labels: Tensor | None = None) -> dict[str, Tensor]:
-        z1, z2 = self.projector(self.backbone(torch.cat(views[:2]))).chunk(2)
+        z1, z2 = self.per_view(lambda x: self.projector(self.backbone(x)), views[:2])
         # statistics over the global batch (with gradient): one process on the whole batch
         loss = barlow_twins_loss(gather_with_grad(z1), gather_with_grad(z2), self.lambd)
         return {"loss": loss, "z1": z1, "z2": z2}

@@ -11,10 +11,19 @@ the online ones by an exponential moving average, xi <- tau xi + (1 - tau) theta
 from tau_base = 0.996 at the first step to 1 at the last on a cosine:
 tau_k = 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2. The target is saved in checkpoints.
 
-Default recipe (paper, ImageNet): ResNet-50; projector and predictor are MLPs 4096 (BN, ReLU)
--> 256; LARS, lr 0.2 x B/256, weight decay 1.5e-6, biases and BN excluded; batch 4096, 10 warmup
-epochs then cosine, 1000 epochs; asymmetric views (transformations.byol_transform).
-On CIFAR, solo-learn uses LARS lr 1.0, weight decay 1e-5 and tau_base 0.99.
+Architecture as the official code (deepmind-research byol/byol_experiment.py,
+utils/networks.py): projector and predictor are MLPs Linear-BN-ReLU-Linear, 4096 -> 256, the
+last Linear without bias; each view goes through the online network (backbone, projector,
+predictor) and the target network in its own call, so BatchNorm normalises each view with its
+own statistics (`--concat_views`: one pass of 2N); the last BatchNorm of each Bottleneck block
+starts at zero (haiku's ResNet BlockV1 `scale_init=jnp.zeros`, bottleneck blocks only: BYOL's
+ResNet-18 and -34 keep the usual initialisation). The target's base momentum depends on the
+schedule's length in configs/byol.py: 0.97 for 40 epochs, 0.99 for 100-300, 0.996 for 1000.
+
+Default recipe (paper, ImageNet): ResNet-50; LARS, lr 0.2 x B/256, weight decay 1.5e-6, biases
+and BN excluded; batch 4096, 10 warmup epochs then cosine, 1000 epochs; asymmetric views
+(transformations.byol_transform). On CIFAR, solo-learn uses LARS lr 1.0, weight decay 1e-5 and
+tau_base 0.99.
 """
 
 import torch
@@ -41,6 +50,7 @@ class BYOL(Method):
     """Online backbone + projector + predictor; EMA target backbone + projector."""
 
     augmentation = "byol"
+    zero_init_residual = "bottleneck"
 
     def __init__(
         self,
@@ -50,24 +60,26 @@ class BYOL(Method):
         proj_dim: int = 256,
         pred_hidden_dim: int = 4096,
         ema_momentum: float = 0.996,
+        concat_views: bool = False,
     ) -> None:
         super().__init__()
         if not 0 <= ema_momentum <= 1:
             raise ValueError(f"ema_momentum must be in [0, 1], got {ema_momentum}")
         self.backbone = backbone
-        self.projector = build_mlp(2, feat_dim, proj_hidden_dim, proj_dim)
-        self.predictor = build_mlp(2, proj_dim, pred_hidden_dim, proj_dim)
+        self.projector = build_mlp(2, feat_dim, proj_hidden_dim, proj_dim, bias=False)
+        self.predictor = build_mlp(2, proj_dim, pred_hidden_dim, proj_dim, bias=False)
         self.target_backbone = frozen_copy(backbone)
         self.target_projector = frozen_copy(self.projector)
         self.ema_momentum = ema_momentum
         self.current_momentum = ema_momentum
+        self.concat_views = concat_views
 
     def forward(self, views: list[Tensor], labels: Tensor | None = None) -> dict[str, Tensor]:
-        images = torch.cat(views[:2])
-        z1, z2 = self.projector(self.backbone(images)).chunk(2)
-        p1, p2 = self.predictor(torch.cat([z1, z2])).chunk(2)
+        z1, z2 = self.per_view(lambda x: self.projector(self.backbone(x)), views[:2])
+        p1, p2 = self.per_view(self.predictor, (z1, z2))
         with torch.no_grad():
-            t1, t2 = self.target_projector(self.target_backbone(images)).chunk(2)
+            target = lambda x: self.target_projector(self.target_backbone(x))
+            t1, t2 = self.per_view(target, views[:2])
         loss = byol_loss(p1, t2) + byol_loss(p2, t1)
         return {"loss": loss, "z1": z1, "z2": z2}
 

@@ -19,23 +19,30 @@ running mean of the teacher's logits, keeps one dimension from dominating) and s
     c   <- m c + (1 - m) mean of g_t over the two global crops of the (global) batch,  m = 0.9
     θ_t <- λ θ_t + (1 - λ) θ_s,  λ rising from 0.996 to 1 on a cosine (methods.momentum)
 
-The teacher temperature warms up per epoch, linearly from 0.04 to 0.07 over the first 30 epochs
-(np.linspace as in the official code: 0.07 is reached at epoch 29), then stays at 0.07; the student
-temperature is 0.1. The head is a 3-layer MLP (GELU, no BatchNorm) in -> 2048 -> 2048 -> 256, an
-L2 normalisation, and a weight-normalised linear layer 256 -> K without bias whose gain is fixed at
-1 (`norm_last_layer`, the official default: a cosine-similarity layer); that last layer gets no
-update during the first epoch.
+The teacher temperature is 0.04 throughout by default, main_dino.py's defaults
+(--teacher_temp 0.04, --warmup_teacher_temp_epochs 0; that flag's help text says "Default: 30",
+its code 0). The README's better ViT-S recipe raises it linearly from 0.04 to 0.07 over 30
+epochs (`--teacher_temp 0.07 --teacher_temp_warmup_epochs 30`: np.linspace as in the official
+code, 0.07 is reached at epoch 29). The student temperature is 0.1. The head is a 3-layer MLP
+(GELU, no BatchNorm) in -> 2048 -> 2048 -> 256, an L2 normalisation, and a weight-normalised
+linear layer 256 -> K without bias whose gain is fixed at 1 (`norm_last_layer`, the official
+default: a cosine-similarity layer); that last layer gets no update during the first epoch. As in
+the official MultiCropWrapper, the student's backbone runs once per crop resolution and its head
+once over all crops (its BatchNorm with --use_bn_in_head sees every crop); the teacher sees the
+two global crops in one batch.
 
 Default recipe (paper, ImageNet): ViT-S/16, K = 65536, batch 1024, AdamW lr 5e-4 x B/256 with 10
 warmup epochs and a cosine to 1e-6, weight decay 0.04 -> 0.4 on a cosine, gradient clipping at
 norm 3, stochastic depth 0.1, 2 x 224 px + 10 x 96 px crops (8 in the code's default), 100-800
-epochs; the code recommends teacher momentum 0.9995 for batches of 256. Here K defaults to 4096
+epochs; for ResNet-50 the README's command: SGD lr 0.03, weight decay 1e-4, global crops of
+14-100 % and local ones of 5-14 %, no BatchNorm in the head; the code recommends teacher
+momentum 0.9995 for batches of 256. Here K defaults to 4096
 (solo-learn's CIFAR setting; 65536 is sized for ImageNet's 1.28 M images and would make the
 head's last layer 16.8 M parameters). Not reproduced: the weight-decay schedule and gradient
 clipping (toolkit-wide options), stochastic depth (see networks/vit.py).
 
-Flags (main.py): --temperature (student T_s, 0.1), --teacher_temp (0.07), --warmup_teacher_temp
-(0.04), --teacher_temp_warmup_epochs (30), --center_momentum (0.9), --ema_momentum (0.996),
+Flags (main.py): --temperature (student T_s, 0.1), --teacher_temp (0.04), --warmup_teacher_temp
+(0.04), --teacher_temp_warmup_epochs (0), --center_momentum (0.9), --ema_momentum (0.996),
 --proj_hidden_dim (2048), --proj_dim (bottleneck, 256), --num_prototypes (K, 4096),
 --freeze_prototypes_epochs (epochs with the last layer frozen, 1), --num_crops (local crops, 8),
 --small_crop_size, --norm_last_layer (true), --use_bn_in_head (false; the official option for
@@ -159,9 +166,9 @@ class DINO(Method):
         proj_dim: int = 256,
         num_prototypes: int = 4096,
         temperature: float = 0.1,
-        teacher_temp: float = 0.07,
+        teacher_temp: float = 0.04,
         warmup_teacher_temp: float = 0.04,
-        teacher_temp_warmup_epochs: int = 30,
+        teacher_temp_warmup_epochs: int = 0,
         center_momentum: float = 0.9,
         ema_momentum: float = 0.996,
         freeze_prototypes_epochs: int = 1,
@@ -200,13 +207,12 @@ class DINO(Method):
         super().set_epoch(epoch)
         self.current_teacher_temp = self.teacher_temperature(epoch)
 
-    def student(self, crops: list[Tensor]) -> list[Tensor]:
-        """Logits of crops of one resolution, in one backbone pass."""
-        return list(self.head(self.backbone(torch.cat(crops))).chunk(len(crops)))
-
     def forward(self, views: list[Tensor], labels: Tensor | None = None) -> dict[str, Tensor]:
-        global_views, local_views = views[:2], views[2:]
-        student = self.student(global_views) + (self.student(local_views) if local_views else [])
+        global_views = views[:2]
+        # backbone once per resolution, the head once over all crops (MultiCropWrapper), so that
+        # the head's BatchNorm (--use_bn_in_head) sees every crop in one batch, as official
+        features = self.features_by_resolution(self.backbone, views)
+        student = list(self.head(features).chunk(len(views)))
         with torch.no_grad():
             teacher = self.teacher_head(self.teacher_backbone(torch.cat(global_views))).float()
             # mean over both global crops and every process's batch

@@ -73,6 +73,7 @@ ICCV 2021 (https://arxiv.org/abs/2104.02057).
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.models import VisionTransformer
 
 from methods import Method, register
 from methods.momentum import cosine_momentum, ema_update, frozen_copy
@@ -151,17 +152,19 @@ class MoCoV2(Method):
     """Query encoder (backbone + MLP head), EMA key encoder, queues of past keys."""
 
     augmentation = "simclr"  # the paper's views: SimCLR's, with blur
+    view_options = {"crop_min_scale": 0.2}  # official main_moco.py --aug-plus: scale=(0.2, 1.)
 
     def __init__(
         self,
         backbone: nn.Module,
         feat_dim: int,
-        proj_hidden_dim: int = 2048,
+        proj_hidden_dim: int | None = None,
         proj_dim: int = 128,
         temperature: float = 0.2,
         queue_size: int = 65536,
         ema_momentum: float = 0.999,
         symmetric: bool = True,
+        concat_views: bool = False,
     ) -> None:
         super().__init__()
         if not 0 <= ema_momentum <= 1:
@@ -171,14 +174,17 @@ class MoCoV2(Method):
                 f"mocov2 needs a queue of negatives: queue_size >= 1, got {queue_size}"
             )
         self.backbone = backbone
-        # MoCo v2's head has no BatchNorm: fc - ReLU - fc
-        self.projector = build_mlp(2, feat_dim, proj_hidden_dim, proj_dim, batch_norm=False)
+        # MoCo v2's head (builder.py, --mlp): fc(d, d) - ReLU - fc(d, 128), no BatchNorm, with d
+        # the backbone's feature size
+        hidden = proj_hidden_dim or feat_dim
+        self.projector = build_mlp(2, feat_dim, hidden, proj_dim, batch_norm=False)
         self.target_backbone = frozen_copy(backbone)
         self.target_projector = frozen_copy(self.projector)
         self.temperature = temperature
         self.ema_momentum = ema_momentum
         self.current_momentum = ema_momentum
         self.symmetric = symmetric
+        self.concat_views = concat_views
         # one queue per direction; random unit vectors until real keys replace them (as MoCo).
         # The same on every process: each enqueues the keys gathered from all of them.
         directions = 2 if symmetric else 1
@@ -189,12 +195,13 @@ class MoCoV2(Method):
 
     def forward(self, views: list[Tensor], labels: Tensor | None = None) -> dict[str, Tensor]:
         x1, x2 = views[:2]
-        images = torch.cat([x1, x2]) if self.symmetric else x1
-        q = self.projector(self.backbone(images))
+        query_images = [x1, x2] if self.symmetric else [x1]
+        key_images = [x2, x1] if self.symmetric else [x2]
+        # each view in its own call (official: encoder_q(im_q), encoder_k(im_k))
+        qs = self.per_view(lambda x: self.projector(self.backbone(x)), query_images)
         with torch.no_grad():
-            key_images = torch.cat([x2, x1]) if self.symmetric else x2
-            k = F.normalize(self.target_projector(self.target_backbone(key_images)), dim=1)
-        qs, ks = q.chunk(len(self.queue)), k.chunk(len(self.queue))
+            key = lambda x: F.normalize(self.target_projector(self.target_backbone(x)), dim=1)
+            ks = self.per_view(key, key_images)
         # direction d: queries of view d against keys of the other view and queue d
         loss = sum(
             moco_loss(qd, kd, self.queue[d], self.temperature)
@@ -223,6 +230,7 @@ class MoCoV3(Method):
     """Backbone + projector + predictor; EMA momentum backbone + projector; in-batch keys."""
 
     augmentation = "byol"
+    zero_init_residual = True  # official main_moco.py: zero_init_residual=True
 
     def __init__(
         self,
@@ -233,29 +241,37 @@ class MoCoV3(Method):
         pred_hidden_dim: int = 4096,
         temperature: float = 0.2,
         ema_momentum: float = 0.99,
-        proj_layers: int = 3,
+        proj_layers: int | None = None,
+        concat_views: bool = False,
     ) -> None:
         super().__init__()
         if not 0 <= ema_momentum <= 1:
             raise ValueError(f"ema_momentum must be in [0, 1], got {ema_momentum}")
         self.backbone = backbone
-        # BatchNorm after every layer, the last one without affine parameters (official code)
-        self.projector = build_mlp(proj_layers, feat_dim, proj_hidden_dim, proj_dim, last_bn=True)
-        self.predictor = build_mlp(2, proj_dim, pred_hidden_dim, proj_dim, last_bn=True)
+        # official builder.py: MoCo_ResNet a 2-layer projector and a predictor without a last
+        # BatchNorm, MoCo_ViT a 3-layer projector and one with; no biases, BatchNorm after every
+        # hidden layer, the last one (where present) without affine parameters
+        vit = isinstance(backbone, VisionTransformer)
+        layers = proj_layers or (3 if vit else 2)
+        self.projector = build_mlp(
+            layers, feat_dim, proj_hidden_dim, proj_dim, last_bn=True, bias=False
+        )
+        self.predictor = build_mlp(2, proj_dim, pred_hidden_dim, proj_dim, last_bn=vit, bias=False)
         self.target_backbone = frozen_copy(backbone)
         self.target_projector = frozen_copy(self.projector)
         self.temperature = temperature
         self.ema_momentum = ema_momentum
         self.current_momentum = ema_momentum
+        self.concat_views = concat_views
 
     def forward(self, views: list[Tensor], labels: Tensor | None = None) -> dict[str, Tensor]:
-        images = torch.cat(views[:2])
-        z = self.projector(self.backbone(images))
-        q1, q2 = self.predictor(z).chunk(2)
+        # each view in its own call (official: q1 = predictor(base_encoder(x1)), ...)
+        z1, z2 = self.per_view(lambda x: self.projector(self.backbone(x)), views[:2])
+        q1, q2 = self.per_view(self.predictor, (z1, z2))
         with torch.no_grad():
-            k1, k2 = self.target_projector(self.target_backbone(images)).chunk(2)
+            key = lambda x: self.target_projector(self.target_backbone(x))
+            k1, k2 = self.per_view(key, views[:2])
         loss = mocov3_loss(q1, k2, self.temperature) + mocov3_loss(q2, k1, self.temperature)
-        z1, z2 = z.chunk(2)
         return {"loss": loss, "z1": z1, "z2": z2}
 
     def after_optimizer_step(self, step: int, total_steps: int) -> None:

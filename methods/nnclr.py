@@ -87,6 +87,7 @@ class NNCLR(Method):
         pred_hidden_dim: int = 4096,
         temperature: float = 0.1,
         queue_size: int = 98304,
+        concat_views: bool = False,
     ) -> None:
         super().__init__()
         if queue_size < 1:
@@ -95,6 +96,7 @@ class NNCLR(Method):
         self.projector = build_mlp(3, feat_dim, proj_hidden_dim, proj_dim, last_bn=True)
         self.predictor = build_mlp(2, proj_dim, pred_hidden_dim, proj_dim)
         self.temperature = temperature
+        self.concat_views = concat_views
         # normalised projections; the same on every process (each enqueues the gathered batch)
         self.register_buffer("queue", torch.zeros(queue_size, proj_dim))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
@@ -109,9 +111,9 @@ class NNCLR(Method):
         return nearest_neighbours(z, self.queue[:filled])
 
     def forward(self, views: list[Tensor], labels: Tensor | None = None) -> dict[str, Tensor]:
-        z = self.projector(self.backbone(torch.cat(views[:2])))
-        p1, p2 = self.predictor(z).chunk(2)
-        z1, z2 = z.chunk(2)
+        # each view in its own call (solo-learn's base.py forwards every crop separately)
+        z1, z2 = self.per_view(lambda x: self.projector(self.backbone(x)), views[:2])
+        p1, p2 = self.per_view(self.predictor, (z1, z2))
         nn1, nn2 = self.neighbours(z1), self.neighbours(z2)
         # the global batch's predictions are the candidates (as SimCLR's negatives)
         loss = (

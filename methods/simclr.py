@@ -8,9 +8,21 @@ sim(a, b) = a.b / T, the loss of anchor i whose positive is j(i) is
 
 averaged over all 2N anchors.
 
-Default recipe (paper, CIFAR-10): ResNet-50 with a 3x3 stem, 2-layer projection MLP
-(2048 hidden with BN, 128 out), T = 0.5, LARS with lr 1.0 x B/256, batch 512-1024, 10 warmup
-epochs then cosine, weight decay 1e-6 (1e-4 in this project's original command), 1000 epochs.
+The method's loss is twice that mean (`nt_xent_scale` 2): the official objective.py sums the
+two directions, `tf.reduce_mean(loss_a + loss_b)` over the N images. The factor matters for
+SGD and LARS, where it weighs the loss against the weight decay; Adam ignores it.
+
+Architecture as the official code (google-research/simclr model_util.py, resnet.py): the
+projection head is Linear(d, d)-BN-ReLU-Linear(d, 128)-BN with d the backbone's feature size
+(2048 for ResNet-50, 512 for ResNet-18), no biases (BatchNorm follows every Linear) and a last
+BatchNorm with a scale but no shift (TF's center=False); the last BatchNorm of each residual
+block starts at zero; both views go through the network as one batch of 2N, so BatchNorm
+statistics cover both (as official, where the views are concatenated along the batch).
+
+Default recipe (paper, CIFAR-10): ResNet-50 with a 3x3 stem, T = 0.5, LARS with lr 1.0 x B/256,
+batch 512-1024, 10 warmup epochs then cosine, weight decay 1e-6 (1e-4 in this project's original
+command), 1000 epochs. The paper's square-root scaling, lr = 0.075 sqrt(B), is `--lr_scaling
+sqrt --base_lr 1.2` here (base_lr x sqrt(B/256): 0.075 x sqrt(256) = 1.2).
 """
 
 import torch
@@ -46,21 +58,26 @@ def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
 class SimCLR(Method):
     """Backbone + projection MLP; NT-Xent between the projections of two views."""
 
+    zero_init_residual = True
+
     def __init__(
         self,
         backbone: nn.Module,
         feat_dim: int,
-        proj_hidden_dim: int = 2048,
+        proj_hidden_dim: int | None = None,
         proj_dim: int = 128,
         temperature: float = 0.5,
+        nt_xent_scale: float = 2.0,
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        self.projector = build_mlp(2, feat_dim, proj_hidden_dim, proj_dim)
+        hidden = proj_hidden_dim or feat_dim  # official: the backbone's width
+        self.projector = build_mlp(2, feat_dim, hidden, proj_dim, last_bn=True, last_bn_scale=True)
         self.temperature = temperature
+        self.nt_xent_scale = nt_xent_scale
 
     def forward(self, views: list[Tensor], labels: Tensor | None = None) -> dict[str, Tensor]:
-        # one pass over both views: faster, and BatchNorm sees all 2N images as in the paper's code
+        # one pass over both views: BatchNorm sees all 2N images, as in the official code
         z1, z2 = self.projector(self.backbone(torch.cat(views[:2]))).chunk(2)
         loss = nt_xent_loss(gather_with_grad(z1), gather_with_grad(z2), self.temperature)
-        return {"loss": loss, "z1": z1, "z2": z2}
+        return {"loss": self.nt_xent_scale * loss, "z1": z1, "z2": z2}

@@ -8,13 +8,19 @@ Loss: with p = h(f(x)) the prediction and z = f(x) the projection of each view,
 so the minimum is -1. No negatives and no momentum encoder: the stop-gradient and the predictor
 prevent collapse.
 
-Default recipe (paper): projector of 3 layers, 2048 wide, BN on every layer including the output;
-predictor 2048 -> 512 -> 2048 bottleneck (BN only on its hidden layer); SGD momentum 0.9, lr
-0.05 x B/256 (0.03 on CIFAR), weight decay 1e-4 (5e-4 on CIFAR), cosine, predictor lr fixed
-(--fix_pred_lr).
+Architecture as the official code (facebookresearch/simsiam simsiam/builder.py,
+main_simsiam.py): the projector is 3 layers d-d-2048 with d the backbone's feature size
+(`prev_dim`: 2048 for ResNet-50, 512 for ResNet-18), BatchNorm on every layer, the output's
+without affine parameters; the predictor 2048 -> 512 -> 2048, BatchNorm only on its hidden layer;
+each view goes through backbone, projector and predictor in its own call (`z1 = encoder(x1)`,
+`z2 = encoder(x2)`: BatchNorm statistics per view; `--concat_views` gives one pass of 2N); the
+last BatchNorm of each residual block starts at zero (`zero_init_residual=True`).
+
+Default recipe (paper): SGD momentum 0.9, lr 0.05 x B/256 (0.03 on CIFAR), weight decay 1e-4
+(5e-4 on CIFAR), cosine, the predictor's lr fixed at the peak (`fix_pred_lr`, in the official
+README's command and the paper's section 4.4), crops of 20-100 % of the image.
 """
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -36,21 +42,32 @@ def negative_cosine_similarity(p: Tensor, z: Tensor) -> Tensor:
 class SimSiam(Method):
     """Backbone + projector (BN on the output) + predictor bottleneck; symmetric loss."""
 
+    view_options = {"crop_min_scale": 0.2}  # official: RandomResizedCrop(224, scale=(0.2, 1.))
+    zero_init_residual = True
+
     def __init__(
         self,
         backbone: nn.Module,
         feat_dim: int,
-        proj_hidden_dim: int = 2048,
+        proj_hidden_dim: int | None = None,
         proj_dim: int = 2048,
         pred_hidden_dim: int = 512,
+        fix_pred_lr: bool = True,
+        concat_views: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        self.projector = build_mlp(3, feat_dim, proj_hidden_dim, proj_dim, last_bn=True)
+        hidden = proj_hidden_dim or feat_dim  # official: prev_dim, the backbone's width
+        self.projector = build_mlp(3, feat_dim, hidden, proj_dim, last_bn=True)
         self.predictor = build_mlp(2, proj_dim, pred_hidden_dim, proj_dim)
+        self.fix_pred_lr = fix_pred_lr
+        self.concat_views = concat_views
+
+    def param_group(self, name: str, param: nn.Parameter) -> dict:
+        return {"fix_lr": True} if self.fix_pred_lr and name.startswith("predictor.") else {}
 
     def forward(self, views: list[Tensor], labels: Tensor | None = None) -> dict[str, Tensor]:
-        z1, z2 = self.projector(self.backbone(torch.cat(views[:2]))).chunk(2)
-        p1, p2 = self.predictor(z1), self.predictor(z2)
+        z1, z2 = self.per_view(lambda x: self.projector(self.backbone(x)), views[:2])
+        p1, p2 = self.per_view(self.predictor, (z1, z2))
         loss = 0.5 * (negative_cosine_similarity(p1, z2) + negative_cosine_similarity(p2, z1))
         return {"loss": loss, "z1": z1, "z2": z2}

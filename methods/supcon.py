@@ -9,12 +9,20 @@ views, sim(a, b) = a.b / T, A(i) all anchors but i and P(i) ⊂ A(i) those with 
 averaged over all N·V anchors. With V = 2 and all labels distinct, P(i) is the other view of the
 same image and the loss is SimCLR's NT-Xent.
 
-The official code (HobbitLong/SupContrast) multiplies the loss by T / base_temperature
-(0.07 / 0.07 = 1 by default); that factor is left out here, so this is the paper's formula.
+The official code (HobbitLong/SupContrast losses.py) multiplies the loss by T / base_T with
+base_T = 0.07; `supcon_loss` takes it as `base_temperature` (default: T, a factor 1, the paper's
+formula) and the method passes 0.07, so at T = 0.1 its loss is 0.1 / 0.07 = 1.43 times the
+paper's formula, as official.
 
-Default recipe (paper, CIFAR-10): ResNet-50, 2-layer projection MLP (2048 hidden, 128 out),
-T = 0.1 (0.07 in the official code's examples), batch 1024, SGD momentum 0.9 with lr 0.5 and
-cosine (LARS for ImageNet), weight decay 1e-4, 1000 epochs; then a linear probe on frozen features.
+Architecture as the official code (networks/resnet_big.py SupConResNet, head='mlp'): the
+projection head is Linear(d, d)-ReLU-Linear(d, 128) with d the backbone's feature size and no
+BatchNorm; no zero-initialised residual BatchNorm (zero_init_residual=False there); both views
+as one batch of 2N (main_supcon.py concatenates them).
+
+Default recipe (paper, CIFAR-10; the official README's command `--batch_size 1024
+--learning_rate 0.5 --temp 0.1 --cosine`): ResNet-50, T = 0.1 (0.07 is the code's default),
+batch 1024, SGD momentum 0.9 with lr 0.5 and cosine (LARS for ImageNet), weight decay 1e-4,
+1000 epochs, crops of 20-100 % of the image; then a linear probe on frozen features.
 """
 
 import torch
@@ -26,13 +34,17 @@ from networks.heads import build_mlp
 from utils.distributed import gather, gather_with_grad
 
 
-def supcon_loss(z: Tensor, labels: Tensor, temperature: float = 0.1) -> Tensor:
+def supcon_loss(
+    z: Tensor, labels: Tensor, temperature: float = 0.1, base_temperature: float | None = None
+) -> Tensor:
     """Supervised contrastive loss L_out over the N·V views of a batch.
 
     Args:
         z: [N, V, D] projections: V views of each of N images; L2-normalised here.
         labels: [N] integer class labels; views with the same label are positives.
         temperature: T dividing the cosine similarities.
+        base_temperature: the loss is multiplied by T / base_temperature (the official code's
+            factor, base 0.07); None: by 1, the paper's formula.
 
     Returns:
         Scalar: mean over the N·V anchors of minus the mean log-probability of the anchor's
@@ -53,30 +65,36 @@ def supcon_loss(z: Tensor, labels: Tensor, temperature: float = 0.1) -> Tensor:
     # masked_fill, not a product: log_prob is -inf on the diagonal
     pos_log_prob = log_prob.masked_fill(~positives, 0.0).sum(1)
     num_pos = positives.sum(1).clamp(min=1)
-    return -(pos_log_prob / num_pos).mean()
+    scale = 1.0 if base_temperature is None else temperature / base_temperature
+    return -scale * (pos_log_prob / num_pos).mean()
 
 
 @register("supcon")
 class SupCon(Method):
     """Backbone + projection MLP; supervised contrastive loss over two views, using the labels."""
 
+    view_options = {"crop_min_scale": 0.2}  # official main_supcon.py: RandomResizedCrop(0.2, 1)
+
     def __init__(
         self,
         backbone: nn.Module,
         feat_dim: int,
-        proj_hidden_dim: int = 2048,
+        proj_hidden_dim: int | None = None,
         proj_dim: int = 128,
         temperature: float = 0.1,
+        base_temperature: float = 0.07,
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        self.projector = build_mlp(2, feat_dim, proj_hidden_dim, proj_dim)
+        hidden = proj_hidden_dim or feat_dim  # official: Linear(dim_in, dim_in)
+        self.projector = build_mlp(2, feat_dim, hidden, proj_dim, batch_norm=False)
         self.temperature = temperature
+        self.base_temperature = base_temperature
 
     def forward(self, views: list[Tensor], labels: Tensor | None = None) -> dict[str, Tensor]:
         if labels is None:
             raise ValueError("SupCon is supervised: forward(views, labels) needs the class labels")
         z1, z2 = self.projector(self.backbone(torch.cat(views[:2]))).chunk(2)
         z = gather_with_grad(torch.stack([z1, z2], dim=1))
-        loss = supcon_loss(z, gather(labels), self.temperature)
+        loss = supcon_loss(z, gather(labels), self.temperature, self.base_temperature)
         return {"loss": loss, "z1": z1, "z2": z2}

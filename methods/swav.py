@@ -131,16 +131,14 @@ class SwAV(Method):
     def normalize_prototypes(self) -> None:
         self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
 
-    def embed(self, crops: list[Tensor]) -> Tensor:
-        """L2-normalised projections of crops of one resolution, in one backbone pass."""
-        return F.normalize(self.projector(self.backbone(torch.cat(crops))), dim=1)
-
     def forward(self, views: list[Tensor], labels: Tensor | None = None) -> dict[str, Tensor]:
-        z_high = self.embed(views[:2])
-        high_res = list(self.prototypes(z_high).chunk(2))
-        low_res = (
-            list(self.prototypes(self.embed(views[2:])).chunk(len(views) - 2)) if views[2:] else []
-        )
+        # backbone once per resolution, projector and prototypes once over all crops (official
+        # resnet50.py: forward_backbone per group, then forward_head on the concatenation)
+        features = self.features_by_resolution(self.backbone, views)
+        z = F.normalize(self.projector(features), dim=1)
+        scores = list(self.prototypes(z).chunk(len(views)))
+        high_res, low_res = scores[:2], scores[2:]
+        z_high = z[: 2 * views[0].shape[0]]
 
         queue_scores = None
         use_queue = self.queue.shape[1] > 0 and self.epoch >= self.epoch_queue_starts

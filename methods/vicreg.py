@@ -10,10 +10,16 @@ Loss: with z1, z2 the [N, D] embeddings (expander outputs) of two views,
 
 with Var and Cov unbiased (N - 1) over the batch.
 
-Default recipe (paper, ImageNet): ResNet-50, expander of 3 linear layers 8192-8192-8192 with BN and
-ReLU between them (none after the last), λ = μ = 25, ν = 1, ε = 1e-4, LARS with lr 0.2 x B/256
-(base lr 0.2 in the paper), batch 2048, 10 warmup epochs then cosine, weight decay 1e-6,
-1000 epochs. At CIFAR scale this module defaults to a 2048-2048-2048 expander.
+Architecture as the official code (facebookresearch/vicreg main_vicreg.py): an expander of 3
+linear layers 8192-8192-8192 with BN and ReLU between them (none after the last, which has no
+bias); each view through backbone and expander in its own call (`x = projector(backbone(x))`,
+`y = projector(backbone(y))`: BatchNorm statistics per view; `--concat_views` gives one pass of
+2N); the last BatchNorm of each residual block starts at zero (`zero_init_residual=True`).
+
+Default recipe (paper, ImageNet): ResNet-50, λ = μ = 25, ν = 1, ε = 1e-4, LARS with lr 0.2 x
+B/256 (base lr 0.2 in the paper), biases and BN excluded from weight decay and adaptation,
+batch 2048, 10 warmup epochs then cosine, weight decay 1e-6, 1000 epochs. At CIFAR scale this
+module defaults to a 2048-2048-2048 expander.
 """
 
 import torch
@@ -71,6 +77,7 @@ class VICReg(Method):
     """Backbone + 3-layer expander (BN+ReLU between layers, none after the last); VICReg loss."""
 
     augmentation = "byol"  # the paper uses BYOL's asymmetric views
+    zero_init_residual = True
 
     def __init__(
         self,
@@ -81,16 +88,18 @@ class VICReg(Method):
         sim_coeff: float = 25.0,
         std_coeff: float = 25.0,
         cov_coeff: float = 1.0,
+        concat_views: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        self.projector = build_mlp(3, feat_dim, proj_hidden_dim, proj_dim)
+        self.projector = build_mlp(3, feat_dim, proj_hidden_dim, proj_dim, bias=False)
         self.sim_coeff = sim_coeff
         self.std_coeff = std_coeff
         self.cov_coeff = cov_coeff
+        self.concat_views = concat_views
 
     def forward(self, views: list[Tensor], labels: Tensor | None = None) -> dict[str, Tensor]:
-        z1, z2 = self.projector(self.backbone(torch.cat(views[:2]))).chunk(2)
+        z1, z2 = self.per_view(lambda x: self.projector(self.backbone(x)), views[:2])
         # statistics over the global batch (with gradient), as the official code gathers them
         z1_all, z2_all = gather_with_grad(z1), gather_with_grad(z2)
         loss = vicreg_loss(z1_all, z2_all, self.sim_coeff, self.std_coeff, self.cov_coeff)

@@ -65,6 +65,36 @@ def warn_reinitialised_stem(name: str) -> None:
     )
 
 
+def zero_init_residual(model: nn.Module, bottleneck_only: bool = False) -> int:
+    """Zero the scale of the last BatchNorm of every residual branch, so that each residual block
+    starts as the identity (Goyal et al. 2017); returns how many were zeroed.
+
+    ResNet: `bn3` of each Bottleneck, `bn2` of each BasicBlock, as torchvision's
+    `zero_init_residual=True` (which SimSiam, Barlow Twins, VICReg and MoCo v3 pass; SimCLR's ResNet
+    does the same). EfficientNet: the BatchNorm after the projection conv of every
+    MBConv block with a skip connection, as timm's `zero_init_last`. Backbones without
+    BatchNorm-ended residual branches (VGG, AlexNet, DenseNet, small_cnn, ViT) are unchanged: 0.
+    `bottleneck_only`: Bottleneck blocks only (ResNet-50 and deeper), as haiku's ResNet in BYOL's
+    code, whose basic blocks (ResNet-18/34) keep the usual initialisation.
+    """
+    from torchvision.models.efficientnet import MBConv
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    zeroed = 0
+    for module in model.modules():
+        if isinstance(module, Bottleneck):
+            last = module.bn3
+        elif isinstance(module, BasicBlock) and not bottleneck_only:
+            last = module.bn2
+        elif isinstance(module, MBConv) and module.use_res_connect and not bottleneck_only:
+            last = module.block[-1][1]  # Conv2dNormActivation(conv, BatchNorm2d), no activation
+        else:
+            continue
+        nn.init.zeros_(last.weight)
+        zeroed += 1
+    return zeroed
+
+
 def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
     """`--sync_bn`: BatchNorm layers become SyncBatchNorm, so that batch statistics are taken over
     all processes; the model is returned unchanged unless torch.distributed is initialised."""

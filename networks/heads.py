@@ -1,6 +1,21 @@
 """Heads shared by the methods: an MLP builder (projectors, predictors), the linear classifier."""
 
-from torch import nn
+import torch
+from torch import Tensor, nn
+
+
+class ScaleOnlyBatchNorm1d(nn.Module):
+    """BatchNorm1d with a learnt scale and no shift: TensorFlow's BatchNormalization(center=False),
+    the last layer of SimCLR's projection head (google-research/simclr model_util.py
+    `linear_layer(..., use_bias=False, use_bn=True)`, whose BN is `center=use_bias`)."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(num_features, affine=False)
+        self.weight = nn.Parameter(torch.ones(num_features))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.bn(x) * self.weight
 
 
 def build_mlp(
@@ -10,21 +25,29 @@ def build_mlp(
     output_dim: int,
     batch_norm: bool = True,
     last_bn: bool = False,
+    last_bn_scale: bool = False,
+    bias: bool = True,
 ) -> nn.Sequential:
-    """Linear(-BN)-ReLU blocks, then a last Linear (plus a BN when `last_bn`: SimSiam's projector).
+    """Linear(-BN)-ReLU blocks, then a last Linear, plus a BatchNorm when `last_bn` (SimSiam's
+    projector; without affine parameters, or with a scale but no shift when `last_bn_scale`:
+    SimCLR's).
 
-    Hidden linears have no bias when followed by BatchNorm (the BN shift replaces it).
+    A Linear followed by BatchNorm has no bias (the BN shift replaces it); `bias=False` drops the
+    bias of the others too (MoCo v3's `_build_mlp` has none anywhere).
     """
     layers: list[nn.Module] = []
     dims = [input_dim] + [hidden_dim] * (num_layers - 1)
     for d_in, d_out in zip(dims[:-1], dims[1:], strict=True):
-        layers.append(nn.Linear(d_in, d_out, bias=not batch_norm))
+        layers.append(nn.Linear(d_in, d_out, bias=bias and not batch_norm))
         if batch_norm:
             layers.append(nn.BatchNorm1d(d_out))
         layers.append(nn.ReLU(inplace=True))
-    layers.append(nn.Linear(dims[-1], output_dim, bias=not last_bn))
+    layers.append(nn.Linear(dims[-1], output_dim, bias=bias and not last_bn))
     if last_bn:
-        layers.append(nn.BatchNorm1d(output_dim, affine=False))
+        scaled = last_bn_scale
+        layers.append(
+            ScaleOnlyBatchNorm1d(output_dim) if scaled else nn.BatchNorm1d(output_dim, affine=False)
+        )
     return nn.Sequential(*layers)
 
 

@@ -8,8 +8,9 @@ Policy (which parameters get weight decay), following each optimizer's usual rec
                        the optimizer (SimCLR, BYOL, Barlow Twins)
     larc               LARC wrapping momentum SGD (apex defaults; SwAV: --larc_trust_coefficient
                        0.001 --larc_clip false)
-Parameters whose name starts with "predictor." form their own group, which keeps a fixed lr
-when `--fix_pred_lr` is given (SimSiam).
+A method may give parameters options of their own (`Method.param_group`): an `lr_scale` times
+the scheduled lr (Barlow Twins' biases and BatchNorm: 0.0048 / 0.2) or a fixed lr (SimSiam's
+predictor, `--fix_pred_lr`); parameters with the same options share a group.
 """
 
 import math
@@ -50,36 +51,32 @@ def scale_lr(lr: float, batch_size: int, rule: str = "linear") -> float:
     raise ValueError(f"unknown lr scaling {rule!r}; choose from ['linear', 'none', 'sqrt']")
 
 
-def param_groups(
-    model: nn.Module, fix_pred_lr: bool = False, exclude_bias_and_norm_from_wd: bool = False
-) -> list[dict]:
-    """Trainable parameters split into named groups: decayed, not decayed (1-D, when excluded),
-    and the predictor's (with `fix_lr` when `fix_pred_lr`)."""
+def param_groups(model: nn.Module, exclude_bias_and_norm_from_wd: bool = False) -> list[dict]:
+    """Trainable parameters split into named groups by their options: decayed or not (1-D, when
+    excluded), and whatever `model.param_group(name, param)` asks for (`lr_scale`, `fix_lr`)."""
     groups: dict[str, dict] = {}
+    own_options = getattr(model, "param_group", None)
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        key = "predictor" if name.startswith("predictor.") else "params"
+        options = own_options(name, param) if own_options is not None else {}
         no_decay = exclude_bias_and_norm_from_wd and param.ndim <= 1
-        key += "_no_decay" if no_decay else ""
-        group = groups.setdefault(key, {"name": key, "params": []})
-        group["params"].append(param)
         if no_decay:
-            group["weight_decay"] = 0.0
-        if key.startswith("predictor") and fix_pred_lr:
-            group["fix_lr"] = True
+            options = {**options, "weight_decay": 0.0}
+        key = "_".join(f"{k}={v}" for k, v in sorted(options.items())) or "params"
+        groups.setdefault(key, {"name": key, "params": [], **options})["params"].append(param)
     return list(groups.values())
 
 
 def build_optimizer(args: Namespace, model: nn.Module) -> AnyOptimizer:
-    """The optimizer `args.optimizer` over `model`'s trainable parameters, at lr `args.lr`."""
+    """The optimizer `args.optimizer` over `model`'s trainable parameters, at lr `args.lr`
+    (times a group's `lr_scale`: the lr that a `fix_lr` group keeps)."""
     if args.optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {args.optimizer!r}; choose from {sorted(OPTIMIZERS)}")
-    groups = param_groups(
-        model,
-        fix_pred_lr=getattr(args, "fix_pred_lr", False),
-        exclude_bias_and_norm_from_wd=args.optimizer == "adamw",
-    )
+    groups = param_groups(model, exclude_bias_and_norm_from_wd=args.optimizer == "adamw")
+    for group in groups:
+        if "lr_scale" in group:
+            group["lr"] = args.lr * group["lr_scale"]
     return OPTIMIZERS[args.optimizer](groups, args)
 
 

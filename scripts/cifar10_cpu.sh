@@ -5,15 +5,18 @@
 # the method's own augmentation recipe, kNN with k=200 on the 10,000 test images at epoch 0 and
 # every 2 epochs, the subset as memory bank), then a linear probe of the frozen backbone on
 # features of all 50,000 training images computed once (`--precompute_features`, SGD with
-# `--probe_bn`, 30 epochs), beside the same probe of the untrained backbone. Every method starts
-# from the same random initialisation (same seed). About 8 minutes per method on 2 CPU cores
-# (BYOL, SwAV, DINO: five times that).
+# `--probe_bn`, 30 epochs), beside the same probe of the untrained backbone. Each row is run
+# with the seeds 123, 124 and 125 (SEEDS=...), every method of a seed from the same random
+# initialisation; the table gives mean ± standard deviation.
 # The full recipes for a GPU box are in scripts/cifar10_reference.sh.
 #
-#   bash scripts/cifar10_cpu.sh [OUT_DIR [METHOD...]]  (default: runs/cifar10_cpu/<timestamp>)
+#   bash scripts/cifar10_cpu.sh [OUT_DIR [METHOD...]]  (default: runs/cifar10_cpu/<timestamp>;
+#                                                      finished rows of an OUT_DIR are kept)
 #   The README's tables come from OUT_DIRs under results/, where git keeps the small result files
 #   (args.json, metrics.csv, summary.json, results.json) and ignores checkpoints and plots.
 #   DATA=path/to/cifar10 ...       ImageFolder copy with train/ and test/ (default ../shared/data/cifar10)
+#   JOBS=2 ...                     two rows at a time, one thread each
+#   SEEDS="123" ...                one seed only
 #   UPDATE_README=1 ...            also rewrites the README's CIFAR-10 table
 #   LIMIT=512 EPOCHS=1 ...         a smoke test of the script itself
 set -euo pipefail

@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# Every method on the built-in synthetic set (no download), all from the same random
-# initialisation: a short pretraining of `small_cnn` at 16x16 on 4,000 images (Adam, batch 128,
-# 8 epochs and 40 for the slow starters BYOL, SwAV and DINO: EPOCH_FACTOR in
-# scripts/short_recipes.sh; kNN on the test set at epoch 0 and every 2 epochs), then a linear
-# probe of the frozen backbone; plus the same probe of the untrained backbone, the baseline. The
-# per-method flags shorten the papers' recipes so that a CPU shows learning in minutes. About 80
-# minutes on 2 CPU cores, some 50 of them the three slow starters (measured 2026-12-02).
+# Every method on the built-in synthetic set (no download): a short pretraining of `small_cnn` at
+# 16x16 on 4,000 images (Adam, batch 128, 8 epochs and 40 for the slow starters BYOL, SwAV and
+# DINO: EPOCH_FACTOR in scripts/short_recipes.sh; kNN on the test set at epoch 0 and every 2
+# epochs), then a linear probe of the frozen backbone; plus the same probe of the untrained
+# backbone, the baseline. Each row is run with the seeds 123, 124 and 125 (SEEDS=...), every
+# method of a seed from the same random initialisation; the table gives mean ± standard
+# deviation. The per-method flags shorten the papers' recipes so that a CPU shows learning in
+# minutes.
 #
 #   bash scripts/methods.sh [OUT_DIR [METHOD...]]   (default: runs/methods/<timestamp>, all methods;
-#                                                    an existing OUT_DIR gets the METHODs added)
+#                                                    an existing OUT_DIR gets the METHODs added,
+#                                                    finished rows are kept)
 #   The README's table comes from an OUT_DIR under results/, where git keeps the small result files
 #   (args.json, metrics.csv, summary.json, results.json) and ignores checkpoints and plots.
+#   JOBS=2 ...                     two rows at a time, one thread each (faster on 2 cores)
+#   SEEDS="123" ...                one seed only
 #   UPDATE_README=1 bash scripts/methods.sh          also rewrites the README's methods table
 set -euo pipefail
 cd "$(dirname "$0")/.."

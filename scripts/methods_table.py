@@ -1,21 +1,26 @@
 """The README's methods tables, read from the result files of `scripts/methods.sh` (synthetic)
 or `scripts/cifar10_cpu.sh` (real CIFAR-10): for each method, its views and loss, the flags its
-short run set, the kNN Acc@1 of its backbone at epoch 0 (random initialisation) and at the end
-(metrics.csv), and the linear probe (results.json), beside the linear probe of the randomly
-initialised backbone, and the pretraining's wall time when every run wrote a summary.json.
+short run set, and over its seeds the mean ± standard deviation of: the kNN Acc@1 of its
+backbone at epoch 0 (random initialisation) and at the end (metrics.csv), their difference, how
+many seeds end above their initialisation, and the linear probe (results.json); beside the
+linear probe of the randomly initialised backbone (over the same seeds), and the mean
+pretraining wall time when every run wrote a summary.json.
 
     python scripts/methods_table.py LOG_ROOT [--readme README.md] [--block NAME]
 
 The wall time under the table is the sum of LOG_ROOT/wall_seconds.txt, where each run of the
 script appends its seconds (a root can be filled in several runs: `methods.sh ROOT new_method`).
 
-LOG_ROOT holds `pretrain_<method>/`, `linear_<method>/` and `linear_random/` run folders.
+LOG_ROOT holds `pretrain_<method>_s<seed>/`, `linear_<method>_s<seed>/` and
+`linear_random_s<seed>/` run folders.
 """
 
 import argparse
 import os
+import re
+import statistics
 import sys
-from collections import Counter
+from collections import Counter, defaultdict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -61,9 +66,16 @@ METHOD_FLAGS = (
     "fix_pred_lr",
     "use_bn_in_head",
     "norm_last_layer",
+    "concat_views",
+    "zero_init_residual",
+    "nt_xent_scale",
+    "base_temperature",
+    "bias_lr_scale",
+    "proj_layers",
+    "jitter_strength",
 )
 # flags every run sets; a row lists them only where it departs from the value most runs use
-SHARED_FLAGS = ("optimizer", "base_lr", "weight_decay", "num_epochs")
+SHARED_FLAGS = ("optimizer", "base_lr", "weight_decay", "num_epochs", "crop_min_scale")
 PARSER = get_args_parser()  # main.py's defaults: a row lists the method flags it changed
 
 
@@ -75,8 +87,8 @@ def wall_seconds(root: str) -> int | None:
         return sum(int(line.split()[0]) for line in f if line.strip())
 
 
-def minutes(run_dir: str) -> str:
-    seconds = round(load_json(os.path.join(run_dir, "summary.json"))["wall_time_s"])
+def minutes(seconds: float) -> str:
+    seconds = round(seconds)
     return f"{seconds // 60} min {seconds % 60:02d} s"
 
 
@@ -87,39 +99,97 @@ def flag(key: str, value) -> str:
     return f"`--{key} {value}`"
 
 
-def table(root: str) -> str:
-    random = load_json(os.path.join(root, "linear_random", "results.json"))
-    runs = {}
+def spread(values: list[float]) -> str:
+    """mean ± sample standard deviation (the mean alone for one value)."""
+    mean = statistics.fmean(values)
+    if len(values) == 1:
+        return f"{mean:.2f}"
+    return f"{mean:.2f} ± {statistics.stdev(values):.2f}"
+
+
+def seeds_of(root: str, prefix: str) -> dict[int, str]:
+    """seed -> run folder, for the folders `<prefix>_s<seed>` under root."""
+    found = {}
+    for entry in sorted(os.listdir(root)):
+        match = re.fullmatch(re.escape(prefix) + r"_s(\d+)", entry)
+        if match and os.path.isdir(os.path.join(root, entry)):
+            found[int(match.group(1))] = os.path.join(root, entry)
+    return found
+
+
+def method_rows(root: str) -> dict[str, list[dict]]:
+    """Per method, one dict per seed whose pretraining and probe both finished."""
+    rows = defaultdict(list)
     for method in METHODS:
-        pretrain_dir = os.path.join(root, f"pretrain_{method}")
-        if os.path.isdir(pretrain_dir):
-            runs[method] = (pretrain_dir, load_json(os.path.join(pretrain_dir, "args.json")))
-    timed = all(os.path.exists(os.path.join(d, "summary.json")) for d, _ in runs.values())
-    lines = [
-        "| method | views | loss | flags of the short run | steps | kNN Acc@1: random init "
-        "→ trained | linear Acc@1 (random init: "
-        f"{random['acc1']:.2f}) | linear Acc@5 (random init: {random['acc5']:.2f}) |"
-        + (" pretraining time |" if timed else ""),
-        "|---|---|---|---|---:|---|---:|---:|" + ("---:|" if timed else ""),
-    ]
-    usual = {
-        key: Counter(args[key] for _, args in runs.values()).most_common(1)[0][0]
-        for key in SHARED_FLAGS
+        for seed, pretrain_dir in seeds_of(root, f"pretrain_{method}").items():
+            linear = os.path.join(root, f"linear_{method}_s{seed}", "results.json")
+            if not os.path.exists(linear):
+                continue
+            before, after, steps = knn_first_last(pretrain_dir)
+            summary = os.path.join(pretrain_dir, "summary.json")
+            seconds = load_json(summary)["wall_time_s"] if os.path.exists(summary) else None
+            rows[method].append(
+                {
+                    "seed": seed,
+                    "args": load_json(os.path.join(pretrain_dir, "args.json")),
+                    "before": before,
+                    "after": after,
+                    "steps": steps,
+                    "linear": load_json(linear),
+                    "seconds": seconds,
+                }
+            )
+    return dict(rows)
+
+
+def table(root: str) -> str:
+    randoms = {
+        seed: load_json(os.path.join(d, "results.json"))
+        for seed, d in seeds_of(root, "linear_random").items()
+        if os.path.exists(os.path.join(d, "results.json"))
     }
-    for method, (pretrain_dir, args) in runs.items():
+    if not randoms:
+        sys.exit(f"error: {root} has no linear_random_s<seed>/results.json (the baseline)")
+    runs = method_rows(root)
+    seeds = sorted({r["seed"] for rows in runs.values() for r in rows})
+    timed = all(r["seconds"] is not None for rows in runs.values() for r in rows)
+    random1 = spread([randoms[s]["acc1"] for s in sorted(randoms)])
+    random5 = spread([randoms[s]["acc5"] for s in sorted(randoms)])
+    lines = [
+        "| method | views | loss | flags of the short run | steps | seeds | kNN Acc@1: random "
+        "init → trained | kNN gain | seeds above init | linear Acc@1 (random init: "
+        f"{random1}) | linear Acc@5 (random init: {random5}) |"
+        + (" pretraining time |" if timed else ""),
+        "|---|---|---|---|---:|---:|---|---:|---:|---:|---:|" + ("---:|" if timed else ""),
+    ]
+    every = [r["args"] for rows in runs.values() for r in rows]
+    usual = {key: Counter(a[key] for a in every).most_common(1)[0][0] for key in SHARED_FLAGS}
+    for method, rows in runs.items():
+        args = rows[0]["args"]
         changed = [k for k in SHARED_FLAGS if args[k] != usual[k]]
-        changed += [k for k in METHOD_FLAGS if k in args and args[k] != PARSER.get_default(k)]
+        changed += [
+            k for k in METHOD_FLAGS if args.get(k) is not None and args[k] != PARSER.get_default(k)
+        ]
         flags = " ".join(flag(k, args[k]) for k in changed)
-        before, after, steps = knn_first_last(pretrain_dir)
-        linear = load_json(os.path.join(root, f"linear_{method}", "results.json"))
+        gains = [r["after"] - r["before"] for r in rows]
+        above = sum(g > 0 for g in gains)
         lines.append(
             f"| `{method}` | {METHODS[method].augmentation} | {LOSSES.get(method, '')} | "
-            f"{flags or '(paper defaults)'} | {steps} | {before:.2f} → {after:.2f} | "
-            f"{linear['acc1']:.2f} | {linear['acc5']:.2f} |"
-            + (f" {minutes(pretrain_dir)} |" if timed else "")
+            f"{flags or '(paper defaults)'} | {rows[0]['steps']} | {len(rows)} | "
+            f"{spread([r['before'] for r in rows])} → {spread([r['after'] for r in rows])} | "
+            f"{spread(gains)} | {above}/{len(rows)} | "
+            f"{spread([r['linear']['acc1'] for r in rows])} | "
+            f"{spread([r['linear']['acc5'] for r in rows])} |"
+            + (f" {minutes(statistics.fmean(r['seconds'] for r in rows))} |" if timed else "")
         )
-    common = ", ".join(f"`--{k} {v}`" for k, v in usual.items())
-    lines += ["", f"Shared by the runs unless their row says otherwise: {common}."]
+    common = ", ".join(f"`--{k} {v}`" for k, v in usual.items() if v is not None)
+    lines += [
+        "",
+        f"Mean ± standard deviation over the seeds {', '.join(map(str, seeds))} (each seed: "
+        "its own initial weights, views and data order; the same initial backbone for every "
+        "method of a seed). Shared by the runs unless their row says otherwise: "
+        f"{common}. Pretraining time: mean per run.",
+    ]
     return "\n".join(lines)
 
 

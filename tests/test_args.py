@@ -113,8 +113,8 @@ def test_bad_flag_is_one_line_exit_2(flags, needle):
 
 def test_short_recipes_parse_and_build():
     """scripts/short_recipes.sh (the README tables' per-method flags) as bash reads it: every
-    method's flags parse with main.py's parser and build that method; the slow starters get a
-    whole-number multiple of the script's epochs."""
+    method's flags parse with main.py's parser, are flags of that method (none refused) and build
+    it; the slow starters get a whole-number multiple of the script's epochs."""
     from methods import METHODS, build_method
     from networks import build_backbone
 
@@ -135,6 +135,7 @@ def test_short_recipes_parse_and_build():
     for line in listing:
         method, flags, factor = line.split("|")
         args = main.get_args_parser().parse_args(["--model_name", method, *shlex.split(flags)])
+        main.check_method_flags(args)
         build_method(method, *build_backbone("small_cnn", 16), **vars(args))
         factors[method] = int(factor)
     assert {m for m, f in factors.items() if f > 1} == {"byol", "swav", "dino"}

@@ -164,11 +164,15 @@ def tiny_dino(**kwargs):
     return build_method("dino", backbone, feat_dim, **{**dims, **kwargs})
 
 
-def test_set_epoch_drives_the_teacher_temperature_and_paper_defaults():
+def test_set_epoch_drives_the_teacher_temperature_and_official_defaults():
     model = tiny_dino()
-    assert (model.temperature, model.teacher_temp, model.warmup_teacher_temp) == (0.1, 0.07, 0.04)
-    assert (model.teacher_temp_warmup_epochs, model.center_momentum) == (30, 0.9)
+    # main_dino.py's defaults: a constant 0.04 (its help text's "Default: 30" is not the code's 0)
+    assert (model.temperature, model.teacher_temp, model.warmup_teacher_temp) == (0.1, 0.04, 0.04)
+    assert (model.teacher_temp_warmup_epochs, model.center_momentum) == (0, 0.9)
     assert (model.ema_momentum, model.freeze_prototypes_epochs) == (0.996, 1)
+    assert model.current_teacher_temp == 0.04
+    # the README's ViT-S recipe: --teacher_temp 0.07 --warmup_teacher_temp_epochs 30
+    model = tiny_dino(teacher_temp=0.07, teacher_temp_warmup_epochs=30)
     assert model.current_teacher_temp == 0.04
     model.set_epoch(15)
     assert model.current_teacher_temp == pytest.approx(0.04 + 0.03 * 15 / 29)

@@ -118,8 +118,10 @@ def test_mocov2_enqueues_the_normalised_keys_of_the_step_after_it():
         model.eval()
         model(views)  # evaluation forwards leave the queue alone
         model.train()
-        # the keys as the key encoder sees them in training (BatchNorm on the 2N key images)
-        k = F.normalize(model.target_projector(model.target_backbone(torch.cat(views[::-1]))))
+        # the keys as the key encoder sees them in training: one call per view (BatchNorm
+        # statistics per view, as the official encoder_k(im_k))
+        key = lambda x: F.normalize(model.target_projector(model.target_backbone(x)))
+        k = torch.cat([key(views[1]), key(views[0])])
     loss = model(views)["loss"]
     assert torch.equal(model.queue, initial)  # not before the optimizer step
     optimizer.zero_grad()
@@ -245,11 +247,24 @@ def test_mocov3_loss_sends_no_gradient_to_the_keys():
 def test_mocov3_heads_and_defaults():
     backbone, feat_dim = build_backbone("small_cnn", 16)
     model = build_method("mocov3", backbone, feat_dim)
+    # official MoCo_ResNet: a 2-layer projector ending in BatchNorm, a predictor without it,
+    # no biases anywhere
     linears = [m for m in model.projector if isinstance(m, torch.nn.Linear)]
-    assert [m.out_features for m in linears] == [4096, 4096, 256]  # 3-layer projector
+    assert [m.out_features for m in linears] == [4096, 256]
     assert isinstance(model.projector[-1], torch.nn.BatchNorm1d)  # BN on the output too
-    assert isinstance(model.predictor[-1], torch.nn.BatchNorm1d)
+    assert not model.projector[-1].affine
+    assert isinstance(model.predictor[-1], torch.nn.Linear)
     assert model.predictor[0].out_features == 4096
+    heads = [*model.projector, *model.predictor]
+    assert all(m.bias is None for m in heads if isinstance(m, torch.nn.Linear))
+    # official MoCo_ViT: a 3-layer projector and a predictor ending in BatchNorm
+    vit = build_method("mocov3", *build_backbone("vit_tiny", 16), proj_hidden_dim=64)
+    linears = [m for m in vit.projector if isinstance(m, torch.nn.Linear)]
+    assert [m.out_features for m in linears] == [64, 64, 256]
+    assert isinstance(vit.predictor[-1], torch.nn.BatchNorm1d)
+    # --proj_layers gives the paper's 3-layer projector on a CNN too
+    three = build_method("mocov3", *build_backbone("small_cnn", 16), proj_layers=3)
+    assert sum(isinstance(m, torch.nn.Linear) for m in three.projector) == 3
     assert (model.temperature, model.ema_momentum) == (0.2, 0.99)
     assert METHODS["mocov3"].augmentation == "byol"
     keys = model.state_dict().keys()
@@ -336,8 +351,9 @@ def test_main_pretrains_and_resumes_with_the_queue(name, run_dirs, capsys):
             *["--model_name", name, "--backbone", "small_cnn", "--dataset_name", "synthetic"],
             *["--image_size", "16", "--limit", "64", "--batch_size", "32", "--device", "cpu"],
             *["--num_workers", "0", "--warmup_epochs", "0", "--optimizer", "adam"],
-            *["--base_lr", "0.01", "--proj_hidden_dim", "64", "--pred_hidden_dim", "64"],
-            *["--queue_size", "100", "--run_name", name, *run_dirs, *extra],
+            *["--base_lr", "0.01", "--proj_hidden_dim", "64", "--run_name", name, *run_dirs],
+            *(["--queue_size", "100"] if name == "mocov2" else ["--pred_hidden_dim", "64"]),
+            *extra,
         ]
         return main.main(main.get_args_parser().parse_args(argv))
 

@@ -89,9 +89,9 @@ def train_step(model, optimizer, views, step=0):
 
 
 def embed(model, views):
-    """z and p of both views as the module computes them (one pass over the 2N images)."""
-    z = model.projector(model.backbone(torch.cat(views)))
-    return z.chunk(2), model.predictor(z).chunk(2)
+    """z and p of both views as the module computes them (one call per view)."""
+    z = [model.projector(model.backbone(v)) for v in views]
+    return z, [model.predictor(x) for x in z]
 
 
 def test_support_set_starts_empty_then_fills_with_first_view_projections_after_the_step():

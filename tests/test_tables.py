@@ -132,51 +132,60 @@ def test_compare_runs_refuses_a_folder_without_metrics(tmp_path):
 
 
 def test_methods_table_rows_from_result_files(tmp_path):
-    """scripts/methods_table.py: kNN at epoch 0 and at the end, probes beside the untrained one,
-    and only the flags a row changed (on/off flags by name, with `false` where a row turns off
-    one that is on by default)."""
+    """scripts/methods_table.py: over the seeds of each row, the mean ± standard deviation of
+    kNN at epoch 0 and at the end, of their difference and of the probe, how many seeds end
+    above their initialisation, beside the untrained probe of the same seeds; and only the
+    flags a row changed (on/off flags by name, with `false` where a row turns one off)."""
     shared = dict(optimizer="adam", base_lr=0.004, weight_decay=0.0, num_epochs=8)
+    shared.update(crop_min_scale=0.5)
     runs = {
-        "simclr": dict(shared, temperature=0.2, fix_pred_lr=False),
-        "supcon": dict(shared, fix_pred_lr=False),
-        "simsiam": dict(shared, optimizer="sgd", base_lr=0.1, fix_pred_lr=True),
+        "simclr": dict(shared, temperature=0.2, fix_pred_lr=None),
+        "supcon": dict(shared, fix_pred_lr=None),
+        "simsiam": dict(shared, optimizer="sgd", base_lr=0.1, fix_pred_lr=False),
         "dino": dict(shared, num_epochs=40, use_bn_in_head=True, norm_last_layer=False),
     }
     for i, (method, args) in enumerate(runs.items()):
-        run = tmp_path / f"pretrain_{method}"
-        run.mkdir()
-        logger = MetricsLogger(str(run), ["loss", "knn_acc1"], tensorboard=False)
-        logger.log("epoch", 0, 0, knn_acc1=13.35)
-        logger.log("epoch", 8, 248, loss=1.0, knn_acc1=20.0 + i)
-        logger.close()
-        (run / "args.json").write_text(json.dumps(args))
-        (run / "summary.json").write_text(json.dumps({"wall_time_s": 125.4}))
-        os.makedirs(tmp_path / f"linear_{method}")
-        result = {"acc1": 30.0 + i, "acc5": 90.0}
-        (tmp_path / f"linear_{method}" / "results.json").write_text(json.dumps(result))
-    os.makedirs(tmp_path / "linear_random")
-    random = {"acc1": 16.15, "acc5": 66.1}
-    (tmp_path / "linear_random" / "results.json").write_text(json.dumps(random))
+        for seed, init, knn, acc in ((1, 13.0, 20.0 + i, 30.0 + i), (2, 15.0, 14.0, 32.0 + i)):
+            run = tmp_path / f"pretrain_{method}_s{seed}"
+            run.mkdir()
+            logger = MetricsLogger(str(run), ["loss", "knn_acc1"], tensorboard=False)
+            logger.log("epoch", 0, 0, knn_acc1=init)
+            logger.log("epoch", 8, 248, loss=1.0, knn_acc1=knn)
+            logger.close()
+            (run / "args.json").write_text(json.dumps(args))
+            (run / "summary.json").write_text(json.dumps({"wall_time_s": 120.0 + seed}))
+            os.makedirs(tmp_path / f"linear_{method}_s{seed}")
+            result = {"acc1": acc, "acc5": 90.0}
+            (tmp_path / f"linear_{method}_s{seed}" / "results.json").write_text(json.dumps(result))
+    os.makedirs(tmp_path / "pretrain_vicreg_s1")  # unfinished row (no probe): left out
+    for seed, acc1 in ((1, 16.0), (2, 17.0)):
+        os.makedirs(tmp_path / f"linear_random_s{seed}")
+        random = {"acc1": acc1, "acc5": 66.0}
+        (tmp_path / f"linear_random_s{seed}" / "results.json").write_text(json.dumps(random))
     (tmp_path / "wall_seconds.txt").write_text("100 simclr supcon\n20 simsiam\n")
 
     text = methods_table.table(str(tmp_path))
     lines = text.splitlines()
-    assert "linear Acc@1 (random init: 16.15)" in lines[0] and "pretraining time" in lines[0]
+    assert "linear Acc@1 (random init: 16.50 ± 0.71)" in lines[0] and "pretraining time" in lines[0]
     row = {line.split(" | ")[0][3:-1]: line for line in lines[2:6]}  # rows in registry order
+    assert "vicreg" not in row
+    # kNN 13 -> 20 and 15 -> 14: gains 7 and -1 (mean 3, sd 5.66), one seed of two above init
     assert row["simclr"] == (
-        "| `simclr` | simclr | `nt_xent_loss` | `--temperature 0.2` | 248 | 13.35 → 20.00 | "
-        "30.00 | 90.00 | 2 min 05 s |"
+        "| `simclr` | simclr | `nt_xent_loss` | `--temperature 0.2` | 248 | 2 | "
+        "14.00 ± 1.41 → 17.00 ± 4.24 | 3.00 ± 5.66 | 1/2 | 31.00 ± 1.41 | 90.00 ± 0.00 | "
+        "2 min 02 s |"
     )
     assert "| `supcon` | simclr | `supcon_loss` (labels) | (paper defaults) |" in row["supcon"]
     assert (
-        "| `--optimizer sgd` `--base_lr 0.1` `--fix_pred_lr` | 248 | 13.35 → 22.00 |"
-        in (row["simsiam"])
+        "| `--optimizer sgd` `--base_lr 0.1` `--fix_pred_lr false` | 248 | 2 |" in (row["simsiam"])
     )
     # a longer schedule, and on/off flags switched either way from main.py's defaults
     flags = "`--num_epochs 40` `--use_bn_in_head` `--norm_last_layer false`"
-    assert f"| {flags} | 248 |" in row["dino"]
-    assert lines[-1] == (
+    assert f"| {flags} | 248 | 2 |" in row["dino"]
+    assert lines[-1].startswith("Mean ± standard deviation over the seeds 1, 2 ")
+    assert lines[-1].endswith(
         "Shared by the runs unless their row says otherwise: `--optimizer adam`, "
-        "`--base_lr 0.004`, `--weight_decay 0.0`, `--num_epochs 8`."
+        "`--base_lr 0.004`, `--weight_decay 0.0`, `--num_epochs 8`, `--crop_min_scale 0.5`. "
+        "Pretraining time: mean per run."
     )
     assert methods_table.wall_seconds(str(tmp_path)) == 120
