@@ -60,14 +60,22 @@ ICCV 2021 (https://arxiv.org/abs/2104.02057).
     gradient of CE(x / T) carries a 1 / T). The loss is symmetric: L(q1, k2) + L(q2, k1).
     The momentum rises from m = 0.99 to 1 on a cosine.
 
-    Default recipe (paper and facebookresearch/moco-v3): projector 3-layer MLP and predictor
-    2-layer MLP, hidden 4096, output 256, BatchNorm after every layer (the last without affine
-    parameters); ViTs: AdamW lr 1.5e-4 x B/256, weight decay 0.1, T = 0.2, batch 4096, 300
-    epochs, BYOL's asymmetric views. The official code's ResNet-50 branch uses a 2-layer
-    projector and its default T = 1.0, with LARS, weight decay 1e-6, batch 4096 and m = 0.99 on
-    the cosine (CONFIG.md: 0.996 and weight decay 1.5e-6 for 1000 epochs). Choices here: the
-    paper's 3-layer projector (`proj_layers=2` gives the official ResNet head) and T = 0.2,
-    solo-learn's choice for ResNet-18 on CIFAR (batch 256, LARS lr 0.3, m 0.99 -> 1).
+    Architecture as the official code (facebookresearch/moco-v3 moco/builder.py, main_moco.py),
+    which differs by backbone family: for a ResNet (MoCo_ResNet) a 2-layer projector ending in
+    BatchNorm and a predictor without one, T = 1.0 (main_moco.py's default, kept by every
+    ResNet-50 command of CONFIG.md); for a ViT (MoCo_ViT) a 3-layer projector and a predictor
+    ending in BatchNorm, T = 0.2 (CONFIG.md's ViT commands). Hidden 4096, output 256, no biases,
+    BatchNorm after every hidden layer, a last BatchNorm without affine parameters; each view
+    through both encoders in its own call (`--concat_views`: one pass of 2N); the last
+    BatchNorm of each residual block starts at zero (`zero_init_residual=True`). `proj_layers`
+    (--proj_layers 3: the paper's 3-layer projector on a CNN) and --temperature override.
+
+    Default recipe (CONFIG.md): ResNet-50 with LARS (biases and norms excluded), lr 0.6 x B/256
+    (0.3 for 300 and 1000 epochs), weight decay 1e-6 (1.5e-6 for 1000 epochs), batch 4096, m
+    0.99 (0.996 for 1000 epochs) on the cosine, crops of 20-100 % (`--crop-min=.2`; the code's
+    default 0.08), 100 epochs; ViTs: AdamW lr 1.5e-4 x B/256, weight decay 0.1, 40 warmup
+    epochs, 300 epochs. BYOL's asymmetric views. solo-learn on CIFAR (ResNet-18): T = 0.2,
+    batch 256, LARS lr 0.3, m 0.99 -> 1.
 """
 
 import torch
@@ -239,7 +247,7 @@ class MoCoV3(Method):
         proj_hidden_dim: int = 4096,
         proj_dim: int = 256,
         pred_hidden_dim: int = 4096,
-        temperature: float = 0.2,
+        temperature: float | None = None,
         ema_momentum: float = 0.99,
         proj_layers: int | None = None,
         concat_views: bool = False,
@@ -259,7 +267,7 @@ class MoCoV3(Method):
         self.predictor = build_mlp(2, proj_dim, pred_hidden_dim, proj_dim, last_bn=vit, bias=False)
         self.target_backbone = frozen_copy(backbone)
         self.target_projector = frozen_copy(self.projector)
-        self.temperature = temperature
+        self.temperature = temperature or (0.2 if vit else 1.0)
         self.ema_momentum = ema_momentum
         self.current_momentum = ema_momentum
         self.concat_views = concat_views

@@ -17,7 +17,7 @@ declare -A FLAGS=(
     [barlowtwins]="--proj_hidden_dim 512 --proj_dim 512"
     [vicreg]="--proj_hidden_dim 512 --proj_dim 512"
     [mocov2]="--queue_size 4096 --ema_momentum 0.99"
-    [mocov3]="--proj_hidden_dim 512 --pred_hidden_dim 512"
+    [mocov3]="--temperature 0.2 --proj_hidden_dim 512 --pred_hidden_dim 512"
     [nnclr]="--queue_size 4096 --proj_hidden_dim 512 --pred_hidden_dim 512"
     [dino]="--num_prototypes 1024 --num_crops 2 --proj_hidden_dim 512 --ema_momentum 0.99 --use_bn_in_head"
 )
@@ -48,8 +48,9 @@ run_row() {
     python main_linear.py "${COMMON[@]}" "${LINEAR[@]}" --model_name "$method" --seed "$seed" \
         --run_name "linear_$name" --ckpt "$OUT/ckpts/pretrain_$name/last.pt" \
         >> "$OUT/log_$name.txt" 2>&1
-    echo "== $method seed $seed: $(grep -aoE 'epoch [0-9]+/[0-9]+: loss.*' "$OUT/log_$name.txt" | tail -n 1)"
-    echo "   $(tail -n 1 "$OUT/log_$name.txt")"
+    local knn
+    knn=$(grep -aoE 'knn_acc1 [0-9.]+' "$OUT/log_$name.txt" | tail -n 1)
+    echo "== $method seed $seed: $knn, linear $(tail -n 1 "$OUT/log_$name.txt")"
 }
 
 # The probe of the untrained backbone of each seed: the baseline beside every row.

@@ -262,10 +262,11 @@ def test_mocov3_heads_and_defaults():
     linears = [m for m in vit.projector if isinstance(m, torch.nn.Linear)]
     assert [m.out_features for m in linears] == [64, 64, 256]
     assert isinstance(vit.predictor[-1], torch.nn.BatchNorm1d)
+    assert vit.temperature == 0.2  # CONFIG.md's ViT commands
     # --proj_layers gives the paper's 3-layer projector on a CNN too
     three = build_method("mocov3", *build_backbone("small_cnn", 16), proj_layers=3)
     assert sum(isinstance(m, torch.nn.Linear) for m in three.projector) == 3
-    assert (model.temperature, model.ema_momentum) == (0.2, 0.99)
+    assert (model.temperature, model.ema_momentum) == (1.0, 0.99)  # main_moco.py's --moco-t
     assert METHODS["mocov3"].augmentation == "byol"
     keys = model.state_dict().keys()
     assert any(k.startswith("target_projector.") for k in keys)
@@ -279,7 +280,8 @@ def test_mocov3_module_loss_is_the_symmetric_sum():
     with torch.no_grad():
         q1, q2 = (model.predictor(model.projector(model.backbone(v))) for v in views)
         k1, k2 = (model.target_projector(model.target_backbone(v)) for v in views)
-        expected = mocov3_loss(q1, k2) + mocov3_loss(q2, k1)
+        t = model.temperature
+        expected = mocov3_loss(q1, k2, t) + mocov3_loss(q2, k1, t)
         assert torch.allclose(model(views)["loss"], expected, atol=1e-6)
 
 
