@@ -29,8 +29,10 @@ DATA=${DATA:-../shared/data/cifar10}
 
 source scripts/short_recipes.sh  # per-method flags; they come after the common ones and win
 [ ${#METHODS[@]} -eq 0 ] && METHODS=("${ALL_METHODS[@]}")
+# images decoded once and held in memory; the views drawn in the training process (as fast on 2
+# cores as 2 loader workers, and leaves the second core to a second row with JOBS=2)
 COMMON=(--backbone small_cnn --dataset_name imagefolder --data_dir "$DATA" --image_size 32
-        --device cpu --num_workers 2 --logs_dir "$OUT" --ckpt_dir "$OUT/ckpts")
+        --device cpu --in_memory --num_workers 0 --logs_dir "$OUT" --ckpt_dir "$OUT/ckpts")
 EPOCHS=${EPOCHS:-6}  # BYOL, SwAV, DINO: 5x (EPOCH_FACTOR in short_recipes.sh)
 PRETRAIN=(--limit "${LIMIT:-10000}" --batch_size 256 --optimizer adam --base_lr 0.004
           --weight_decay 0 --warmup_epochs 1 --knn_freq 2 --knn_k 200
