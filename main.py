@@ -18,7 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from methods import METHODS, build_method, method_options
-from networks import BACKBONES, build_backbone
+from networks import BACKBONES, build_backbone, check_input_sizes
 from optimizers import OPTIMIZERS, build_optimizer
 from optimizers.cosine_decay_warmup import adjust_learning_rate
 from transformations import PRETRAIN_TRANSFORMS, BatchViews, eval_transform, pretrain_transform
@@ -57,9 +57,10 @@ from utils.plots import plot_run
 from utils.run import (
     TrainingGuard,
     build_lr_schedule,
+    check_run_dirs,
     default_run_name,
     make_loader,
-    prepare_run_dirs,
+    make_run_dirs,
     print_args,
     save_args,
     seed_epoch,
@@ -722,7 +723,8 @@ def main(args) -> dict:
     elif args.resume is not None:
         print("--resume auto: no checkpoint found, starting a new run")
     args.run_name = args.run_name or default_run_name(args)
-    log_dir, ckpt_dir = prepare_run_dirs(args, resuming=checkpoint is not None)
+    # checked now, created once the run can start: a failed start leaves nothing behind
+    log_dir, ckpt_dir = check_run_dirs(args, resuming=checkpoint is not None)
     print_args(args)
 
     # ============ data ============
@@ -751,6 +753,8 @@ def main(args) -> dict:
     # ============ model ============
     backbone, feat_dim = build_backbone(args.backbone, args.image_size, args.pretrained)
     model = build_method(args.model_name, backbone, feat_dim, **vars(args)).to(device)
+    sizes = {v.options["image_size"] for v in train_transform.view_transforms}
+    check_input_sizes(model.backbone, args.backbone, sizes, args.image_size, device)
     forward = prepare_model(model, args, device)  # DDP, compile: wrappers for the forward only
     print(
         f"model: {args.model_name} on {args.backbone} ({feat_dim}-d features), "
@@ -762,6 +766,7 @@ def main(args) -> dict:
     optimizer = build_optimizer(args, model)
     scaler = grad_scaler(args, device)
     main_rank = is_main_process()
+    make_run_dirs(log_dir, ckpt_dir)
     if main_rank:
         save_args(log_dir, args)
 

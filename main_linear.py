@@ -26,7 +26,7 @@ from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
 import main as pretrain
-from networks import build_backbone
+from networks import build_backbone, check_input_sizes
 from networks.heads import LinearClassifier
 from optimizers import build_optimizer, param_groups
 from optimizers.cosine_decay_warmup import adjust_learning_rate
@@ -62,9 +62,10 @@ from utils.misc import (
 from utils.plots import plot_run
 from utils.run import (
     build_lr_schedule,
+    check_run_dirs,
     default_run_name,
     make_loader,
-    prepare_run_dirs,
+    make_run_dirs,
     print_args,
     save_args,
     seed_epoch,
@@ -190,8 +191,25 @@ def load_pretrained(args) -> dict | None:
             f"first, or use --random_init for the untrained baseline"
         )
     checkpoint = load_checkpoint(args.ckpt)
-    if checkpoint.get("kind") != "pretrain":
-        raise UserError(f"{args.ckpt} is not a pretraining checkpoint")
+    kind = checkpoint.get("kind")
+    if kind != "pretrain":
+        what = {"linear": "a linear probe's", "finetune": "a fine-tuning run's"}.get(kind, "not a")
+        raise UserError(
+            f"--ckpt {args.ckpt} is {what} checkpoint (main_linear.py), not a pretraining one: "
+            "pass the last.pt of a main.py run"
+        )
+    trained = checkpoint["args"]
+    for key in ("model_name", "backbone", "image_size"):
+        if trained.get(key) != getattr(args, key):
+            raise UserError(
+                f"--ckpt {args.ckpt} was pretrained with --{key} {trained.get(key)}, but "
+                f"--{key} is {getattr(args, key)}: pass --{key} {trained.get(key)}"
+            )
+    if trained.get("dataset_name") != args.dataset_name:  # transfer: classes from the new data
+        print(
+            f"note: --ckpt was pretrained on {trained.get('dataset_name')}; evaluating on "
+            f"{args.dataset_name}, whose classes the classifier predicts"
+        )
     return checkpoint
 
 
@@ -200,13 +218,6 @@ def load_backbone(args, checkpoint: dict | None) -> tuple[nn.Module, int]:
     backbone, feat_dim = build_backbone(args.backbone, args.image_size)
     if checkpoint is None:
         return backbone, feat_dim
-    trained = checkpoint["args"]
-    for key in ("backbone", "image_size"):
-        if trained.get(key) != getattr(args, key):
-            raise UserError(
-                f"checkpoint {args.ckpt} was pretrained with {key}={trained.get(key)}, "
-                f"but --{key} is {getattr(args, key)}: pass the same value"
-            )
     prefix = momentum_prefix(checkpoint) if args.momentum_backbone else "backbone."
     weights = {k[len(prefix) :]: v for k, v in checkpoint["model"].items() if k.startswith(prefix)}
     missing, unexpected = backbone.load_state_dict(weights, strict=False)
@@ -414,7 +425,8 @@ def main(args) -> dict:
     args.run_name = args.run_name or default_run_name(
         args, prefix=f"{mode}_{'random_' if args.random_init else ''}"
     )
-    log_dir, ckpt_dir = prepare_run_dirs(args, resuming=False)
+    # checked now, created once the evaluation can start: a failed start leaves nothing behind
+    log_dir, ckpt_dir = check_run_dirs(args, resuming=False)
     print_args(args)
 
     # ============ data ============
@@ -422,6 +434,8 @@ def main(args) -> dict:
     num_classes = args.num_classes or num_classes_of(train_set)
     train_loader = make_loader(train_set, args, device, train=args.eval == "linear")
     test_loader = make_loader(test_set, args, device, train=False)
+    check_input_sizes(backbone, args.backbone, {args.image_size}, args.image_size, device)
+    make_run_dirs(log_dir, ckpt_dir)
     start_time = time.time()
     test_features = None  # (features, labels) of the test set, when computed anyway
     if args.eval == "knn":

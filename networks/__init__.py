@@ -95,6 +95,38 @@ def zero_init_residual(model: nn.Module, bottleneck_only: bool = False) -> int:
     return zeroed
 
 
+@torch.no_grad()
+def check_input_sizes(
+    backbone: nn.Module, name: str, sizes: set[int], image_size: int, device: torch.device
+) -> None:
+    """One forward pass of two images of each size the run will feed (eval mode), so that a size
+    too small for the backbone is one line naming the flag and the smallest size that works, at
+    start-up, instead of a traceback once training has begun. `image_size` is --image_size; any
+    other size is a multi-crop method's --small_crop_size."""
+    training = backbone.training
+    backbone.eval()
+    try:
+        for size in sorted(sizes):
+            if _runs(backbone, size, device):
+                continue
+            flag = "--image_size" if size == image_size else "--small_crop_size"
+            smallest = next(
+                (s for s in range(size + 1, 4 * size + 65) if _runs(backbone, s, device)), None
+            )
+            hint = f"the smallest that works is {smallest}" if smallest else "use a larger one"
+            raise UserError(f"{flag} {size} is too small for {name}: {hint}")
+    finally:
+        backbone.train(training)
+
+
+def _runs(backbone: nn.Module, size: int, device: torch.device) -> bool:
+    try:
+        backbone(torch.zeros(2, 3, size, size, device=device))
+    except (RuntimeError, ValueError):  # pooling or convolution below one pixel, patches, ...
+        return False
+    return True
+
+
 def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
     """`--sync_bn`: BatchNorm layers become SyncBatchNorm, so that batch statistics are taken over
     all processes; the model is returned unchanged unless torch.distributed is initialised."""

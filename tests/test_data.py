@@ -98,7 +98,7 @@ def test_corrupt_images_are_skipped_with_a_warning(tmp_path, capsys):
     assert len(images) == 5
     # the truncated cat/0.png is replaced by the next image (cat/1.png, label 0)
     assert images[0][1] == 0 and torch.equal(images[0][0], images[1][0])
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err  # above the progress bar (tqdm.write), on stderr
     assert "cat/0.png" in out and "dog/9.jpg" in out and "2 skipped so far" in out
 
 

@@ -59,7 +59,7 @@ def test_bad_checkpoints(checkpoint, run_dirs, tmp_path):
     expect_error("newer than this code", linear, run_dirs, "--ckpt", newer)
 
     expect_error(
-        "pretrained with backbone=small_cnn, but --backbone is resnet18",
+        "pretrained with --backbone small_cnn, but --backbone is resnet18",
         linear, run_dirs, "--ckpt", checkpoint, "--backbone", "resnet18",
     )  # fmt: skip
 

@@ -30,6 +30,11 @@ def load_checkpoint(path: str) -> dict:
     """Read a checkpoint on the CPU; a missing, truncated or too-new file is a UserError."""
     if not os.path.isfile(path):
         raise UserError(f"checkpoint not found: {path}")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        with open(path, "rb") as f:
+            if f.read(4) == b"PK\x03\x04":  # the start of one, without its end
+                raise UserError(f"checkpoint {path} is unreadable (truncated or damaged)")
+        raise UserError(f"{path} is {describe_file(path)}, not a checkpoint of this toolkit")
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
@@ -44,6 +49,19 @@ def load_checkpoint(path: str) -> dict:
             "update the toolkit"
         )
     return state
+
+
+def describe_file(path: str) -> str:
+    """What a file that is not a checkpoint looks like: empty, text, or some other binary."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if not head:
+        return "an empty file"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "a binary file of another format"
+    return "a text file"
 
 
 def find_checkpoint(ckpt_dir: str, model_name: str, backbone: str, dataset_name: str) -> str | None:

@@ -5,6 +5,7 @@ pretraining and evaluation loops never need to know which one they read.
 """
 
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -13,6 +14,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler, Subset
 from torchvision import datasets
+from tqdm import tqdm
 
 from utils.misc import UserError
 from utils.synthetic import SyntheticShapes
@@ -63,6 +65,18 @@ def _torchvision_dataset(name: str, root: str, train: bool, transform, download:
         raise UserError(f"could not download {name} into {root}: {err}") from err
 
 
+def warn_above_progress_bar(message: str) -> None:
+    """A warning on its own line above the progress bar, not in the middle of it: tqdm.write in
+    the training process; a loader worker, which cannot see the bar, first clears the terminal
+    line that the bar is drawn on (the bar redraws itself below at its next update)."""
+    if torch.utils.data.get_worker_info() is None:
+        tqdm.write(message, file=sys.stderr)
+    else:
+        clear = "\r\x1b[2K" if sys.stderr.isatty() else ""
+        sys.stderr.write(f"{clear}{message}\n")
+        sys.stderr.flush()
+
+
 class TolerantImageFolder(datasets.ImageFolder):
     """ImageFolder that skips unreadable files (truncated or corrupt images, stray non-images with
     an image extension) instead of ending a long run: it warns with the path and a count, and
@@ -82,10 +96,9 @@ class TolerantImageFolder(datasets.ImageFolder):
                 return super().__getitem__(i)
             except (OSError, ValueError, SyntaxError) as err:  # what PIL raises on bad files
                 self.unreadable.add(path)
-                print(
+                warn_above_progress_bar(
                     f"warning: skipping unreadable image {path} ({type(err).__name__}: {err}); "
-                    f"{len(self.unreadable)} skipped so far in this process",
-                    flush=True,
+                    f"{len(self.unreadable)} skipped so far in this process"
                 )
         raise UserError(f"no readable image in {self.root}")
 

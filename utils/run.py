@@ -39,25 +39,65 @@ def default_run_name(args: Namespace, prefix: str = "") -> str:
     return name
 
 
-def prepare_run_dirs(args: Namespace, resuming: bool) -> tuple[str, str]:
-    """Create `<logs_dir>/<run_name>` and `<ckpt_dir>/<run_name>`, refusing to reuse a finished or
-    running folder unless resuming (so nothing is overwritten by accident). Under DDP every
-    process takes rank 0's run name (a default one comes from the clock) and rank 0 alone
-    creates the folders."""
+# what makes a folder a run worth protecting; an empty one (a failed start) is not
+RUN_FILES = ("metrics.csv", "results.json", "summary.json", "last.pt")
+
+
+def holds_a_run(folder: str) -> bool:
+    """Whether `folder` holds a checkpoint or metrics of a run (not just empty folders)."""
+    if not os.path.isdir(folder):
+        return os.path.exists(folder)  # a file of that name is in the way
+    for _, _, files in os.walk(folder):
+        if any(f in RUN_FILES or f.endswith(".pt") for f in files):
+            return True
+    return False
+
+
+def writable_parent(path: str) -> str | None:
+    """The nearest existing folder above (or at) `path` when it cannot be written to, else None."""
+    parent = os.path.abspath(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        return parent
+    return None
+
+
+def check_run_dirs(args: Namespace, resuming: bool) -> tuple[str, str]:
+    """`<logs_dir>/<run_name>` and `<ckpt_dir>/<run_name>`, checked but not created (see
+    `make_run_dirs`), so that a start which fails later leaves nothing behind: a folder holding
+    a run (a checkpoint or metrics) is not reused unless resuming, and both must be writable.
+    Under DDP every process takes rank 0's run name (a default one comes from the clock)."""
     args.run_name = broadcast_object(args.run_name)
     log_dir = os.path.join(args.logs_dir, args.run_name)
     ckpt_dir = os.path.join(args.ckpt_dir, args.run_name)
     if not is_main_process():
         return log_dir, ckpt_dir
-    existing = [d for d in (log_dir, ckpt_dir) if os.path.exists(d)]
+    for flag, folder in (("--logs_dir", log_dir), ("--ckpt_dir", ckpt_dir)):
+        blocked = writable_parent(folder)
+        if blocked is not None:
+            raise UserError(
+                f"{flag}: cannot create {folder} ({blocked} is not a writable folder): "
+                f"pass a {flag} you can write to"
+            )
+    existing = [d for d in (log_dir, ckpt_dir) if holds_a_run(d)]
     if existing and not resuming:
         raise UserError(
             f"run folder {' and '.join(existing)} already exists: pass another --run_name, "
             f"or --resume auto to continue it"
         )
-    os.makedirs(log_dir, exist_ok=True)
-    os.makedirs(ckpt_dir, exist_ok=True)
     return log_dir, ckpt_dir
+
+
+def make_run_dirs(log_dir: str, ckpt_dir: str) -> None:
+    """Create the run folders (rank 0), once everything before training has worked."""
+    if not is_main_process():
+        return
+    for folder in (log_dir, ckpt_dir):
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"cannot create the run folder {folder}: {err}") from err
 
 
 def start_process(args: Namespace) -> torch.device:
@@ -69,6 +109,10 @@ def start_process(args: Namespace) -> torch.device:
     if not is_main_process():
         sys.stdout = open(os.devnull, "w")  # rank 0 speaks and writes for all
     args.world_size = world_size()  # --batch_size is split among them
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if cores and args.num_workers > cores:  # torch would warn once per loader
+        print(f"note: --num_workers {args.num_workers} > {cores} CPU cores here: using {cores}")
+        args.num_workers = cores
     return device
 
 
