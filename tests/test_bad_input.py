@@ -8,17 +8,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_errors import TINY  # the tiny SimCLR run of the error tests
 
 import main
 import main_linear
 from utils.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from utils.misc import run_cli
-
-TINY = [
-    "--dataset_name", "synthetic", "--backbone", "small_cnn", "--image_size", "16",
-    "--device", "cpu", "--num_workers", "0", "--limit", "64", "--batch_size", "32",
-    "--num_epochs", "1", "--warmup_epochs", "0", "--model_name", "simclr",
-]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +125,8 @@ CASES = [
     "zero_epochs", "nan_lr", "bool_typo", "foreign_flag", "foreign_view_flag", "no_train_folder",
     "flat_folder", "train_without_classes", "empty_train_class", "knn_without_test",
     "batch_larger_than_data", "image_too_small", "fp16_on_cpu", "bad_device",
-    "logs_dir_under_a_file", "ckpt_dir_under_a_file", "logs_dir_not_writable", "run_name_clash", "resume_missing",
+    "logs_dir_under_a_file", "ckpt_dir_under_a_file", "logs_dir_not_writable", "run_name_clash",
+    "resume_missing",
     "resume_other_method", "resume_truncated", "resume_text_file", "ckpt_text_file",
     "ckpt_empty_file", "ckpt_missing", "ckpt_truncated", "ckpt_too_new", "ckpt_other_method",
     "ckpt_other_backbone", "ckpt_other_image_size", "ckpt_of_a_probe", "no_checkpoint_found",
