@@ -107,7 +107,8 @@ recipe() {  # sets FLAGS to the method's pretraining flags
             # temperature 0.2, projector 2048 -> 256; augmentations/symmetric.yaml: crop 0.08-1,
             # jitter (0.8, 0.8, 0.8, 0.2) p=0.8 = strength 1.0, grayscale 0.2.
             # Not expressible: Gaussian blur p=0.5 (this toolkit drops blur at <= 64 px); solo's
-            # projector has no BatchNorm (Linear-ReLU-Linear), this one has BN after the hidden layer.
+            # projector has no BatchNorm (Linear-ReLU-Linear), this one (the official SimCLR
+            # head) has BN after both layers.
             FLAGS=("${SOLO[@]}" "${SOLO_LARS[@]}" --base_lr 0.4 --weight_decay 1e-4
                    --temperature 0.2 --proj_hidden_dim 2048 --proj_dim 256
                    --crop_min_scale 0.08 --jitter_strength 1.0) ;;

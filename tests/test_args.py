@@ -1,5 +1,6 @@
 """Flags: DESIGN §2 defaults, the original commands parse as written, bad values fail in a line."""
 
+import os
 import shlex
 import subprocess
 import sys
@@ -139,3 +140,23 @@ def test_short_recipes_parse_and_build():
         build_method(method, *build_backbone("small_cnn", 16), **vars(args))
         factors[method] = int(factor)
     assert {m for m, f in factors.items() if f > 1} == {"byol", "swav", "dino"}
+
+
+def test_reference_recipes_are_flags_of_their_methods(tmp_path):
+    """scripts/cifar10_reference.sh (DRY_RUN=1 prints its commands): every pretraining command
+    parses and passes no flag its method does not take."""
+    out = subprocess.run(
+        ["bash", "scripts/cifar10_reference.sh", str(tmp_path / "ref")],
+        cwd=ROOT,
+        env={**os.environ, "DRY_RUN": "1"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    commands = [shlex.split(line) for line in out.splitlines() if " main.py " in f" {line} "]
+    methods = set()
+    for words in commands:
+        args = main.get_args_parser().parse_args(words[words.index("main.py") + 1 :])
+        main.check_method_flags(args)
+        methods.add(args.model_name)
+    assert len(methods) == 11
