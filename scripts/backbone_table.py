@@ -58,7 +58,11 @@ def main(args: argparse.Namespace) -> None:
             f"`networks.build_backbone(name, image_size)` without its classifier. At image sizes "
             f"<= {SMALL_IMAGE_SIZE} px the stem is adapted (see each file in `networks/`), which "
             "changes the parameter count of resnet, densenet and alexnet. Feature sizes are "
-            "measured by a forward pass.",
+            "measured by a forward pass. `--zero_init_residual` (the default of the methods "
+            "whose official code does it, docs/fidelity.md) zeroes the last BatchNorm of each "
+            "residual block of resnet (BYOL: of Bottleneck blocks only) and of each MBConv "
+            "block with a skip connection of efficientnet; the other families have no "
+            "BatchNorm-ended residual branch.",
             "",
             rows,
             "",
