@@ -671,6 +671,13 @@ def check_method_flags(args) -> None:
         )
 
 
+def method_flags_given(args) -> list[str]:
+    """The method, view and initialisation flags given (not None): pretraining flags, which an
+    evaluation of a trained backbone has no use for."""
+    every = set(VIEW_FLAGS).union(*(method_options(m) for m in METHODS), {"zero_init_residual"})
+    return sorted(k for k in every if getattr(args, k, None) is not None)
+
+
 def in_memory(dataset, args, raw: bool = False):
     """The data set held in memory when --in_memory asks for it (utils.data.InMemory); `raw`
     (--gpu_augment) keeps it there as uint8 tensors for BatchViews."""

@@ -170,6 +170,10 @@ def check_args(args) -> None:
     for flag in ("compile", "gpu_augment"):
         if getattr(args, flag):
             raise UserError(f"--{flag} is a pretraining option (main.py): drop it here")
+    given = pretrain.method_flags_given(args)
+    if given:  # they shape the pretraining; the checkpoint's method is what it is
+        flags = ", ".join(f"--{k}" for k in given)
+        raise UserError(f"{flags}: pretraining flags of main.py, unused here: drop them")
     if args.finetune and args.base_lr == 0:
         raise UserError(
             "--finetune: the backbone's lr follows the head's schedule scaled by "
