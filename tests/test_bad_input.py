@@ -64,7 +64,7 @@ def cases(files) -> dict[str, tuple[object, list[str], str]]:
     folder = lambda name: ["--dataset_name", "imagefolder", "--data_dir", os.path.join(r, name)]
     pre, lin = main, main_linear
     under_a_file, good, rand = os.path.join(r, "a_file", "x"), files["good"], "--random_init"
-    cases = {
+    table = {
         # typos and impossible values, refused by the parser
         "typo_in_value": (pre, ["--backbone=resnet18--batch_size=512"], "invalid choice"),
         "unknown_method": (pre, ["--model_name", "simclrr"], "invalid choice"),
@@ -119,7 +119,7 @@ def cases(files) -> dict[str, tuple[object, list[str], str]]:
         "zero_data_fraction": (lin, [rand, "--data_fraction", "0"], "fraction"),
         "linear_image_too_small": (lin, [rand, "--image_size", "7"], "smallest that works"),
     }  # fmt: skip
-    return cases
+    return table
 
 
 # the case names, from the table itself (paths are not needed to list them)
