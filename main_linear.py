@@ -26,7 +26,8 @@ from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
 import main as pretrain
-from networks import build_backbone, check_input_sizes
+from methods import METHODS
+from networks import build_backbone, check_input_sizes, zero_init_residual
 from networks.heads import LinearClassifier
 from optimizers import build_optimizer, param_groups
 from optimizers.cosine_decay_warmup import adjust_learning_rate
@@ -218,9 +219,14 @@ def load_pretrained(args) -> dict | None:
 
 
 def load_backbone(args, checkpoint: dict | None) -> tuple[nn.Module, int]:
-    """The backbone with its pretrained weights (strictly: every backbone key must be there)."""
+    """The backbone with its pretrained weights (strictly: every backbone key must be there);
+    with --random_init, as the method initialises it (zero residual BatchNorm where its official
+    code does so, methods.build_method)."""
     backbone, feat_dim = build_backbone(args.backbone, args.image_size)
     if checkpoint is None:
+        zero_init = METHODS[args.model_name].zero_init_residual
+        if zero_init:
+            zero_init_residual(backbone, bottleneck_only=zero_init == "bottleneck")
         return backbone, feat_dim
     prefix = momentum_prefix(checkpoint) if args.momentum_backbone else "backbone."
     weights = {k[len(prefix) :]: v for k, v in checkpoint["model"].items() if k.startswith(prefix)}

@@ -322,3 +322,14 @@ def test_a_flag_the_method_does_not_take_is_refused_before_anything_is_written(t
         main.check_method_flags(
             main.get_args_parser().parse_args(["--model_name", "simclr", "--num_crops", "4"])
         )
+
+
+@pytest.mark.parametrize("method, zeroed", [("simsiam", True), ("mocov2", False)])
+def test_the_random_init_baseline_starts_as_the_method_does(method, zeroed):
+    import main_linear
+
+    args = main_linear.get_args_parser().parse_args(
+        ["--model_name", method, "--backbone", "resnet18", "--random_init"]
+    )
+    backbone, _ = main_linear.load_backbone(args, None)
+    assert all((s == 0) == zeroed for s in residual_scales(backbone))
