@@ -18,6 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from methods import METHODS, build_method, method_options
+from methods.hparams import add_method_flags
 from networks import BACKBONES, build_backbone, check_input_sizes
 from optimizers import OPTIMIZERS, build_optimizer
 from optimizers.cosine_decay_warmup import adjust_learning_rate
@@ -331,182 +332,8 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
         help="side of the low-resolution crops (default: image_size x 96/224, at least 8)",
     )
 
-    # Method hyper-parameters: None keeps each method's paper default
-    group = parser.add_argument_group("method hyper-parameters (default: the method's own)")
-    group.add_argument(
-        "--temperature",
-        type=positive_float,
-        default=None,
-        help="softmax temperature (SimCLR: 0.5; SupCon, NNCLR, DINO student: 0.1; MoCo v2/v3: 0.2)",
-    )
-    group.add_argument(
-        "--proj_hidden_dim",
-        type=positive_int,
-        default=None,
-        help="projector hidden size (SimCLR, SupCon, SimSiam, MoCo v2: the backbone's feature "
-        "size, as their official code; SwAV, NNCLR, DINO, Barlow Twins, VICReg: 2048; BYOL, "
-        "MoCo v3: 4096)",
-    )
-    group.add_argument(
-        "--proj_dim",
-        type=positive_int,
-        default=None,
-        help="projector output size (SimCLR, SupCon, SwAV, MoCo v2: 128; BYOL, MoCo v3, NNCLR, "
-        "DINO bottleneck: 256; SimSiam, Barlow Twins, VICReg: 2048)",
-    )
-    group.add_argument(
-        "--proj_layers",
-        type=positive_int,
-        default=None,
-        help="MoCo v3 projector layers (official: 2 for CNNs, 3 for ViTs)",
-    )
-    add_bool_flag(
-        group,
-        "--concat_views",
-        "SimSiam, BYOL, Barlow Twins, VICReg, MoCo v2/v3, NNCLR: both views through the network "
-        "as one batch (BatchNorm statistics over both; one pass) instead of one call per view, "
-        "as their official code (default: false)",
-        default=None,
-    )
-    add_bool_flag(
-        group,
-        "--fix_pred_lr",
-        "SimSiam: keep the predictor's lr at the peak lr, no decay, as the official README's "
-        "command (default: true)",
-        default=None,
-    )
-    group.add_argument(
-        "--nt_xent_scale",
-        type=non_negative_float,
-        default=None,
-        help="SimCLR: factor on NT-Xent's mean over the 2N anchors (default: 2, the official "
-        "loss_a + loss_b; 1: the mean)",
-    )
-    group.add_argument(
-        "--base_temperature",
-        type=positive_float,
-        default=None,
-        help="SupCon: the loss is multiplied by temperature / base_temperature (default: 0.07, "
-        "the official code; set it to the temperature for the paper's formula)",
-    )
-    group.add_argument(
-        "--bias_lr_scale",
-        type=non_negative_float,
-        default=None,
-        help="Barlow Twins: lr of the biases and BatchNorm parameters as a fraction of the "
-        "weights' (default: 0.024 = 0.0048 / 0.2, the official code; 1: the same lr)",
-    )
-    group.add_argument(
-        "--pred_hidden_dim",
-        type=positive_int,
-        default=None,
-        help="predictor hidden size (SimSiam: 512; BYOL, MoCo v3, NNCLR: 4096)",
-    )
-    group.add_argument(
-        "--lambd",
-        type=non_negative_float,
-        default=None,
-        help="weight of the off-diagonal terms (Barlow Twins: 5e-3)",
-    )
-    for name, default in (("sim", 25.0), ("std", 25.0), ("cov", 1.0)):
-        group.add_argument(
-            f"--{name}_coeff",
-            type=non_negative_float,
-            default=None,
-            help=f"weight of the {name} term (VICReg: {default})",
-        )
-
-    group.add_argument(
-        "--ema_momentum",
-        type=float,
-        default=None,
-        help="EMA momentum of the target network at step 0, rising to 1 on a cosine (BYOL, "
-        "DINO: 0.996; MoCo v2: 0.999; MoCo v3: 0.99)",
-    )
-    group.add_argument(
-        "--queue_size",
-        type=non_negative_int,
-        default=None,
-        help="past embeddings kept in a queue: MoCo v2's negatives (65536) or NNCLR's support "
-        "set (98304); these ImageNet values exceed CIFAR's 50,000 images, use 4096-16384 there",
-    )
-    group.add_argument(
-        "--num_prototypes",
-        type=positive_int,
-        default=None,
-        help="prototypes (SwAV: 3000); DINO: output dimension (4096)",
-    )
-    group.add_argument(
-        "--epsilon",
-        type=positive_float,
-        default=None,
-        help="entropic regularisation of Sinkhorn-Knopp (SwAV: 0.05)",
-    )
-    group.add_argument(
-        "--sinkhorn_iterations",
-        type=positive_int,
-        default=None,
-        help="Sinkhorn-Knopp iterations (SwAV: 3)",
-    )
-    group.add_argument(
-        "--queue_length",
-        type=non_negative_int,
-        default=None,
-        help="embeddings of past batches used for the codes, 0 = off (SwAV: 0; the paper uses "
-        "3840 for batches of 256 or less)",
-    )
-    group.add_argument(
-        "--epoch_queue_starts",
-        type=non_negative_int,
-        default=None,
-        help="epoch from which the queue is filled and used (SwAV: 15)",
-    )
-    group.add_argument(
-        "--freeze_prototypes_epochs",
-        type=non_negative_int,
-        default=None,
-        help="epochs during which the prototypes (SwAV) or the last layer (DINO) are not "
-        "updated (1)",
-    )
-    group.add_argument(
-        "--teacher_temp",
-        type=positive_float,
-        default=None,
-        help="teacher softmax temperature after its warmup (DINO: 0.04, the official code; its "
-        "README raises it to 0.07 over 30 epochs for ViT-S)",
-    )
-    group.add_argument(
-        "--warmup_teacher_temp",
-        type=positive_float,
-        default=None,
-        help="teacher temperature at epoch 0, rising linearly to --teacher_temp (DINO: 0.04)",
-    )
-    group.add_argument(
-        "--teacher_temp_warmup_epochs",
-        type=non_negative_int,
-        default=None,
-        help="epochs of the teacher temperature warmup (DINO: 0, the official default)",
-    )
-    group.add_argument(
-        "--center_momentum",
-        type=non_negative_float,
-        default=None,
-        help="momentum of the running mean subtracted from the teacher's output (DINO: 0.9)",
-    )
-    add_bool_flag(
-        group,
-        "--norm_last_layer",
-        "DINO: keep the gain of the head's weight-normalised last layer at 1 (default: true; "
-        "the official code sets false for ViT-S)",
-        default=None,
-    )
-    add_bool_flag(
-        group,
-        "--use_bn_in_head",
-        "DINO: BatchNorm after each hidden layer of the head, the official option for "
-        "BatchNorm backbones (default: false)",
-        default=None,
-    )
+    # Method hyper-parameters: declared by each method (methods/hparams.py); None keeps its own
+    add_method_flags(parser, METHODS)
 
     # Monitoring
     group = parser.add_argument_group("monitoring")
@@ -759,7 +586,10 @@ def main(args) -> dict:
 
     # ============ model ============
     backbone, feat_dim = build_backbone(args.backbone, args.image_size, args.pretrained)
-    model = build_method(args.model_name, backbone, feat_dim, **vars(args)).to(device)
+    try:
+        model = build_method(args.model_name, backbone, feat_dim, **vars(args)).to(device)
+    except ValueError as err:  # a hyper-parameter the method refuses (its own range checks)
+        raise UserError(f"--model_name {args.model_name}: {err}") from None
     sizes = {v.options["image_size"] for v in train_transform.view_transforms}
     check_input_sizes(model.backbone, args.backbone, sizes, args.image_size, device)
     forward = prepare_model(model, args, device)  # DDP, compile: wrappers for the forward only

@@ -2,15 +2,16 @@
 
 A method class subclasses `Method`, takes `(backbone, feat_dim, **hyper_parameters)`, and its
 `forward(views, labels=None)` returns a dict with at least "loss". Adding a method means one new
-file with `@register("name")` on its class plus one import line below.
+file with `@register("name")` on its class (its hyper-parameters declared in its constructor,
+methods/hparams.py) plus one import line below.
 """
 
-import inspect
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from methods.hparams import accepted_flags, resolve_aliases
 from networks import zero_init_residual
 from utils.misc import UserError, given_kwargs
 
@@ -18,8 +19,11 @@ from utils.misc import UserError, given_kwargs
 class Method(nn.Module):
     """What the training loop (main.py) expects of a method besides `forward`.
 
+    Its hyper-parameters are its constructor's keyword arguments annotated with a
+    `methods.hparams.Flag`: the command-line flags and their help come from there.
     Class attributes a method may set (docs/fidelity.md says where each comes from):
       augmentation        its pretraining views in `transformations.PRETRAIN_TRANSFORMS`;
+      loss_summary        its loss functions in a few words, for the tables;
       view_options        its own defaults for that recipe (e.g. crop_min_scale 0.2), which the
                           view flags (--crop_min_scale, ...) override;
       zero_init_residual  whether its official code zero-initialises the last BatchNorm of each
@@ -31,6 +35,7 @@ class Method(nn.Module):
     """
 
     augmentation = "simclr"
+    loss_summary = ""  # its loss functions, for the tables (scripts/methods_table.py)
     view_options: dict = {}
     zero_init_residual: bool | str = False
     concat_views = False  # per-view methods: one pass over both views (see `per_view`)
@@ -91,7 +96,9 @@ def register(name: str):
 
 def build_method(name: str, backbone: nn.Module, feat_dim: int, /, **kwargs) -> nn.Module:
     """Build method `name`; keyword arguments it does not take, or that are None, are dropped,
-    so the caller can pass every flag and a method keeps its paper's defaults for unset ones.
+    so the caller can pass every flag and a method keeps its paper's defaults for unset ones;
+    the aliases it declares (methods.hparams) stand for their hyper-parameter. A value the
+    method refuses raises its ValueError.
 
     `zero_init_residual` (default: the method's own) zero-initialises the backbone's last
     residual BatchNorms before the method copies it (EMA targets); never with `pretrained`, whose
@@ -103,13 +110,13 @@ def build_method(name: str, backbone: nn.Module, feat_dim: int, /, **kwargs) -> 
     zero_init = cls.zero_init_residual if zero_init is None else zero_init
     if zero_init and not kwargs.get("pretrained"):
         zero_init_residual(backbone, bottleneck_only=zero_init == "bottleneck")
-    return cls(backbone, feat_dim, **given_kwargs(cls, kwargs, exclude=("backbone", "feat_dim")))
+    kwargs = given_kwargs(cls, resolve_aliases(cls, kwargs), exclude=("backbone", "feat_dim"))
+    return cls(backbone, feat_dim, **kwargs)
 
 
 def method_options(name: str) -> set[str]:
-    """The hyper-parameters method `name` takes by keyword (its constructor's, less the
-    backbone and its feature size)."""
-    return set(inspect.signature(METHODS[name]).parameters) - {"backbone", "feat_dim"}
+    """The flags method `name` takes: its declared hyper-parameters and their aliases."""
+    return accepted_flags(METHODS[name])
 
 
 from methods import barlowtwins, byol, simclr, simsiam, supcon, swav, vicreg  # noqa: E402,F401  (fills METHODS)

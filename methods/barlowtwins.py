@@ -23,12 +23,16 @@ it for the 1-D parameters (their own param group); batch 2048, 10 warmup epochs 
 module defaults to a 2048-2048-2048 projector (solo-learn's CIFAR configuration).
 """
 
+from typing import Annotated
+
 import torch
 from torch import Tensor, nn
 
 from methods import Method, register
+from methods.hparams import CONCAT_VIEWS, PROJ_DIM, PROJ_HIDDEN_DIM, Flag
 from networks.heads import build_mlp
 from utils.distributed import gather_with_grad
+from utils.misc import non_negative_float
 
 
 def _standardise(z: Tensor, eps: float = 1e-5) -> Tensor:
@@ -56,11 +60,20 @@ def barlow_twins_loss(z1: Tensor, z2: Tensor, lambd: float = 5e-3) -> Tensor:
     return on_diag + lambd * off_diag
 
 
+LAMBD = Flag("weight of the off-diagonal terms", non_negative_float)
+BIAS_LR_SCALE = Flag(
+    "lr of the biases and BatchNorm parameters as a fraction of the weights' (0.024 = 0.0048 / "
+    "0.2: the official code; 1: the same lr)",
+    non_negative_float,
+)
+
+
 @register("barlowtwins")
 class BarlowTwins(Method):
     """Backbone + 3-layer projector (BN+ReLU between layers, none after the last); the loss
     standardises the projections itself."""
 
+    loss_summary = "`barlow_twins_loss`"
     augmentation = "byol"  # the paper uses BYOL's asymmetric views
     zero_init_residual = True
 
@@ -68,11 +81,11 @@ class BarlowTwins(Method):
         self,
         backbone: nn.Module,
         feat_dim: int,
-        proj_hidden_dim: int = 2048,
-        proj_dim: int = 2048,
-        lambd: float = 5e-3,
-        bias_lr_scale: float = 0.0048 / 0.2,
-        concat_views: bool = False,
+        proj_hidden_dim: Annotated[int, PROJ_HIDDEN_DIM] = 2048,
+        proj_dim: Annotated[int, PROJ_DIM] = 2048,
+        lambd: Annotated[float, LAMBD] = 5e-3,
+        bias_lr_scale: Annotated[float, BIAS_LR_SCALE] = 0.0048 / 0.2,
+        concat_views: Annotated[bool, CONCAT_VIEWS] = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone

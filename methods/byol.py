@@ -26,11 +26,14 @@ and BN excluded; batch 4096, 10 warmup epochs then cosine, 1000 epochs; asymmetr
 tau_base 0.99.
 """
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from methods import Method, register
+from methods.hparams import CONCAT_VIEWS, EMA_MOMENTUM, PRED_HIDDEN_DIM, PROJ_DIM, PROJ_HIDDEN_DIM
 from methods.momentum import cosine_momentum, ema_update, frozen_copy
 from networks.heads import build_mlp
 
@@ -49,6 +52,7 @@ def byol_loss(p: Tensor, z: Tensor) -> Tensor:
 class BYOL(Method):
     """Online backbone + projector + predictor; EMA target backbone + projector."""
 
+    loss_summary = "`byol_loss`, EMA target"
     augmentation = "byol"
     zero_init_residual = "bottleneck"
 
@@ -56,11 +60,11 @@ class BYOL(Method):
         self,
         backbone: nn.Module,
         feat_dim: int,
-        proj_hidden_dim: int = 4096,
-        proj_dim: int = 256,
-        pred_hidden_dim: int = 4096,
-        ema_momentum: float = 0.996,
-        concat_views: bool = False,
+        proj_hidden_dim: Annotated[int, PROJ_HIDDEN_DIM] = 4096,
+        proj_dim: Annotated[int, PROJ_DIM] = 256,
+        pred_hidden_dim: Annotated[int, PRED_HIDDEN_DIM] = 4096,
+        ema_momentum: Annotated[float, EMA_MOMENTUM] = 0.996,
+        concat_views: Annotated[bool, CONCAT_VIEWS] = False,
     ) -> None:
         super().__init__()
         if not 0 <= ema_momentum <= 1:

@@ -41,17 +41,16 @@ momentum 0.9995 for batches of 256. Here K defaults to 4096
 head's last layer 16.8 M parameters). Not reproduced: the weight-decay schedule and gradient
 clipping (toolkit-wide options), stochastic depth (see networks/vit.py).
 
-Flags (main.py): --temperature (student T_s, 0.1), --teacher_temp (0.04), --warmup_teacher_temp
-(0.04), --teacher_temp_warmup_epochs (0), --center_momentum (0.9), --ema_momentum (0.996),
---proj_hidden_dim (2048), --proj_dim (bottleneck, 256), --num_prototypes (K, 4096),
---freeze_prototypes_epochs (epochs with the last layer frozen, 1), --num_crops (local crops, 8),
---small_crop_size, --norm_last_layer (true), --use_bn_in_head (false; the official option for
-BatchNorm backbones: without it, a small CNN's ReLU features, which share a large common
+Flags: the constructor's annotated arguments (methods/hparams.py), listed with their defaults
+by `python main.py --help` and the README; the view flags --num_crops (local crops, 8) and
+--small_crop_size; views: transformations.dino_transform. --use_bn_in_head is the official option
+for BatchNorm backbones: without it, a small CNN's ReLU features, which share a large common
 component, map to similar bottleneck directions, and the teacher's output starts and stays
-uniform); views: transformations.dino_transform.
+uniform.
 """
 
 from collections.abc import Sequence
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
@@ -59,8 +58,10 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from methods import Method, register
+from methods.hparams import EMA_MOMENTUM, Flag
 from methods.momentum import cosine_momentum, ema_update, frozen_copy
 from utils.distributed import all_reduce_sum, world_size
+from utils.misc import non_negative_int, unit_float
 
 
 def dino_loss(
@@ -152,28 +153,53 @@ class DINOHead(nn.Module):
         return self.last_layer(F.normalize(self.mlp(x), dim=-1))
 
 
+HEAD_HIDDEN_DIM = Flag("head hidden size")
+# --out_dim is the official name; --num_prototypes the name this toolkit used before
+OUT_DIM = Flag("output size K of the head", alias="num_prototypes")
+TEACHER_TEMP = Flag(
+    "teacher softmax temperature after its warmup (0.04: the official code; its README raises it "
+    "to 0.07 over 30 epochs for ViT-S)"
+)
+WARMUP_TEACHER_TEMP = Flag("teacher temperature at epoch 0, rising linearly to --teacher_temp")
+TEACHER_TEMP_WARMUP = Flag("epochs of the teacher temperature warmup", non_negative_int)
+CENTER_MOMENTUM = Flag(
+    "momentum of the running mean subtracted from the teacher's output", unit_float
+)
+FREEZE_LAST_LAYER = Flag(
+    "epochs during which the head's last layer is not updated", non_negative_int
+)
+NORM_LAST_LAYER = Flag(
+    "keep the gain of the head's weight-normalised last layer at 1 (the official code sets false "
+    "for ViT-S)"
+)
+USE_BN_IN_HEAD = Flag(
+    "BatchNorm after each hidden layer of the head, the official option for BatchNorm backbones"
+)
+
+
 @register("dino")
 class DINO(Method):
     """Student backbone + DINO head; EMA teacher backbone + head; the center as a buffer."""
 
+    loss_summary = "`dino_loss`, EMA teacher"
     augmentation = "dino"
 
     def __init__(
         self,
         backbone: nn.Module,
         feat_dim: int,
-        proj_hidden_dim: int = 2048,
-        proj_dim: int = 256,
-        num_prototypes: int = 4096,
-        temperature: float = 0.1,
-        teacher_temp: float = 0.04,
-        warmup_teacher_temp: float = 0.04,
-        teacher_temp_warmup_epochs: int = 0,
-        center_momentum: float = 0.9,
-        ema_momentum: float = 0.996,
-        freeze_prototypes_epochs: int = 1,
-        norm_last_layer: bool = True,
-        use_bn_in_head: bool = False,
+        proj_hidden_dim: Annotated[int, HEAD_HIDDEN_DIM] = 2048,
+        proj_dim: Annotated[int, Flag("head bottleneck size")] = 256,
+        out_dim: Annotated[int, OUT_DIM] = 4096,
+        temperature: Annotated[float, Flag("student softmax temperature")] = 0.1,
+        teacher_temp: Annotated[float, TEACHER_TEMP] = 0.04,
+        warmup_teacher_temp: Annotated[float, WARMUP_TEACHER_TEMP] = 0.04,
+        teacher_temp_warmup_epochs: Annotated[int, TEACHER_TEMP_WARMUP] = 0,
+        center_momentum: Annotated[float, CENTER_MOMENTUM] = 0.9,
+        ema_momentum: Annotated[float, EMA_MOMENTUM] = 0.996,
+        freeze_prototypes_epochs: Annotated[int, FREEZE_LAST_LAYER] = 1,
+        norm_last_layer: Annotated[bool, NORM_LAST_LAYER] = True,
+        use_bn_in_head: Annotated[bool, USE_BN_IN_HEAD] = False,
     ) -> None:
         super().__init__()
         for name, value in (("ema_momentum", ema_momentum), ("center_momentum", center_momentum)):
@@ -181,7 +207,7 @@ class DINO(Method):
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
         self.backbone = backbone
         self.head = DINOHead(
-            feat_dim, num_prototypes, proj_hidden_dim, proj_dim, 3, norm_last_layer, use_bn_in_head
+            feat_dim, out_dim, proj_hidden_dim, proj_dim, 3, norm_last_layer, use_bn_in_head
         )
         self.teacher_backbone = frozen_copy(backbone)
         self.teacher_head = frozen_copy(self.head)
@@ -194,9 +220,9 @@ class DINO(Method):
         self.current_momentum = ema_momentum
         self.freeze_prototypes_epochs = freeze_prototypes_epochs
         self.current_teacher_temp = self.teacher_temperature(0)
-        self.register_buffer("center", torch.zeros(num_prototypes))
+        self.register_buffer("center", torch.zeros(out_dim))
         # this step's teacher mean, folded into the center after the optimizer step (not saved)
-        self.register_buffer("batch_center", torch.zeros(num_prototypes), persistent=False)
+        self.register_buffer("batch_center", torch.zeros(out_dim), persistent=False)
 
     def teacher_temperature(self, epoch: int) -> float:
         return teacher_temperature(

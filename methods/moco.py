@@ -78,15 +78,28 @@ ICCV 2021 (https://arxiv.org/abs/2104.02057).
     batch 256, LARS lr 0.3, m 0.99 -> 1.
 """
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import VisionTransformer
 
 from methods import Method, register
+from methods.hparams import (
+    CONCAT_VIEWS,
+    EMA_MOMENTUM,
+    PRED_HIDDEN_DIM,
+    PROJ_DIM,
+    PROJ_HIDDEN_DIM,
+    PROJ_WIDTH_OF_FEATURES,
+    TEMPERATURE,
+    Flag,
+)
 from methods.momentum import cosine_momentum, ema_update, frozen_copy
 from networks.heads import build_mlp
 from utils.distributed import gather, rank
+from utils.misc import non_negative_int
 
 
 def moco_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float = 0.2) -> Tensor:
@@ -155,10 +168,20 @@ def enqueue(queue: Tensor, queue_ptr: Tensor, keys: Tensor) -> None:
     queue_ptr.fill_((start + keys.shape[-2]) % size)
 
 
+NEGATIVES = Flag(
+    "negatives kept in a queue (an ImageNet value, over CIFAR's 50,000 images: use 4096-16384 "
+    "there)",
+    non_negative_int,
+)
+MOCOV3_TEMPERATURE = Flag(TEMPERATURE.help, none="1.0 for CNNs, 0.2 for ViTs, as official")
+PROJ_LAYERS = Flag("projector layers", none="2 for CNNs, 3 for ViTs, as official")
+
+
 @register("mocov2")
 class MoCoV2(Method):
     """Query encoder (backbone + MLP head), EMA key encoder, queues of past keys."""
 
+    loss_summary = "`moco_loss`, queue, EMA keys"
     augmentation = "simclr"  # the paper's views: SimCLR's, with blur
     view_options = {"crop_min_scale": 0.2}  # official main_moco.py --aug-plus: scale=(0.2, 1.)
 
@@ -166,13 +189,13 @@ class MoCoV2(Method):
         self,
         backbone: nn.Module,
         feat_dim: int,
-        proj_hidden_dim: int | None = None,
-        proj_dim: int = 128,
-        temperature: float = 0.2,
-        queue_size: int = 65536,
-        ema_momentum: float = 0.999,
+        proj_hidden_dim: Annotated[int | None, PROJ_WIDTH_OF_FEATURES] = None,
+        proj_dim: Annotated[int, PROJ_DIM] = 128,
+        temperature: Annotated[float, TEMPERATURE] = 0.2,
+        queue_size: Annotated[int, NEGATIVES] = 65536,
+        ema_momentum: Annotated[float, EMA_MOMENTUM] = 0.999,
         symmetric: bool = True,
-        concat_views: bool = False,
+        concat_views: Annotated[bool, CONCAT_VIEWS] = False,
     ) -> None:
         super().__init__()
         if not 0 <= ema_momentum <= 1:
@@ -237,6 +260,7 @@ class MoCoV2(Method):
 class MoCoV3(Method):
     """Backbone + projector + predictor; EMA momentum backbone + projector; in-batch keys."""
 
+    loss_summary = "`mocov3_loss`, EMA keys"
     augmentation = "byol"
     zero_init_residual = True  # official main_moco.py: zero_init_residual=True
 
@@ -244,13 +268,13 @@ class MoCoV3(Method):
         self,
         backbone: nn.Module,
         feat_dim: int,
-        proj_hidden_dim: int = 4096,
-        proj_dim: int = 256,
-        pred_hidden_dim: int = 4096,
-        temperature: float | None = None,
-        ema_momentum: float = 0.99,
-        proj_layers: int | None = None,
-        concat_views: bool = False,
+        proj_hidden_dim: Annotated[int, PROJ_HIDDEN_DIM] = 4096,
+        proj_dim: Annotated[int, PROJ_DIM] = 256,
+        pred_hidden_dim: Annotated[int, PRED_HIDDEN_DIM] = 4096,
+        temperature: Annotated[float | None, MOCOV3_TEMPERATURE] = None,
+        ema_momentum: Annotated[float, EMA_MOMENTUM] = 0.99,
+        proj_layers: Annotated[int | None, PROJ_LAYERS] = None,
+        concat_views: Annotated[bool, CONCAT_VIEWS] = False,
     ) -> None:
         super().__init__()
         if not 0 <= ema_momentum <= 1:

@@ -34,14 +34,25 @@ queue_size / batch steps have replaced them all (98,304 / 128 = 768 steps: longe
 project's short CPU runs). Once the support set is full both are the same.
 """
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from methods import Method, register
+from methods.hparams import (
+    CONCAT_VIEWS,
+    PRED_HIDDEN_DIM,
+    PROJ_DIM,
+    PROJ_HIDDEN_DIM,
+    TEMPERATURE,
+    Flag,
+)
 from methods.moco import enqueue
 from networks.heads import build_mlp
 from utils.distributed import gather, gather_with_grad
+from utils.misc import non_negative_int
 
 
 @torch.no_grad()
@@ -72,22 +83,30 @@ def nnclr_loss(neighbours: Tensor, p: Tensor, temperature: float = 0.1) -> Tenso
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
+SUPPORT_SET = Flag(
+    "support set: past projections kept in a queue (an ImageNet value, over CIFAR's 50,000 "
+    "images: use 4096-16384 there)",
+    non_negative_int,
+)
+
+
 @register("nnclr")
 class NNCLR(Method):
     """Backbone + projector + predictor; a support set (queue) of past projections."""
 
+    loss_summary = "`nnclr_loss`, support set"
     augmentation = "byol"
 
     def __init__(
         self,
         backbone: nn.Module,
         feat_dim: int,
-        proj_hidden_dim: int = 2048,
-        proj_dim: int = 256,
-        pred_hidden_dim: int = 4096,
-        temperature: float = 0.1,
-        queue_size: int = 98304,
-        concat_views: bool = False,
+        proj_hidden_dim: Annotated[int, PROJ_HIDDEN_DIM] = 2048,
+        proj_dim: Annotated[int, PROJ_DIM] = 256,
+        pred_hidden_dim: Annotated[int, PRED_HIDDEN_DIM] = 4096,
+        temperature: Annotated[float, TEMPERATURE] = 0.1,
+        queue_size: Annotated[int, SUPPORT_SET] = 98304,
+        concat_views: Annotated[bool, CONCAT_VIEWS] = False,
     ) -> None:
         super().__init__()
         if queue_size < 1:

@@ -25,13 +25,17 @@ command), 1000 epochs. The paper's square-root scaling, lr = 0.075 sqrt(B), is `
 sqrt --base_lr 1.2` here (base_lr x sqrt(B/256): 0.075 x sqrt(256) = 1.2).
 """
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from methods import Method, register
+from methods.hparams import PROJ_DIM, PROJ_WIDTH_OF_FEATURES, TEMPERATURE, Flag
 from networks.heads import build_mlp
 from utils.distributed import gather_with_grad
+from utils.misc import non_negative_float
 
 
 def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
@@ -54,20 +58,27 @@ def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
     return F.cross_entropy(logits, positives)
 
 
+NT_XENT_SCALE = Flag(
+    "factor on NT-Xent's mean over the 2N anchors (2: the official loss_a + loss_b; 1: the mean)",
+    non_negative_float,
+)
+
+
 @register("simclr")
 class SimCLR(Method):
     """Backbone + projection MLP; NT-Xent between the projections of two views."""
 
+    loss_summary = "`nt_xent_loss`"
     zero_init_residual = True
 
     def __init__(
         self,
         backbone: nn.Module,
         feat_dim: int,
-        proj_hidden_dim: int | None = None,
-        proj_dim: int = 128,
-        temperature: float = 0.5,
-        nt_xent_scale: float = 2.0,
+        proj_hidden_dim: Annotated[int | None, PROJ_WIDTH_OF_FEATURES] = None,
+        proj_dim: Annotated[int, PROJ_DIM] = 128,
+        temperature: Annotated[float, TEMPERATURE] = 0.5,
+        nt_xent_scale: Annotated[float, NT_XENT_SCALE] = 2.0,
     ) -> None:
         super().__init__()
         self.backbone = backbone

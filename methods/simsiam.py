@@ -21,10 +21,13 @@ Default recipe (paper): SGD momentum 0.9, lr 0.05 x B/256 (0.03 on CIFAR), weigh
 README's command and the paper's section 4.4), crops of 20-100 % of the image.
 """
 
+from typing import Annotated
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from methods import Method, register
+from methods.hparams import CONCAT_VIEWS, PRED_HIDDEN_DIM, PROJ_DIM, PROJ_WIDTH_OF_FEATURES, Flag
 from networks.heads import build_mlp
 
 
@@ -38,10 +41,16 @@ def negative_cosine_similarity(p: Tensor, z: Tensor) -> Tensor:
     return -F.cosine_similarity(p, z.detach(), dim=-1).mean()
 
 
+FIX_PRED_LR = Flag(
+    "keep the predictor's lr at the peak lr, no decay, as the official README's command"
+)
+
+
 @register("simsiam")
 class SimSiam(Method):
     """Backbone + projector (BN on the output) + predictor bottleneck; symmetric loss."""
 
+    loss_summary = "`negative_cosine_similarity`"
     view_options = {"crop_min_scale": 0.2}  # official: RandomResizedCrop(224, scale=(0.2, 1.))
     zero_init_residual = True
 
@@ -49,11 +58,11 @@ class SimSiam(Method):
         self,
         backbone: nn.Module,
         feat_dim: int,
-        proj_hidden_dim: int | None = None,
-        proj_dim: int = 2048,
-        pred_hidden_dim: int = 512,
-        fix_pred_lr: bool = True,
-        concat_views: bool = False,
+        proj_hidden_dim: Annotated[int | None, PROJ_WIDTH_OF_FEATURES] = None,
+        proj_dim: Annotated[int, PROJ_DIM] = 2048,
+        pred_hidden_dim: Annotated[int, PRED_HIDDEN_DIM] = 512,
+        fix_pred_lr: Annotated[bool, FIX_PRED_LR] = True,
+        concat_views: Annotated[bool, CONCAT_VIEWS] = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone

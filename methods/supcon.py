@@ -25,11 +25,14 @@ batch 1024, SGD momentum 0.9 with lr 0.5 and cosine (LARS for ImageNet), weight 
 1000 epochs, crops of 20-100 % of the image; then a linear probe on frozen features.
 """
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from methods import Method, register
+from methods.hparams import PROJ_DIM, PROJ_WIDTH_OF_FEATURES, TEMPERATURE, Flag
 from networks.heads import build_mlp
 from utils.distributed import gather, gather_with_grad
 
@@ -69,20 +72,27 @@ def supcon_loss(
     return -scale * (pos_log_prob / num_pos).mean()
 
 
+BASE_TEMPERATURE = Flag(
+    "the loss is multiplied by temperature / base_temperature (0.07: the official code; the "
+    "temperature itself: the paper's formula)"
+)
+
+
 @register("supcon")
 class SupCon(Method):
     """Backbone + projection MLP; supervised contrastive loss over two views, using the labels."""
 
+    loss_summary = "`supcon_loss` (labels)"
     view_options = {"crop_min_scale": 0.2}  # official main_supcon.py: RandomResizedCrop(0.2, 1)
 
     def __init__(
         self,
         backbone: nn.Module,
         feat_dim: int,
-        proj_hidden_dim: int | None = None,
-        proj_dim: int = 128,
-        temperature: float = 0.1,
-        base_temperature: float = 0.07,
+        proj_hidden_dim: Annotated[int | None, PROJ_WIDTH_OF_FEATURES] = None,
+        proj_dim: Annotated[int, PROJ_DIM] = 128,
+        temperature: Annotated[float, TEMPERATURE] = 0.1,
+        base_temperature: Annotated[float, BASE_TEMPERATURE] = 0.07,
     ) -> None:
         super().__init__()
         self.backbone = backbone

@@ -22,13 +22,17 @@ no clipping) on SGD lr 4.8 for batch 4096 (0.6 for 256), weight decay 1e-6, cosi
 prototypes frozen for the first epoch; batch 256 adds a 3840-long queue from epoch 15.
 """
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from methods import Method, register
+from methods.hparams import PROJ_DIM, PROJ_HIDDEN_DIM, TEMPERATURE, Flag
 from networks.heads import build_mlp
 from utils.distributed import all_reduce_sum, world_size
+from utils.misc import non_negative_int
 
 
 @torch.no_grad()
@@ -93,25 +97,36 @@ def swav_loss(
     return total / (len(high_res) * (len(crops) - 1))
 
 
+SWAV_QUEUE = Flag(
+    "embeddings of past batches used for the codes, 0 = off (the paper: 3840 for batches of 256 "
+    "or less)",
+    non_negative_int,
+    alias="queue_length",  # the official name
+)
+EPOCH_QUEUE_STARTS = Flag("epoch from which the queue is filled and used", non_negative_int)
+FREEZE_PROTOTYPES = Flag("epochs during which the prototypes are not updated", non_negative_int)
+
+
 @register("swav")
 class SwAV(Method):
     """Backbone + projector + prototypes (a bias-free linear layer with unit-norm rows)."""
 
+    loss_summary = "`swav_loss`, `sinkhorn`"
     augmentation = "multicrop"
 
     def __init__(
         self,
         backbone: nn.Module,
         feat_dim: int,
-        proj_hidden_dim: int = 2048,
-        proj_dim: int = 128,
-        num_prototypes: int = 3000,
-        temperature: float = 0.1,
-        epsilon: float = 0.05,
-        sinkhorn_iterations: int = 3,
-        queue_length: int = 0,
-        epoch_queue_starts: int = 15,
-        freeze_prototypes_epochs: int = 1,
+        proj_hidden_dim: Annotated[int, PROJ_HIDDEN_DIM] = 2048,
+        proj_dim: Annotated[int, PROJ_DIM] = 128,
+        num_prototypes: Annotated[int, Flag("prototypes")] = 3000,
+        temperature: Annotated[float, TEMPERATURE] = 0.1,
+        epsilon: Annotated[float, Flag("entropic regularisation of Sinkhorn-Knopp")] = 0.05,
+        sinkhorn_iterations: Annotated[int, Flag("Sinkhorn-Knopp iterations")] = 3,
+        queue_size: Annotated[int, SWAV_QUEUE] = 0,
+        epoch_queue_starts: Annotated[int, EPOCH_QUEUE_STARTS] = 15,
+        freeze_prototypes_epochs: Annotated[int, FREEZE_PROTOTYPES] = 1,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -123,8 +138,8 @@ class SwAV(Method):
         self.sinkhorn_iterations = sinkhorn_iterations
         self.epoch_queue_starts = epoch_queue_starts
         self.freeze_prototypes_epochs = freeze_prototypes_epochs
-        # each process queues its own share; Sinkhorn then sees queue_length embeddings in all
-        self.register_buffer("queue", torch.zeros(2, queue_length // world_size(), proj_dim))
+        # each process queues its own share; Sinkhorn then sees queue_size embeddings in all
+        self.register_buffer("queue", torch.zeros(2, queue_size // world_size(), proj_dim))
         self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
 
     @torch.no_grad()

@@ -22,13 +22,17 @@ batch 2048, 10 warmup epochs then cosine, weight decay 1e-6, 1000 epochs. At CIF
 module defaults to a 2048-2048-2048 expander.
 """
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from methods import Method, register
+from methods.hparams import CONCAT_VIEWS, PROJ_DIM, PROJ_HIDDEN_DIM, Flag
 from networks.heads import build_mlp
 from utils.distributed import gather_with_grad
+from utils.misc import non_negative_float
 
 
 def _variance_loss(z: Tensor, eps: float) -> Tensor:
@@ -72,10 +76,16 @@ def vicreg_loss(
     return sim_coeff * invariance + std_coeff * variance + cov_coeff * covariance
 
 
+SIM_COEFF = Flag("weight of the invariance term", non_negative_float)
+STD_COEFF = Flag("weight of the variance term", non_negative_float)
+COV_COEFF = Flag("weight of the covariance term", non_negative_float)
+
+
 @register("vicreg")
 class VICReg(Method):
     """Backbone + 3-layer expander (BN+ReLU between layers, none after the last); VICReg loss."""
 
+    loss_summary = "`vicreg_loss`"
     augmentation = "byol"  # the paper uses BYOL's asymmetric views
     zero_init_residual = True
 
@@ -83,12 +93,12 @@ class VICReg(Method):
         self,
         backbone: nn.Module,
         feat_dim: int,
-        proj_hidden_dim: int = 2048,
-        proj_dim: int = 2048,
-        sim_coeff: float = 25.0,
-        std_coeff: float = 25.0,
-        cov_coeff: float = 1.0,
-        concat_views: bool = False,
+        proj_hidden_dim: Annotated[int, PROJ_HIDDEN_DIM] = 2048,
+        proj_dim: Annotated[int, PROJ_DIM] = 2048,
+        sim_coeff: Annotated[float, SIM_COEFF] = 25.0,
+        std_coeff: Annotated[float, STD_COEFF] = 25.0,
+        cov_coeff: Annotated[float, COV_COEFF] = 1.0,
+        concat_views: Annotated[bool, CONCAT_VIEWS] = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone

@@ -154,7 +154,7 @@ recipe() {  # sets FLAGS to the method's pretraining flags
             # weight-normalised layer, these are re-normalised after each step.
             FLAGS=("${SOLO[@]}" "${SOLO_LARS[@]}" --base_lr 0.6 --weight_decay 1e-6
                    --temperature 0.1 --num_prototypes 3000 --proj_hidden_dim 2048 --proj_dim 128
-                   --queue_length 3840 --epoch_queue_starts 50 --freeze_prototypes_epochs 2
+                   --queue_size 3840 --epoch_queue_starts 50 --freeze_prototypes_epochs 2
                    --num_crops 0 --crop_min_scale 0.08 --jitter_strength 1.0) ;;
         barlowtwins)
             # solo-learn scripts/pretrain/cifar/barlow.yaml: lars lr 0.3 (batch 256), wd 1e-4,
@@ -223,7 +223,7 @@ recipe() {  # sets FLAGS to the method's pretraining flags
             # of the older argparse solo/methods/dino.py in forks default to 50 epochs of teacher
             # warmup from 0.04; the current code's default, used here, is none.)
             FLAGS=("${SOLO[@]}" "${SOLO_LARS[@]}" --base_lr 0.3 --weight_decay 1e-6
-                   --proj_hidden_dim 2048 --proj_dim 256 --num_prototypes 4096
+                   --proj_hidden_dim 2048 --proj_dim 256 --out_dim 4096
                    --ema_momentum 0.9995 --temperature 0.1 --teacher_temp 0.07
                    --teacher_temp_warmup_epochs 0 --center_momentum 0.9
                    --freeze_prototypes_epochs 1 --num_crops 0 --crop_min_scale 0.08

@@ -26,54 +26,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from readme_block import knn_first_last, load_json, publish  # noqa: E402
 
-from main import get_args_parser  # noqa: E402
+from main import VIEW_FLAGS, get_args_parser  # noqa: E402
 from methods import METHODS  # noqa: E402
+from methods.hparams import hyper_parameters, resolve_aliases  # noqa: E402
 
-LOSSES = {
-    "simclr": "`nt_xent_loss`",
-    "supcon": "`supcon_loss` (labels)",
-    "simsiam": "`negative_cosine_similarity`",
-    "byol": "`byol_loss`, EMA target",
-    "swav": "`swav_loss`, `sinkhorn`",
-    "barlowtwins": "`barlow_twins_loss`",
-    "vicreg": "`vicreg_loss`",
-    "mocov2": "`moco_loss`, queue, EMA keys",
-    "mocov3": "`mocov3_loss`, EMA keys",
-    "nnclr": "`nnclr_loss`, support set",
-    "dino": "`dino_loss`, EMA teacher",
-}
-# flags a method's short run may override; shown in the table so each row can be repeated
-METHOD_FLAGS = (
-    "temperature",
-    "proj_hidden_dim",
-    "proj_dim",
-    "pred_hidden_dim",
-    "lambd",
-    "sim_coeff",
-    "std_coeff",
-    "cov_coeff",
-    "ema_momentum",
-    "num_prototypes",
-    "num_crops",
-    "queue_length",
-    "epoch_queue_starts",
-    "freeze_prototypes_epochs",
-    "queue_size",
-    "teacher_temp",
-    "warmup_teacher_temp",
-    "teacher_temp_warmup_epochs",
-    "center_momentum",
-    "fix_pred_lr",
-    "use_bn_in_head",
-    "norm_last_layer",
-    "concat_views",
-    "zero_init_residual",
-    "nt_xent_scale",
-    "base_temperature",
-    "bias_lr_scale",
-    "proj_layers",
-    "jitter_strength",
-)
 # flags every run sets; a row lists them only where it departs from the value most runs use
 SHARED_FLAGS = ("optimizer", "base_lr", "weight_decay", "num_epochs", "crop_min_scale")
 PARSER = get_args_parser()  # main.py's defaults: a row lists the method flags it changed
@@ -85,6 +41,13 @@ def wall_seconds(root: str) -> int | None:
         return None
     with open(path) as f:
         return sum(int(line.split()[0]) for line in f if line.strip())
+
+
+def method_flags(method: str) -> list[str]:
+    """The flags a method's short run may override, in the order its table row lists them: its
+    hyper-parameters (methods.hparams), the view flags, the initialisation."""
+    flags = [*hyper_parameters(METHODS[method]), *VIEW_FLAGS, "zero_init_residual"]
+    return [k for k in flags if k not in SHARED_FLAGS]
 
 
 def minutes(seconds: float) -> str:
@@ -165,16 +128,18 @@ def table(root: str) -> str:
     every = [r["args"] for rows in runs.values() for r in rows]
     usual = {key: Counter(a[key] for a in every).most_common(1)[0][0] for key in SHARED_FLAGS}
     for method, rows in runs.items():
-        args = rows[0]["args"]
+        args = resolve_aliases(METHODS[method], rows[0]["args"])  # older runs: older names
         changed = [k for k in SHARED_FLAGS if args[k] != usual[k]]
         changed += [
-            k for k in METHOD_FLAGS if args.get(k) is not None and args[k] != PARSER.get_default(k)
+            k
+            for k in method_flags(method)
+            if args.get(k) is not None and args[k] != PARSER.get_default(k)
         ]
         flags = " ".join(flag(k, args[k]) for k in changed)
         gains = [r["after"] - r["before"] for r in rows]
         above = sum(g > 0 for g in gains)
         lines.append(
-            f"| `{method}` | {METHODS[method].augmentation} | {LOSSES.get(method, '')} | "
+            f"| `{method}` | {METHODS[method].augmentation} | {METHODS[method].loss_summary} | "
             f"{flags or '(paper defaults)'} | {rows[0]['steps']} | {len(rows)} | "
             f"{spread([r['before'] for r in rows])} → {spread([r['after'] for r in rows])} | "
             f"{spread(gains)} | {above}/{len(rows)} | "

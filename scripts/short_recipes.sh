@@ -21,7 +21,7 @@ declare -A FLAGS=(
     [mocov2]="--queue_size 4096 --ema_momentum 0.99"
     [mocov3]="--temperature 0.2 --proj_hidden_dim 512 --pred_hidden_dim 512"
     [nnclr]="--queue_size 4096 --proj_hidden_dim 512 --pred_hidden_dim 512"
-    [dino]="--num_prototypes 1024 --num_crops 2 --proj_hidden_dim 512 --ema_momentum 0.99 --use_bn_in_head"
+    [dino]="--out_dim 1024 --num_crops 2 --proj_hidden_dim 512 --ema_momentum 0.99 --use_bn_in_head"
 )
 ALL_METHODS=(simclr supcon simsiam byol swav barlowtwins vicreg mocov2 mocov3 nnclr dino)
 # Methods without negatives or an explicit variance term start slowly: on the synthetic set their

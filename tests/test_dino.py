@@ -160,7 +160,7 @@ def test_teacher_temperature_warms_up_linearly_like_np_linspace_then_stays():
 def tiny_dino(**kwargs):
     torch.manual_seed(0)
     backbone, feat_dim = build_backbone("small_cnn", 16)
-    dims = dict(proj_hidden_dim=32, proj_dim=16, num_prototypes=10)
+    dims = dict(proj_hidden_dim=32, proj_dim=16, out_dim=10)
     return build_method("dino", backbone, feat_dim, **{**dims, **kwargs})
 
 
@@ -340,7 +340,7 @@ TINY += ["--device", "cpu", "--num_workers", "0", "--limit", "64", "--batch_size
 
 
 def test_dino_runs_through_main_and_its_flags_reach_the_module(run_dirs):
-    flags = ["--num_prototypes", "64", "--proj_hidden_dim", "64", "--num_crops", "2"]
+    flags = ["--out_dim", "64", "--proj_hidden_dim", "64", "--num_crops", "2"]
     flags += ["--teacher_temp", "0.06", "--warmup_teacher_temp", "0.03"]
     flags += ["--teacher_temp_warmup_epochs", "3", "--center_momentum", "0.8"]
     flags += ["--use_bn_in_head", "--norm_last_layer", "false"]

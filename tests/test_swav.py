@@ -115,7 +115,7 @@ def test_prototypes_frozen_in_the_first_epoch_then_trained_and_kept_unit_norm():
 
 
 def test_queue_fills_from_its_epoch_and_joins_sinkhorn_when_full():
-    model = tiny_swav(queue_length=16, epoch_queue_starts=1)
+    model = tiny_swav(queue_size=16, epoch_queue_starts=1)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     train_step(model, optimizer, epoch=0, step=0)
     assert model.queue_filled.item() == 0 and model.queue.abs().sum() == 0
@@ -143,5 +143,5 @@ def test_queue_fills_from_its_epoch_and_joins_sinkhorn_when_full():
 
 
 def test_queue_and_prototypes_are_saved():
-    keys = tiny_swav(queue_length=16).state_dict().keys()
+    keys = tiny_swav(queue_size=16).state_dict().keys()
     assert {"queue", "queue_filled", "prototypes.weight"} <= set(keys)

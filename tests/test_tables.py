@@ -180,7 +180,7 @@ def test_methods_table_rows_from_result_files(tmp_path):
         "| `--optimizer sgd` `--base_lr 0.1` `--fix_pred_lr false` | 248 | 2 |" in (row["simsiam"])
     )
     # a longer schedule, and on/off flags switched either way from main.py's defaults
-    flags = "`--num_epochs 40` `--use_bn_in_head` `--norm_last_layer false`"
+    flags = "`--num_epochs 40` `--norm_last_layer false` `--use_bn_in_head`"
     assert f"| {flags} | 248 | 2 |" in row["dino"]
     assert lines[-1].startswith("Mean ± standard deviation over the seeds 1, 2 ")
     assert lines[-1].endswith(

@@ -66,6 +66,13 @@ def positive_float(value: str) -> float:
     return number
 
 
+def unit_float(value: str) -> float:
+    number = float(value)
+    if not 0 <= number <= 1:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value!r}")
+    return number
+
+
 def run_cli(main, parser: argparse.ArgumentParser, argv: list[str] | None = None) -> None:
     """Run `main(args)`; a UserError ends the program with one line on stderr and exit code 2."""
     args = parser.parse_args(argv)
