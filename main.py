@@ -7,36 +7,28 @@ Writes <logs_dir>/<run_name>/{args.json, metrics.csv, loss.png, lr.png} and
 """
 
 import inspect
-import math
 import os
-import signal
-import sys
 import time
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
+from engine import Engine, fit
 from methods import METHODS, build_method, method_options
 from methods.hparams import add_method_flags
 from networks import BACKBONES, build_backbone, check_input_sizes
 from optimizers import OPTIMIZERS, build_optimizer
-from optimizers.cosine_decay_warmup import adjust_learning_rate
 from transformations import PRETRAIN_TRANSFORMS, BatchViews, eval_transform, pretrain_transform
 from utils.accel import autocast, grad_scaler, prepare_model, to_device
 from utils.checkpoint import (
     find_checkpoint,
     load_checkpoint,
-    rng_state,
-    save_checkpoint,
     set_rng_state,
 )
 from utils.data import DATASETS, InMemory, balanced_subset, build_dataset
 from utils.distributed import (
-    barrier,
     close_distributed,
     is_main_process,
-    mean_over_processes,
     rank,
     world_size,
 )
@@ -64,7 +56,6 @@ from utils.run import (
     make_run_dirs,
     print_args,
     save_args,
-    seed_epoch,
     start_process,
 )
 from utils.tsne import plot_tsne
@@ -358,103 +349,27 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
     return parser
 
 
-def train_one_epoch(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    loader,
-    lr_schedule,
-    device: torch.device,
-    epoch: int,
-    args,
-    logger: MetricsLogger,
-    guard: TrainingGuard,
-    steps_per_epoch: int,
-    first_step: int = 0,
-    forward: nn.Module | None = None,
-    scaler: torch.amp.GradScaler | None = None,
-    augment: nn.Module | None = None,
-) -> dict[str, float]:
-    """Steps `first_step` .. `steps_per_epoch` - 1 of `epoch` (the loader skips the ones before);
-    returns as soon as a stop signal arrives, with `steps_done` telling where it stopped.
+def pretraining_step(forward: nn.Module, device: torch.device, args, augment=None):
+    """What one pretraining step computes (engine.Engine does the rest): the views on the
+    device (drawn there by `augment`, the BatchViews of --gpu_augment, when the loader gives
+    uint8 images), and the method's loss under autocast. `forward` is the module to call (DDP /
+    torch.compile wrappers of the method). The image count is over all DDP processes."""
 
-    `forward` is the module to call (DDP / torch.compile wrappers of `model`; default `model`),
-    `scaler` the fp16 gradient scaler (default: none), `augment` the BatchViews that turn a
-    batch of uint8 images into the views on the device (--gpu_augment; default: the loader
-    gives the views). Under DDP `images_per_s` counts the images of all processes."""
-    forward = model if forward is None else forward
-    scaler = torch.amp.GradScaler(device.type, enabled=False) if scaler is None else scaler
-    model.train()
-    last_step = steps_per_epoch if not args.debug else min(steps_per_epoch, first_step + 5)
-    total_steps = args.num_epochs * steps_per_epoch
-    total_loss, seen, start = 0.0, 0, time.time()
-    window_start, window_images = start, 0
-    bar = tqdm(
-        loader,
-        total=last_step - first_step,
-        desc=f"epoch {epoch + 1}/{args.num_epochs}",
-        dynamic_ncols=True,
-        mininterval=1.0,
-        leave=False,
-        disable=not is_main_process(),
-    )
-    step_in_epoch, lr = first_step, float(lr_schedule[epoch * steps_per_epoch + first_step])
-    for views, labels in bar:
-        it = epoch * steps_per_epoch + step_in_epoch  # global step: indexes per-step schedules
-        lr = float(lr_schedule[it])
-        adjust_learning_rate(optimizer, lr)
-
+    def step(views, labels):
         if augment is not None:  # the loader gave the batch's uint8 images
             views = augment(views.to(device, non_blocking=True))
         views = [to_device(v, device, args.channels_last) for v in views]
         labels = labels.to(device, non_blocking=True)
         with autocast(args, device):
             loss = forward(views, labels)["loss"]
-        # one host sync per step, reused below; the same value on every DDP process
-        loss_value = mean_over_processes(loss)
-        optimizer.zero_grad(set_to_none=True)
-        step_in_epoch += 1
-        if math.isfinite(loss_value):
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)  # hooks and LARS see true gradients
-            model.before_optimizer_step()
-            scaler.step(optimizer)
-            scaler.update()
-            model.after_optimizer_step(it, total_steps)
-            batch = labels.shape[0] * world_size()
-            total_loss += loss_value * batch
-            seen += batch
-            window_images += batch
-        else:
-            guard.nonfinite_loss(loss_value, it, lr)  # exits unless --skip_nonfinite allows it
+        return loss, labels.shape[0] * world_size(), {}
 
-        if step_in_epoch % args.print_freq == 0 or step_in_epoch == last_step:
-            now = time.time()
-            speed = window_images / max(now - window_start, 1e-9)
-            window_start, window_images = now, 0
-            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.4g}", img_s=f"{speed:.1f}")
-            logger.log(
-                "step",
-                epoch + step_in_epoch / steps_per_epoch,
-                it + 1,
-                loss=loss_value,
-                lr=lr,
-                images_per_s=speed,
-            )
-        # stop before the loader draws the next batch: a resumed run then augments that batch
-        # with the same random numbers as a run that never stopped
-        if step_in_epoch == last_step or guard.should_stop(device):
-            break
-    bar.close()
-    return {
-        "loss": total_loss / max(seen, 1),
-        "images_per_s": seen / (time.time() - start),
-        "lr": lr,
-        "steps_done": step_in_epoch,
-    }
+    return step
 
 
 def training_state(args, model, optimizer, epoch: int, step_in_epoch: int, steps: int) -> dict:
-    """What `--resume` needs: `epoch` epochs completed plus `step_in_epoch` steps of the next."""
+    """What `--resume` needs (engine.fit adds the RNG state): `epoch` epochs completed plus
+    `step_in_epoch` steps of the next."""
     return {
         "args": vars(args),
         "kind": "pretrain",
@@ -463,7 +378,6 @@ def training_state(args, model, optimizer, epoch: int, step_in_epoch: int, steps
         "step": epoch * steps + step_in_epoch,
         "model": model.state_dict(),  # BYOL's target network, SwAV's queue included
         "optimizer": optimizer.state_dict(),
-        "rng": rng_state(),
     }
 
 
@@ -622,60 +536,39 @@ def main(args) -> dict:
     columns = ["loss", "lr", "images_per_s", "knn_acc1"]
     logger = MetricsLogger(log_dir, columns) if main_rank else NullLogger()
     title = f"{args.model_name} / {args.backbone} / {args.dataset_name}"
-    stats: dict[str, float] = {}
     start_time = time.time()
     if args.knn_freq and start_epoch == start_step == 0:  # the untrained network: the baseline
         knn_acc1, _ = knn_monitor(model.backbone, *knn_loaders, device, args)
         logger.log("epoch", 0, 0, knn_acc1=knn_acc1)
         print(f"epoch 0 (random initialisation): knn_acc1 {knn_acc1:.4g}")
-    last_path = os.path.join(ckpt_dir, "last.pt")
-    with TrainingGuard(args.skip_nonfinite) as guard:
-        for epoch in range(start_epoch, args.num_epochs):
-            first_step = start_step if epoch == start_epoch else 0
-            seed_epoch(loader, epoch, skip_batches=first_step)
-            model.set_epoch(epoch)
-            stats = train_one_epoch(
-                model, optimizer, loader, lr_schedule, device, epoch, args, logger, guard,
-                steps_per_epoch, first_step, forward, scaler, augment,
-            )  # fmt: skip
-            steps_done = stats.pop("steps_done")
-            if guard.signal is not None and steps_done < steps_per_epoch:
-                state = training_state(args, model, optimizer, epoch, steps_done, steps_per_epoch)
-                if main_rank:
-                    save_checkpoint(state, last_path)
-                barrier()  # no process exits (and makes torchrun stop rank 0) before the save
-                logger.close()
-                print(
-                    f"stopped by {signal.Signals(guard.signal).name} at epoch {epoch + 1}, step "
-                    f"{steps_done}/{steps_per_epoch}; saved {last_path}. Continue with the same "
-                    f"command plus --resume {last_path}"
-                )
-                sys.exit(128 + guard.signal)
-            if args.knn_freq and ((epoch + 1) % args.knn_freq == 0 or epoch + 1 == args.num_epochs):
-                stats["knn_acc1"], test_features = knn_monitor(
-                    model.backbone, *knn_loaders, device, args
-                )
-                if args.tsne and epoch + 1 == args.num_epochs and main_rank:
-                    path = os.path.join(log_dir, "tsne.png")
-                    plot_tsne(*test_features, path, f"{title}: test features, epoch {epoch + 1}")
-            logger.log("epoch", epoch + 1, (epoch + 1) * steps_per_epoch, **stats)
-            print(
-                f"epoch {epoch + 1}/{args.num_epochs}: "
-                + ", ".join(f"{k} {v:.4g}" for k, v in stats.items())
-            )
 
-            state = training_state(args, model, optimizer, epoch + 1, 0, steps_per_epoch)
-            if main_rank:
-                save_checkpoint(state, last_path)
-                if (epoch + 1) % args.save_freq == 0 or epoch + 1 == args.num_epochs:
-                    save_checkpoint(state, os.path.join(ckpt_dir, f"epoch_{epoch + 1:04d}.pt"))
-                    plot_run(log_dir, title)
-            if guard.should_stop(device):  # arrived during the last step of the epoch
-                barrier()
-                logger.close()
-                print(f"stopped after epoch {epoch + 1}; continue with --resume {last_path}")
-                sys.exit(128 + guard.signal)
-    logger.close()
+    def after_epoch(epoch: int) -> dict:
+        if not args.knn_freq or ((epoch + 1) % args.knn_freq and epoch + 1 < args.num_epochs):
+            return {}
+        knn_acc1, test_features = knn_monitor(model.backbone, *knn_loaders, device, args)
+        if args.tsne and epoch + 1 == args.num_epochs and main_rank:
+            path = os.path.join(log_dir, "tsne.png")
+            plot_tsne(*test_features, path, f"{title}: test features, epoch {epoch + 1}")
+        return {"knn_acc1": knn_acc1}
+
+    engine = Engine(
+        optimizer, lr_schedule, steps_per_epoch, args.num_epochs, device, scaler,
+        TrainingGuard(args.skip_nonfinite), logger, args.print_freq, args.debug,
+        model.before_optimizer_step, model.after_optimizer_step,
+    )  # fmt: skip
+    stats = fit(
+        engine,
+        loader,
+        pretraining_step(forward, device, args, augment),
+        lambda epoch, step: training_state(args, model, optimizer, epoch, step, steps_per_epoch),
+        ckpt_dir,
+        start=(start_epoch, start_step),
+        before_epoch=model.set_epoch,
+        after_epoch=after_epoch,
+        save_freq=args.save_freq,
+        on_save=lambda: plot_run(log_dir, title),
+    )
+    last_path = os.path.join(ckpt_dir, "last.pt")
     close_distributed()
     if not main_rank:
         return {"run_name": args.run_name, "log_dir": log_dir, "ckpt_dir": ckpt_dir, **stats}

@@ -23,17 +23,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, Subset
-from tqdm import tqdm
 
 import main as pretrain
+from engine import Engine, fit
 from methods import METHODS
 from networks import build_backbone, check_input_sizes, zero_init_residual
 from networks.heads import LinearClassifier
 from optimizers import build_optimizer, param_groups
-from optimizers.cosine_decay_warmup import adjust_learning_rate
 from transformations import eval_transform, linear_train_transform
-from utils.accel import autocast, device_ids, to_device
-from utils.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from utils.accel import autocast, device_ids, grad_scaler, to_device
+from utils.checkpoint import find_checkpoint, load_checkpoint, set_rng_state
 from utils.data import (
     DATASETS,
     EpochSampler,
@@ -62,6 +61,7 @@ from utils.misc import (
 )
 from utils.plots import plot_run
 from utils.run import (
+    TrainingGuard,
     build_lr_schedule,
     check_run_dirs,
     default_run_name,
@@ -69,12 +69,14 @@ from utils.run import (
     make_run_dirs,
     print_args,
     save_args,
-    seed_epoch,
     start_process,
 )
 from utils.subsets import class_balanced_fraction
 from utils.tsne import plot_tsne
 
+# flags that a resumed evaluation must share with the stopped one
+RESUME_KEYS = ("model_name", "backbone", "dataset_name", "image_size", "random_init")
+RESUME_KEYS += ("precompute_features", "probe_bn", "momentum_backbone", "data_fraction")
 # the EMA copies of the backbone in a method's state dict: BYOL's and MoCo's target, DINO's teacher
 MOMENTUM_PREFIXES = ("target_backbone.", "teacher_backbone.")
 
@@ -218,6 +220,48 @@ def load_pretrained(args) -> dict | None:
     return checkpoint
 
 
+def load_resumed(args) -> dict | None:
+    """--resume: this evaluation's own last.pt (of a main_linear.py run with the same mode),
+    checked against the flags; the run folder (and, unless given, the pretraining checkpoint)
+    are the stopped run's. `auto`: --run_name's, or the newest of the same method, backbone and
+    data set."""
+    if args.resume is None:
+        return None
+    kind = "finetune" if args.finetune else "linear"
+    if args.eval == "knn":
+        raise UserError("--resume: a kNN evaluation trains nothing to continue: drop --resume")
+    path = args.resume
+    if path == "auto":
+        if args.run_name:
+            path = os.path.join(args.ckpt_dir, args.run_name, "last.pt")
+            path = path if os.path.isfile(path) else None
+        else:
+            path = find_checkpoint(
+                args.ckpt_dir, args.model_name, args.backbone, args.dataset_name, kind=kind
+            )
+        if path is None:
+            print("--resume auto: no checkpoint found, starting a new run")
+            return None
+    checkpoint = load_checkpoint(path)
+    if checkpoint.get("kind") != kind:
+        what = {"pretrain": "a pretraining", "linear": "a linear probe's"}
+        what = what.get(checkpoint.get("kind"), "a fine-tuning run's")
+        raise UserError(
+            f"--resume {path} is {what} checkpoint, not one of a {kind} run of "
+            "main_linear.py: pass the last.pt of the run to continue"
+        )
+    saved = checkpoint["args"]
+    for key in RESUME_KEYS:
+        if saved.get(key) != getattr(args, key):
+            raise UserError(
+                f"--resume {path}: that run had --{key} {saved.get(key)}, but --{key} is "
+                f"{getattr(args, key)}: use the stopped run's flags"
+            )
+    args.run_name = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    args.ckpt = args.ckpt or saved.get("ckpt")
+    return checkpoint
+
+
 def load_backbone(args, checkpoint: dict | None) -> tuple[nn.Module, int]:
     """The backbone with its pretrained weights (strictly: every backbone key must be there);
     with --random_init, as the method initialises it (zero residual BatchNorm where its official
@@ -294,29 +338,12 @@ def add_backbone_groups(optimizer, backbone: nn.Module, args) -> None:
         optimizer.add_param_group(group)
 
 
-def train_one_epoch(
-    classifier, backbone, optimizer, loader, lr_schedule, device, epoch, args, logger: MetricsLogger
-) -> dict[str, float]:
-    finetune = getattr(args, "finetune", False)
-    classifier.train()
-    backbone.train(finetune)  # frozen: eval mode, BatchNorm keeps its pretrained statistics
-    steps = len(loader) if not args.debug else min(len(loader), 5)
-    total_loss, correct, seen, start = 0.0, 0, 0, time.time()
-    bar = tqdm(
-        loader,
-        total=steps,
-        desc=f"epoch {epoch + 1}/{args.num_epochs}",
-        dynamic_ncols=True,
-        mininterval=1.0,
-        leave=False,
-        disable=not is_main_process(),
-    )
-    for i, (images, labels) in enumerate(bar):
-        if i == steps:
-            break
-        it = epoch * len(loader) + i
-        lr = float(lr_schedule[it])
-        adjust_learning_rate(optimizer, lr)
+def classifier_step(classifier, backbone, device: torch.device, args, finetune: bool):
+    """What one step of the probe (or of fine-tuning) computes, for engine.Engine: the
+    backbone's features (with gradient only when fine-tuning), the head's cross-entropy, and
+    its correct predictions (train_acc1, percent). Counts are this process's images."""
+
+    def step(images, labels):
         images = to_device(images, device, args.channels_last)
         labels = labels.to(device, non_blocking=True)
         with torch.set_grad_enabled(finetune), autocast(args, device):
@@ -324,26 +351,10 @@ def train_one_epoch(
         with autocast(args, device):
             logits = classifier(features)
         loss = F.cross_entropy(logits.float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss_value = loss.item()  # one host sync per step, reused below
-        correct += (logits.argmax(dim=1) == labels).sum()  # a tensor: no sync
-        total_loss += loss_value * labels.shape[0]
-        seen += labels.shape[0]
-        if (i + 1) % args.print_freq == 0 or i + 1 == steps:
-            speed = seen / (time.time() - start)
-            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.4g}", img_s=f"{speed:.1f}")
-            logger.log(
-                "step", epoch + (i + 1) / steps, it + 1, loss=loss_value, lr=lr, images_per_s=speed
-            )
-    bar.close()
-    return {
-        "loss": total_loss / max(seen, 1),
-        "lr": lr,
-        "images_per_s": seen / (time.time() - start),
-        "train_acc1": 100.0 * float(correct) / max(seen, 1),
-    }
+        correct = 100.0 * (logits.argmax(dim=1) == labels).sum()
+        return loss, labels.shape[0], {"train_acc1": correct}
+
+    return step
 
 
 @torch.no_grad()
@@ -368,12 +379,14 @@ def evaluate(classifier, backbone, loader, device, args) -> dict[str, float]:
 
 
 def train_classifier(
-    args, classifier, backbone, train_loader, test_loader, device, log_dir, ckpt_dir, title
-) -> tuple[float, float]:
+    args, classifier, backbone, train_loader, test_loader, device, log_dir, ckpt_dir, title,
+    resumed: dict | None = None,
+) -> tuple[float, float]:  # fmt: skip
     """Train the head (and the backbone with --finetune) for --num_epochs, validating every
     epoch; returns the last epoch's Acc@1 and Acc@5. The loaders yield images, or cached
     features with `backbone` an nn.Identity (then every DDP process trains the same head on
-    all the features; on images each process takes its share of every batch)."""
+    all the features; on images each process takes its share of every batch). `resumed`: a
+    checkpoint of this run to continue (--resume)."""
     lr_schedule = build_lr_schedule(args, len(train_loader))
     optimizer = build_optimizer(args, classifier)
     if args.finetune:
@@ -384,36 +397,56 @@ def train_classifier(
         head = DistributedDataParallel(classifier, device_ids=device_ids(device))
         if args.finetune:
             body = DistributedDataParallel(backbone, device_ids=device_ids(device))
+    start = (0, 0)
+    if resumed is not None:
+        classifier.load_state_dict(resumed["model"])
+        if args.finetune:
+            backbone.load_state_dict(resumed["backbone"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        set_rng_state(resumed["rng"])
+        start = (resumed["epoch"], resumed.get("step_in_epoch", 0))
+        print(f"resumed at epoch {start[0]}, step {start[1]} of the epoch")
     main_rank = is_main_process()
     if main_rank:
         save_args(log_dir, args)
     columns = ["loss", "lr", "images_per_s", "train_acc1", "val_loss", "val_acc1", "val_acc5"]
     logger = MetricsLogger(log_dir, columns) if main_rank else NullLogger()
-    for epoch in range(args.num_epochs):
-        seed_epoch(train_loader, epoch)
-        stats = train_one_epoch(
-            head, body, optimizer, train_loader, lr_schedule, device, epoch, args, logger
-        )
-        stats.update(evaluate(classifier, backbone, test_loader, device, args))
-        logger.log("epoch", epoch + 1, (epoch + 1) * len(train_loader), **stats)
-        print(
-            f"epoch {epoch + 1}/{args.num_epochs}: "
-            + ", ".join(f"{k} {v:.4g}" for k, v in stats.items())
-        )
-        state = {
+    steps = len(train_loader)
+
+    def before_epoch(epoch: int) -> None:
+        classifier.train()
+        backbone.train(args.finetune)  # frozen: eval mode, BatchNorm keeps its statistics
+
+    def state(epoch: int, step_in_epoch: int) -> dict:
+        saved = {
             "args": vars(args),
             "kind": "finetune" if args.finetune else "linear",
-            "epoch": epoch + 1,
+            "epoch": epoch,
+            "step_in_epoch": step_in_epoch,
+            "step": epoch * steps + step_in_epoch,
             "model": classifier.state_dict(),
             "optimizer": optimizer.state_dict(),
         }
-        if args.finetune:
-            state["backbone"] = backbone.state_dict()
-        if main_rank:
-            save_checkpoint(state, os.path.join(ckpt_dir, "last.pt"))
-    logger.close()
+        return {**saved, "backbone": backbone.state_dict()} if args.finetune else saved
+
+    engine = Engine(
+        optimizer, lr_schedule, steps, args.num_epochs, device, grad_scaler(args, device),
+        TrainingGuard(args.skip_nonfinite), logger, args.print_freq, args.debug,
+    )  # fmt: skip
+    stats = fit(
+        engine,
+        train_loader,
+        classifier_step(head, body, device, args, args.finetune),
+        state,
+        ckpt_dir,
+        start=start,
+        before_epoch=before_epoch,
+        after_epoch=lambda epoch: evaluate(classifier, backbone, test_loader, device, args),
+    )
     if main_rank:
         print("plots: " + " ".join(plot_run(log_dir, title)))
+    if not stats:  # resumed after the last epoch: its results are in the checkpoint's run
+        stats = evaluate(classifier, backbone, test_loader, device, args)
     return stats["val_acc1"], stats["val_acc5"]
 
 
@@ -424,7 +457,8 @@ def main(args) -> dict:
     if args.finetune and args.backbone_lr is None:
         args.backbone_lr = 0.1 * args.base_lr
 
-    # ============ pretrained backbone ============
+    # ============ pretrained backbone (and this run's own checkpoint with --resume) ============
+    resumed = load_resumed(args)
     checkpoint = load_pretrained(args)
     backbone, feat_dim = load_backbone(args, checkpoint)
     backbone.requires_grad_(args.finetune)
@@ -436,7 +470,7 @@ def main(args) -> dict:
         args, prefix=f"{mode}_{'random_' if args.random_init else ''}"
     )
     # checked now, created once the evaluation can start: a failed start leaves nothing behind
-    log_dir, ckpt_dir = check_run_dirs(args, resuming=False)
+    log_dir, ckpt_dir = check_run_dirs(args, resuming=resumed is not None)
     print_args(args)
 
     # ============ data ============
@@ -485,6 +519,7 @@ def main(args) -> dict:
             log_dir,
             ckpt_dir,
             title,
+            resumed,
         )
     wall_time = time.time() - start_time
     if args.tsne and test_features is None:  # linear on images or fine-tuned: the final backbone's

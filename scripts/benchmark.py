@@ -8,7 +8,7 @@
 Takes main.py's flags (method, backbone, image size, batch, optimizer, --amp, --channels_last,
 --compile, data set, workers) and measures, on one process:
 
-- ours: images/s of main.py's `train_one_epoch` (per-step lr, hooks, NaN guard, logging) over
+- ours: images/s of main.py's training engine (per-step lr, hooks, NaN guard, logging) over
   `--steps` steps of one batch held in memory, so that data loading does not enter;
 - bare: a plain loop in this file over the same batch with the same model, loss and optimizer
   (forward, zero_grad, backward, step, and nothing else);
@@ -36,15 +36,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from readme_block import publish  # noqa: E402
 
 import main as pretrain  # noqa: E402
+from engine import Engine  # noqa: E402
 from methods import build_method  # noqa: E402
 from networks import build_backbone  # noqa: E402
 from optimizers import build_optimizer  # noqa: E402
 from transformations import BatchViews  # noqa: E402
 from utils.accel import autocast, grad_scaler, prepare_model, to_device  # noqa: E402
 from utils.knn import weighted_knn  # noqa: E402
-from utils.logging import NullLogger  # noqa: E402
 from utils.misc import resolve_device, set_seed  # noqa: E402
-from utils.run import TrainingGuard, build_lr_schedule, make_loader, seed_epoch  # noqa: E402
+from utils.run import build_lr_schedule, make_loader, seed_epoch  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -104,21 +104,25 @@ def sync(device) -> None:
 
 
 def time_ours(args, device, batch, steps: int, schedule) -> float:
-    """Seconds for `steps` steps of main.train_one_epoch on `batch` repeated."""
+    """Seconds for `steps` steps of the training engine (engine.Engine, as main.py runs it) on
+    `batch` repeated."""
     model, forward, optimizer = build(args, device)
     loader = [batch] * (args.warmup_steps + steps)
     scaler = grad_scaler(args, device)
-    with TrainingGuard() as guard:
-        # the warm-up steps run as the first epoch (compilation, allocator, caches), untimed
-        run = lambda part: pretrain.train_one_epoch(  # noqa: E731
-            model, optimizer, part, schedule, device, 0, args, NullLogger(), guard,
-            len(part), 0, forward, scaler,
-        )  # fmt: skip
-        run(loader[: args.warmup_steps])
-        sync(device)
-        start = time.perf_counter()
-        run(loader[args.warmup_steps :])
-        sync(device)
+    step = pretrain.pretraining_step(forward, device, args)
+    hooks = dict(
+        before_optimizer_step=model.before_optimizer_step,
+        after_optimizer_step=model.after_optimizer_step,
+    )
+    run = lambda part: Engine(  # noqa: E731
+        optimizer, schedule, len(part), 1, device, scaler, **hooks
+    ).train_epoch(part, 0, step)
+    model.train()
+    run(loader[: args.warmup_steps])  # compilation, allocator, caches: untimed
+    sync(device)
+    start = time.perf_counter()
+    run(loader[args.warmup_steps :])
+    sync(device)
     return time.perf_counter() - start
 
 
@@ -273,7 +277,7 @@ def rows(r: dict) -> list[tuple[str, str]]:
     lightly = f"{r['lightly_images_per_s']:.1f}" if r["lightly_images_per_s"] else "not installed"
     knn = r["knn_50000x10000x512_s"]
     return [
-        ("training step, `main.py` (`train_one_epoch`)", f"{r['ours_images_per_s']:.1f} images/s"),
+        ("training step, `main.py` (`engine.Engine`)", f"{r['ours_images_per_s']:.1f} images/s"),
         ("training step, bare PyTorch loop", f"{r['bare_images_per_s']:.1f} images/s"),
         ("ratio ours / bare", f"{r['ratio_ours_to_bare']:.3f}"),
         ("lightly (SimCLR only)", lightly),

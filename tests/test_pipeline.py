@@ -134,6 +134,7 @@ def test_linear_evaluation_writes_results_and_plots(runs):
 
 
 def test_linear_probe_keeps_the_backbone_frozen(tmp_path):
+    from engine import Engine
     from networks import build_backbone
     from networks.heads import LinearClassifier
     from utils.logging import MetricsLogger
@@ -147,9 +148,11 @@ def test_linear_probe_keeps_the_backbone_frozen(tmp_path):
     loader = [(torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))) for _ in range(3)]
     args = main_linear.get_args_parser().parse_args(["--num_epochs", "1", "--print_freq", "1"])
     logger = MetricsLogger(str(tmp_path), ["loss", "lr", "images_per_s"], tensorboard=False)
-    main_linear.train_one_epoch(
-        classifier, backbone, optimizer, loader, [0.1] * 3, torch.device("cpu"), 0, args, logger
-    )
+    device = torch.device("cpu")
+    loop = Engine(optimizer, [0.1] * 3, 3, 1, device, logger=logger)
+    backbone.eval()  # as main_linear's before_epoch leaves a frozen backbone
+    step = main_linear.classifier_step(classifier, backbone, device, args, finetune=False)
+    loop.train_epoch(loader, 0, step)
     for key, value in backbone.state_dict().items():  # BatchNorm running stats included
         assert torch.equal(value, before[key]), key
     assert not torch.equal(classifier.fc.weight, weight_before)

@@ -11,6 +11,7 @@ import time
 import pytest
 import torch
 
+import engine
 import main
 from utils.checkpoint import load_checkpoint
 
@@ -50,7 +51,7 @@ def straight(tmp_path_factory):
 def stop_at_call(monkeypatch, n):
     """Send SIGTERM to this process from inside the training loop at its n-th step."""
     calls = {"n": 0}
-    original = main.adjust_learning_rate
+    original = engine.adjust_learning_rate
 
     def counting(optimizer, lr):
         calls["n"] += 1
@@ -58,7 +59,7 @@ def stop_at_call(monkeypatch, n):
             os.kill(os.getpid(), signal.SIGTERM)
         return original(optimizer, lr)
 
-    monkeypatch.setattr(main, "adjust_learning_rate", counting)
+    monkeypatch.setattr(engine, "adjust_learning_rate", counting)
 
 
 @pytest.mark.parametrize("stop_step", [3, 4])  # mid-epoch; at the end of an epoch

@@ -64,9 +64,12 @@ def describe_file(path: str) -> str:
     return "a text file"
 
 
-def find_checkpoint(ckpt_dir: str, model_name: str, backbone: str, dataset_name: str) -> str | None:
-    """The most recently written pretraining `last.pt` under `ckpt_dir` whose run used the same
-    method, backbone and data set (read from the args stored inside, memory-mapped, so cheap)."""
+def find_checkpoint(
+    ckpt_dir: str, model_name: str, backbone: str, dataset_name: str, kind: str = "pretrain"
+) -> str | None:
+    """The most recently written `last.pt` of `kind` (pretrain, linear, finetune) under
+    `ckpt_dir` whose run used the same method, backbone and data set (read from the args stored
+    inside, memory-mapped, so cheap)."""
     candidates = glob.glob(os.path.join(ckpt_dir, "*", "last.pt"))
     for path in sorted(candidates, key=os.path.getmtime, reverse=True):
         try:
@@ -74,7 +77,7 @@ def find_checkpoint(ckpt_dir: str, model_name: str, backbone: str, dataset_name:
             args = state["args"]
         except Exception:  # a broken file is skipped here; loading it explicitly reports why
             continue
-        if state.get("kind") == "pretrain" and (
+        if state.get("kind") == kind and (
             args.get("model_name"),
             args.get("backbone"),
             args.get("dataset_name"),

@@ -1,0 +1,199 @@
+"""The training loop shared by pretraining (main.py), linear evaluation and fine-tuning
+(main_linear.py): each entry point says only what one step computes (`step_fn`) and what an
+epoch ends with (`after_epoch`); the engine does the rest the same way for all of them:
+
+- the per-step lr schedule (an array indexed by the global step, DESIGN §6);
+- mixed precision: autocast is the step's business, the fp16 gradient scaler the engine's;
+- a non-finite loss skips its step (--skip_nonfinite) or stops the run (TrainingGuard);
+- SIGINT / SIGTERM: the step finishes, a resumable checkpoint is written, the process exits;
+- exact mid-epoch resume: epoch order from (seed, epoch), the skipped batches never loaded, the
+  RNG state in the checkpoint;
+- logging (metrics.csv rows every --print_freq steps and per epoch), the progress bar, last.pt
+  every epoch and epoch_NNNN.pt every --save_freq epochs.
+"""
+
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from optimizers.cosine_decay_warmup import adjust_learning_rate
+from utils.checkpoint import rng_state, save_checkpoint
+from utils.distributed import barrier, is_main_process, mean_over_processes
+from utils.logging import MetricsLogger, NullLogger
+from utils.run import TrainingGuard, seed_epoch
+
+# what a step returns: its loss (a tensor with a graph), the number of images it used over all
+# processes, and per-image sums to average over the epoch (e.g. correct predictions x 100)
+StepOutput = tuple[Tensor, int, dict[str, Tensor]]
+
+
+@dataclass
+class Engine:
+    """One training run's loop state: optimizer, per-step lr, scaler, guard and logger.
+
+    `before_optimizer_step()` runs after backward (gradients unscaled), `after_optimizer_step(
+    step, total_steps)` after each update: the method hooks of main.py (EMA, frozen layers)."""
+
+    optimizer: torch.optim.Optimizer
+    lr_schedule: np.ndarray
+    steps_per_epoch: int
+    num_epochs: int
+    device: torch.device
+    scaler: torch.amp.GradScaler | None = None
+    guard: TrainingGuard = field(default_factory=TrainingGuard)
+    logger: MetricsLogger | NullLogger = field(default_factory=NullLogger)
+    print_freq: int = 10
+    debug: bool = False  # 5 steps per epoch
+    before_optimizer_step: Callable[[], None] = lambda: None
+    after_optimizer_step: Callable[[int, int], None] = lambda step, total: None
+
+    def __post_init__(self) -> None:
+        if self.scaler is None:
+            self.scaler = torch.amp.GradScaler(self.device.type, enabled=False)
+
+    @property
+    def total_steps(self) -> int:
+        return self.num_epochs * self.steps_per_epoch
+
+    def update(self, loss: Tensor, step: int, lr: float) -> float | None:
+        """Backward and optimizer step for one loss; returns its value (the same on every DDP
+        process), or None when it was not finite and the step was skipped."""
+        loss_value = mean_over_processes(loss)  # one host sync per step
+        self.optimizer.zero_grad(set_to_none=True)
+        if not math.isfinite(loss_value):
+            self.guard.nonfinite_loss(loss_value, step, lr)  # exits unless allowed
+            return None
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)  # hooks and LARS see true gradients
+        self.before_optimizer_step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.after_optimizer_step(step, self.total_steps)
+        return loss_value
+
+    def train_epoch(
+        self, loader, epoch: int, step_fn: Callable[..., StepOutput], first_step: int = 0
+    ) -> dict[str, float]:
+        """Steps `first_step` .. steps_per_epoch - 1 of `epoch` (the loader skips the ones
+        before); returns as soon as a stop signal arrives, `steps_done` telling where."""
+        steps = self.steps_per_epoch
+        last_step = steps if not self.debug else min(steps, first_step + 5)
+        total_loss, seen, sums = 0.0, 0, {}
+        start = window_start = time.time()
+        window_images = 0
+        bar = tqdm(
+            loader,
+            total=last_step - first_step,
+            desc=f"epoch {epoch + 1}/{self.num_epochs}",
+            dynamic_ncols=True,
+            mininterval=1.0,
+            leave=False,
+            disable=not is_main_process(),
+        )
+        done, lr = first_step, float(self.lr_schedule[epoch * steps + first_step])
+        for batch in bar:
+            it = epoch * steps + done  # the global step: indexes per-step schedules
+            lr = float(self.lr_schedule[it])
+            adjust_learning_rate(self.optimizer, lr)
+            loss, count, step_sums = step_fn(*batch)
+            loss_value = self.update(loss, it, lr)
+            done += 1
+            if loss_value is not None:
+                total_loss += loss_value * count
+                seen += count
+                window_images += count
+                for key, value in step_sums.items():
+                    sums[key] = sums.get(key, 0) + value.detach()  # tensors: no host sync
+            if done % self.print_freq == 0 or done == last_step:
+                now = time.time()
+                speed = window_images / max(now - window_start, 1e-9)
+                window_start, window_images = now, 0
+                shown = loss_value if loss_value is not None else float("nan")
+                bar.set_postfix(loss=f"{shown:.4f}", lr=f"{lr:.4g}", img_s=f"{speed:.1f}")
+                self.logger.log(
+                    "step", epoch + done / steps, it + 1, loss=shown, lr=lr, images_per_s=speed
+                )
+            # stop before the loader draws the next batch: a resumed run then augments that
+            # batch with the same random numbers as a run that never stopped
+            if done == last_step or self.guard.should_stop(self.device):
+                break
+        bar.close()
+        stats = {
+            "loss": total_loss / max(seen, 1),
+            "images_per_s": seen / (time.time() - start),
+            "lr": lr,
+        }
+        stats |= {key: float(value) / max(seen, 1) for key, value in sums.items()}
+        return {**stats, "steps_done": done}
+
+
+def fit(
+    engine: Engine,
+    loader,
+    step_fn: Callable[..., StepOutput],
+    training_state: Callable[[int, int], dict],
+    ckpt_dir: str,
+    start: tuple[int, int] = (0, 0),
+    before_epoch: Callable[[int], None] = lambda epoch: None,
+    after_epoch: Callable[[int], dict] = lambda epoch: {},
+    save_freq: int | None = None,
+    on_save: Callable[[], None] = lambda: None,
+) -> dict[str, float]:
+    """Train from `start` = (epoch, step in that epoch) to the end; returns the last epoch's
+    stats. `training_state(epoch, step_in_epoch)` is the checkpoint dict for that point (the
+    engine adds the RNG state); `after_epoch(epoch)` the epoch's evaluation (kNN, validation),
+    merged into its stats; `on_save` runs with every epoch_NNNN.pt (plots)."""
+    start_epoch, start_step = start
+    last_path = os.path.join(ckpt_dir, "last.pt")
+    main_rank = is_main_process()
+    steps, stats = engine.steps_per_epoch, {}
+
+    def save(path: str, epoch: int, step: int) -> None:
+        if main_rank:
+            save_checkpoint({**training_state(epoch, step), "rng": rng_state()}, path)
+
+    def stop(message: str) -> None:
+        barrier()  # no process exits (and makes torchrun stop rank 0) before the save
+        engine.logger.close()
+        print(message)
+        sys.exit(128 + engine.guard.signal)
+
+    with engine.guard:
+        for epoch in range(start_epoch, engine.num_epochs):
+            first_step = start_step if epoch == start_epoch else 0
+            seed_epoch(loader, epoch, skip_batches=first_step)
+            before_epoch(epoch)
+            stats = engine.train_epoch(loader, epoch, step_fn, first_step)
+            done = stats.pop("steps_done")
+            if engine.guard.signal is not None and done < steps:
+                save(last_path, epoch, done)
+                stop(
+                    f"stopped by {signal.Signals(engine.guard.signal).name} at epoch "
+                    f"{epoch + 1}, step {done}/{steps}; saved {last_path}. Continue with the "
+                    f"same command plus --resume {last_path}"
+                )
+            stats.update(after_epoch(epoch))
+            engine.logger.log("epoch", epoch + 1, (epoch + 1) * steps, **stats)
+            print(
+                f"epoch {epoch + 1}/{engine.num_epochs}: "
+                + ", ".join(f"{k} {v:.4g}" for k, v in stats.items())
+            )
+            save(last_path, epoch + 1, 0)
+            final = epoch + 1 == engine.num_epochs
+            if save_freq and ((epoch + 1) % save_freq == 0 or final):
+                save(os.path.join(ckpt_dir, f"epoch_{epoch + 1:04d}.pt"), epoch + 1, 0)
+                if main_rank:
+                    on_save()
+            if engine.guard.should_stop(engine.device):  # arrived during the epoch's last step
+                stop(f"stopped after epoch {epoch + 1}; continue with --resume {last_path}")
+    engine.logger.close()
+    return stats
