@@ -24,8 +24,14 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, Subset
 
-import main as pretrain
 from engine import Engine, fit
+from flags import (
+    add_pretraining_flags,
+    add_shared_flags,
+    flags_given,
+    hide_flags,
+    pretraining_flags,
+)
 from methods import METHODS
 from networks import build_backbone, check_input_sizes, zero_init_residual
 from networks.heads import LinearClassifier
@@ -40,6 +46,7 @@ from utils.data import (
     balanced_subset,
     build_dataset,
     dataset_targets,
+    in_memory,
     num_classes_of,
 )
 from utils.distributed import (
@@ -89,9 +96,10 @@ def unit_fraction(value: str) -> float:
 
 
 def get_args_parser(add_help: bool = True) -> ArgumentParser:
-    parser = ArgumentParser(
-        "Linear evaluation", parents=[pretrain.get_args_parser(add_help=False)], add_help=add_help
-    )
+    parser = ArgumentParser("Linear evaluation", add_help=add_help)
+    add_shared_flags(parser)
+    add_pretraining_flags(parser)  # parsed only to be refused (check_args), not in --help
+    hide_flags(parser, pretraining_flags(parser))
     group = parser.add_argument_group("evaluation")
     group.add_argument(
         "--ckpt",
@@ -173,7 +181,8 @@ def check_args(args) -> None:
     for flag in ("compile", "gpu_augment"):
         if getattr(args, flag):
             raise UserError(f"--{flag} is a pretraining option (main.py): drop it here")
-    given = pretrain.method_flags_given(args)
+    parser = get_args_parser()
+    given = flags_given(args, parser, pretraining_flags(parser))
     if given:  # they shape the pretraining; the checkpoint's method is what it is
         flags = ", ".join(f"--{k}" for k in given)
         raise UserError(f"{flags}: pretraining flags of main.py, unused here: drop them")
@@ -313,7 +322,7 @@ def build_datasets(args) -> tuple[Dataset, Dataset]:
         keep = class_balanced_fraction(dataset_targets(train_set), args.data_fraction, args.seed)
         train_set = Subset(train_set, keep)
     test_set = build_dataset(args.dataset_name, args.data_dir, False, plain, args.download)
-    train_set, test_set = pretrain.in_memory(train_set, args), pretrain.in_memory(test_set, args)
+    train_set, test_set = in_memory(train_set, args.in_memory), in_memory(test_set, args.in_memory)
     print(
         f"data: {len(train_set)} training images ({args.data_fraction:g} of "
         f"{args.dataset_name}{', --limit ' + str(args.limit) if args.limit else ''}), "

@@ -13,7 +13,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from main import VIEW_FLAGS  # noqa: E402
+from flags import VIEW_FLAGS  # noqa: E402
 from methods import METHODS  # noqa: E402
 from methods.hparams import HyperParameter, hyper_parameters  # noqa: E402
 from scripts.readme_block import replace_block  # noqa: E402

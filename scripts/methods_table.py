@@ -26,7 +26,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from readme_block import knn_first_last, load_json, publish  # noqa: E402
 
-from main import VIEW_FLAGS, get_args_parser  # noqa: E402
+from flags import VIEW_FLAGS  # noqa: E402
+from main import get_args_parser  # noqa: E402
 from methods import METHODS  # noqa: E402
 from methods.hparams import hyper_parameters, resolve_aliases  # noqa: E402
 

@@ -6,6 +6,7 @@ pretraining and evaluation loops never need to know which one they read.
 
 import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -257,3 +258,14 @@ class ShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.block
+
+
+def in_memory(dataset: Dataset, wanted: bool, raw: bool = False) -> Dataset:
+    """`dataset` held in memory when `wanted` (--in_memory, InMemory); `raw` (--gpu_augment)
+    keeps it there as uint8 tensors for transformations.BatchViews."""
+    if not wanted:
+        return dataset
+    start = time.time()
+    dataset = InMemory(dataset, raw=raw)
+    print(f"in memory: {len(dataset)} images in {time.time() - start:.0f} s")
+    return dataset

@@ -1,0 +1,353 @@
+"""The command-line flags both entry points share (main.py, main_linear.py), in one place:
+run and output, speed, data, model, optimization, monitoring; and the pretraining ones (views,
+method hyper-parameters), which main_linear.py parses only to refuse them with one line.
+
+Each entry point builds its parser from these groups and adds its own (main_linear.py's
+evaluation group); flags keep the names of DESIGN.md and the original commands.
+"""
+
+import argparse
+import inspect
+
+from methods import METHODS, method_options
+from methods.hparams import add_method_flags
+from networks import BACKBONES
+from optimizers import OPTIMIZERS
+from transformations import PRETRAIN_TRANSFORMS
+from utils.data import DATASETS
+from utils.misc import (
+    UserError,
+    add_bool_flag,
+    bool_flag,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
+
+# the view flags: each recipe takes some of them (transformations.PRETRAIN_TRANSFORMS)
+VIEW_FLAGS = ("crop_min_scale", "jitter_strength", "num_crops", "small_crop_size")
+# flags of main.py that shape pretraining only (besides the view and method flags)
+PRETRAINING_ONLY = ("compile", "gpu_augment", "pretrained", "zero_init_residual", "knn_freq")
+
+
+def add_shared_flags(parser: argparse.ArgumentParser) -> None:
+    """The groups of flags main.py and main_linear.py share."""
+    # Run and output
+    group = parser.add_argument_group("run")
+    group.add_argument(
+        "--debug",
+        action="store_true",
+        help="5 steps per epoch, every step logged, autograd anomaly detection (default: off)",
+    )
+    group.add_argument(
+        "--data_dir", default="./data/", help="data sets live here (default: ./data/)"
+    )
+    group.add_argument("--ckpt_dir", default="./ckpts/", help="checkpoints (default: ./ckpts/)")
+    group.add_argument(
+        "--logs_dir", default="./logs/", help="metrics, args and plots (default: ./logs/)"
+    )
+    group.add_argument(
+        "--run_name",
+        default=None,
+        help="run folder name (default: method_backbone_dataset_timestamp)",
+    )
+    group.add_argument(
+        "--device",
+        default="cuda",
+        help="cuda, cuda:N or cpu; cuda falls back to cpu (default: cuda)",
+    )
+    group.add_argument("--seed", type=int, default=123, help="random seed (default: 123)")
+    group.add_argument(
+        "--save_freq",
+        type=positive_int,
+        default=10,
+        help="write epoch_NNNN.pt every N epochs; last.pt every epoch (default: 10)",
+    )
+    group.add_argument(
+        "--print_freq",
+        type=positive_int,
+        default=10,
+        help="log a metrics.csv row every N steps (default: 10)",
+    )
+    group.add_argument(
+        "--skip_nonfinite",
+        type=non_negative_int,
+        default=0,
+        help="steps with a NaN or infinite loss to skip (no update) before stopping the run "
+        "(default: 0, stop at the first)",
+    )
+    group.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        default=None,
+        metavar="PATH|auto",
+        help="continue a run from a checkpoint, or the newest of --run_name / of "
+        "the same method, backbone and data set with 'auto' (default: off)",
+    )
+
+    # Speed (docs/speed.md says when each helps); multi-GPU runs start with torchrun
+    group = parser.add_argument_group("speed and scale")
+    group.add_argument(
+        "--amp",
+        choices=["none", "fp16", "bf16"],
+        default="none",
+        help="mixed precision: fp16 (CUDA, with a gradient scaler) or bf16 (CUDA from Ampere, "
+        "or recent CPUs) (default: none)",
+    )
+    add_bool_flag(
+        group,
+        "--channels_last",
+        "NHWC memory layout for model and images; helps convnets under --amp on tensor-core "
+        "GPUs (default: false)",
+    )
+    add_bool_flag(
+        group,
+        "--compile",
+        "torch.compile the model's forward; pays a minute of compilation up front (default: false)",
+    )
+    add_bool_flag(
+        group,
+        "--sync_bn",
+        "BatchNorm statistics over the global batch under DDP (torchrun); needs CUDA "
+        "(default: false)",
+    )
+
+    # Data
+    group = parser.add_argument_group("data")
+    group.add_argument(
+        "--dataset_name",
+        default="cifar10",
+        choices=sorted(DATASETS),
+        help="data set (default: cifar10)",
+    )
+    group.add_argument(
+        "--image_size",
+        type=positive_int,
+        default=32,
+        help="crop size fed to the network (default: 32)",
+    )
+    group.add_argument(
+        "--batch_size",
+        type=positive_int,
+        default=512,
+        help="global batch size; lrs scale with it (default: %(default)s)",
+    )
+    group.add_argument(
+        "--num_workers",
+        type=non_negative_int,
+        default=4,
+        help="data loading processes (default: 4)",
+    )
+    add_bool_flag(
+        group,
+        "--in_memory",
+        "decode the images once and keep them in memory as uint8 (CIFAR: 150 MB), so that "
+        "epochs read no files (default: false)",
+    )
+    add_bool_flag(
+        group,
+        "--gpu_augment",
+        "hold the images in memory as uint8 and draw the views of whole batches on the "
+        "training device with kornia, so that CPU workers are no bottleneck (default: false)",
+    )
+    group.add_argument(
+        "--limit",
+        type=positive_int,
+        default=None,
+        help="use only the first N training images, class-balanced (default: all)",
+    )
+    group.add_argument(
+        "--download",
+        action="store_true",
+        help="let torchvision download the data set (default: off)",
+    )
+
+    # Model
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--model_name",
+        default="simsiam",
+        choices=sorted(METHODS),
+        help="SSL method (default: simsiam)",
+    )
+    group.add_argument(
+        "--backbone",
+        default="resnet18",
+        choices=sorted(BACKBONES),
+        help="backbone network (default: resnet18)",
+    )
+    group.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="start from torchvision ImageNet weights in the local cache (default: off)",
+    )
+    add_bool_flag(
+        group,
+        "--zero_init_residual",
+        "zero the last BatchNorm of each residual block at the start (ResNet, EfficientNet), as "
+        "the official SimCLR, SimSiam, Barlow Twins, VICReg and MoCo v3 do (BYOL: of Bottleneck "
+        "blocks only); never with --pretrained (default: the method's own)",
+        default=None,
+    )
+
+    # Optimization
+    group = parser.add_argument_group("optimization")
+    group.add_argument(
+        "--optimizer", default="sgd", choices=sorted(OPTIMIZERS), help="optimizer (default: sgd)"
+    )
+    group.add_argument(
+        "--weight_decay", type=non_negative_float, default=5e-4, help="weight decay (default: 5e-4)"
+    )
+    group.add_argument(
+        "--momentum", type=non_negative_float, default=0.9, help="momentum (default: 0.9)"
+    )
+    group.add_argument(
+        "--warmup_epochs",
+        type=non_negative_int,
+        default=10,
+        help="linear warmup epochs (default: 10)",
+    )
+    group.add_argument(
+        "--warmup_lr",
+        type=non_negative_float,
+        default=0.0,
+        help="lr at the start of warmup, before batch scaling (default: 0)",
+    )
+    group.add_argument(
+        "--base_lr",
+        type=non_negative_float,
+        default=0.03,
+        help="peak lr for a batch of 256 (default: %(default)s)",
+    )
+    group.add_argument(
+        "--final_lr",
+        type=non_negative_float,
+        default=0.0,
+        help="lr at the end of the cosine, before batch scaling (default: 0)",
+    )
+    group.add_argument(
+        "--num_epochs",
+        type=positive_int,
+        default=800,
+        help="training epochs (default: %(default)s)",
+    )
+    group.add_argument(
+        "--lr_scaling",
+        default="linear",
+        choices=["linear", "sqrt", "none"],
+        help="lr = base_lr x B/256 (linear), x sqrt(B/256), or as given; SimCLR's square-root "
+        "rule 0.075 x sqrt(B) is sqrt with --base_lr 1.2 (default: linear)",
+    )
+    group.add_argument(
+        "--lars_eta",
+        type=positive_float,
+        default=0.001,
+        help="trust coefficient of lars and lars_simclr (default: 0.001)",
+    )
+    group.add_argument(
+        "--larc_trust_coefficient",
+        type=positive_float,
+        default=0.02,
+        help="trust coefficient of larc (default: 0.02, NVIDIA apex; SwAV uses 0.001)",
+    )
+    group.add_argument(
+        "--larc_clip",
+        type=bool_flag,
+        default=True,
+        help="larc clips the adaptive lr at the global lr (true) or scales it (false, SwAV) "
+        "(default: true)",
+    )
+
+    # Monitoring
+    group = parser.add_argument_group("monitoring")
+    group.add_argument(
+        "--knn_freq",
+        type=non_negative_int,
+        default=0,
+        help="weighted kNN accuracy on the test set every N epochs, 0 = off (default: 0)",
+    )
+    group.add_argument(
+        "--knn_k", type=positive_int, default=200, help="kNN neighbours (default: 200)"
+    )
+    add_bool_flag(
+        group,
+        "--tsne",
+        "tsne.png of the test-set features in the run folder: at the last kNN evaluation "
+        "(with --knn_freq), or after main_linear.py's evaluation (default: false)",
+    )
+    group.add_argument(
+        "--knn_temperature", type=float, default=0.1, help="kNN vote temperature (default: 0.1)"
+    )
+
+
+def add_pretraining_flags(parser: argparse.ArgumentParser) -> None:
+    """The view flags and every method's hyper-parameters (methods/hparams.py)."""
+    # Augmentation
+    group = parser.add_argument_group("augmentation")
+    group.add_argument(
+        "--crop_min_scale",
+        type=positive_float,
+        default=None,
+        help="smallest area fraction of a (high-resolution) random resized crop "
+        "(default: the method's recipe: 0.08; SupCon, SimSiam, MoCo v2 0.2; SwAV 0.14; DINO 0.4)",
+    )
+    group.add_argument(
+        "--jitter_strength",
+        type=non_negative_float,
+        default=None,
+        help="colour jitter strength s (default: the method's recipe: SimCLR, SupCon, SimSiam, "
+        "MoCo v2 0.5 as SimCLR's CIFAR setting, i.e. jitter (0.4, 0.4, 0.4, 0.1); the others 1.0)",
+    )
+    group.add_argument(
+        "--num_crops",
+        type=non_negative_int,
+        default=None,
+        help="low-resolution crops besides the two high-resolution ones (SwAV: 6)",
+    )
+    group.add_argument(
+        "--small_crop_size",
+        type=positive_int,
+        default=None,
+        help="side of the low-resolution crops (default: image_size x 96/224, at least 8)",
+    )
+
+    # Method hyper-parameters: declared by each method (methods/hparams.py); None keeps its own
+    add_method_flags(parser, METHODS)
+
+
+def pretraining_flags(parser: argparse.ArgumentParser) -> list[str]:
+    """The dests of the flags that only pretraining uses (views, methods, PRETRAINING_ONLY)."""
+    methods = set().union(*(method_options(m) for m in METHODS))
+    return sorted(methods | set(VIEW_FLAGS) | set(PRETRAINING_ONLY))
+
+
+def hide_flags(parser: argparse.ArgumentParser, dests: list[str]) -> None:
+    """Parsed but left out of --help (main_linear.py refuses them with one line instead)."""
+    for action in parser._actions:  # argparse has no public accessor for its actions
+        if action.dest in dests:
+            action.help = argparse.SUPPRESS
+
+
+def flags_given(args, parser: argparse.ArgumentParser, dests: list[str]) -> list[str]:
+    """Those of `dests` whose value differs from the parser's default (given on the command
+    line, or by a config)."""
+    return [k for k in dests if getattr(args, k, None) != parser.get_default(k)]
+
+
+def check_method_flags(args) -> None:
+    """Refuse a method or view flag that the chosen method does not take (`--model_name
+    barlowtwins --temperature 0.3`), naming the ones it does take: such flags are None unless
+    given, and would otherwise be dropped without a word."""
+    name = args.model_name
+    recipe = inspect.signature(PRETRAIN_TRANSFORMS[METHODS[name].augmentation]).parameters
+    taken = method_options(name) | (set(recipe) & set(VIEW_FLAGS))
+    every = set(VIEW_FLAGS).union(*(method_options(m) for m in METHODS))
+    given = sorted(k for k in every - taken if getattr(args, k, None) is not None)
+    if given:
+        listed = ", ".join(f"--{k}" for k in sorted(taken & set(vars(args))))
+        raise UserError(
+            f"{', '.join('--' + k for k in given)}: not a flag of --model_name {name}, which "
+            f"takes {listed}; drop {'it' if len(given) == 1 else 'them'}"
+        )
