@@ -78,6 +78,14 @@ def add_shared_flags(parser: argparse.ArgumentParser) -> None:
         "(default: 0, stop at the first)",
     )
     group.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a recipe file (recipes/): flags as on the command line, # comments; they set the "
+        "defaults, so flags given here win; may be repeated, later files win (default: none)",
+    )
+    group.add_argument(
         "--resume",
         nargs="?",
         const="auto",

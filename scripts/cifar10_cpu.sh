@@ -27,18 +27,16 @@ METHODS=("$@")
 DATA=${DATA:-../shared/data/cifar10}
 [ -d "$DATA/train" ] || { echo "error: no CIFAR-10 ImageFolder at $DATA/train: set DATA=..." >&2; exit 2; }
 
-source scripts/short_recipes.sh  # per-method flags; they come after the common ones and win
+source scripts/short_recipes.sh
 [ ${#METHODS[@]} -eq 0 ] && METHODS=("${ALL_METHODS[@]}")
-# images decoded once and held in memory; the views drawn in the training process (as fast on 2
-# cores as 2 loader workers, and leaves the second core to a second row with JOBS=2)
-COMMON=(--backbone small_cnn --dataset_name imagefolder --data_dir "$DATA" --image_size 32
-        --device cpu --in_memory --num_workers 0 --logs_dir "$OUT" --ckpt_dir "$OUT/ckpts")
+# the training flags: recipes/short/cifar10.args, then the method's recipe file; the images are
+# decoded once and held in memory (--in_memory) and the views drawn in the training process (as
+# fast on 2 cores as 2 loader workers, and leaves the second core to a second row with JOBS=2)
+SHARED=recipes/short/cifar10.args
+LINEAR_SHARED=recipes/short/cifar10_linear.args
+COMMON=(--data_dir "$DATA" --device cpu --num_workers 0 --logs_dir "$OUT" --ckpt_dir "$OUT/ckpts")
+PRETRAIN=(--limit "${LIMIT:-10000}")
 EPOCHS=${EPOCHS:-6}  # BYOL, SwAV, DINO: 5x (EPOCH_FACTOR in short_recipes.sh)
-PRETRAIN=(--limit "${LIMIT:-10000}" --batch_size 256 --optimizer adam --base_lr 0.004
-          --weight_decay 0 --warmup_epochs 1 --knn_freq 2 --knn_k 200
-          --save_freq 100)
-LINEAR=(--precompute_features --batch_size 256 --optimizer sgd --base_lr 1.0 --weight_decay 0
-        --probe_bn --warmup_epochs 0 --num_epochs 30)
 
 run_rows
 

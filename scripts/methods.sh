@@ -5,8 +5,8 @@
 # epochs), then a linear probe of the frozen backbone; plus the same probe of the untrained
 # backbone, the baseline. Each row is run with the seeds 123, 124 and 125 (SEEDS=...), every
 # method of a seed from the same random initialisation; the table gives mean ± standard
-# deviation. The per-method flags shorten the papers' recipes so that a CPU shows learning in
-# minutes.
+# deviation. The flags are recipe files (recipes/short/): they shorten the papers' recipes so that
+# a CPU shows learning in minutes.
 #
 #   bash scripts/methods.sh [OUT_DIR [METHOD...]]   (default: runs/methods/<timestamp>, all methods;
 #                                                    an existing OUT_DIR gets the METHODs added,
@@ -22,16 +22,14 @@ OUT=${1:-runs/methods/$(date +%Y%m%d-%H%M%S)}
 shift || true
 METHODS=("$@")
 
-# Flags after the common ones below win.
 source scripts/short_recipes.sh
 [ ${#METHODS[@]} -eq 0 ] && METHODS=("${ALL_METHODS[@]}")
-COMMON=(--backbone small_cnn --dataset_name synthetic --image_size 16 --limit 4000 --device cpu
-        --num_workers 0 --logs_dir "$OUT" --ckpt_dir "$OUT/ckpts")
+# the training flags: recipes/short/synthetic.args, then the method's recipe file
+SHARED=recipes/short/synthetic.args
+LINEAR_SHARED=recipes/short/synthetic_linear.args
+COMMON=(--device cpu --num_workers 0 --logs_dir "$OUT" --ckpt_dir "$OUT/ckpts")
+PRETRAIN=()
 EPOCHS=${EPOCHS:-8}  # BYOL, SwAV, DINO: 5x (EPOCH_FACTOR in short_recipes.sh)
-PRETRAIN=(--batch_size 128 --optimizer adam --base_lr 0.004 --weight_decay 0 --warmup_epochs 1
-          --crop_min_scale 0.5 --knn_freq 2 --knn_k 20 --save_freq 100)
-LINEAR=(--batch_size 256 --optimizer sgd --base_lr 1.0 --weight_decay 0 --probe_bn
-        --warmup_epochs 0 --num_epochs 10)
 
 run_rows
 

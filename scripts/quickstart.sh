@@ -10,22 +10,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/quickstart}
 STAMP=$(date +%Y%m%d-%H%M%S)
-COMMON=(--model_name simclr --backbone small_cnn --dataset_name synthetic --image_size 16
-        --device cpu --num_workers 0 --logs_dir "$OUT/logs" --ckpt_dir "$OUT/ckpts")
+# the flags: recipes/quickstart/simclr.args (pretraining) and recipes/quickstart/linear.args
+COMMON=(--device cpu --num_workers 0 --logs_dir "$OUT/logs" --ckpt_dir "$OUT/ckpts")
+LINEAR=(--config recipes/quickstart/linear.args "${COMMON[@]}")
 
 echo "== 1/3 SimCLR pretraining (small_cnn, 16x16 crops of the synthetic shapes) =="
-python main.py "${COMMON[@]}" --run_name "simclr_$STAMP" --limit 4000 --batch_size 128 \
-    --optimizer adam --base_lr 0.004 --weight_decay 0 --warmup_epochs 1 --num_epochs 8 \
-    --temperature 0.2 --crop_min_scale 0.5 --knn_freq 2 --knn_k 20 --save_freq 8
+python main.py --config recipes/quickstart/simclr.args "${COMMON[@]}" --run_name "simclr_$STAMP"
 
-LINEAR=(--limit 4000 --batch_size 256 --optimizer sgd --base_lr 1.0 --weight_decay 0 --probe_bn
-        --warmup_epochs 0 --num_epochs 10)
 echo "== 2/3 linear evaluation of the pretrained backbone =="
-python main_linear.py "${COMMON[@]}" "${LINEAR[@]}" --run_name "linear_simclr_$STAMP" \
+python main_linear.py "${LINEAR[@]}" --run_name "linear_simclr_$STAMP" \
     --ckpt "$OUT/ckpts/simclr_$STAMP/last.pt" | tee "$OUT/linear_pretrained.txt"
 echo "== 3/3 the same linear evaluation at random initialisation (the baseline) =="
-python main_linear.py "${COMMON[@]}" "${LINEAR[@]}" --run_name "linear_random_$STAMP" \
-    --random_init | tee "$OUT/linear_random.txt"
+python main_linear.py "${LINEAR[@]}" --run_name "linear_random_$STAMP" --random_init | tee "$OUT/linear_random.txt"
 
 echo
 echo "SimCLR-pretrained backbone: $(tail -n 1 "$OUT/linear_pretrained.txt")"

@@ -112,39 +112,44 @@ def test_bad_flag_is_one_line_exit_2(flags, needle):
         assert "resnet18" in lines[0] or "sgd" in lines[0] or "linear" in lines[0]
 
 
-def test_short_recipes_parse_and_build():
-    """scripts/short_recipes.sh (the README tables' per-method flags) as bash reads it: every
-    method's flags parse with main.py's parser, are flags of that method (none refused) and build
-    it; the slow starters get a whole-number multiple of the script's epochs."""
+def recipe_args(parser, *words):
+    from utils.misc import parse_with_config
+
+    return parse_with_config(parser, list(words))
+
+
+@pytest.mark.parametrize("script", ["synthetic", "cifar10"])
+def test_short_recipes_parse_and_build(script):
+    """recipes/short/ (the README tables' runs): each method's file after its script's shared
+    one parses with main.py's parser, gives only flags of that method (none refused) and builds
+    it; the shared probe recipe parses with main_linear.py's; the slow starters get a
+    whole-number multiple of the script's epochs."""
     from methods import METHODS, build_method
     from networks import build_backbone
 
-    listing = subprocess.run(
-        [
-            "bash",
-            "-c",
-            'source scripts/short_recipes.sh; for m in "${ALL_METHODS[@]}"; do '
-            'echo "$m|${FLAGS[$m]}|${EPOCH_FACTOR[$m]:-1}"; done',
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
-    assert sorted(line.split("|")[0] for line in listing) == sorted(METHODS)
-    factors = {}
-    for line in listing:
-        method, flags, factor = line.split("|")
-        args = main.get_args_parser().parse_args(["--model_name", method, *shlex.split(flags)])
+    shared = f"recipes/short/{script}.args"
+    for method in METHODS:
+        path = os.path.join(ROOT, "recipes", "short", f"{method}.args")
+        args = recipe_args(main.get_args_parser(), "--config", os.path.join(ROOT, shared),
+                           "--config", path, "--model_name", method)  # fmt: skip
+        assert args.model_name == method
         main.check_method_flags(args)
         build_method(method, *build_backbone("small_cnn", 16), **vars(args))
-        factors[method] = int(factor)
+    linear = os.path.join(ROOT, "recipes", "short", f"{script}_linear.args")
+    main_linear.check_args(recipe_args(main_linear.get_args_parser(), "--config", linear))
+    listing = subprocess.run(
+        ["bash", "-c", 'source scripts/short_recipes.sh; for m in "${!EPOCH_FACTOR[@]}"; do '
+         'echo "$m ${EPOCH_FACTOR[$m]}"; done'],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    factors = dict(zip(listing[::2], map(int, listing[1::2]), strict=True))
     assert {m for m, f in factors.items() if f > 1} == {"byol", "swav", "dino"}
 
 
 def test_reference_recipes_are_flags_of_their_methods(tmp_path):
-    """scripts/cifar10_reference.sh (DRY_RUN=1 prints its commands): every pretraining command
-    parses and passes no flag its method does not take."""
+    """recipes/cifar10/ through scripts/cifar10_reference.sh (DRY_RUN=1 prints its commands):
+    every pretraining command parses, names its own method's recipe and passes no flag that
+    method does not take; the probe's recipe parses with main_linear.py's flags."""
     out = subprocess.run(
         ["bash", "scripts/cifar10_reference.sh", str(tmp_path / "ref")],
         cwd=ROOT,
@@ -153,10 +158,53 @@ def test_reference_recipes_are_flags_of_their_methods(tmp_path):
         text=True,
         check=True,
     ).stdout
-    commands = [shlex.split(line) for line in out.splitlines() if " main.py " in f" {line} "]
     methods = set()
-    for words in commands:
-        args = main.get_args_parser().parse_args(words[words.index("main.py") + 1 :])
-        main.check_method_flags(args)
-        methods.add(args.model_name)
+    for line in out.splitlines():
+        words = shlex.split(line)
+        if "main.py" in words:
+            args = recipe_args(main.get_args_parser(), *words[words.index("main.py") + 1 :])
+            assert args.config == [f"recipes/cifar10/{args.model_name}.args"]
+            main.check_method_flags(args)
+            methods.add(args.model_name)
+        elif "main_linear.py" in words:
+            main_linear.check_args(
+                recipe_args(
+                    main_linear.get_args_parser(), *words[words.index("main_linear.py") + 1 :]
+                )
+            )
     assert len(methods) == 11
+
+
+def test_a_recipe_sets_defaults_and_the_command_line_wins(tmp_path):
+    recipe = tmp_path / "r.args"
+    recipe.write_text("# a comment\n--model_name simclr --temperature 0.3  # why\n--num_epochs 3\n")
+    args = recipe_args(main.get_args_parser(), "--config", str(recipe), "--num_epochs", "5")
+    assert (args.model_name, args.temperature, args.num_epochs) == ("simclr", 0.3, 5)
+    assert args.config == [str(recipe)]
+    later = tmp_path / "later.args"
+    later.write_text("--temperature 0.4\n")
+    args = recipe_args(main.get_args_parser(), "--config", str(recipe), "--config", str(later))
+    assert args.temperature == 0.4  # a later file wins
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("--bogus 1", "unrecognized arguments: --bogus"),
+        ("--num_epochs x", "invalid positive_int value"),
+        (None, "cannot read it"),
+    ],
+)
+def test_a_bad_recipe_is_one_line_naming_the_file(tmp_path, text, needle):
+    recipe = tmp_path / "bad.args"
+    if text is not None:
+        recipe.write_text(text + "\n")
+    proc = subprocess.run(
+        [sys.executable, "main.py", "--config", str(recipe)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert f"--config {recipe}" in lines[0] and needle in lines[0]

@@ -4,6 +4,7 @@ import argparse
 import inspect
 import os
 import random
+import shlex
 import subprocess
 import sys
 import warnings
@@ -73,9 +74,46 @@ def unit_float(value: str) -> float:
     return number
 
 
+def read_recipe(path: str) -> list[str]:
+    """The command-line words of a recipe file (recipes/): flags as typed on a command line,
+    any number per line, `#` starting a comment."""
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError as err:
+        raise UserError(f"--config {path}: cannot read it ({err.strerror})") from None
+    try:
+        return [word for line in lines for word in shlex.split(line, comments=True)]
+    except ValueError as err:
+        raise UserError(f"--config {path}: {err}") from None
+
+
+def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None = None):
+    """Parse `argv`; each `--config FILE` (a recipe, in order) first sets the defaults of the
+    flags it gives, so that the command line wins. A flag the parser does not know, or a bad
+    value, in a recipe ends in one line naming the file."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", action="append", default=[])
+    known, _ = pre.parse_known_args(argv)
+    for path in known.config:
+        words = read_recipe(path)
+        recipe = ArgumentParser(parents=[parser], add_help=False, conflict_handler="resolve")
+        recipe.error = lambda message, path=path: parser.exit(  # type: ignore[method-assign]
+            2, f"{parser.prog}: error: --config {path}: {message}\n"
+        )
+        values = recipe.parse_args(words)
+        parser.set_defaults(**{k: v for k, v in vars(values).items() if v != parser.get_default(k)})
+    return parser.parse_args(argv)
+
+
 def run_cli(main, parser: argparse.ArgumentParser, argv: list[str] | None = None) -> None:
-    """Run `main(args)`; a UserError ends the program with one line on stderr and exit code 2."""
-    args = parser.parse_args(argv)
+    """Run `main(args)` (after any --config recipe, parse_with_config); a UserError ends the
+    program with one line on stderr and exit code 2."""
+    try:
+        args = parse_with_config(parser, argv)
+    except UserError as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        sys.exit(2)
     try:
         main(args)
     except UserError as err:
