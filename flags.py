@@ -28,7 +28,7 @@ from utils.misc import (
 # the view flags: each recipe takes some of them (transformations.PRETRAIN_TRANSFORMS)
 VIEW_FLAGS = ("crop_min_scale", "jitter_strength", "num_crops", "small_crop_size")
 # flags of main.py that shape pretraining only (besides the view and method flags)
-PRETRAINING_ONLY = ("compile", "gpu_augment", "pretrained", "zero_init_residual", "knn_freq")
+PRETRAINING_ONLY = ("compile", "gpu_augment", "pretrained", "zero_init_residual")
 
 
 def add_shared_flags(parser: argparse.ArgumentParser) -> None:

@@ -45,6 +45,7 @@ from utils.run import (
     build_lr_schedule,
     check_run_dirs,
     default_run_name,
+    fit_batch_size,
     make_loader,
     make_run_dirs,
     print_args,
@@ -132,8 +133,7 @@ def main(args) -> dict:
     device = start_process(args)  # under torchrun: one process per GPU
     set_seed(args.seed)  # the same initial weights on every process
     torch.autograd.set_detect_anomaly(args.debug)  # names the op behind a NaN gradient; slow
-    if args.debug:
-        args.print_freq = 1
+    print_freq = 1 if args.debug else args.print_freq
 
     # ============ resume: the run folder comes from the checkpoint ============
     ckpt_path = resume_path(args)
@@ -156,11 +156,12 @@ def main(args) -> dict:
     # ============ data ============
     info = DATASETS[args.dataset_name]
     dataset, train_transform = training_set(args)
-    loader = make_loader(dataset, args, device, train=True)
+    batch_size = fit_batch_size(args.batch_size, len(dataset), args.limit)  # the global batch
+    loader = make_loader(dataset, args, device, train=True, batch_size=batch_size)
     augment = BatchViews(train_transform).to(device) if args.gpu_augment else None
     print(
         f"data: {len(dataset)} training images of {args.dataset_name}, "
-        f"{len(loader)} steps of {args.batch_size} per epoch, "
+        f"{len(loader)} steps of {batch_size} per epoch, "
         f"{len(train_transform.view_transforms)} views each "
         f"({METHODS[args.model_name].augmentation} recipe"
         f"{', drawn on the ' + device.type + ' by kornia' if augment else ''})"
@@ -177,7 +178,10 @@ def main(args) -> dict:
             in_memory(knn_train, args.in_memory),
             in_memory(knn_test, args.in_memory),
         )
-        knn_loaders = [make_loader(d, args, device, train=False) for d in (knn_train, knn_test)]
+        knn_loaders = [
+            make_loader(d, args, device, train=False, batch_size=batch_size)
+            for d in (knn_train, knn_test)
+        ]
 
     # ============ model ============
     backbone, feat_dim = build_backbone(args.backbone, args.image_size, args.pretrained)
@@ -194,13 +198,13 @@ def main(args) -> dict:
     )
 
     # ============ optimizer and per-step schedule ============
-    lr_schedule = build_lr_schedule(args, len(loader))
-    optimizer = build_optimizer(args, model)
+    lr_schedule, lr = build_lr_schedule(args, len(loader), batch_size)
+    optimizer = build_optimizer(args, model, lr)
     scaler = grad_scaler(args, device)
     main_rank = is_main_process()
     make_run_dirs(log_dir, ckpt_dir)
     if main_rank:
-        save_args(log_dir, args)
+        save_args(log_dir, args, lr=lr, batch_size=batch_size)
 
     start_epoch, start_step = 0, 0
     if checkpoint is not None:
@@ -234,7 +238,7 @@ def main(args) -> dict:
 
     engine = Engine(
         optimizer, lr_schedule, steps_per_epoch, args.num_epochs, device, scaler,
-        TrainingGuard(args.skip_nonfinite), logger, args.print_freq, args.debug,
+        TrainingGuard(args.skip_nonfinite), logger, print_freq, args.debug,
         model.before_optimizer_step, model.after_optimizer_step,
     )  # fmt: skip
     stats = fit(

@@ -72,6 +72,7 @@ from utils.run import (
     build_lr_schedule,
     check_run_dirs,
     default_run_name,
+    fit_batch_size,
     make_loader,
     make_run_dirs,
     print_args,
@@ -337,13 +338,14 @@ def class_names(dataset: Dataset) -> list[str] | None:
     return getattr(dataset, "classes", None)
 
 
-def add_backbone_groups(optimizer, backbone: nn.Module, args) -> None:
-    """--finetune: the backbone's parameters join the head's optimizer in groups of their own
-    whose lr is backbone_lr/base_lr times the head's at every step (their `lr_scale`)."""
+def add_backbone_groups(optimizer, backbone: nn.Module, args, lr: float) -> None:
+    """--finetune: the backbone's parameters join the head's optimizer (at scaled lr `lr`) in
+    groups of their own whose lr is backbone_lr/base_lr times the head's at every step (their
+    `lr_scale`)."""
     scale = args.backbone_lr / args.base_lr
     exclude = args.optimizer == "adamw"  # same weight-decay policy as build_optimizer
     for group in param_groups(backbone, exclude_bias_and_norm_from_wd=exclude):
-        group.update(name=f"backbone_{group['name']}", lr_scale=scale, lr=args.lr * scale)
+        group.update(name=f"backbone_{group['name']}", lr_scale=scale, lr=lr * scale)
         optimizer.add_param_group(group)
 
 
@@ -389,17 +391,17 @@ def evaluate(classifier, backbone, loader, device, args) -> dict[str, float]:
 
 def train_classifier(
     args, classifier, backbone, train_loader, test_loader, device, log_dir, ckpt_dir, title,
-    resumed: dict | None = None,
+    batch_size: int, resumed: dict | None = None,
 ) -> tuple[float, float]:  # fmt: skip
     """Train the head (and the backbone with --finetune) for --num_epochs, validating every
     epoch; returns the last epoch's Acc@1 and Acc@5. The loaders yield images, or cached
     features with `backbone` an nn.Identity (then every DDP process trains the same head on
     all the features; on images each process takes its share of every batch). `resumed`: a
-    checkpoint of this run to continue (--resume)."""
-    lr_schedule = build_lr_schedule(args, len(train_loader))
-    optimizer = build_optimizer(args, classifier)
+    checkpoint of this run to continue (--resume); `batch_size` the global batch."""
+    lr_schedule, lr = build_lr_schedule(args, len(train_loader), batch_size)
+    optimizer = build_optimizer(args, classifier, lr)
     if args.finetune:
-        add_backbone_groups(optimizer, backbone, args)
+        add_backbone_groups(optimizer, backbone, args, lr)
         print(f"backbone lr = {args.backbone_lr:g}/{args.base_lr:g} x the head's lr")
     head, body = classifier, backbone
     if world_size() > 1 and isinstance(train_loader.sampler, EpochSampler):
@@ -417,7 +419,7 @@ def train_classifier(
         print(f"resumed at epoch {start[0]}, step {start[1]} of the epoch")
     main_rank = is_main_process()
     if main_rank:
-        save_args(log_dir, args)
+        save_args(log_dir, args, lr=lr, batch_size=batch_size)
     columns = ["loss", "lr", "images_per_s", "train_acc1", "val_loss", "val_acc1", "val_acc5"]
     logger = MetricsLogger(log_dir, columns) if main_rank else NullLogger()
     steps = len(train_loader)
@@ -440,7 +442,8 @@ def train_classifier(
 
     engine = Engine(
         optimizer, lr_schedule, steps, args.num_epochs, device, grad_scaler(args, device),
-        TrainingGuard(args.skip_nonfinite), logger, args.print_freq, args.debug,
+        TrainingGuard(args.skip_nonfinite), logger, 1 if args.debug else args.print_freq,
+        args.debug,
     )  # fmt: skip
     stats = fit(
         engine,
@@ -485,8 +488,12 @@ def main(args) -> dict:
     # ============ data ============
     train_set, test_set = build_datasets(args)
     num_classes = args.num_classes or num_classes_of(train_set)
-    train_loader = make_loader(train_set, args, device, train=args.eval == "linear")
-    test_loader = make_loader(test_set, args, device, train=False)
+    train = args.eval == "linear"  # a kNN memory bank is read in order, every image
+    batch_size = args.batch_size
+    if train:
+        batch_size = fit_batch_size(batch_size, len(train_set), args.limit)
+    train_loader = make_loader(train_set, args, device, train=train, batch_size=batch_size)
+    test_loader = make_loader(test_set, args, device, train=False, batch_size=batch_size)
     check_input_sizes(backbone, args.backbone, {args.image_size}, args.image_size, device)
     make_run_dirs(log_dir, ckpt_dir)
     start_time = time.time()
@@ -504,16 +511,16 @@ def main(args) -> dict:
         classifier = LinearClassifier(feat_dim, num_classes, args.probe_bn).to(device)
         head_input, train_batches, test_batches = backbone, train_loader, test_loader
         if args.precompute_features:
-            plain_train = make_loader(train_set, args, device, train=False)
+            plain_train = make_loader(train_set, args, device, train=False, batch_size=batch_size)
             train_x, train_y = extract_features(backbone, plain_train, device)
             test_features = extract_features(backbone, test_loader, device)
             print(f"features: {tuple(train_x.shape)} train, {tuple(test_features[0].shape)} test")
             head_input = nn.Identity()
             train_batches = FeatureLoader(
-                train_x.to(device), train_y, args.batch_size, shuffle=True, seed=args.seed
+                train_x.to(device), train_y, batch_size, shuffle=True, seed=args.seed
             )
             test_batches = FeatureLoader(
-                test_features[0].to(device), test_features[1], args.batch_size, shuffle=False
+                test_features[0].to(device), test_features[1], batch_size, shuffle=False
             )
         label = "finetune" if args.finetune else "linear"
         label += " (precomputed features)" if args.precompute_features else ""
@@ -528,6 +535,7 @@ def main(args) -> dict:
             log_dir,
             ckpt_dir,
             title,
+            batch_size,
             resumed,
         )
     wall_time = time.time() - start_time

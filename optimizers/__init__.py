@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 # LARC wraps an optimizer rather than being one, but offers the same interface
 AnyOptimizer = Union[torch.optim.Optimizer, "LARC"]
 
-OPTIMIZERS: dict[str, Callable[[list[dict], Namespace], AnyOptimizer]] = {}
+OPTIMIZERS: dict[str, Callable[[list[dict], float, Namespace], AnyOptimizer]] = {}
 
 
 def register(name: str):
@@ -68,49 +68,48 @@ def param_groups(model: nn.Module, exclude_bias_and_norm_from_wd: bool = False) 
     return list(groups.values())
 
 
-def build_optimizer(args: Namespace, model: nn.Module) -> AnyOptimizer:
-    """The optimizer `args.optimizer` over `model`'s trainable parameters, at lr `args.lr`
-    (times a group's `lr_scale`: the lr that a `fix_lr` group keeps)."""
+def build_optimizer(args: Namespace, model: nn.Module, lr: float) -> AnyOptimizer:
+    """The optimizer `args.optimizer` over `model`'s trainable parameters, at lr `lr` (the
+    scaled peak lr; times a group's `lr_scale`: the lr that a `fix_lr` group keeps), with the
+    momentum, weight decay and trust coefficients of `args`."""
     if args.optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {args.optimizer!r}; choose from {sorted(OPTIMIZERS)}")
     groups = param_groups(model, exclude_bias_and_norm_from_wd=args.optimizer == "adamw")
     for group in groups:
         if "lr_scale" in group:
-            group["lr"] = args.lr * group["lr_scale"]
-    return OPTIMIZERS[args.optimizer](groups, args)
+            group["lr"] = lr * group["lr_scale"]
+    return OPTIMIZERS[args.optimizer](groups, lr, args)
 
 
 @register("sgd")
-def _sgd(groups, args):
-    return torch.optim.SGD(
-        groups, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay
-    )
+def _sgd(groups, lr, args):
+    return torch.optim.SGD(groups, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)
 
 
 @register("sgd_nesterov")
-def _sgd_nesterov(groups, args):
+def _sgd_nesterov(groups, lr, args):
     return torch.optim.SGD(
-        groups, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, nesterov=True
+        groups, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay, nesterov=True
     )
 
 
 @register("adam")
-def _adam(groups, args):
-    return torch.optim.Adam(groups, lr=args.lr, weight_decay=args.weight_decay)
+def _adam(groups, lr, args):
+    return torch.optim.Adam(groups, lr=lr, weight_decay=args.weight_decay)
 
 
 @register("adamw")
-def _adamw(groups, args):
-    return torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay)
+def _adamw(groups, lr, args):
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=args.weight_decay)
 
 
 @register("lars")
-def _lars(groups, args):
+def _lars(groups, lr, args):
     from optimizers.lars import LARS
 
     return LARS(
         groups,
-        lr=args.lr,
+        lr=lr,
         momentum=args.momentum,
         weight_decay=args.weight_decay,
         eta=getattr(args, "lars_eta", 0.001),
@@ -118,12 +117,12 @@ def _lars(groups, args):
 
 
 @register("lars_simclr")
-def _lars_simclr(groups, args):
+def _lars_simclr(groups, lr, args):
     from optimizers.lars_simclr import LARSSimCLR
 
     return LARSSimCLR(
         groups,
-        lr=args.lr,
+        lr=lr,
         momentum=args.momentum,
         weight_decay=args.weight_decay,
         eta=getattr(args, "lars_eta", 0.001),
@@ -131,12 +130,10 @@ def _lars_simclr(groups, args):
 
 
 @register("larc")
-def _larc(groups, args):
+def _larc(groups, lr, args):
     from optimizers.larc import LARC
 
-    inner = torch.optim.SGD(
-        groups, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay
-    )
+    inner = torch.optim.SGD(groups, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)
     return LARC(
         inner,
         trust_coefficient=getattr(args, "larc_trust_coefficient", 0.02),

@@ -68,13 +68,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def build(args, device):
+def build(args, device, lr: float):
     """A fresh model and optimizer from the same seed: ours and bare start from the same state."""
     set_seed(args.seed)
     backbone, feat_dim = build_backbone(args.backbone, args.image_size, False)
     model = build_method(args.model_name, backbone, feat_dim, **vars(args)).to(device)
     forward = prepare_model(model, args, device)
-    return model, forward, build_optimizer(args, model)
+    return model, forward, build_optimizer(args, model, lr)
 
 
 def data_path(args, device):
@@ -82,7 +82,8 @@ def data_path(args, device):
     --gpu_augment asks for it (None: the loader's workers draw them)."""
     dataset, transform = pretrain.training_set(args)
     augment = BatchViews(transform).to(device) if args.gpu_augment else None
-    return make_loader(dataset, args, torch.device("cpu"), train=True), augment
+    loader = make_loader(dataset, args, torch.device("cpu"), True, batch_size=args.batch_size)
+    return loader, augment
 
 
 def views_of(batch, augment, device) -> list:
@@ -103,10 +104,10 @@ def sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_ours(args, device, batch, steps: int, schedule) -> float:
+def time_ours(args, device, batch, steps: int, schedule, lr: float) -> float:
     """Seconds for `steps` steps of the training engine (engine.Engine, as main.py runs it) on
     `batch` repeated."""
-    model, forward, optimizer = build(args, device)
+    model, forward, optimizer = build(args, device, lr)
     loader = [batch] * (args.warmup_steps + steps)
     scaler = grad_scaler(args, device)
     step = pretrain.pretraining_step(forward, device, args)
@@ -126,9 +127,9 @@ def time_ours(args, device, batch, steps: int, schedule) -> float:
     return time.perf_counter() - start
 
 
-def time_bare(args, device, batch, steps: int) -> float:
+def time_bare(args, device, batch, steps: int, lr: float) -> float:
     """The same steps as a textbook loop: forward, zero_grad, backward, step."""
-    model, forward, optimizer = build(args, device)
+    model, forward, optimizer = build(args, device, lr)
     scaler = grad_scaler(args, device)
     views, labels = batch
     model.train()
@@ -146,7 +147,7 @@ def time_bare(args, device, batch, steps: int) -> float:
     return time.perf_counter() - start
 
 
-def time_lightly(args, device, batch, steps: int) -> float | None:
+def time_lightly(args, device, batch, steps: int, lr: float) -> float | None:
     """SimCLR with lightly's NTXentLoss on our backbone and projector, where lightly exists."""
     try:
         from lightly.loss import NTXentLoss
@@ -154,7 +155,7 @@ def time_lightly(args, device, batch, steps: int) -> float | None:
         return None
     if args.model_name != "simclr":
         return None
-    model, _, optimizer = build(args, device)
+    model, _, optimizer = build(args, device, lr)
     criterion = NTXentLoss(temperature=model.temperature)
     views, _ = batch
     model.train()
@@ -229,13 +230,13 @@ def main() -> None:
     args.print_freq = max(args.steps, args.print_freq)  # no logging inside the timed steps
     args.num_epochs, args.warmup_epochs = 1, 0
     batch = one_batch(args, device)
-    schedule = build_lr_schedule(args, args.warmup_steps + args.steps)  # also sets args.lr
+    schedule, lr = build_lr_schedule(args, args.warmup_steps + args.steps, args.batch_size)
     images = args.batch_size * args.steps
     ours, bare, lightly = [], [], []
     for _ in range(args.repeats):  # alternate, so that a busy machine slows both alike
-        ours.append(images / time_ours(args, device, batch, args.steps, schedule))
-        bare.append(images / time_bare(args, device, batch, args.steps))
-        seconds = time_lightly(args, device, batch, args.steps)
+        ours.append(images / time_ours(args, device, batch, args.steps, schedule, lr))
+        bare.append(images / time_bare(args, device, batch, args.steps, lr))
+        seconds = time_lightly(args, device, batch, args.steps, lr)
         if seconds is not None:
             lightly.append(images / seconds)
     result = {

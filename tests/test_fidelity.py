@@ -235,15 +235,14 @@ def test_barlow_twins_biases_and_batchnorm_get_their_own_lr():
     model = tiny("barlowtwins")
     for optimizer in ("lars", "sgd", "adam"):
         args = main.get_args_parser().parse_args(["--optimizer", optimizer])
-        args.lr = 0.2
-        opt = build_optimizer(args, model)
+        opt = build_optimizer(args, model, 0.2)
         adjust_learning_rate(opt, 0.2)  # the weights' lr, as main.py sets it every step
         lrs = {}
         for group in opt.param_groups:
             for p in group["params"]:
                 lrs[p.ndim == 1] = lrs.get(p.ndim == 1, set()) | {round(group["lr"], 10)}
         assert lrs == {False: {0.2}, True: {0.0048}}  # official learning_rate_biases 0.0048
-    ones = build_optimizer(args, tiny("barlowtwins", bias_lr_scale=1.0))
+    ones = build_optimizer(args, tiny("barlowtwins", bias_lr_scale=1.0), 0.2)
     adjust_learning_rate(ones, 0.2)
     assert {g["lr"] for g in ones.param_groups} == {0.2}
 

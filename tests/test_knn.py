@@ -89,7 +89,8 @@ def test_feature_loader_batches_like_a_shuffled_data_loader():
     fast = FeatureLoader(features, labels, batch_size=10, shuffle=True, seed=5)
     assert len(fast) == 10  # the last partial batch is dropped when shuffling
     args = Namespace(batch_size=10, limit=None, seed=5, num_workers=0)
-    slow = make_loader(TensorDataset(features, labels), args, torch.device("cpu"), train=True)
+    data = TensorDataset(features, labels)
+    slow = make_loader(data, args, torch.device("cpu"), train=True, batch_size=10)
     for epoch in range(2):
         seed_epoch(fast, epoch)
         seed_epoch(slow, epoch)

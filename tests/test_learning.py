@@ -67,8 +67,8 @@ def pretrain(method: str, steps: int, lr: float, method_kwargs: dict, view_kwarg
         drop_last=True,
         generator=torch.Generator().manual_seed(0),
     )
-    args = Namespace(optimizer="adam", lr=lr, momentum=0.9, weight_decay=0.0)
-    optimizer = build_optimizer(args, model)
+    args = Namespace(optimizer="adam", momentum=0.9, weight_decay=0.0)
+    optimizer = build_optimizer(args, model, lr)
 
     before = knn_accuracy(backbone)
     losses, step, epoch = [], 0, 0

@@ -322,8 +322,8 @@ def test_every_optimizer_trains_a_tiny_simclr(name):
     x = torch.rand(32, 3, 16, 16, generator=g)  # fixed views, no augmentation: the loss must fall
     views = [x, (x + 0.05 * torch.randn(x.shape, generator=g)).clamp(0, 1)]
     lr = FACTORY_LRS.get(name, 0.3)  # eta 0.02: at 0.001 LARS barely moves weights in 8 steps
-    args = Namespace(optimizer=name, lr=lr, momentum=0.9, weight_decay=1e-4, lars_eta=0.02)
-    opt = build_optimizer(args, model)
+    args = Namespace(optimizer=name, momentum=0.9, weight_decay=1e-4, lars_eta=0.02)
+    opt = build_optimizer(args, model, lr)
     losses = []
     for _ in range(8):
         loss = model(views)["loss"]
@@ -338,9 +338,9 @@ def test_every_optimizer_trains_a_tiny_simclr(name):
 
 
 def test_unknown_optimizer_is_refused():
-    args = Namespace(optimizer="rmsprop", lr=0.1, momentum=0.9, weight_decay=0.0)
+    args = Namespace(optimizer="rmsprop", momentum=0.9, weight_decay=0.0)
     with pytest.raises(ValueError, match="rmsprop"):
-        build_optimizer(args, make_model())
+        build_optimizer(args, make_model(), 0.1)
 
 
 def tiny_simsiam(fix_pred_lr: bool):
@@ -355,8 +355,8 @@ def tiny_simsiam(fix_pred_lr: bool):
 @pytest.mark.parametrize("fix_pred_lr", [True, False])
 def test_fix_pred_lr_keeps_the_predictor_lr(name, fix_pred_lr):
     simsiam = tiny_simsiam(fix_pred_lr)
-    args = Namespace(optimizer=name, lr=0.06, momentum=0.9, weight_decay=5e-4)
-    opt = build_optimizer(args, simsiam)
+    args = Namespace(optimizer=name, momentum=0.9, weight_decay=5e-4)
+    opt = build_optimizer(args, simsiam, 0.06)
     predictor = {id(p) for p in simsiam.predictor.parameters()}
     adjust_learning_rate(opt, 0.01)
     for group in opt.param_groups:

@@ -102,23 +102,45 @@ def make_run_dirs(log_dir: str, ckpt_dir: str) -> None:
 
 def start_process(args: Namespace) -> torch.device:
     """This process's device: joins torchrun's process group when there is one (rank 0 alone
-    prints from then on), checks the speed options against the device, and records the number
-    of processes in `args` (args.json)."""
+    prints from then on) and checks the speed options against the device."""
     device = init_distributed(resolve_device(args.device))
     check_options(args, device)
     if not is_main_process():
         sys.stdout = open(os.devnull, "w")  # rank 0 speaks and writes for all
-    args.world_size = world_size()  # --batch_size is split among them
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if cores and args.num_workers > cores:  # torch would warn once per loader
+    if args.num_workers > usable_workers(args.num_workers):  # torch would warn once per loader
+        cores = usable_workers(args.num_workers)
         print(f"note: --num_workers {args.num_workers} > {cores} CPU cores here: using {cores}")
-        args.num_workers = cores
     return device
 
 
-def save_args(log_dir: str, args: Namespace) -> None:
-    """args.json: every flag, the derived values (scaled lr, run name) and the code version."""
-    write_json(os.path.join(log_dir, "args.json"), {**vars(args), "git_sha": git_sha()})
+def usable_workers(num_workers: int) -> int:
+    """--num_workers, at most the CPU cores this process may use."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return min(num_workers, cores or num_workers)
+
+
+def fit_batch_size(batch_size: int, num_images: int, limit: int | None) -> int:
+    """The global training batch: --batch_size, or for a smoke run (--limit) of a recipe whose
+    batch exceeds the images left, one batch of (nearly) all of them, the lr scaled to match."""
+    if batch_size <= num_images:
+        return batch_size
+    if not limit:
+        raise UserError(
+            f"--batch_size {batch_size} is larger than the training set ({num_images} images): "
+            "lower --batch_size"
+        )
+    print(
+        f"note: --batch_size {batch_size} > {num_images} images after --limit; "
+        f"using batches of {num_images}"
+    )
+    return num_images - num_images % world_size()
+
+
+def save_args(log_dir: str, args: Namespace, **derived) -> None:
+    """args.json: every flag, the values derived from them (`derived`: the scaled lr, the batch
+    used, the number of processes) and the code version."""
+    record = {**vars(args), **derived, "world_size": world_size(), "git_sha": git_sha()}
+    write_json(os.path.join(log_dir, "args.json"), record)
 
 
 def print_args(args: Namespace) -> None:
@@ -126,27 +148,17 @@ def print_args(args: Namespace) -> None:
     print(json.dumps(vars(args), indent=None, sort_keys=True, default=str))
 
 
-def make_loader(dataset: Dataset, args: Namespace, device: torch.device, train: bool) -> DataLoader:
-    """A loader; for training, shuffled in an order fixed by (seed, epoch) through `seed_epoch`,
-    so that the order of an epoch does not depend on what ran before it (a resumed run sees the
-    same batches). Under DDP `--batch_size` is the global batch: each of the W processes loads
-    B/W images of it; evaluation loaders read one contiguous shard each (utils.data.ShardSampler).
-    """
-    if train and args.batch_size > len(dataset):
-        if not args.limit:
-            raise UserError(
-                f"--batch_size {args.batch_size} is larger than the training set "
-                f"({len(dataset)} images): lower --batch_size"
-            )
-        # a smoke run (--limit) of a real recipe: one batch of everything, lr scaled to match
-        print(
-            f"note: --batch_size {args.batch_size} > {len(dataset)} images after --limit; "
-            f"using batches of {len(dataset)}"
-        )
-        args.batch_size = len(dataset) - len(dataset) % world_size()
-    if args.batch_size % world_size():
+def make_loader(
+    dataset: Dataset, args: Namespace, device: torch.device, train: bool, batch_size: int
+) -> DataLoader:
+    """A loader of global batches of `batch_size` (fit_batch_size for training); for training,
+    shuffled in an order fixed by (seed, epoch) through `seed_epoch`, so that the order of an
+    epoch does not depend on what ran before it (a resumed run sees the same batches). Under DDP
+    each of the W processes loads B/W images of each batch; evaluation loaders read one
+    contiguous shard each (utils.data.ShardSampler)."""
+    if batch_size % world_size():
         raise UserError(
-            f"--batch_size {args.batch_size} (the global batch) does not divide among "
+            f"--batch_size {batch_size} (the global batch) does not divide among "
             f"{world_size()} processes: use a multiple of {world_size()}"
         )
     if train:
@@ -154,14 +166,15 @@ def make_loader(dataset: Dataset, args: Namespace, device: torch.device, train: 
     else:
         sampler = ShardSampler(len(dataset), rank(), world_size()) if world_size() > 1 else None
     generator = torch.Generator().manual_seed(args.seed)  # workers' seeds, per epoch below
+    workers = usable_workers(args.num_workers)
     return DataLoader(
         dataset,
-        batch_size=args.batch_size // world_size(),
+        batch_size=batch_size // world_size(),
         sampler=sampler,
         drop_last=train,  # equal batches: BatchNorm and contrastive losses dislike a tiny last one
-        num_workers=args.num_workers,
+        num_workers=workers,
         pin_memory=device.type == "cuda",
-        persistent_workers=args.num_workers > 0,
+        persistent_workers=workers > 0,
         generator=generator,
     )
 
@@ -175,11 +188,13 @@ def seed_epoch(loader, epoch: int, skip_batches: int = 0) -> None:
     loader.generator.manual_seed(sampler.seed * 100_003 + epoch + 7919 * sampler.rank)
 
 
-def build_lr_schedule(args: Namespace, steps_per_epoch: int) -> np.ndarray:
-    """Scale base/warmup/final lr by the batch size once (DESIGN §2), print it, return the
-    per-step cosine schedule with linear warmup (DESIGN §6). Sets `args.lr` to the scaled base."""
-    scale = lambda lr: scale_lr(lr, args.batch_size, args.lr_scaling)  # noqa: E731
-    args.lr = scale(args.base_lr)
+def build_lr_schedule(
+    args: Namespace, steps_per_epoch: int, batch_size: int
+) -> tuple[np.ndarray, float]:
+    """Scale base/warmup/final lr by the global batch once (DESIGN §2), print it; return the
+    per-step cosine schedule with linear warmup (DESIGN §6) and the scaled base lr."""
+    scale = lambda lr: scale_lr(lr, batch_size, args.lr_scaling)  # noqa: E731
+    lr = scale(args.base_lr)
     warmup_epochs = args.warmup_epochs
     if warmup_epochs >= args.num_epochs:
         warmup_epochs = max(args.num_epochs - 1, 0)
@@ -188,19 +203,19 @@ def build_lr_schedule(args: Namespace, steps_per_epoch: int) -> np.ndarray:
             f"warming up for {warmup_epochs} epoch(s) instead"
         )
     print(
-        f"lr = {args.base_lr} x {args.batch_size}/256 -> {args.lr:.6g} ({args.lr_scaling} "
-        "scaling); "
+        f"lr = {args.base_lr} x {batch_size}/256 -> {lr:.6g} ({args.lr_scaling} scaling); "
         f"warmup from {scale(args.warmup_lr):.6g} over {warmup_epochs} epoch(s), "
         f"cosine to {scale(args.final_lr):.6g}"
     )
-    return cosine_scheduler(
-        args.lr,
+    schedule = cosine_scheduler(
+        lr,
         scale(args.final_lr),
         args.num_epochs,
         steps_per_epoch,
         warmup_epochs=warmup_epochs,
         start_warmup_value=scale(args.warmup_lr),
     )
+    return schedule, lr
 
 
 class TrainingGuard:
