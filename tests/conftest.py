@@ -19,16 +19,29 @@ def run_dirs(tmp_path):
 
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", help="also run tests marked slow")
+    parser.addoption(
+        "--fast",
+        action="store_true",
+        help="the fast tier for the edit loop: unit tests only, no whole runs, subprocesses or "
+        "learning tests (the default, the full suite, is what CI runs)",
+    )
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: minutes on 2 CPU cores; run with --runslow")
+    config.addinivalue_line(
+        "markers", "full: whole runs, subprocesses, learning tests: left out by --fast"
+    )
 
 
 def pytest_collection_modifyitems(config, items):
-    if config.getoption("--runslow"):
-        return
-    skip = pytest.mark.skip(reason="slow: run with --runslow")
+    fast = config.getoption("--fast")
+    skip_slow = pytest.mark.skip(reason="slow: run with --runslow")
+    skip_full = pytest.mark.skip(reason="full suite only (not --fast)")
     for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
+        if "slow" in item.keywords and not config.getoption("--runslow"):
+            item.add_marker(skip_slow)
+        # a test that writes run folders (the run_dirs fixture) runs main.py or main_linear.py
+        whole_run = "run_dirs" in getattr(item, "fixturenames", ())
+        if fast and ("full" in item.keywords or whole_run):
+            item.add_marker(skip_full)

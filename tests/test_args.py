@@ -100,6 +100,7 @@ def test_resume_flag_forms():
         (["--lr_scaling=cubic"], "argument --lr_scaling: invalid choice"),
     ],
 )
+@pytest.mark.full  # a subprocess per case
 def test_bad_flag_is_one_line_exit_2(flags, needle):
     proc = subprocess.run(
         [sys.executable, "main.py", *flags], cwd=ROOT, capture_output=True, text=True, timeout=120
@@ -195,6 +196,7 @@ def test_a_recipe_sets_defaults_and_the_command_line_wins(tmp_path):
         (None, "cannot read it"),
     ],
 )
+@pytest.mark.full  # a subprocess per case
 def test_a_bad_recipe_is_one_line_naming_the_file(tmp_path, text, needle):
     recipe = tmp_path / "bad.args"
     if text is not None:

@@ -16,6 +16,8 @@ import main_linear
 from utils.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from utils.misc import run_cli
 
+pytestmark = pytest.mark.full  # whole runs: the full suite only (conftest --fast)
+
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):

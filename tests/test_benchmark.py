@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import benchmark  # noqa: E402
@@ -38,6 +40,7 @@ def test_table_has_a_column_per_configuration_named_by_its_flags():
     assert single[0] == "| measured | value |"
 
 
+@pytest.mark.full  # a subprocess
 def test_a_tiny_benchmark_writes_consistent_figures(tmp_path):
     out = tmp_path / "bench.json"
     flags = ["--model_name", "simclr", "--backbone", "small_cnn", "--dataset_name", "synthetic",

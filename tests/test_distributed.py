@@ -24,6 +24,8 @@ from utils.data import EpochSampler, ShardSampler
 from utils.distributed import gather, gather_with_grad
 from utils.knn import extract_features
 
+pytestmark = pytest.mark.full  # whole runs: the full suite only (conftest --fast)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 WORLD, N, D = 2, 6, 8  # each process holds N of the 2N samples

@@ -15,6 +15,8 @@ import main_linear
 from utils.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from utils.misc import UserError
 
+pytestmark = pytest.mark.full  # whole runs: the full suite only (conftest --fast)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
     "--dataset_name", "synthetic", "--backbone", "small_cnn", "--image_size", "16",

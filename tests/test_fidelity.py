@@ -302,6 +302,7 @@ def test_swav_and_dino_colour_and_blur_are_the_official_ones():
     assert {v.options["blur_kernel"] for v in view_of("simclr", size="224")} == {23}  # 10 %
 
 
+@pytest.mark.full  # a subprocess
 def test_a_flag_the_method_does_not_take_is_refused_before_anything_is_written(tmp_path):
     argv = ["--model_name", "barlowtwins", "--temperature", "0.3", "--dataset_name", "synthetic"]
     argv += ["--logs_dir", str(tmp_path / "logs"), "--ckpt_dir", str(tmp_path / "ckpts")]

@@ -13,6 +13,7 @@ tests/test_swav.py, tests/test_dino.py).
 
 from argparse import Namespace
 
+import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -24,6 +25,8 @@ from transformations import eval_transform, pretrain_transform
 from utils.data import DATASETS
 from utils.knn import weighted_knn
 from utils.synthetic import SyntheticShapes
+
+pytestmark = pytest.mark.full  # minutes of training: the full suite only (conftest --fast)
 
 IMAGE_SIZE = 16
 

@@ -13,6 +13,8 @@ import main_linear
 from methods import METHODS
 from utils.checkpoint import load_checkpoint
 
+pytestmark = pytest.mark.full  # whole runs: the full suite only (conftest --fast)
+
 TINY = [
     "--dataset_name",
     "synthetic",

@@ -15,6 +15,8 @@ import engine
 import main
 from utils.checkpoint import load_checkpoint
 
+pytestmark = pytest.mark.full  # whole runs: the full suite only (conftest --fast)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 4 steps per epoch, 2 epochs, SwAV-free simclr on small_cnn: seconds per run
 FLAGS = [
