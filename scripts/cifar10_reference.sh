@@ -38,7 +38,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ALL_METHODS=(simclr supcon simsiam byol swav barlowtwins vicreg mocov2 mocov3 nnclr dino)
+# every registered method (methods/__init__.py): a new one needs no line here
+read -r -a ALL_METHODS <<< "$(python -c 'from methods import METHODS; print(*METHODS)')"
 OUT=${1:-runs/cifar10_reference}
 shift || true
 if [ $# -gt 0 ]; then

@@ -2,7 +2,8 @@
 # The loop of the short CPU runs (scripts/methods.sh, scripts/cifar10_cpu.sh), sourced by both.
 # Their flags are recipe files: recipes/short/<method>.args per method (why some depart from their
 # paper: recipes/short/README.md) after the script's shared one (SHARED, LINEAR_SHARED).
-ALL_METHODS=(simclr supcon simsiam byol swav barlowtwins vicreg mocov2 mocov3 nnclr dino)
+# every registered method (methods/__init__.py): a new one needs no line here
+read -r -a ALL_METHODS <<< "$(python -c 'from methods import METHODS; print(*METHODS)')"
 # Methods without negatives or an explicit variance term start slowly: on the synthetic set their
 # kNN accuracy first falls below the random initialisation's, and in an 8-epoch schedule they
 # end below it (measured 2026-12-02 before the fidelity changes, README). Their pretraining runs

@@ -11,6 +11,12 @@ import main
 import main_linear
 from tests.conftest import ROOT
 
+# the scripts call `python`: this interpreter's (its virtual environment's) first on PATH
+SCRIPT_ENV = {
+    **os.environ,
+    "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+}
+
 DESIGN_COMMANDS = [
     "python main.py --model_name=simclr --backbone=resnet18 --batch_size=512 --optimizer=lars_simclr "  # noqa: E501
     "--weight_decay=0.0001 --momentum=0.9 --warmup_epochs=10 --warmup_lr=0 --base_lr=1.0 "
@@ -141,7 +147,7 @@ def test_short_recipes_parse_and_build(script):
     listing = subprocess.run(
         ["bash", "-c", 'source scripts/short_recipes.sh; for m in "${!EPOCH_FACTOR[@]}"; do '
          'echo "$m ${EPOCH_FACTOR[$m]}"; done'],
-        cwd=ROOT, capture_output=True, text=True, check=True,
+        cwd=ROOT, capture_output=True, text=True, check=True, env=SCRIPT_ENV,
     ).stdout.split()  # fmt: skip
     factors = dict(zip(listing[::2], map(int, listing[1::2]), strict=True))
     assert {m for m, f in factors.items() if f > 1} == {"byol", "swav", "dino"}
@@ -154,7 +160,7 @@ def test_reference_recipes_are_flags_of_their_methods(tmp_path):
     out = subprocess.run(
         ["bash", "scripts/cifar10_reference.sh", str(tmp_path / "ref")],
         cwd=ROOT,
-        env={**os.environ, "DRY_RUN": "1"},
+        env={**SCRIPT_ENV, "DRY_RUN": "1"},
         capture_output=True,
         text=True,
         check=True,
