@@ -12,6 +12,7 @@ from torch import nn
 import engine
 import main_linear
 from engine import Engine
+from tests.test_reliability import stop_at_call
 from utils.checkpoint import load_checkpoint
 from utils.misc import UserError
 
@@ -34,24 +35,11 @@ def last(ckpt_root, name):
     return load_checkpoint(os.path.join(ckpt_root, name, "last.pt"))
 
 
-def sigterm_at_step(monkeypatch, n):
-    calls = {"n": 0}
-    original = engine.adjust_learning_rate
-
-    def counting(optimizer, lr):
-        calls["n"] += 1
-        if calls["n"] == n:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(optimizer, lr)
-
-    monkeypatch.setattr(engine, "adjust_learning_rate", counting)
-
-
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_a_stopped_and_resumed_evaluation_equals_a_straight_one(mode, run_dirs, monkeypatch):
     flags = MODES[mode]
     straight = evaluate(run_dirs, "straight", *flags)
-    sigterm_at_step(monkeypatch, 3)  # mid-epoch: 3 of 4 steps of the first epoch
+    stop_at_call(monkeypatch, 3)  # mid-epoch: 3 of 4 steps of the first epoch
     with pytest.raises(SystemExit) as stopped:
         evaluate(run_dirs, "stopped", *flags)
     assert stopped.value.code == 128 + signal.SIGTERM

@@ -51,7 +51,8 @@ def straight(tmp_path_factory):
 
 
 def stop_at_call(monkeypatch, n):
-    """Send SIGTERM to this process from inside the training loop at its n-th step."""
+    """Send SIGTERM to this process from inside the training loop (engine.py, shared by
+    pretraining and evaluation) at its n-th step."""
     calls = {"n": 0}
     original = engine.adjust_learning_rate
 
