@@ -33,7 +33,16 @@ PRETRAINING_ONLY = ("compile", "gpu_augment", "pretrained", "zero_init_residual"
 
 def add_shared_flags(parser: argparse.ArgumentParser) -> None:
     """The groups of flags main.py and main_linear.py share."""
-    # Run and output
+    add_run_flags(parser)
+    add_speed_flags(parser)
+    add_data_flags(parser)
+    add_model_flags(parser)
+    add_optimization_flags(parser)
+    add_monitoring_flags(parser)
+
+
+def add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """Run and output: folders, seed, checkpoints, resume."""
     group = parser.add_argument_group("run")
     group.add_argument(
         "--debug",
@@ -95,7 +104,9 @@ def add_shared_flags(parser: argparse.ArgumentParser) -> None:
         "the same method, backbone and data set with 'auto' (default: off)",
     )
 
-    # Speed (docs/speed.md says when each helps); multi-GPU runs start with torchrun
+
+def add_speed_flags(parser: argparse.ArgumentParser) -> None:
+    """Speed and scale (docs/speed.md says when each helps; multi-GPU runs start with torchrun)."""
     group = parser.add_argument_group("speed and scale")
     group.add_argument(
         "--amp",
@@ -122,7 +133,9 @@ def add_shared_flags(parser: argparse.ArgumentParser) -> None:
         "(default: false)",
     )
 
-    # Data
+
+def add_data_flags(parser: argparse.ArgumentParser) -> None:
+    """The data set and its loading."""
     group = parser.add_argument_group("data")
     group.add_argument(
         "--dataset_name",
@@ -172,7 +185,9 @@ def add_shared_flags(parser: argparse.ArgumentParser) -> None:
         help="let torchvision download the data set (default: off)",
     )
 
-    # Model
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """Method and backbone."""
     group = parser.add_argument_group("model")
     group.add_argument(
         "--model_name",
@@ -200,7 +215,9 @@ def add_shared_flags(parser: argparse.ArgumentParser) -> None:
         default=None,
     )
 
-    # Optimization
+
+def add_optimization_flags(parser: argparse.ArgumentParser) -> None:
+    """Optimizer and lr schedule."""
     group = parser.add_argument_group("optimization")
     group.add_argument(
         "--optimizer", default="sgd", choices=sorted(OPTIMIZERS), help="optimizer (default: sgd)"
@@ -268,7 +285,9 @@ def add_shared_flags(parser: argparse.ArgumentParser) -> None:
         "(default: true)",
     )
 
-    # Monitoring
+
+def add_monitoring_flags(parser: argparse.ArgumentParser) -> None:
+    """KNN monitor and t-SNE."""
     group = parser.add_argument_group("monitoring")
     group.add_argument(
         "--knn_freq",
@@ -292,7 +311,6 @@ def add_shared_flags(parser: argparse.ArgumentParser) -> None:
 
 def add_pretraining_flags(parser: argparse.ArgumentParser) -> None:
     """The view flags and every method's hyper-parameters (methods/hparams.py)."""
-    # Augmentation
     group = parser.add_argument_group("augmentation")
     group.add_argument(
         "--crop_min_scale",
