@@ -128,14 +128,9 @@ def resume_path(args) -> str | None:
     return find_checkpoint(args.ckpt_dir, args.model_name, args.backbone, args.dataset_name)
 
 
-def main(args) -> dict:
-    check_method_flags(args)
-    device = start_process(args)  # under torchrun: one process per GPU
-    set_seed(args.seed)  # the same initial weights on every process
-    torch.autograd.set_detect_anomaly(args.debug)  # names the op behind a NaN gradient; slow
-    print_freq = 1 if args.debug else args.print_freq
-
-    # ============ resume: the run folder comes from the checkpoint ============
+def resumed_checkpoint(args) -> tuple[str | None, dict | None]:
+    """--resume: the checkpoint to continue and its path, checked against the flags; the run
+    name becomes the checkpoint's folder."""
     ckpt_path = resume_path(args)
     checkpoint = load_checkpoint(ckpt_path) if ckpt_path else None
     if checkpoint is not None:
@@ -148,42 +143,29 @@ def main(args) -> dict:
         args.run_name = os.path.basename(os.path.dirname(os.path.abspath(ckpt_path)))
     elif args.resume is not None:
         print("--resume auto: no checkpoint found, starting a new run")
-    args.run_name = args.run_name or default_run_name(args)
-    # checked now, created once the run can start: a failed start leaves nothing behind
-    log_dir, ckpt_dir = check_run_dirs(args, resuming=checkpoint is not None)
-    print_args(args)
+    return ckpt_path, checkpoint
 
-    # ============ data ============
+
+def knn_data(args, device, batch_size: int) -> list:
+    """The kNN monitor's loaders: the (--limit) training images as memory bank and the test
+    set, both un-augmented."""
     info = DATASETS[args.dataset_name]
-    dataset, train_transform = training_set(args)
-    batch_size = fit_batch_size(args.batch_size, len(dataset), args.limit)  # the global batch
-    loader = make_loader(dataset, args, device, train=True, batch_size=batch_size)
-    augment = BatchViews(train_transform).to(device) if args.gpu_augment else None
-    print(
-        f"data: {len(dataset)} training images of {args.dataset_name}, "
-        f"{len(loader)} steps of {batch_size} per epoch, "
-        f"{len(train_transform.view_transforms)} views each "
-        f"({METHODS[args.model_name].augmentation} recipe"
-        f"{', drawn on the ' + device.type + ' by kornia' if augment else ''})"
+    plain = eval_transform(
+        image_size=args.image_size, native_size=info.image_size, mean=info.mean, std=info.std
     )
-    if args.knn_freq:
-        plain = eval_transform(
-            image_size=args.image_size, native_size=info.image_size, mean=info.mean, std=info.std
-        )
-        knn_train = balanced_subset(
-            build_dataset(args.dataset_name, args.data_dir, True, plain), args.limit
-        )
-        knn_test = build_dataset(args.dataset_name, args.data_dir, False, plain)
-        knn_train, knn_test = (
-            in_memory(knn_train, args.in_memory),
-            in_memory(knn_test, args.in_memory),
-        )
-        knn_loaders = [
-            make_loader(d, args, device, train=False, batch_size=batch_size)
-            for d in (knn_train, knn_test)
-        ]
+    knn_train = balanced_subset(
+        build_dataset(args.dataset_name, args.data_dir, True, plain), args.limit
+    )
+    knn_test = build_dataset(args.dataset_name, args.data_dir, False, plain)
+    return [
+        make_loader(in_memory(d, args.in_memory), args, device, train=False, batch_size=batch_size)
+        for d in (knn_train, knn_test)
+    ]
 
-    # ============ model ============
+
+def build_model(args, device, train_transform) -> tuple[nn.Module, nn.Module]:
+    """The method on its backbone, checked against the views' sizes with one forward pass, and
+    the module to call for the forward pass (DDP / torch.compile wrappers)."""
     backbone, feat_dim = build_backbone(args.backbone, args.image_size, args.pretrained)
     try:
         model = build_method(args.model_name, backbone, feat_dim, **vars(args)).to(device)
@@ -196,6 +178,56 @@ def main(args) -> dict:
         f"model: {args.model_name} on {args.backbone} ({feat_dim}-d features), "
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters"
     )
+    return model, forward
+
+
+def write_summary(args, log_dir: str, last_path: str, stats: dict, steps: int, seconds: float):
+    """summary.json: what ran, the last epoch's figures and the wall time of this process (a
+    resumed run counts from its resume)."""
+    summary = {
+        "model_name": args.model_name,
+        "backbone": args.backbone,
+        "dataset_name": args.dataset_name,
+        "epochs": args.num_epochs,
+        "steps": args.num_epochs * steps,
+        "checkpoint": last_path,
+        **stats,
+        "wall_time_s": round(seconds, 1),
+    }
+    write_json(os.path.join(log_dir, "summary.json"), summary)
+    print(f"done in {seconds:.0f} s; checkpoint {last_path}")
+
+
+def main(args) -> dict:
+    check_method_flags(args)
+    device = start_process(args)  # under torchrun: one process per GPU
+    set_seed(args.seed)  # the same initial weights on every process
+    torch.autograd.set_detect_anomaly(args.debug)  # names the op behind a NaN gradient; slow
+    print_freq = 1 if args.debug else args.print_freq
+
+    # ============ resume: the run folder comes from the checkpoint ============
+    ckpt_path, checkpoint = resumed_checkpoint(args)
+    args.run_name = args.run_name or default_run_name(args)
+    # checked now, created once the run can start: a failed start leaves nothing behind
+    log_dir, ckpt_dir = check_run_dirs(args, resuming=checkpoint is not None)
+    print_args(args)
+
+    # ============ data ============
+    dataset, train_transform = training_set(args)
+    batch_size = fit_batch_size(args.batch_size, len(dataset), args.limit)  # the global batch
+    loader = make_loader(dataset, args, device, train=True, batch_size=batch_size)
+    augment = BatchViews(train_transform).to(device) if args.gpu_augment else None
+    print(
+        f"data: {len(dataset)} training images of {args.dataset_name}, "
+        f"{len(loader)} steps of {batch_size} per epoch, "
+        f"{len(train_transform.view_transforms)} views each "
+        f"({METHODS[args.model_name].augmentation} recipe"
+        f"{', drawn on the ' + device.type + ' by kornia' if augment else ''})"
+    )
+    knn_loaders = knn_data(args, device, batch_size) if args.knn_freq else None
+
+    # ============ model ============
+    model, forward = build_model(args, device, train_transform)
 
     # ============ optimizer and per-step schedule ============
     lr_schedule, lr = build_lr_schedule(args, len(loader), batch_size)
@@ -258,21 +290,8 @@ def main(args) -> dict:
     if not main_rank:
         return {"run_name": args.run_name, "log_dir": log_dir, "ckpt_dir": ckpt_dir, **stats}
 
-    plots = plot_run(log_dir, title)
-    wall_time = time.time() - start_time
-    summary = {
-        "model_name": args.model_name,
-        "backbone": args.backbone,
-        "dataset_name": args.dataset_name,
-        "epochs": args.num_epochs,
-        "steps": args.num_epochs * steps_per_epoch,
-        "checkpoint": last_path,
-        **stats,
-        "wall_time_s": round(wall_time, 1),  # of this process: a resumed run counts from resume
-    }
-    write_json(os.path.join(log_dir, "summary.json"), summary)
-    print(f"done in {wall_time:.0f} s; checkpoint {last_path}")
-    print("plots: " + " ".join(plots))
+    write_summary(args, log_dir, last_path, stats, steps_per_epoch, time.time() - start_time)
+    print("plots: " + " ".join(plot_run(log_dir, title)))
     return {"run_name": args.run_name, "log_dir": log_dir, "ckpt_dir": ckpt_dir, **stats}
 
 

@@ -462,6 +462,58 @@ def train_classifier(
     return stats["val_acc1"], stats["val_acc5"]
 
 
+def linear_evaluation(
+    args, backbone, feat_dim, num_classes, train_set, train_loader, test_loader, device,
+    log_dir, ckpt_dir, batch_size, resumed,
+) -> tuple[float, float, tuple | None]:  # fmt: skip
+    """The probe (on images, or on features computed once) or the fine-tuning: Acc@1, Acc@5,
+    and the test features when they were computed on the way."""
+    classifier = LinearClassifier(feat_dim, num_classes, args.probe_bn).to(device)
+    head_input, train_batches, test_batches = backbone, train_loader, test_loader
+    test_features = None
+    if args.precompute_features:
+        plain_train = make_loader(train_set, args, device, train=False, batch_size=batch_size)
+        train_x, train_y = extract_features(backbone, plain_train, device)
+        test_features = extract_features(backbone, test_loader, device)
+        print(f"features: {tuple(train_x.shape)} train, {tuple(test_features[0].shape)} test")
+        head_input = nn.Identity()
+        train_batches = FeatureLoader(
+            train_x.to(device), train_y, batch_size, shuffle=True, seed=args.seed
+        )
+        test_batches = FeatureLoader(
+            test_features[0].to(device), test_features[1], batch_size, shuffle=False
+        )
+    label = "finetune" if args.finetune else "linear"
+    label += " (precomputed features)" if args.precompute_features else ""
+    title = f"{label} / {args.model_name} / {args.backbone} / {args.dataset_name}"
+    acc1, acc5 = train_classifier(
+        args, classifier, head_input, train_batches, test_batches, device, log_dir, ckpt_dir,
+        title, batch_size, resumed,
+    )  # fmt: skip
+    return acc1, acc5, test_features
+
+
+def results_of(args, train_images: int, checkpoint, acc1: float, acc5: float, seconds: float):
+    """results.json: what was evaluated, how, and its accuracy."""
+    return {
+        "model_name": args.model_name,
+        "backbone": args.backbone,
+        "dataset_name": args.dataset_name,
+        "eval": args.eval,
+        "finetune": args.finetune,
+        "precompute_features": args.precompute_features,
+        "data_fraction": args.data_fraction,
+        "train_images": train_images,
+        "random_init": args.random_init,
+        "pretrain_checkpoint": args.ckpt,
+        "pretrain_epochs": checkpoint["epoch"] if checkpoint else 0,
+        "epochs": args.num_epochs if args.eval == "linear" else 0,
+        "acc1": acc1,
+        "acc5": acc5,
+        "wall_time_s": round(seconds, 1),
+    }
+
+
 def main(args) -> dict:
     check_args(args)
     device = start_process(args)  # under torchrun: one process per GPU
@@ -508,35 +560,9 @@ def main(args) -> dict:
         )  # fmt: skip
     else:
         # ============ linear classifier (or fine-tuning) ============
-        classifier = LinearClassifier(feat_dim, num_classes, args.probe_bn).to(device)
-        head_input, train_batches, test_batches = backbone, train_loader, test_loader
-        if args.precompute_features:
-            plain_train = make_loader(train_set, args, device, train=False, batch_size=batch_size)
-            train_x, train_y = extract_features(backbone, plain_train, device)
-            test_features = extract_features(backbone, test_loader, device)
-            print(f"features: {tuple(train_x.shape)} train, {tuple(test_features[0].shape)} test")
-            head_input = nn.Identity()
-            train_batches = FeatureLoader(
-                train_x.to(device), train_y, batch_size, shuffle=True, seed=args.seed
-            )
-            test_batches = FeatureLoader(
-                test_features[0].to(device), test_features[1], batch_size, shuffle=False
-            )
-        label = "finetune" if args.finetune else "linear"
-        label += " (precomputed features)" if args.precompute_features else ""
-        title = f"{label} / {args.model_name} / {args.backbone} / {args.dataset_name}"
-        acc1, acc5 = train_classifier(
-            args,
-            classifier,
-            head_input,
-            train_batches,
-            test_batches,
-            device,
-            log_dir,
-            ckpt_dir,
-            title,
-            batch_size,
-            resumed,
+        run = (device, log_dir, ckpt_dir, batch_size, resumed)
+        acc1, acc5, test_features = linear_evaluation(
+            args, backbone, feat_dim, num_classes, train_set, train_loader, test_loader, *run
         )
     wall_time = time.time() - start_time
     if args.tsne and test_features is None:  # linear on images or fine-tuned: the final backbone's
@@ -552,23 +578,7 @@ def main(args) -> dict:
         plot_tsne(*test_features, path, title, seed=args.seed, class_names=class_names(test_set))
         print(f"t-SNE: {path}")
 
-    results = {
-        "model_name": args.model_name,
-        "backbone": args.backbone,
-        "dataset_name": args.dataset_name,
-        "eval": args.eval,
-        "finetune": args.finetune,
-        "precompute_features": args.precompute_features,
-        "data_fraction": args.data_fraction,
-        "train_images": len(train_set),
-        "random_init": args.random_init,
-        "pretrain_checkpoint": args.ckpt,
-        "pretrain_epochs": checkpoint["epoch"] if checkpoint else 0,
-        "epochs": args.num_epochs if args.eval == "linear" else 0,
-        "acc1": acc1,
-        "acc5": acc5,
-        "wall_time_s": round(wall_time, 1),
-    }
+    results = results_of(args, len(train_set), checkpoint, acc1, acc5, wall_time)
     write_json(os.path.join(log_dir, "results.json"), results)
     print(f"results: {os.path.join(log_dir, 'results.json')}")
     print(f"Acc@1 {acc1:.2f} Acc@5 {acc5:.2f}")
