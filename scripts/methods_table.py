@@ -151,10 +151,15 @@ def table(root: str) -> str:
     common = ", ".join(f"`--{k} {v}`" for k, v in usual.items() if v is not None)
     lines += [
         "",
-        f"Mean ± standard deviation over the seed{'s' if len(seeds) > 1 else ''} "
-        f"{', '.join(map(str, seeds))} (each seed: "
-        "its own initial weights, views and data order; the same initial backbone for every "
-        "method of a seed). Shared by the runs unless their row says otherwise: "
+        (
+            f"Mean ± standard deviation over the seeds {', '.join(map(str, seeds))} (each seed: "
+            "its own initial weights, views and data order; the same initial backbone for every "
+            "method of a seed)."
+            if len(seeds) > 1
+            else f"One seed, {seeds[0]}: no spread yet (the same initial backbone for every "
+            "method)."
+        )
+        + " Shared by the runs unless their row says otherwise: "
         f"{common}. Pretraining time: mean per run.",
     ]
     return "\n".join(lines)

@@ -101,3 +101,36 @@ def test_the_readme_table_of_method_flags_is_generated_from_the_declarations():
         readme = f.read()
     block = readme.split("<!-- method_flags:begin -->\n")[1].split("\n<!-- method_flags:end -->")[0]
     assert block == table(), "run: python scripts/method_flags.py --readme README.md"
+
+
+def test_a_new_method_needs_only_its_class_for_its_flags_help_refusals_and_tables(monkeypatch):
+    """What adding a method takes: a Method subclass in the registry whose constructor declares a
+    new hyper-parameter. Nothing else is edited, yet main.py parses and documents its flag, other
+    methods refuse it, and the tables list it."""
+    import sys
+
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))  # the scripts import their helpers so
+    from method_flags import table
+    from methods_table import method_flags
+
+    from methods import Method
+
+    class Toy(Method):
+        loss_summary = "`toy_loss`"
+
+        def __init__(
+            self, backbone, feat_dim, sharpness: Annotated[float, Flag("how sharp")] = 2.0
+        ):
+            super().__init__()
+            self.backbone, self.sharpness = backbone, sharpness
+
+    monkeypatch.setitem(METHODS, "toy", Toy)
+    parser = main.get_args_parser()
+    assert "how sharp (default toy: 2)" in " ".join(parser.format_help().split())
+    args = parser.parse_args(["--model_name", "toy", "--sharpness", "3"])
+    main.check_method_flags(args)
+    assert build_method("toy", *build_backbone("small_cnn", 16), **vars(args)).sharpness == 3.0
+    with pytest.raises(UserError, match="--sharpness: not a flag of --model_name simclr"):
+        main.check_method_flags(parser.parse_args(["--model_name", "simclr", "--sharpness", "3"]))
+    assert "| `toy` | `toy_loss` | `--sharpness 2` |" in table()
+    assert method_flags("toy")[0] == "sharpness"
