@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from methods.hparams import accepted_flags, resolve_aliases
 from networks import zero_init_residual
-from utils.misc import UserError, given_kwargs
+from utils.misc import UserError, given_kwargs, registrar
 
 
 class Method(nn.Module):
@@ -84,14 +84,7 @@ class Method(nn.Module):
 METHODS: dict[str, type[Method]] = {}
 
 
-def register(name: str):
-    def decorator(cls):
-        if name in METHODS:
-            raise ValueError(f"method {name!r} registered twice")
-        METHODS[name] = cls
-        return cls
-
-    return decorator
+register = registrar(METHODS, "method")  # @register("name") on a new one
 
 
 def build_method(name: str, backbone: nn.Module, feat_dim: int, /, **kwargs) -> nn.Module:

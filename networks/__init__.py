@@ -12,7 +12,7 @@ import torch
 import torchvision
 from torch import nn
 
-from utils.misc import UserError
+from utils.misc import UserError, registrar
 
 BACKBONES: dict[str, Callable[[int, bool], tuple[nn.Module, int]]] = {}
 
@@ -21,14 +21,7 @@ BACKBONES: dict[str, Callable[[int, bool], tuple[nn.Module, int]]] = {}
 SMALL_IMAGE_SIZE = 64
 
 
-def register(name: str):
-    def decorator(fn):
-        if name in BACKBONES:
-            raise ValueError(f"backbone {name!r} registered twice")
-        BACKBONES[name] = fn
-        return fn
-
-    return decorator
+register = registrar(BACKBONES, "backbone")  # @register("name") on a new one
 
 
 def build_backbone(name: str, image_size: int, pretrained: bool = False) -> tuple[nn.Module, int]:

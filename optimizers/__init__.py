@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Union
 import torch
 from torch import nn
 
+from utils.misc import registrar
+
 if TYPE_CHECKING:
     from optimizers.larc import LARC
 
@@ -30,14 +32,7 @@ AnyOptimizer = Union[torch.optim.Optimizer, "LARC"]
 OPTIMIZERS: dict[str, Callable[[list[dict], float, Namespace], AnyOptimizer]] = {}
 
 
-def register(name: str):
-    def decorator(fn):
-        if name in OPTIMIZERS:
-            raise ValueError(f"optimizer {name!r} registered twice")
-        OPTIMIZERS[name] = fn
-        return fn
-
-    return decorator
+register = registrar(OPTIMIZERS, "optimizer")  # @register("name") on a new one
 
 
 def scale_lr(lr: float, batch_size: int, rule: str = "linear") -> float:

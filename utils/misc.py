@@ -159,3 +159,19 @@ def git_sha() -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def registrar(registry: dict, kind: str):
+    """The `@register("name")` decorator of a registry (methods, backbones, optimizers): it
+    files the decorated class or function under `name`, once."""
+
+    def register(name: str):
+        def decorator(obj):
+            if name in registry:
+                raise ValueError(f"{kind} {name!r} registered twice")
+            registry[name] = obj
+            return obj
+
+        return decorator
+
+    return register
