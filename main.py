@@ -19,11 +19,7 @@ from networks import build_backbone, check_input_sizes
 from optimizers import build_optimizer
 from transformations import BatchViews, eval_transform, pretrain_transform
 from utils.accel import autocast, grad_scaler, prepare_model, to_device
-from utils.checkpoint import (
-    find_checkpoint,
-    load_checkpoint,
-    set_rng_state,
-)
+from utils.checkpoint import load_checkpoint, resume_path, set_rng_state
 from utils.data import DATASETS, balanced_subset, build_dataset, in_memory
 from utils.distributed import (
     close_distributed,
@@ -115,17 +111,6 @@ def knn_monitor(backbone: nn.Module, train_loader, test_loader, device, args) ->
         backbone, train_loader, test_loader, device, args.knn_k, args.knn_temperature, ks=(1,)
     )
     return acc1, test_features
-
-
-def resume_path(args) -> str | None:
-    if args.resume is None:
-        return None
-    if args.resume != "auto":
-        return args.resume
-    if args.run_name:
-        path = os.path.join(args.ckpt_dir, args.run_name, "last.pt")
-        return path if os.path.isfile(path) else None
-    return find_checkpoint(args.ckpt_dir, args.model_name, args.backbone, args.dataset_name)
 
 
 def resumed_checkpoint(args) -> tuple[str | None, dict | None]:

@@ -10,7 +10,7 @@ from torch import nn
 
 from methods import METHODS
 from networks import build_backbone, zero_init_residual
-from utils.checkpoint import find_checkpoint, load_checkpoint
+from utils.checkpoint import find_checkpoint, load_checkpoint, resume_path
 from utils.misc import UserError
 
 # flags that a resumed evaluation must share with the stopped one
@@ -66,18 +66,10 @@ def load_resumed(args) -> dict | None:
     kind = "finetune" if args.finetune else "linear"
     if args.eval == "knn":
         raise UserError("--resume: a kNN evaluation trains nothing to continue: drop --resume")
-    path = args.resume
-    if path == "auto":
-        if args.run_name:
-            path = os.path.join(args.ckpt_dir, args.run_name, "last.pt")
-            path = path if os.path.isfile(path) else None
-        else:
-            path = find_checkpoint(
-                args.ckpt_dir, args.model_name, args.backbone, args.dataset_name, kind=kind
-            )
-        if path is None:
-            print("--resume auto: no checkpoint found, starting a new run")
-            return None
+    path = resume_path(args, kind)
+    if path is None:
+        print("--resume auto: no checkpoint found, starting a new run")
+        return None
     checkpoint = load_checkpoint(path)
     if checkpoint.get("kind") != kind:
         what = {"pretrain": "a pretraining", "linear": "a linear probe's"}

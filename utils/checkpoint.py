@@ -105,3 +105,17 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resume_path(args, kind: str = "pretrain") -> str | None:
+    """The checkpoint --resume names: a path as given; `auto`, --run_name's last.pt, or the
+    newest `kind` checkpoint of the same method, backbone and data set under --ckpt_dir (None
+    when there is none: a new run starts)."""
+    if args.resume is None or args.resume != "auto":
+        return args.resume
+    if args.run_name:
+        path = os.path.join(args.ckpt_dir, args.run_name, "last.pt")
+        return path if os.path.isfile(path) else None
+    return find_checkpoint(
+        args.ckpt_dir, args.model_name, args.backbone, args.dataset_name, kind=kind
+    )

@@ -107,8 +107,8 @@ def start_process(args: Namespace) -> torch.device:
     check_options(args, device)
     if not is_main_process():
         sys.stdout = open(os.devnull, "w")  # rank 0 speaks and writes for all
-    if args.num_workers > usable_workers(args.num_workers):  # torch would warn once per loader
-        cores = usable_workers(args.num_workers)
+    cores = usable_workers(args.num_workers)
+    if args.num_workers > cores:  # torch would warn once per loader
         print(f"note: --num_workers {args.num_workers} > {cores} CPU cores here: using {cores}")
     return device
 
