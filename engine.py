@@ -144,7 +144,7 @@ def fit(
     ckpt_dir: str,
     start: tuple[int, int] = (0, 0),
     before_epoch: Callable[[int], None] = lambda epoch: None,
-    after_epoch: Callable[[int], dict] = lambda epoch: {},
+    after_epoch: Callable[[int], dict] | None = None,
     save_freq: int | None = None,
     on_save: Callable[[], None] = lambda: None,
 ) -> dict[str, float]:
@@ -181,7 +181,7 @@ def fit(
                     f"{epoch + 1}, step {done}/{steps}; saved {last_path}. Continue with the "
                     f"same command plus --resume {last_path}"
                 )
-            stats.update(after_epoch(epoch))
+            stats.update(after_epoch(epoch) if after_epoch else {})
             engine.logger.log("epoch", epoch + 1, (epoch + 1) * steps, **stats)
             print(
                 f"epoch {epoch + 1}/{engine.num_epochs}: "

@@ -19,7 +19,7 @@ from networks import build_backbone, check_input_sizes
 from optimizers import build_optimizer
 from transformations import BatchViews, eval_transform, pretrain_transform
 from utils.accel import autocast, grad_scaler, prepare_model, to_device
-from utils.checkpoint import load_checkpoint, resume_path, set_rng_state
+from utils.checkpoint import load_checkpoint, restore, resume_path
 from utils.data import DATASETS, balanced_subset, build_dataset, in_memory
 from utils.distributed import (
     close_distributed,
@@ -105,12 +105,23 @@ def training_set(args) -> tuple:
     return in_memory(dataset, args.in_memory or args.gpu_augment, raw=args.gpu_augment), transform
 
 
-def knn_monitor(backbone: nn.Module, train_loader, test_loader, device, args) -> tuple:
-    """Weighted kNN Acc@1 of the backbone, and the test features with their labels."""
-    (acc1,), test_features = knn_evaluate(
-        backbone, train_loader, test_loader, device, args.knn_k, args.knn_temperature, ks=(1,)
-    )
-    return acc1, test_features
+def knn_monitor(args, backbone: nn.Module, loaders, device, tsne_path: str | None, title: str):
+    """The after-epoch hook of the kNN monitor: weighted kNN Acc@1 of the backbone every
+    --knn_freq epochs and after the last (epoch -1: the untrained network, the baseline), and
+    with --tsne the last epoch's test features drawn to `tsne_path` (None: not this process)."""
+
+    def after_epoch(epoch: int) -> dict:
+        last = epoch + 1 == args.num_epochs
+        if (epoch + 1) % args.knn_freq and not last:
+            return {}
+        (acc1,), test_features = knn_evaluate(
+            backbone, *loaders, device, args.knn_k, args.knn_temperature, ks=(1,)
+        )
+        if args.tsne and last and tsne_path:
+            plot_tsne(*test_features, tsne_path, f"{title}: test features, epoch {epoch + 1}")
+        return {"knn_acc1": acc1}
+
+    return after_epoch
 
 
 def resumed_checkpoint(args) -> tuple[str | None, dict | None]:
@@ -188,7 +199,6 @@ def main(args) -> dict:
     device = start_process(args)  # under torchrun: one process per GPU
     set_seed(args.seed)  # the same initial weights on every process
     torch.autograd.set_detect_anomaly(args.debug)  # names the op behind a NaN gradient; slow
-    print_freq = 1 if args.debug else args.print_freq
 
     # ============ resume: the run folder comes from the checkpoint ============
     ckpt_path, checkpoint = resumed_checkpoint(args)
@@ -217,7 +227,6 @@ def main(args) -> dict:
     # ============ optimizer and per-step schedule ============
     lr_schedule, lr = build_lr_schedule(args, len(loader), batch_size)
     optimizer = build_optimizer(args, model, lr)
-    scaler = grad_scaler(args, device)
     main_rank = is_main_process()
     make_run_dirs(log_dir, ckpt_dir)
     if main_rank:
@@ -225,10 +234,7 @@ def main(args) -> dict:
 
     start_epoch, start_step = 0, 0
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        set_rng_state(checkpoint["rng"])  # rank 0's; the others draw their own below
-        start_epoch, start_step = checkpoint["epoch"], checkpoint.get("step_in_epoch", 0)
+        start_epoch, start_step = restore(checkpoint, optimizer, model=model)  # rank 0 rng
         print(f"resumed from {ckpt_path} at epoch {start_epoch}, step {start_step} of the epoch")
     if not main_rank:  # different augmentations per process (when loading in this process)
         set_seed(args.seed + 7919 * rank() + start_epoch * 100_003 + start_step)
@@ -239,23 +245,19 @@ def main(args) -> dict:
     logger = MetricsLogger(log_dir, columns) if main_rank else NullLogger()
     title = f"{args.model_name} / {args.backbone} / {args.dataset_name}"
     start_time = time.time()
-    if args.knn_freq and start_epoch == start_step == 0:  # the untrained network: the baseline
-        knn_acc1, _ = knn_monitor(model.backbone, *knn_loaders, device, args)
-        logger.log("epoch", 0, 0, knn_acc1=knn_acc1)
-        print(f"epoch 0 (random initialisation): knn_acc1 {knn_acc1:.4g}")
-
-    def after_epoch(epoch: int) -> dict:
-        if not args.knn_freq or ((epoch + 1) % args.knn_freq and epoch + 1 < args.num_epochs):
-            return {}
-        knn_acc1, test_features = knn_monitor(model.backbone, *knn_loaders, device, args)
-        if args.tsne and epoch + 1 == args.num_epochs and main_rank:
-            path = os.path.join(log_dir, "tsne.png")
-            plot_tsne(*test_features, path, f"{title}: test features, epoch {epoch + 1}")
-        return {"knn_acc1": knn_acc1}
+    after_epoch = None
+    if args.knn_freq:
+        tsne_path = os.path.join(log_dir, "tsne.png") if main_rank else None
+        after_epoch = knn_monitor(args, model.backbone, knn_loaders, device, tsne_path, title)
+        if start_epoch == start_step == 0:  # the untrained network: the baseline
+            knn_acc1 = after_epoch(-1)["knn_acc1"]
+            logger.log("epoch", 0, 0, knn_acc1=knn_acc1)
+            print(f"epoch 0 (random initialisation): knn_acc1 {knn_acc1:.4g}")
 
     engine = Engine(
-        optimizer, lr_schedule, steps_per_epoch, args.num_epochs, device, scaler,
-        TrainingGuard(args.skip_nonfinite), logger, print_freq, args.debug,
+        optimizer, lr_schedule, steps_per_epoch, args.num_epochs, device,
+        grad_scaler(args, device), TrainingGuard(args.skip_nonfinite), logger,
+        1 if args.debug else args.print_freq, args.debug,
         model.before_optimizer_step, model.after_optimizer_step,
     )  # fmt: skip
     stats = fit(
@@ -272,11 +274,9 @@ def main(args) -> dict:
     )
     last_path = os.path.join(ckpt_dir, "last.pt")
     close_distributed()
-    if not main_rank:
-        return {"run_name": args.run_name, "log_dir": log_dir, "ckpt_dir": ckpt_dir, **stats}
-
-    write_summary(args, log_dir, last_path, stats, steps_per_epoch, time.time() - start_time)
-    print("plots: " + " ".join(plot_run(log_dir, title)))
+    if main_rank:
+        write_summary(args, log_dir, last_path, stats, steps_per_epoch, time.time() - start_time)
+        print("plots: " + " ".join(plot_run(log_dir, title)))
     return {"run_name": args.run_name, "log_dir": log_dir, "ckpt_dir": ckpt_dir, **stats}
 
 

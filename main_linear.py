@@ -19,12 +19,8 @@ import os
 import time
 
 import torch
-import torch.nn.functional as F
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, Subset
 
-from engine import Engine, fit
 from flags import (
     add_pretraining_flags,
     add_shared_flags,
@@ -33,30 +29,20 @@ from flags import (
     pretraining_flags,
 )
 from networks import check_input_sizes
-from networks.heads import LinearClassifier
-from optimizers import build_optimizer, param_groups
 from pretrained import load_backbone, load_pretrained, load_resumed
+from probe import linear_evaluation
 from transformations import eval_transform, linear_train_transform
-from utils.accel import autocast, device_ids, grad_scaler, to_device
-from utils.checkpoint import set_rng_state
 from utils.data import (
     DATASETS,
-    EpochSampler,
-    ShardSampler,
     balanced_subset,
     build_dataset,
     dataset_targets,
     in_memory,
     num_classes_of,
 )
-from utils.distributed import (
-    close_distributed,
-    gather,
-    is_main_process,
-    world_size,
-)
-from utils.knn import FeatureLoader, extract_features, knn_evaluate, topk_accuracy
-from utils.logging import MetricsLogger, NullLogger, write_json
+from utils.distributed import close_distributed, is_main_process
+from utils.knn import extract_features, knn_evaluate
+from utils.logging import write_json
 from utils.misc import (
     ArgumentParser,
     UserError,
@@ -66,10 +52,7 @@ from utils.misc import (
     run_cli,
     set_seed,
 )
-from utils.plots import plot_run
 from utils.run import (
-    TrainingGuard,
-    build_lr_schedule,
     check_run_dirs,
     default_run_name,
     fit_batch_size,
@@ -220,161 +203,6 @@ def class_names(dataset: Dataset) -> list[str] | None:
     while isinstance(dataset, Subset):
         dataset = dataset.dataset
     return getattr(dataset, "classes", None)
-
-
-def add_backbone_groups(optimizer, backbone: nn.Module, args, lr: float) -> None:
-    """--finetune: the backbone's parameters join the head's optimizer (at scaled lr `lr`) in
-    groups of their own whose lr is backbone_lr/base_lr times the head's at every step (their
-    `lr_scale`)."""
-    scale = args.backbone_lr / args.base_lr
-    exclude = args.optimizer == "adamw"  # same weight-decay policy as build_optimizer
-    for group in param_groups(backbone, exclude_bias_and_norm_from_wd=exclude):
-        group.update(name=f"backbone_{group['name']}", lr_scale=scale, lr=lr * scale)
-        optimizer.add_param_group(group)
-
-
-def classifier_step(classifier, backbone, device: torch.device, args, finetune: bool):
-    """What one step of the probe (or of fine-tuning) computes, for engine.Engine: the
-    backbone's features (with gradient only when fine-tuning), the head's cross-entropy, and
-    its correct predictions (train_acc1, percent). Counts are this process's images."""
-
-    def step(images, labels):
-        images = to_device(images, device, args.channels_last)
-        labels = labels.to(device, non_blocking=True)
-        with torch.set_grad_enabled(finetune), autocast(args, device):
-            features = backbone(images)
-        with autocast(args, device):
-            logits = classifier(features)
-        loss = F.cross_entropy(logits.float(), labels)
-        correct = 100.0 * (logits.argmax(dim=1) == labels).sum()
-        return loss, labels.shape[0], {"train_acc1": correct}
-
-    return step
-
-
-@torch.no_grad()
-def evaluate(classifier, backbone, loader, device, args) -> dict[str, float]:
-    """Validation loss, Acc@1 and Acc@5 (percent) over the whole loader (under DDP, over the
-    shards of all processes, gathered)."""
-    classifier.eval()
-    backbone.eval()
-    scores, targets = [], []
-    for images, labels in loader:
-        with autocast(args, device):
-            logits = classifier(backbone(to_device(images, device, args.channels_last)))
-        scores.append(logits.float())
-        targets.append(labels.to(device))
-    scores, targets = torch.cat(scores), torch.cat(targets)
-    if isinstance(getattr(loader, "sampler", None), ShardSampler):  # padded shards: N rows
-        count = len(loader.dataset)
-        scores, targets = gather(scores)[:count], gather(targets)[:count]
-    val_loss = F.cross_entropy(scores, targets).item()
-    acc1, acc5 = topk_accuracy(scores.cpu(), targets.cpu())
-    return {"val_loss": val_loss, "val_acc1": acc1, "val_acc5": acc5}
-
-
-def train_classifier(
-    args, classifier, backbone, train_loader, test_loader, device, log_dir, ckpt_dir, title,
-    batch_size: int, resumed: dict | None = None,
-) -> tuple[float, float]:  # fmt: skip
-    """Train the head (and the backbone with --finetune) for --num_epochs, validating every
-    epoch; returns the last epoch's Acc@1 and Acc@5. The loaders yield images, or cached
-    features with `backbone` an nn.Identity (then every DDP process trains the same head on
-    all the features; on images each process takes its share of every batch). `resumed`: a
-    checkpoint of this run to continue (--resume); `batch_size` the global batch."""
-    lr_schedule, lr = build_lr_schedule(args, len(train_loader), batch_size)
-    optimizer = build_optimizer(args, classifier, lr)
-    if args.finetune:
-        add_backbone_groups(optimizer, backbone, args, lr)
-        print(f"backbone lr = {args.backbone_lr:g}/{args.base_lr:g} x the head's lr")
-    head, body = classifier, backbone
-    if world_size() > 1 and isinstance(train_loader.sampler, EpochSampler):
-        head = DistributedDataParallel(classifier, device_ids=device_ids(device))
-        if args.finetune:
-            body = DistributedDataParallel(backbone, device_ids=device_ids(device))
-    start = (0, 0)
-    if resumed is not None:
-        classifier.load_state_dict(resumed["model"])
-        if args.finetune:
-            backbone.load_state_dict(resumed["backbone"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        set_rng_state(resumed["rng"])
-        start = (resumed["epoch"], resumed.get("step_in_epoch", 0))
-        print(f"resumed at epoch {start[0]}, step {start[1]} of the epoch")
-    main_rank = is_main_process()
-    if main_rank:
-        save_args(log_dir, args, lr=lr, batch_size=batch_size)
-    columns = ["loss", "lr", "images_per_s", "train_acc1", "val_loss", "val_acc1", "val_acc5"]
-    logger = MetricsLogger(log_dir, columns) if main_rank else NullLogger()
-    steps = len(train_loader)
-
-    def before_epoch(epoch: int) -> None:
-        classifier.train()
-        backbone.train(args.finetune)  # frozen: eval mode, BatchNorm keeps its statistics
-
-    def state(epoch: int, step_in_epoch: int) -> dict:
-        saved = {
-            "args": vars(args),
-            "kind": "finetune" if args.finetune else "linear",
-            "epoch": epoch,
-            "step_in_epoch": step_in_epoch,
-            "step": epoch * steps + step_in_epoch,
-            "model": classifier.state_dict(),
-            "optimizer": optimizer.state_dict(),
-        }
-        return {**saved, "backbone": backbone.state_dict()} if args.finetune else saved
-
-    engine = Engine(
-        optimizer, lr_schedule, steps, args.num_epochs, device, grad_scaler(args, device),
-        TrainingGuard(args.skip_nonfinite), logger, 1 if args.debug else args.print_freq,
-        args.debug,
-    )  # fmt: skip
-    stats = fit(
-        engine,
-        train_loader,
-        classifier_step(head, body, device, args, args.finetune),
-        state,
-        ckpt_dir,
-        start=start,
-        before_epoch=before_epoch,
-        after_epoch=lambda epoch: evaluate(classifier, backbone, test_loader, device, args),
-    )
-    if main_rank:
-        print("plots: " + " ".join(plot_run(log_dir, title)))
-    if not stats:  # resumed after the last epoch: its results are in the checkpoint's run
-        stats = evaluate(classifier, backbone, test_loader, device, args)
-    return stats["val_acc1"], stats["val_acc5"]
-
-
-def linear_evaluation(
-    args, backbone, feat_dim, num_classes, train_set, train_loader, test_loader, device,
-    log_dir, ckpt_dir, batch_size, resumed,
-) -> tuple[float, float, tuple | None]:  # fmt: skip
-    """The probe (on images, or on features computed once) or the fine-tuning: Acc@1, Acc@5,
-    and the test features when they were computed on the way."""
-    classifier = LinearClassifier(feat_dim, num_classes, args.probe_bn).to(device)
-    head_input, train_batches, test_batches = backbone, train_loader, test_loader
-    test_features = None
-    if args.precompute_features:
-        plain_train = make_loader(train_set, args, device, train=False, batch_size=batch_size)
-        train_x, train_y = extract_features(backbone, plain_train, device)
-        test_features = extract_features(backbone, test_loader, device)
-        print(f"features: {tuple(train_x.shape)} train, {tuple(test_features[0].shape)} test")
-        head_input = nn.Identity()
-        train_batches = FeatureLoader(
-            train_x.to(device), train_y, batch_size, shuffle=True, seed=args.seed
-        )
-        test_batches = FeatureLoader(
-            test_features[0].to(device), test_features[1], batch_size, shuffle=False
-        )
-    label = "finetune" if args.finetune else "linear"
-    label += " (precomputed features)" if args.precompute_features else ""
-    title = f"{label} / {args.model_name} / {args.backbone} / {args.dataset_name}"
-    acc1, acc5 = train_classifier(
-        args, classifier, head_input, train_batches, test_batches, device, log_dir, ckpt_dir,
-        title, batch_size, resumed,
-    )  # fmt: skip
-    return acc1, acc5, test_features
 
 
 def results_of(args, train_images: int, checkpoint, acc1: float, acc5: float, seconds: float):

@@ -10,6 +10,7 @@ import torch
 
 import main
 import main_linear
+import probe
 from methods import METHODS
 from utils.checkpoint import load_checkpoint
 
@@ -153,7 +154,7 @@ def test_linear_probe_keeps_the_backbone_frozen(tmp_path):
     device = torch.device("cpu")
     loop = Engine(optimizer, [0.1] * 3, 3, 1, device, logger=logger)
     backbone.eval()  # as main_linear's before_epoch leaves a frozen backbone
-    step = main_linear.classifier_step(classifier, backbone, device, args, finetune=False)
+    step = probe.classifier_step(classifier, backbone, device, args, finetune=False)
     loop.train_epoch(loader, 0, step)
     for key, value in backbone.state_dict().items():  # BatchNorm running stats included
         assert torch.equal(value, before[key]), key

@@ -107,6 +107,16 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def restore(checkpoint: dict, optimizer, **modules) -> tuple[int, int]:
+    """Continue a run from its checkpoint: each module's weights (stored under its keyword's
+    name), the optimizer, the random state; returns the (epoch, step in epoch) to start at."""
+    for key, module in modules.items():
+        module.load_state_dict(checkpoint[key])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    set_rng_state(checkpoint["rng"])
+    return checkpoint["epoch"], checkpoint.get("step_in_epoch", 0)
+
+
 def resume_path(args, kind: str = "pretrain") -> str | None:
     """The checkpoint --resume names: a path as given; `auto`, --run_name's last.pt, or the
     newest `kind` checkpoint of the same method, backbone and data set under --ckpt_dir (None
