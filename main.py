@@ -234,7 +234,8 @@ def main(args) -> dict:
 
     start_epoch, start_step = 0, 0
     if checkpoint is not None:
-        start_epoch, start_step = restore(checkpoint, optimizer, model=model)  # rank 0 rng
+        # the random state restored is rank 0's; the other ranks draw their own below
+        start_epoch, start_step = restore(checkpoint, optimizer, model=model)
         print(f"resumed from {ckpt_path} at epoch {start_epoch}, step {start_step} of the epoch")
     if not main_rank:  # different augmentations per process (when loading in this process)
         set_seed(args.seed + 7919 * rank() + start_epoch * 100_003 + start_step)
