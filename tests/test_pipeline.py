@@ -153,7 +153,7 @@ def test_linear_probe_keeps_the_backbone_frozen(tmp_path):
     logger = MetricsLogger(str(tmp_path), ["loss", "lr", "images_per_s"], tensorboard=False)
     device = torch.device("cpu")
     loop = Engine(optimizer, [0.1] * 3, 3, 1, device, logger=logger)
-    backbone.eval()  # as main_linear's before_epoch leaves a frozen backbone
+    backbone.eval()  # as probe.train_classifier's before_epoch leaves a frozen backbone
     step = probe.classifier_step(classifier, backbone, device, args, finetune=False)
     loop.train_epoch(loader, 0, step)
     for key, value in backbone.state_dict().items():  # BatchNorm running stats included
