@@ -343,23 +343,19 @@ def add_pretraining_flags(parser: argparse.ArgumentParser) -> None:
     add_method_flags(parser, METHODS)
 
 
-def pretraining_flags(parser: argparse.ArgumentParser) -> list[str]:
+def pretraining_flags() -> list[str]:
     """The dests of the flags that only pretraining uses (views, methods, PRETRAINING_ONLY)."""
     methods = set().union(*(method_options(m) for m in METHODS))
     return sorted(methods | set(VIEW_FLAGS) | set(PRETRAINING_ONLY))
 
 
-def hide_flags(parser: argparse.ArgumentParser, dests: list[str]) -> None:
-    """Parsed but left out of --help (main_linear.py refuses them with one line instead)."""
+def refused_flags(parser: argparse.ArgumentParser, dests: list[str]) -> None:
+    """Flags parsed only to be refused with one line (main_linear.py: the pretraining ones):
+    left out of --help, and absent from the parsed namespace unless given (on the command line
+    or by a --config recipe), so that being there is what "given" means."""
     for action in parser._actions:  # argparse has no public accessor for its actions
         if action.dest in dests:
-            action.help = argparse.SUPPRESS
-
-
-def flags_given(args, parser: argparse.ArgumentParser, dests: list[str]) -> list[str]:
-    """Those of `dests` whose value differs from the parser's default (given on the command
-    line, or by a config)."""
-    return [k for k in dests if getattr(args, k, None) != parser.get_default(k)]
+            action.help = action.default = argparse.SUPPRESS
 
 
 def check_method_flags(args) -> None:

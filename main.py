@@ -19,7 +19,7 @@ from networks import build_backbone, check_input_sizes
 from optimizers import build_optimizer
 from transformations import BatchViews, eval_transform, pretrain_transform
 from utils.accel import autocast, grad_scaler, prepare_model, to_device
-from utils.checkpoint import load_checkpoint, restore, resume_path
+from utils.checkpoint import load_checkpoint, restore, resume_path, run_name_of
 from utils.data import DATASETS, balanced_subset, build_dataset, in_memory
 from utils.distributed import (
     close_distributed,
@@ -47,6 +47,7 @@ from utils.run import (
     print_args,
     save_args,
     start_process,
+    with_values,
 )
 from utils.tsne import plot_tsne
 
@@ -125,8 +126,8 @@ def knn_monitor(args, backbone: nn.Module, loaders, device, tsne_path: str | Non
 
 
 def resumed_checkpoint(args) -> tuple[str | None, dict | None]:
-    """--resume: the checkpoint to continue and its path, checked against the flags; the run
-    name becomes the checkpoint's folder."""
+    """--resume: the checkpoint to continue and its path, checked against the flags (its run
+    folder is the run's: utils.checkpoint.run_name_of)."""
     ckpt_path = resume_path(args)
     checkpoint = load_checkpoint(ckpt_path) if ckpt_path else None
     if checkpoint is not None:
@@ -136,7 +137,6 @@ def resumed_checkpoint(args) -> tuple[str | None, dict | None]:
                     f"--resume {ckpt_path}: checkpoint has {key}="
                     f"{checkpoint['args'][key]}, but --{key} is {getattr(args, key)}"
                 )
-        args.run_name = os.path.basename(os.path.dirname(os.path.abspath(ckpt_path)))
     elif args.resume is not None:
         print("--resume auto: no checkpoint found, starting a new run")
     return ckpt_path, checkpoint
@@ -202,9 +202,12 @@ def main(args) -> dict:
 
     # ============ resume: the run folder comes from the checkpoint ============
     ckpt_path, checkpoint = resumed_checkpoint(args)
-    args.run_name = args.run_name or default_run_name(args)
+    run_name = run_name_of(ckpt_path) if checkpoint else args.run_name or default_run_name(args)
     # checked now, created once the run can start: a failed start leaves nothing behind
-    log_dir, ckpt_dir = check_run_dirs(args, resuming=checkpoint is not None)
+    run_name, log_dir, ckpt_dir = check_run_dirs(
+        args.logs_dir, args.ckpt_dir, run_name, resuming=checkpoint is not None
+    )
+    args = with_values(args, run_name=run_name)  # what args.json and the checkpoints record
     print_args(args)
 
     # ============ data ============

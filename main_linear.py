@@ -24,14 +24,14 @@ from torch.utils.data import Dataset, Subset
 from flags import (
     add_pretraining_flags,
     add_shared_flags,
-    flags_given,
-    hide_flags,
     pretraining_flags,
+    refused_flags,
 )
 from networks import check_input_sizes
 from pretrained import load_backbone, load_pretrained, load_resumed
 from probe import linear_evaluation
 from transformations import eval_transform, linear_train_transform
+from utils.checkpoint import run_name_of
 from utils.data import (
     DATASETS,
     balanced_subset,
@@ -61,6 +61,7 @@ from utils.run import (
     print_args,
     save_args,
     start_process,
+    with_values,
 )
 from utils.subsets import class_balanced_fraction
 from utils.tsne import plot_tsne
@@ -77,7 +78,7 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
     parser = ArgumentParser("Linear evaluation", add_help=add_help)
     add_shared_flags(parser)
     add_pretraining_flags(parser)  # parsed only to be refused (check_args), not in --help
-    hide_flags(parser, pretraining_flags(parser))
+    refused_flags(parser, pretraining_flags())
     group = parser.add_argument_group("evaluation")
     group.add_argument(
         "--ckpt",
@@ -156,14 +157,14 @@ def check_args(args) -> None:
         raise UserError("--finetune trains a classifier, --eval knn has none: drop one of them")
     if args.backbone_lr is not None and not args.finetune:
         raise UserError("--backbone_lr is the lr of --finetune: add --finetune or drop it")
-    for flag in ("compile", "gpu_augment"):
-        if getattr(args, flag):
-            raise UserError(f"--{flag} is a pretraining option (main.py): drop it here")
-    parser = get_args_parser()
-    given = flags_given(args, parser, pretraining_flags(parser))
+    given = sorted(set(vars(args)) & set(pretraining_flags()))  # present only when given
     if given:  # they shape the pretraining; the checkpoint's method is what it is
         flags = ", ".join(f"--{k}" for k in given)
-        raise UserError(f"{flags}: pretraining flags of main.py, unused here: drop them")
+        many = len(given) > 1
+        raise UserError(
+            f"{flags} {'are' if many else 'is a'} pretraining option{'s' if many else ''} "
+            f"(main.py), unused here: drop {'them' if many else 'it'}"
+        )
     if args.finetune and args.base_lr == 0:
         raise UserError(
             "--finetune: the backbone's lr follows the head's schedule scaled by "
@@ -230,23 +231,31 @@ def main(args) -> dict:
     check_args(args)
     device = start_process(args)  # under torchrun: one process per GPU
     set_seed(args.seed)
-    if args.finetune and args.backbone_lr is None:
-        args.backbone_lr = 0.1 * args.base_lr
 
     # ============ pretrained backbone (and this run's own checkpoint with --resume) ============
-    resumed = load_resumed(args)
-    checkpoint = load_pretrained(args)
+    resumed_path, resumed = load_resumed(args)
+    # a resumed evaluation continues with the pretraining checkpoint it started from
+    checkpoint, ckpt = load_pretrained(args, args.ckpt or (resumed and resumed["args"].get("ckpt")))
+    mode = "finetune" if args.finetune else args.eval
+    prefix = f"{mode}_{'random_' if args.random_init else ''}"
+    run_name = run_name_of(resumed_path) if resumed else args.run_name
+    # checked now, created once the evaluation can start: a failed start leaves nothing behind
+    run_name, log_dir, ckpt_dir = check_run_dirs(
+        args.logs_dir,
+        args.ckpt_dir,
+        run_name or default_run_name(args, prefix=prefix),
+        resuming=resumed is not None,
+    )
+    backbone_lr = args.backbone_lr
+    if args.finetune and backbone_lr is None:
+        backbone_lr = 0.1 * args.base_lr
+    # the values derived from the flags, in what args.json and the checkpoints record
+    args = with_values(args, run_name=run_name, ckpt=ckpt, backbone_lr=backbone_lr)
     backbone, feat_dim = load_backbone(args, checkpoint)
     backbone.requires_grad_(args.finetune)
     backbone.eval().to(device)
     if args.channels_last:
         backbone.to(memory_format=torch.channels_last)
-    mode = "finetune" if args.finetune else args.eval
-    args.run_name = args.run_name or default_run_name(
-        args, prefix=f"{mode}_{'random_' if args.random_init else ''}"
-    )
-    # checked now, created once the evaluation can start: a failed start leaves nothing behind
-    log_dir, ckpt_dir = check_run_dirs(args, resuming=resumed is not None)
     print_args(args)
 
     # ============ data ============

@@ -4,8 +4,6 @@ checkpoint (--ckpt, or the newest of the same method, backbone and data set), th
 evaluation's own checkpoint. Each mismatch is one line naming the flag to change.
 """
 
-import os
-
 from torch import nn
 
 from methods import METHODS
@@ -20,32 +18,31 @@ RESUME_KEYS += ("precompute_features", "probe_bn", "momentum_backbone", "data_fr
 MOMENTUM_PREFIXES = ("target_backbone.", "teacher_backbone.")
 
 
-def load_pretrained(args) -> dict | None:
-    """The pretraining checkpoint (None with --random_init); sets `args.ckpt` to its path."""
+def load_pretrained(args, path: str | None) -> tuple[dict | None, str | None]:
+    """The pretraining checkpoint and its path (None, None with --random_init): `path` (--ckpt,
+    or the resumed evaluation's), else the newest of the same method, backbone and data set."""
     if args.random_init:
-        return None
-    args.ckpt = args.ckpt or find_checkpoint(
-        args.ckpt_dir, args.model_name, args.backbone, args.dataset_name
-    )
-    if args.ckpt is None:
+        return None, None
+    path = path or find_checkpoint(args.ckpt_dir, args.model_name, args.backbone, args.dataset_name)
+    if path is None:
         raise UserError(
             f"no pretraining checkpoint of {args.model_name}/{args.backbone}/"
             f"{args.dataset_name} under {args.ckpt_dir}: pass --ckpt PATH, run main.py "
             f"first, or use --random_init for the untrained baseline"
         )
-    checkpoint = load_checkpoint(args.ckpt)
+    checkpoint = load_checkpoint(path)
     kind = checkpoint.get("kind")
     if kind != "pretrain":
         what = {"linear": "a linear probe's", "finetune": "a fine-tuning run's"}.get(kind, "not a")
         raise UserError(
-            f"--ckpt {args.ckpt} is {what} checkpoint (main_linear.py), not a pretraining one: "
+            f"--ckpt {path} is {what} checkpoint (main_linear.py), not a pretraining one: "
             "pass the last.pt of a main.py run"
         )
     trained = checkpoint["args"]
     for key in ("model_name", "backbone", "image_size"):
         if trained.get(key) != getattr(args, key):
             raise UserError(
-                f"--ckpt {args.ckpt} was pretrained with --{key} {trained.get(key)}, but "
+                f"--ckpt {path} was pretrained with --{key} {trained.get(key)}, but "
                 f"--{key} is {getattr(args, key)}: pass --{key} {trained.get(key)}"
             )
     if trained.get("dataset_name") != args.dataset_name:  # transfer: classes from the new data
@@ -53,23 +50,23 @@ def load_pretrained(args) -> dict | None:
             f"note: --ckpt was pretrained on {trained.get('dataset_name')}; evaluating on "
             f"{args.dataset_name}, whose classes the classifier predicts"
         )
-    return checkpoint
+    return checkpoint, path
 
 
-def load_resumed(args) -> dict | None:
-    """--resume: this evaluation's own last.pt (of a main_linear.py run with the same mode),
-    checked against the flags; the run folder (and, unless given, the pretraining checkpoint)
-    are the stopped run's. `auto`: --run_name's, or the newest of the same method, backbone and
-    data set."""
+def load_resumed(args) -> tuple[str | None, dict | None]:
+    """--resume: this evaluation's own last.pt (of a main_linear.py run with the same mode) and
+    its path, checked against the flags; the run folder (and, unless given, the pretraining
+    checkpoint) are the stopped run's. `auto`: --run_name's, or the newest of the same method,
+    backbone and data set."""
     if args.resume is None:
-        return None
+        return None, None
     kind = "finetune" if args.finetune else "linear"
     if args.eval == "knn":
         raise UserError("--resume: a kNN evaluation trains nothing to continue: drop --resume")
     path = resume_path(args, kind)
     if path is None:
         print("--resume auto: no checkpoint found, starting a new run")
-        return None
+        return None, None
     checkpoint = load_checkpoint(path)
     if checkpoint.get("kind") != kind:
         what = {"pretrain": "a pretraining", "linear": "a linear probe's"}
@@ -85,9 +82,7 @@ def load_resumed(args) -> dict | None:
                 f"--resume {path}: that run had --{key} {saved.get(key)}, but --{key} is "
                 f"{getattr(args, key)}: use the stopped run's flags"
             )
-    args.run_name = os.path.basename(os.path.dirname(os.path.abspath(path)))
-    args.ckpt = args.ckpt or saved.get("ckpt")
-    return checkpoint
+    return path, checkpoint
 
 
 def load_backbone(args, checkpoint: dict | None) -> tuple[nn.Module, int]:

@@ -132,6 +132,8 @@ def train_classifier(
         start=start,
         before_epoch=before_epoch,
         after_epoch=lambda epoch: evaluate(classifier, backbone, test_loader, device, args),
+        save_freq=args.save_freq,
+        on_save=lambda: plot_run(log_dir, title),
     )
     if main_rank:
         print("plots: " + " ".join(plot_run(log_dir, title)))

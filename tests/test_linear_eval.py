@@ -233,3 +233,35 @@ def test_momentum_backbone_loads_the_ema_copy(method, prefix):
     args.momentum_backbone = True
     with pytest.raises(UserError, match="simclr keeps no momentum backbone"):
         main_linear.load_backbone(args, checkpoint)
+
+
+def test_the_probe_writes_epoch_checkpoints_every_save_freq_and_leaves_args_alone(
+    pretrained, run_dirs
+):
+    """--save_freq 2 over 3 epochs: epoch_0002.pt and the last epoch's, besides last.pt; the
+    namespace main() was given is not written into (the run name, the checkpoint found and the
+    backbone lr are derived into a copy, which args.json records)."""
+    ckpt_dir = os.path.dirname(os.path.dirname(pretrained))  # no --ckpt: the newest there
+    argv = [*TINY, *LINEAR, "--logs_dir", run_dirs[1], "--ckpt_dir", ckpt_dir]
+    argv += ["--num_epochs", "3", "--save_freq", "2", "--precompute_features"]
+    args = main_linear.get_args_parser().parse_args([*argv, "--run_name", "saved"])
+    given = dict(vars(args))
+    main_linear.main(args)
+    assert vars(args) == given
+    saved = sorted(os.listdir(os.path.join(ckpt_dir, "saved")))
+    assert saved == ["epoch_0002.pt", "epoch_0003.pt", "last.pt"]
+    assert load_checkpoint(os.path.join(ckpt_dir, "saved", "epoch_0002.pt"))["epoch"] == 2
+    recorded = json.load(open(os.path.join(run_dirs[1], "saved", "args.json")))
+    assert recorded["ckpt"] == pretrained and recorded["run_name"] == "saved"
+
+
+def test_a_pretraining_flag_in_a_recipe_is_refused(tmp_path, run_dirs, capsys):
+    """The pretraining flags are refused whether typed or given by a --config recipe."""
+    recipe = tmp_path / "r.args"
+    recipe.write_text("--temperature 0.2  # a SimCLR hyper-parameter\n--num_crops 2\n")
+    argv = [*TINY, *LINEAR, *run_dirs, "--random_init", "--config", str(recipe)]
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(main_linear.main, main_linear.get_args_parser(), argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--num_crops, --temperature are pretraining options" in err[0], err

@@ -180,22 +180,19 @@ def test_existing_run_folder_is_not_overwritten(run_dirs):
 def test_a_left_over_checkpoint_folder_is_named_in_the_error(tmp_path):
     """Only the checkpoint folder holds a run (its logs were deleted): the error names that one.
     Empty folders (a failed start of an older version) are no run to protect."""
-    from argparse import Namespace
-
     from utils.misc import UserError
     from utils.run import check_run_dirs
 
-    args = Namespace(
-        logs_dir=str(tmp_path / "logs"), ckpt_dir=str(tmp_path / "ckpts"), run_name="r"
-    )
+    args = (str(tmp_path / "logs"), str(tmp_path / "ckpts"), "r")
     os.makedirs(tmp_path / "ckpts" / "r")
     os.makedirs(tmp_path / "logs" / "r")
-    assert check_run_dirs(args, resuming=False)  # empty: not a run
+    assert check_run_dirs(*args, resuming=False)  # empty: not a run
     (tmp_path / "ckpts" / "r" / "last.pt").write_bytes(b"")
     with pytest.raises(UserError) as error:
-        check_run_dirs(args, resuming=False)
+        check_run_dirs(*args, resuming=False)
     assert str(tmp_path / "ckpts" / "r") in str(error.value) and "logs" not in str(error.value)
-    assert check_run_dirs(args, resuming=True) == (
+    assert check_run_dirs(*args, resuming=True) == (
+        "r",
         str(tmp_path / "logs" / "r"),
         str(tmp_path / "ckpts" / "r"),
     )

@@ -117,6 +117,11 @@ def restore(checkpoint: dict, optimizer, **modules) -> tuple[int, int]:
     return checkpoint["epoch"], checkpoint.get("step_in_epoch", 0)
 
 
+def run_name_of(path: str) -> str:
+    """The run a checkpoint belongs to: the name of its folder (`<ckpt_dir>/<run_name>/last.pt`)."""
+    return os.path.basename(os.path.dirname(os.path.abspath(path)))
+
+
 def resume_path(args, kind: str = "pretrain") -> str | None:
     """The checkpoint --resume names: a path as given; `auto`, --run_name's last.pt, or the
     newest `kind` checkpoint of the same method, backbone and data set under --ckpt_dir (None

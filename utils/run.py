@@ -63,16 +63,26 @@ def writable_parent(path: str) -> str | None:
     return None
 
 
-def check_run_dirs(args: Namespace, resuming: bool) -> tuple[str, str]:
-    """`<logs_dir>/<run_name>` and `<ckpt_dir>/<run_name>`, checked but not created (see
-    `make_run_dirs`), so that a start which fails later leaves nothing behind: a folder holding
-    a run (a checkpoint or metrics) is not reused unless resuming, and both must be writable.
-    Under DDP every process takes rank 0's run name (a default one comes from the clock)."""
-    args.run_name = broadcast_object(args.run_name)
-    log_dir = os.path.join(args.logs_dir, args.run_name)
-    ckpt_dir = os.path.join(args.ckpt_dir, args.run_name)
+def with_values(args: Namespace, **values) -> Namespace:
+    """A copy of `args` with the values `main()` derives from the flags (the run name, the
+    pretraining checkpoint found): the caller's namespace is never written into, and args.json
+    and the checkpoints record the copy."""
+    return Namespace(**{**vars(args), **values})
+
+
+def check_run_dirs(
+    logs_dir: str, ckpt_dir: str, run_name: str, resuming: bool
+) -> tuple[str, str, str]:
+    """The run name and its folders `<logs_dir>/<run_name>` and `<ckpt_dir>/<run_name>`, checked
+    but not created (see `make_run_dirs`), so that a start which fails later leaves nothing
+    behind: a folder holding a run (a checkpoint or metrics) is not reused unless resuming, and
+    both must be writable. Under DDP every process takes rank 0's run name (a default one comes
+    from the clock)."""
+    run_name = broadcast_object(run_name)
+    log_dir = os.path.join(logs_dir, run_name)
+    ckpt_dir = os.path.join(ckpt_dir, run_name)
     if not is_main_process():
-        return log_dir, ckpt_dir
+        return run_name, log_dir, ckpt_dir
     for flag, folder in (("--logs_dir", log_dir), ("--ckpt_dir", ckpt_dir)):
         blocked = writable_parent(folder)
         if blocked is not None:
@@ -86,7 +96,7 @@ def check_run_dirs(args: Namespace, resuming: bool) -> tuple[str, str]:
             f"run folder {' and '.join(existing)} already exists: pass another --run_name, "
             f"or --resume auto to continue it"
         )
-    return log_dir, ckpt_dir
+    return run_name, log_dir, ckpt_dir
 
 
 def make_run_dirs(log_dir: str, ckpt_dir: str) -> None:
