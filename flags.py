@@ -11,7 +11,8 @@ import inspect
 
 from methods import METHODS, method_options
 from methods.hparams import add_method_flags
-from networks import BACKBONES
+from networks import BACKBONES, TIMM_PREFIX
+from networks.timm_models import check_timm_name
 from optimizers import OPTIMIZERS
 from transformations import PRETRAIN_TRANSFORMS
 from utils.data import DATASETS
@@ -29,6 +30,7 @@ from utils.misc import (
 VIEW_FLAGS = ("crop_min_scale", "jitter_strength", "num_crops", "small_crop_size")
 # flags of main.py that shape pretraining only (besides the view and method flags)
 PRETRAINING_ONLY = ("compile", "gpu_augment", "pretrained", "zero_init_residual")
+PRETRAINING_ONLY += ("eval_data_dir", "init_backbone")
 
 
 def add_shared_flags(parser: argparse.ArgumentParser) -> None:
@@ -198,21 +200,42 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--backbone",
         default="resnet18",
-        choices=sorted(BACKBONES),
-        help="backbone network (default: resnet18)",
+        type=backbone_name,
+        help=f"backbone network: {', '.join(sorted(BACKBONES))}; or {TIMM_PREFIX}<name> for any "
+        "model of the timm package (pip install timm), e.g. timm:convnext_tiny, adapted to small "
+        "images for the ResNet, ConvNeXt and ViT families (default: resnet18)",
     )
     group.add_argument(
         "--pretrained",
         action="store_true",
-        help="start from torchvision ImageNet weights in the local cache (default: off)",
+        help="start from torchvision ImageNet weights in the local cache; not with timm:<name> "
+        "(default: off)",
     )
     add_bool_flag(
         group,
         "--zero_init_residual",
-        "zero the last BatchNorm of each residual block at the start (ResNet, EfficientNet), as "
-        "the official SimCLR, SimSiam, Barlow Twins, VICReg and MoCo v3 do (BYOL: of Bottleneck "
-        "blocks only); never with --pretrained (default: the method's own)",
+        "zero the last BatchNorm of each residual block at the start (ResNet, EfficientNet, "
+        "timm blocks with a zero_init_last), as the official SimCLR, SimSiam, Barlow Twins, "
+        "VICReg and MoCo v3 do (BYOL: of Bottleneck blocks only); never with --pretrained "
+        "(default: the method's own)",
         default=None,
+    )
+
+
+def backbone_name(value: str) -> str:
+    """--backbone: a registered name, or `timm:<name>` that timm knows (checked here, so that a
+    typo is refused with the other flags)."""
+    if value in BACKBONES:
+        return value
+    if value.startswith(TIMM_PREFIX):
+        try:
+            check_timm_name(value[len(TIMM_PREFIX) :])
+        except UserError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+        return value
+    raise argparse.ArgumentTypeError(
+        f"invalid choice: {value!r} (choose from {', '.join(sorted(BACKBONES))}; "
+        f"or {TIMM_PREFIX}<name> for a timm model)"
     )
 
 
@@ -310,7 +333,23 @@ def add_monitoring_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def add_pretraining_flags(parser: argparse.ArgumentParser) -> None:
-    """The view flags and every method's hyper-parameters (methods/hparams.py)."""
+    """The pretraining's start and monitor data, the view flags and every method's
+    hyper-parameters (methods/hparams.py)."""
+    group = parser.add_argument_group("pretraining")
+    group.add_argument(
+        "--init_backbone",
+        default=None,
+        metavar="PATH",
+        help="start the backbone from these weights: a main.py checkpoint (its online "
+        "backbone) or a file of export.py; a new run, not a resume (default: off)",
+    )
+    group.add_argument(
+        "--eval_data_dir",
+        default=None,
+        metavar="PATH",
+        help="--dataset_name folder: a labelled set for the kNN monitor, train/ and test/ (or "
+        "val/) class folders as --dataset_name imagefolder (default: none, kNN off)",
+    )
     group = parser.add_argument_group("augmentation")
     group.add_argument(
         "--crop_min_scale",

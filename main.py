@@ -17,10 +17,11 @@ from flags import VIEW_FLAGS, add_pretraining_flags, add_shared_flags, check_met
 from methods import METHODS, build_method
 from networks import build_backbone, check_input_sizes
 from optimizers import build_optimizer
+from pretrained import load_weights, read_backbone
 from transformations import BatchViews, eval_transform, pretrain_transform
 from utils.accel import autocast, grad_scaler, prepare_model, to_device
 from utils.checkpoint import load_checkpoint, restore, resume_path, run_name_of
-from utils.data import DATASETS, balanced_subset, build_dataset, in_memory
+from utils.data import DATASETS, UNLABELLED, balanced_subset, build_dataset, in_memory
 from utils.distributed import (
     close_distributed,
     is_main_process,
@@ -103,7 +104,8 @@ def training_set(args) -> tuple:
     )
     dataset = build_dataset(args.dataset_name, args.data_dir, True, transform, args.download)
     dataset = balanced_subset(dataset, args.limit)
-    return in_memory(dataset, args.in_memory or args.gpu_augment, raw=args.gpu_augment), transform
+    wanted, side = args.in_memory or args.gpu_augment, round(args.image_size * 256 / 224)
+    return in_memory(dataset, wanted, raw=args.gpu_augment, side=side), transform
 
 
 def knn_monitor(args, backbone: nn.Module, loaders, device, tsne_path: str | None, title: str):
@@ -142,17 +144,41 @@ def resumed_checkpoint(args) -> tuple[str | None, dict | None]:
     return ckpt_path, checkpoint
 
 
+def check_data(args) -> bool:
+    """Whether the kNN monitor has labels to run with: an unlabelled `folder` needs a labelled
+    --eval_data_dir (said in one line when it is off); a method that trains on labels (SupCon)
+    cannot run on it."""
+    if args.dataset_name not in UNLABELLED:
+        if args.eval_data_dir is not None:
+            raise UserError("--eval_data_dir is for --dataset_name folder: drop it")
+        return bool(args.knn_freq)
+    if METHODS[args.model_name].needs_labels:
+        raise UserError(
+            f"--model_name {args.model_name} trains on labels, and --dataset_name "
+            f"{args.dataset_name} has none: choose a self-supervised method"
+        )
+    if args.eval_data_dir is None:
+        print(
+            f"note: --dataset_name {args.dataset_name} has no labels, so the kNN monitor is off: "
+            "pass --eval_data_dir with train/ and test/ class folders (and --knn_freq N) for one"
+        )
+        return False
+    return bool(args.knn_freq)
+
+
 def knn_data(args, device, batch_size: int) -> list:
     """The kNN monitor's loaders: the (--limit) training images as memory bank and the test
-    set, both un-augmented."""
+    set, both un-augmented; for an unlabelled `folder`, those of --eval_data_dir's class
+    folders (with the folder's normalisation)."""
+    name, root = args.dataset_name, args.data_dir
+    if name in UNLABELLED:
+        name, root = "imagefolder", args.eval_data_dir
     info = DATASETS[args.dataset_name]
     plain = eval_transform(
         image_size=args.image_size, native_size=info.image_size, mean=info.mean, std=info.std
     )
-    knn_train = balanced_subset(
-        build_dataset(args.dataset_name, args.data_dir, True, plain), args.limit
-    )
-    knn_test = build_dataset(args.dataset_name, args.data_dir, False, plain)
+    knn_train = balanced_subset(build_dataset(name, root, True, plain), args.limit)
+    knn_test = build_dataset(name, root, False, plain)
     return [
         make_loader(in_memory(d, args.in_memory), args, device, train=False, batch_size=batch_size)
         for d in (knn_train, knn_test)
@@ -163,8 +189,19 @@ def build_model(args, device, train_transform) -> tuple[nn.Module, nn.Module]:
     """The method on its backbone, checked against the views' sizes with one forward pass, and
     the module to call for the forward pass (DDP / torch.compile wrappers)."""
     backbone, feat_dim = build_backbone(args.backbone, args.image_size, args.pretrained)
+    if args.init_backbone:  # before the method copies it (EMA targets), not zero-initialised
+        weights, info = read_backbone(args.init_backbone)
+        if info.backbone != args.backbone:
+            raise UserError(
+                f"--init_backbone {args.init_backbone} holds a {info.backbone} backbone, but "
+                f"--backbone is {args.backbone}: pass --backbone {info.backbone}"
+            )
+        load_weights(backbone, weights, args.init_backbone, args.backbone)
+        print(f"backbone: from {args.init_backbone} ({info.model_name}, epoch {info.epoch})")
+    started = args.pretrained or args.init_backbone is not None
     try:
-        model = build_method(args.model_name, backbone, feat_dim, **vars(args)).to(device)
+        flags = {**vars(args), "pretrained": started}
+        model = build_method(args.model_name, backbone, feat_dim, **flags).to(device)
     except ValueError as err:  # a hyper-parameter the method refuses (its own range checks)
         raise UserError(f"--model_name {args.model_name}: {err}") from None
     sizes = {v.options["image_size"] for v in train_transform.view_transforms}
@@ -196,6 +233,7 @@ def write_summary(args, log_dir: str, last_path: str, stats: dict, steps: int, s
 
 def main(args) -> dict:
     check_method_flags(args)
+    knn_on = check_data(args)
     device = start_process(args)  # under torchrun: one process per GPU
     set_seed(args.seed)  # the same initial weights on every process
     torch.autograd.set_detect_anomaly(args.debug)  # names the op behind a NaN gradient; slow
@@ -222,7 +260,7 @@ def main(args) -> dict:
         f"({METHODS[args.model_name].augmentation} recipe"
         f"{', drawn on the ' + device.type + ' by kornia' if augment else ''})"
     )
-    knn_loaders = knn_data(args, device, batch_size) if args.knn_freq else None
+    knn_loaders = knn_data(args, device, batch_size) if knn_on else None
 
     # ============ model ============
     model, forward = build_model(args, device, train_transform)
@@ -250,7 +288,7 @@ def main(args) -> dict:
     title = f"{args.model_name} / {args.backbone} / {args.dataset_name}"
     start_time = time.time()
     after_epoch = None
-    if args.knn_freq:
+    if knn_on:
         tsne_path = os.path.join(log_dir, "tsne.png") if main_rank else None
         after_epoch = knn_monitor(args, model.backbone, knn_loaders, device, tsne_path, title)
         if start_epoch == start_step == 0:  # the untrained network: the baseline

@@ -28,12 +28,13 @@ from flags import (
     refused_flags,
 )
 from networks import check_input_sizes
-from pretrained import load_backbone, load_pretrained, load_resumed
+from pretrained import evaluated_backbone, load_pretrained, load_resumed
 from probe import linear_evaluation
 from transformations import eval_transform, linear_train_transform
 from utils.checkpoint import run_name_of
 from utils.data import (
     DATASETS,
+    UNLABELLED,
     balanced_subset,
     build_dataset,
     dataset_targets,
@@ -83,7 +84,8 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
     group.add_argument(
         "--ckpt",
         default=None,
-        help="pretraining checkpoint (default: the newest under --ckpt_dir with the "
+        help="pretraining checkpoint, or a backbone file of export.py (default: the newest "
+        "checkpoint under --ckpt_dir with the "
         "same --model_name, --backbone and --dataset_name)",
     )
     group.add_argument(
@@ -148,6 +150,11 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
 
 def check_args(args) -> None:
     """Combinations that cannot work end the run before anything is loaded."""
+    if args.dataset_name in UNLABELLED:
+        raise UserError(
+            f"--dataset_name {args.dataset_name} has no labels to evaluate with: use a labelled "
+            "set, e.g. --dataset_name imagefolder with train/ and test/ class folders"
+        )
     if args.finetune and args.precompute_features:
         raise UserError(
             "--finetune trains the backbone, so its features cannot be precomputed: "
@@ -206,7 +213,7 @@ def class_names(dataset: Dataset) -> list[str] | None:
     return getattr(dataset, "classes", None)
 
 
-def results_of(args, train_images: int, checkpoint, acc1: float, acc5: float, seconds: float):
+def results_of(args, train_images: int, pretrained, acc1: float, acc5: float, seconds: float):
     """results.json: what was evaluated, how, and its accuracy."""
     return {
         "model_name": args.model_name,
@@ -219,7 +226,7 @@ def results_of(args, train_images: int, checkpoint, acc1: float, acc5: float, se
         "train_images": train_images,
         "random_init": args.random_init,
         "pretrain_checkpoint": args.ckpt,
-        "pretrain_epochs": checkpoint["epoch"] if checkpoint else 0,
+        "pretrain_epochs": pretrained.epoch if pretrained else 0,
         "epochs": args.num_epochs if args.eval == "linear" else 0,
         "acc1": acc1,
         "acc5": acc5,
@@ -235,7 +242,8 @@ def main(args) -> dict:
     # ============ pretrained backbone (and this run's own checkpoint with --resume) ============
     resumed_path, resumed = load_resumed(args)
     # a resumed evaluation continues with the pretraining checkpoint it started from
-    checkpoint, ckpt = load_pretrained(args, args.ckpt or (resumed and resumed["args"].get("ckpt")))
+    ckpt = args.ckpt or (resumed and resumed["args"].get("ckpt"))
+    weights, pretrained, ckpt = load_pretrained(args, ckpt)  # a checkpoint or an exported file
     mode = "finetune" if args.finetune else args.eval
     prefix = f"{mode}_{'random_' if args.random_init else ''}"
     run_name = run_name_of(resumed_path) if resumed else args.run_name
@@ -251,7 +259,7 @@ def main(args) -> dict:
         backbone_lr = 0.1 * args.base_lr
     # the values derived from the flags, in what args.json and the checkpoints record
     args = with_values(args, run_name=run_name, ckpt=ckpt, backbone_lr=backbone_lr)
-    backbone, feat_dim = load_backbone(args, checkpoint)
+    backbone, feat_dim = evaluated_backbone(args, weights)
     backbone.requires_grad_(args.finetune)
     backbone.eval().to(device)
     if args.channels_last:
@@ -299,7 +307,7 @@ def main(args) -> dict:
         plot_tsne(*test_features, path, title, seed=args.seed, class_names=class_names(test_set))
         print(f"t-SNE: {path}")
 
-    results = results_of(args, len(train_set), checkpoint, acc1, acc5, wall_time)
+    results = results_of(args, len(train_set), pretrained, acc1, acc5, wall_time)
     write_json(os.path.join(log_dir, "results.json"), results)
     print(f"results: {os.path.join(log_dir, 'results.json')}")
     print(f"Acc@1 {acc1:.2f} Acc@5 {acc5:.2f}")

@@ -1,14 +1,27 @@
-"""What main_linear.py evaluates, loaded and checked against its flags: the pretraining
-checkpoint (--ckpt, or the newest of the same method, backbone and data set), the backbone in it
-(the trained one or, with --momentum_backbone, its EMA copy), and with --resume the stopped
-evaluation's own checkpoint. Each mismatch is one line naming the flag to change.
+"""Pretrained backbones out of this toolkit, for main_linear.py, main.py's --init_backbone and
+your own code: read from a main.py checkpoint (the trained backbone or, with `momentum`, its EMA
+copy) or from a file of export.py, and checked; each mismatch is one line naming what to change.
+
+    from pretrained import load_backbone
+    backbone, info = load_backbone("ckpts/my_run/last.pt")  # eval mode, on the CPU
+    features = backbone(info.transform(image).unsqueeze(0))  # image: a PIL image
+
+`info` says what the backbone is: method, backbone name, image size, data set, normalisation,
+feature size, the checkpoint it came from, and `transform`, the preprocessing it was evaluated with.
 """
 
-from torch import nn
+import json
+import os
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
 
 from methods import METHODS
 from networks import build_backbone, zero_init_residual
+from transformations import eval_transform
 from utils.checkpoint import find_checkpoint, load_checkpoint, resume_path
+from utils.data import DATASETS, IMAGENET_MEAN_STD
 from utils.misc import UserError
 
 # flags that a resumed evaluation must share with the stopped one
@@ -16,13 +29,157 @@ RESUME_KEYS = ("model_name", "backbone", "dataset_name", "image_size", "random_i
 RESUME_KEYS += ("precompute_features", "probe_bn", "momentum_backbone", "data_fraction")
 # the EMA copies of the backbone in a method's state dict: BYOL's and MoCo's target, DINO's teacher
 MOMENTUM_PREFIXES = ("target_backbone.", "teacher_backbone.")
+EXPORT_TAG = "ssl_toolkit_export"  # in the JSON beside an exported file (export.py)
 
 
-def load_pretrained(args, path: str | None) -> tuple[dict | None, str | None]:
-    """The pretraining checkpoint and its path (None, None with --random_init): `path` (--ckpt,
-    or the resumed evaluation's), else the newest of the same method, backbone and data set."""
+@dataclass
+class BackboneInfo:
+    """What a pretrained backbone is and how its inputs were prepared."""
+
+    model_name: str
+    backbone: str
+    image_size: int
+    dataset_name: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    epoch: int  # pretraining epochs completed
+    momentum_backbone: bool  # the EMA copy (BYOL's target, DINO's teacher) rather than the online
+    source: str  # the main.py checkpoint it comes from
+    feat_dim: int | None = None  # known once built
+
+    @property
+    def transform(self):
+        """The evaluation preprocessing of its data set: resize, centre crop, normalise."""
+        native = DATASETS[self.dataset_name].image_size if self.dataset_name in DATASETS else 0
+        size = self.image_size
+        return eval_transform(image_size=size, native_size=native, mean=self.mean, std=self.std)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def export_json(path: str) -> str:
+    """The JSON written beside an exported file: `<file>.json`."""
+    return f"{path}.json"
+
+
+def is_export(path: str) -> bool:
+    try:
+        with open(export_json(path)) as f:
+            return json.load(f).get(EXPORT_TAG) is not None
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def momentum_prefix(checkpoint: dict) -> str:
+    """Where the EMA copy of the backbone lies in a checkpoint (methods/momentum.py)."""
+    for prefix in MOMENTUM_PREFIXES:
+        if any(key.startswith(prefix) for key in checkpoint["model"]):
+            return prefix
+    raise UserError(
+        f"--momentum_backbone: {checkpoint['args']['model_name']} keeps no momentum backbone "
+        "(BYOL, MoCo v2/v3 and DINO do): drop --momentum_backbone"
+    )
+
+
+def backbone_weights(checkpoint: dict, momentum: bool = False) -> dict[str, Tensor]:
+    """The backbone's state dict inside a method's checkpoint: the online one, or its EMA copy."""
+    prefix = momentum_prefix(checkpoint) if momentum else "backbone."
+    return {k[len(prefix) :]: v for k, v in checkpoint["model"].items() if k.startswith(prefix)}
+
+
+def read_backbone(path: str, momentum: bool = False) -> tuple[dict[str, Tensor], BackboneInfo]:
+    """The backbone weights in `path`, a main.py checkpoint or an export.py file, and what they
+    are. A checkpoint of main_linear.py, or `momentum` with an exported file (which holds one
+    backbone, chosen at export), is one line saying what to pass instead."""
+    if is_export(path):
+        with open(export_json(path)) as f:
+            meta = json.load(f)
+        if meta["format"] not in ("torchvision", "timm"):
+            raise UserError(
+                f"{path} is an export in the {meta['format']} format, which runs without this "
+                "toolkit's code: pass the checkpoint it came from, or a torchvision or timm export"
+            )
+        if momentum:
+            raise UserError(
+                f"{path} is an exported backbone (export.py), the "
+                f"{'momentum' if meta['momentum_backbone'] else 'online'} one: drop "
+                "--momentum_backbone (choose it when exporting)"
+            )
+        weights = torch.load(path, map_location="cpu", weights_only=True)
+        fields = BackboneInfo.__dataclass_fields__
+        info = BackboneInfo(**{k: v for k, v in meta.items() if k in fields})
+        info.mean, info.std = tuple(info.mean), tuple(info.std)
+        return weights, info
+    checkpoint = load_checkpoint(path)
+    kind = checkpoint.get("kind")
+    if kind != "pretrain":
+        what = {"linear": "a linear probe's", "finetune": "a fine-tuning run's"}.get(kind, "not a")
+        raise UserError(
+            f"{path} is {what} checkpoint (main_linear.py), not a pretraining one: "
+            "pass the last.pt of a main.py run, or a file of export.py"
+        )
+    args = checkpoint["args"]
+    mean, std = IMAGENET_MEAN_STD
+    if args["dataset_name"] in DATASETS:
+        mean, std = DATASETS[args["dataset_name"]].mean, DATASETS[args["dataset_name"]].std
+    info = BackboneInfo(
+        model_name=args["model_name"],
+        backbone=args["backbone"],
+        image_size=args["image_size"],
+        dataset_name=args["dataset_name"],
+        mean=tuple(mean),
+        std=tuple(std),
+        epoch=checkpoint["epoch"],
+        momentum_backbone=momentum,
+        source=os.path.abspath(path),
+    )
+    return backbone_weights(checkpoint, momentum), info
+
+
+def load_weights(backbone: nn.Module, weights: dict[str, Tensor], path: str, name: str) -> None:
+    """Load `weights` into `backbone` strictly (every key, every shape), or say in one line
+    what does not fit."""
+    try:
+        missing, unexpected = backbone.load_state_dict(weights, strict=False)
+    except RuntimeError as err:  # a shape differs (a small-image stem against an ImageNet one)
+        detail = next(
+            (line.strip() for line in str(err).splitlines() if "size mismatch" in line), ""
+        )
+        raise UserError(f"{path} does not fit {name}: {detail}") from None
+    if missing or unexpected:
+        raise UserError(
+            f"{path} does not fit {name}: {len(missing)} missing and {len(unexpected)} "
+            f"unexpected weights (e.g. {(missing + unexpected)[0]})"
+        )
+
+
+def build_pretrained(weights: dict[str, Tensor], info: BackboneInfo, path: str) -> nn.Module:
+    """The backbone `info` names, with `weights`."""
+    backbone, info.feat_dim = build_backbone(info.backbone, info.image_size)
+    load_weights(backbone, weights, path, f"{info.backbone} at image size {info.image_size}")
+    return backbone
+
+
+def load_backbone(
+    path: str, momentum: bool = False, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, BackboneInfo]:
+    """The pretrained backbone in `path` (a main.py checkpoint or an export.py file) in eval mode
+    on `device`, and its BackboneInfo (`info.transform` prepares a PIL image for it).
+    `momentum`: a checkpoint's EMA backbone (BYOL's and MoCo's target, DINO's teacher)."""
+    weights, info = read_backbone(path, momentum)
+    return build_pretrained(weights, info, path).eval().to(device), info
+
+
+# ---- main_linear.py: the pretraining checkpoint to evaluate, and its own to resume ----
+
+
+def load_pretrained(args, path: str | None) -> tuple[dict | None, BackboneInfo | None, str | None]:
+    """The backbone weights to evaluate, what they are, and their file (all None with
+    --random_init): `path` (--ckpt, or the resumed evaluation's; a checkpoint or an export.py
+    file), else the newest checkpoint of the same method, backbone and data set."""
     if args.random_init:
-        return None, None
+        return None, None, None
     path = path or find_checkpoint(args.ckpt_dir, args.model_name, args.backbone, args.dataset_name)
     if path is None:
         raise UserError(
@@ -30,27 +187,19 @@ def load_pretrained(args, path: str | None) -> tuple[dict | None, str | None]:
             f"{args.dataset_name} under {args.ckpt_dir}: pass --ckpt PATH, run main.py "
             f"first, or use --random_init for the untrained baseline"
         )
-    checkpoint = load_checkpoint(path)
-    kind = checkpoint.get("kind")
-    if kind != "pretrain":
-        what = {"linear": "a linear probe's", "finetune": "a fine-tuning run's"}.get(kind, "not a")
-        raise UserError(
-            f"--ckpt {path} is {what} checkpoint (main_linear.py), not a pretraining one: "
-            "pass the last.pt of a main.py run"
-        )
-    trained = checkpoint["args"]
+    weights, info = read_backbone(path, args.momentum_backbone)
     for key in ("model_name", "backbone", "image_size"):
-        if trained.get(key) != getattr(args, key):
+        if getattr(info, key) != getattr(args, key):
             raise UserError(
-                f"--ckpt {path} was pretrained with --{key} {trained.get(key)}, but "
-                f"--{key} is {getattr(args, key)}: pass --{key} {trained.get(key)}"
+                f"--ckpt {path} was pretrained with --{key} {getattr(info, key)}, but "
+                f"--{key} is {getattr(args, key)}: pass --{key} {getattr(info, key)}"
             )
-    if trained.get("dataset_name") != args.dataset_name:  # transfer: classes from the new data
+    if info.dataset_name != args.dataset_name:  # transfer: classes from the new data
         print(
-            f"note: --ckpt was pretrained on {trained.get('dataset_name')}; evaluating on "
+            f"note: --ckpt was pretrained on {info.dataset_name}; evaluating on "
             f"{args.dataset_name}, whose classes the classifier predicts"
         )
-    return checkpoint, path
+    return weights, info, path
 
 
 def load_resumed(args) -> tuple[str | None, dict | None]:
@@ -85,33 +234,15 @@ def load_resumed(args) -> tuple[str | None, dict | None]:
     return path, checkpoint
 
 
-def load_backbone(args, checkpoint: dict | None) -> tuple[nn.Module, int]:
-    """The backbone with its pretrained weights (strictly: every backbone key must be there);
-    with --random_init, as the method initialises it (zero residual BatchNorm where its official
-    code does so, methods.build_method)."""
+def evaluated_backbone(args, weights: dict | None) -> tuple[nn.Module, int]:
+    """The backbone main_linear.py evaluates: with the pretrained `weights` (strictly: every
+    backbone key must be there); with --random_init (None), as the method initialises it (zero
+    residual BatchNorm where its official code does so, methods.build_method)."""
     backbone, feat_dim = build_backbone(args.backbone, args.image_size)
-    if checkpoint is None:
+    if weights is None:
         zero_init = METHODS[args.model_name].zero_init_residual
         if zero_init:
             zero_init_residual(backbone, bottleneck_only=zero_init == "bottleneck")
         return backbone, feat_dim
-    prefix = momentum_prefix(checkpoint) if args.momentum_backbone else "backbone."
-    weights = {k[len(prefix) :]: v for k, v in checkpoint["model"].items() if k.startswith(prefix)}
-    missing, unexpected = backbone.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise UserError(
-            f"checkpoint {args.ckpt} does not fit {args.backbone}: "
-            f"{len(missing)} missing and {len(unexpected)} unexpected weights"
-        )
+    load_weights(backbone, weights, args.ckpt, args.backbone)
     return backbone, feat_dim
-
-
-def momentum_prefix(checkpoint: dict) -> str:
-    """Where the EMA copy of the backbone lies in a checkpoint (methods/momentum.py)."""
-    for prefix in MOMENTUM_PREFIXES:
-        if any(key.startswith(prefix) for key in checkpoint["model"]):
-            return prefix
-    raise UserError(
-        f"--momentum_backbone: {checkpoint['args']['model_name']} keeps no momentum backbone "
-        "(BYOL, MoCo v2/v3 and DINO do): drop --momentum_backbone"
-    )

@@ -26,6 +26,7 @@ class Method(nn.Module):
       loss_summary        its loss functions in a few words, for the tables;
       view_options        its own defaults for that recipe (e.g. crop_min_scale 0.2), which the
                           view flags (--crop_min_scale, ...) override;
+      needs_labels        whether it trains on class labels (SupCon): refused on unlabelled data;
       zero_init_residual  whether its official code zero-initialises the last BatchNorm of each
                           residual block (`build_method` applies it; --zero_init_residual);
                           "bottleneck": of Bottleneck blocks only (BYOL's haiku ResNet).
@@ -38,6 +39,7 @@ class Method(nn.Module):
     loss_summary = ""  # its loss functions, for the tables (scripts/methods_table.py)
     view_options: dict = {}
     zero_init_residual: bool | str = False
+    needs_labels = False
     concat_views = False  # per-view methods: one pass over both views (see `per_view`)
     epoch = 0
 

@@ -83,7 +83,6 @@ from typing import Annotated
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models import VisionTransformer
 
 from methods import Method, register
 from methods.hparams import (
@@ -97,6 +96,7 @@ from methods.hparams import (
     Flag,
 )
 from methods.momentum import cosine_momentum, ema_update, frozen_copy
+from networks import is_vit
 from networks.heads import build_mlp
 from utils.distributed import gather, rank
 from utils.misc import non_negative_int
@@ -283,7 +283,7 @@ class MoCoV3(Method):
         # official builder.py: MoCo_ResNet a 2-layer projector and a predictor without a last
         # BatchNorm, MoCo_ViT a 3-layer projector and one with; no biases, BatchNorm after every
         # hidden layer, the last one (where present) without affine parameters
-        vit = isinstance(backbone, VisionTransformer)
+        vit = is_vit(backbone)  # torchvision's or timm's
         layers = proj_layers or (3 if vit else 2)
         self.projector = build_mlp(
             layers, feat_dim, proj_hidden_dim, proj_dim, last_bn=True, bias=False

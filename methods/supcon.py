@@ -83,6 +83,7 @@ class SupCon(Method):
     """Backbone + projection MLP; supervised contrastive loss over two views, using the labels."""
 
     loss_summary = "`supcon_loss` (labels)"
+    needs_labels = True
     view_options = {"crop_min_scale": 0.2}  # official main_supcon.py: RandomResizedCrop(0.2, 1)
 
     def __init__(

@@ -1,10 +1,12 @@
 """Backbone registry (DESIGN §7): `build_backbone(name, image_size, pretrained)` -> (net, dim).
 
 A backbone file registers a builder `fn(image_size, pretrained) -> (nn.Module, int)` with
-`@register("name")`; adding a family means one new file plus one import line below.
+`@register("name")`; adding a family means one new file plus one import line below. Names
+`timm:<name>` are any model of the optional timm package (networks/timm_models.py).
 """
 
 import os
+import sys
 import warnings
 from collections.abc import Callable
 
@@ -20,15 +22,33 @@ BACKBONES: dict[str, Callable[[int, bool], tuple[nn.Module, int]]] = {}
 # 8x8 before the first block; the small-image variants keep the resolution instead.
 SMALL_IMAGE_SIZE = 64
 
+TIMM_PREFIX = "timm:"  # --backbone timm:<name>: a timm model, outside the registry
+
 
 register = registrar(BACKBONES, "backbone")  # @register("name") on a new one
 
 
 def build_backbone(name: str, image_size: int, pretrained: bool = False) -> tuple[nn.Module, int]:
     """The backbone `name` without its classifier, and the size of the features it returns."""
+    if name.startswith(TIMM_PREFIX):
+        return timm_models.build_timm_backbone(name[len(TIMM_PREFIX) :], image_size, pretrained)
     if name not in BACKBONES:
-        raise UserError(f"unknown backbone {name!r}; choose from {sorted(BACKBONES)}")
+        raise UserError(
+            f"unknown backbone {name!r}; choose from {sorted(BACKBONES)} or timm:<name>"
+        )
     return BACKBONES[name](image_size, pretrained)
+
+
+def is_vit(backbone: nn.Module) -> bool:
+    """Whether `backbone` is a Vision Transformer (this toolkit's or timm's), for the methods
+    whose official code sets other defaults for ViTs (MoCo v3's heads and temperature)."""
+    if isinstance(backbone, torchvision.models.VisionTransformer):
+        return True
+    if sys.modules.get("timm") is None:  # no timm model can exist without the package loaded
+        return False
+    from timm.models.vision_transformer import VisionTransformer
+
+    return isinstance(backbone, VisionTransformer)
 
 
 def torchvision_model(name: str, pretrained: bool) -> nn.Module:
@@ -65,10 +85,15 @@ def zero_init_residual(model: nn.Module, bottleneck_only: bool = False) -> int:
     ResNet: `bn3` of each Bottleneck, `bn2` of each BasicBlock, as torchvision's
     `zero_init_residual=True` (which SimSiam, Barlow Twins, VICReg and MoCo v3 pass; SimCLR's ResNet
     does the same). EfficientNet: the BatchNorm after the projection conv of every
-    MBConv block with a skip connection, as timm's `zero_init_last`. Backbones without
-    BatchNorm-ended residual branches (VGG, AlexNet, DenseNet, small_cnn, ViT) are unchanged: 0.
-    `bottleneck_only`: Bottleneck blocks only (ResNet-50 and deeper), as haiku's ResNet in BYOL's
-    code, whose basic blocks (ResNet-18/34) keep the usual initialisation.
+    MBConv block with a skip connection, as timm's `zero_init_last`. timm backbones: every block
+    with a `zero_init_last` method (ResNet's BasicBlock and Bottleneck, Res2Net, ResNeSt, SKNet,
+    RegNet, ResNetV2, CSPNet) is zeroed by it; timm models are created without it
+    (networks/timm_models.py), so that the method decides here as for torchvision's. Backbones
+    without BatchNorm-ended residual branches (VGG, AlexNet, DenseNet, small_cnn, ViT, ConvNeXt)
+    are unchanged: 0. `bottleneck_only`: Bottleneck blocks only (ResNet-50 and deeper), as haiku's
+    ResNet in BYOL's code, whose basic blocks (ResNet-18/34) keep the usual initialisation; in
+    timm, the blocks whose class name says bottleneck (Bottleneck, Bottle2neck,
+    ResNestBottleneck, ...).
     """
     from torchvision.models.efficientnet import MBConv
     from torchvision.models.resnet import BasicBlock, Bottleneck
@@ -81,6 +106,11 @@ def zero_init_residual(model: nn.Module, bottleneck_only: bool = False) -> int:
             last = module.bn2
         elif isinstance(module, MBConv) and module.use_res_connect and not bottleneck_only:
             last = module.block[-1][1]  # Conv2dNormActivation(conv, BatchNorm2d), no activation
+        elif callable(getattr(module, "zero_init_last", None)):  # a timm block
+            if not bottleneck_only or "bottle" in type(module).__name__.lower():
+                module.zero_init_last()
+                zeroed += 1
+            continue
         else:
             continue
         nn.init.zeros_(last.weight)
@@ -115,7 +145,8 @@ def check_input_sizes(
 def _runs(backbone: nn.Module, size: int, device: torch.device) -> bool:
     try:
         backbone(torch.zeros(2, 3, size, size, device=device))
-    except (RuntimeError, ValueError):  # pooling or convolution below one pixel, patches, ...
+    # pooling or convolution below one pixel, patches, timm's asserts of a fixed input size, ...
+    except (RuntimeError, ValueError, AssertionError):
         return False
     return True
 
@@ -129,3 +160,6 @@ def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
 
 
 from networks import alexnet, densenet, efficientnet, resnet, small, vgg, vit  # noqa: E402,F401  (fill BACKBONES)
+
+# isort: split
+from networks import timm_models  # noqa: E402  (no registration: timm:<name>, imports timm lazily)

@@ -121,6 +121,14 @@ def test_in_memory_gives_the_same_items_as_the_files(tmp_path):
         assert torch.equal(memory[i][0], subset[i][0]) and memory[i][1] == subset[i][1]
     assert files.transform is not None  # the wrapped set keeps its transform
 
-    Image.new("RGB", (5, 5)).save(tmp_path / "train" / "a" / "odd.png")
-    with pytest.raises(UserError, match="--in_memory needs images of one size"):
-        InMemory(build_dataset("imagefolder", str(tmp_path), True, T.ToTensor()))
+    Image.new("RGB", (5, 7), (9, 9, 9)).save(tmp_path / "train" / "a" / "odd.png")
+    mixed = build_dataset("imagefolder", str(tmp_path), True, T.ToTensor())
+    memory = InMemory(mixed)  # several sizes: one tensor each, the same items as the files
+    assert [tuple(im.shape) for im in memory.images].count((7, 5, 3)) == 1
+    for i in range(len(mixed)):
+        assert torch.equal(memory[i][0], mixed[i][0])
+    with pytest.raises(UserError, match="--gpu_augment needs images of one size"):
+        InMemory(mixed, raw=True)
+    squared = InMemory(mixed, raw=True, side=6)  # batches need one size: resized, centre-cropped
+    assert squared.images.shape == (len(mixed), 6, 6, 3)
+    assert squared[0][0].shape == (3, 6, 6) and squared[0][0].dtype == torch.uint8

@@ -16,6 +16,7 @@ import main
 import main_linear
 from methods import build_method
 from networks import build_backbone
+from pretrained import backbone_weights
 from utils.checkpoint import load_checkpoint
 from utils.misc import UserError, run_cli
 from utils.subsets import class_balanced_fraction
@@ -116,7 +117,7 @@ def test_precomputed_features_train_the_same_head_faster(pretrained, run_dirs, m
     assert json.load(open(os.path.join(run, "results.json"))) == fast
 
 
-def backbone_weights(checkpoint_path):
+def backbone_weights_of(checkpoint_path):
     model = load_checkpoint(checkpoint_path)["model"]
     return {k[len("backbone.") :]: v for k, v in model.items() if k.startswith("backbone.")}
 
@@ -124,14 +125,14 @@ def backbone_weights(checkpoint_path):
 def test_finetune_changes_the_backbone_and_the_probe_does_not(pretrained, run_dirs, monkeypatch):
     loaded = []
 
-    def recording_load_backbone(args, checkpoint):
-        backbone, feat_dim = load_backbone(args, checkpoint)
+    def recording_load_backbone(args, weights):
+        backbone, feat_dim = load_backbone(args, weights)
         loaded.append(backbone)
         return backbone, feat_dim
 
-    load_backbone = main_linear.load_backbone
-    monkeypatch.setattr(main_linear, "load_backbone", recording_load_backbone)
-    before = backbone_weights(pretrained)
+    load_backbone = main_linear.evaluated_backbone
+    monkeypatch.setattr(main_linear, "evaluated_backbone", recording_load_backbone)
+    before = backbone_weights_of(pretrained)
     one_epoch = ["--num_epochs", "1", "--limit", "100"]
     probe = run_linear(run_dirs, pretrained, *one_epoch, "--run_name", "probe")
     tuned = run_linear(run_dirs, pretrained, *one_epoch, "--run_name", "tuned", "--finetune")
@@ -216,12 +217,11 @@ def test_momentum_backbone_loads_the_ema_copy(method, prefix):
             p.add_(1.0)
     checkpoint = {"args": {"model_name": method, "backbone": "small_cnn", "image_size": 16}}
     checkpoint["model"] = model.state_dict()
-    args = Namespace(backbone="small_cnn", image_size=16, ckpt="x.pt", momentum_backbone=True)
-    loaded, _ = main_linear.load_backbone(args, checkpoint)
+    args = Namespace(backbone="small_cnn", image_size=16, ckpt="x.pt")
+    loaded, _ = main_linear.evaluated_backbone(args, backbone_weights(checkpoint, momentum=True))
     for key, value in loaded.state_dict().items():
         assert torch.equal(value, checkpoint["model"][prefix + key]), key
-    args.momentum_backbone = False
-    online, _ = main_linear.load_backbone(args, checkpoint)
+    online, _ = main_linear.evaluated_backbone(args, backbone_weights(checkpoint))
     first = next(iter(online.state_dict()))
     assert torch.equal(online.state_dict()[first], checkpoint["model"]["backbone." + first])
     assert not torch.equal(online.state_dict()[first], loaded.state_dict()[first])
@@ -230,9 +230,8 @@ def test_momentum_backbone_loads_the_ema_copy(method, prefix):
     checkpoint["model"] = {
         k: v for k, v in checkpoint["model"].items() if k.startswith("backbone.")
     }
-    args.momentum_backbone = True
     with pytest.raises(UserError, match="simclr keeps no momentum backbone"):
-        main_linear.load_backbone(args, checkpoint)
+        backbone_weights(checkpoint, momentum=True)
 
 
 def test_the_probe_writes_epoch_checkpoints_every_save_freq_and_leaves_args_alone(

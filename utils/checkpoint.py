@@ -9,6 +9,8 @@ import os
 import pickle
 import random
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -18,12 +20,26 @@ from utils.misc import UserError
 FORMAT_VERSION = 1
 
 
-def save_checkpoint(state: dict, path: str) -> None:
-    """Write a temporary file in the same folder, then rename: a crash never leaves half a file."""
+@contextmanager
+def atomic_file(path: str) -> Iterator[str]:
+    """A temporary path in `path`'s folder to write, renamed to `path` when the block succeeds
+    and removed when it fails: a crash never leaves half a file, nor a failed check a file. The
+    extension stays last (`last.tmp.pt`): some writers insist on theirs (torch.export: .pt2)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    torch.save({"format_version": FORMAT_VERSION, **state}, tmp)
-    os.replace(tmp, path)
+    base, ext = os.path.splitext(path)
+    tmp = f"{base}.tmp{ext}"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_checkpoint(state: dict, path: str) -> None:
+    """Write the checkpoint atomically (atomic_file)."""
+    with atomic_file(path) as tmp:
+        torch.save({"format_version": FORMAT_VERSION, **state}, tmp)
 
 
 def load_checkpoint(path: str) -> dict:

@@ -1,7 +1,9 @@
-"""Data sets by name (DESIGN §3): synthetic, cifar10, cifar100, stl10, svhn, imagefolder.
+"""Data sets by name (DESIGN §3): synthetic, cifar10, cifar100, stl10, svhn, imagefolder, and
+folder (every image under --data_dir, without labels: ImageFiles).
 
 Every data set is returned as a torch Dataset of (transformed image, int label) pairs, so the
-pretraining and evaluation loops never need to know which one they read.
+pretraining and evaluation loops never need to know which one they read; `folder`'s label is
+NO_LABEL (-1).
 """
 
 import os
@@ -15,10 +17,15 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler, Subset
 from torchvision import datasets
+from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader
+from torchvision.transforms import functional as TF
 from tqdm import tqdm
 
+from utils.folder import cache_path, list_images
 from utils.misc import UserError
 from utils.synthetic import SyntheticShapes
+
+NO_LABEL = -1  # the label of an image of `folder`
 
 
 @dataclass(frozen=True)
@@ -38,7 +45,9 @@ DATASETS = {
     "stl10": DatasetInfo(10, (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713), 96),
     "svhn": DatasetInfo(10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), 32),
     "imagefolder": DatasetInfo(None, *IMAGENET_MEAN_STD, 224),
+    "folder": DatasetInfo(None, *IMAGENET_MEAN_STD, 224),  # no labels
 }
+UNLABELLED = ("folder",)
 
 
 def _torchvision_dataset(name: str, root: str, train: bool, transform, download: bool) -> Dataset:
@@ -78,23 +87,29 @@ def warn_above_progress_bar(message: str) -> None:
         sys.stderr.flush()
 
 
-class TolerantImageFolder(datasets.ImageFolder):
-    """ImageFolder that skips unreadable files (truncated or corrupt images, stray non-images with
-    an image extension) instead of ending a long run: it warns with the path and a count, and
-    returns the next readable image of the folder in its place."""
+class SkipsUnreadable:
+    """Mixin for a data set of files: an item whose file cannot be read (truncated or corrupt,
+    a non-image with an image extension) is replaced by the next readable one, with a warning
+    naming the file and a count, instead of ending a long run. Subclasses give `read(index)` and
+    `path_of(index)`, and set `unreadable = set()` and `root`."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.unreadable: set[str] = set()
+    unreadable: set[str]
+    root: str
+
+    def read(self, index: int):
+        raise NotImplementedError
+
+    def path_of(self, index: int) -> str:
+        raise NotImplementedError
 
     def __getitem__(self, index: int):
-        for offset in range(len(self.samples)):
-            i = (index + offset) % len(self.samples)
-            path = self.samples[i][0]
+        for offset in range(len(self)):
+            i = (index + offset) % len(self)
+            path = self.path_of(i)
             if path in self.unreadable:
                 continue
             try:
-                return super().__getitem__(i)
+                return self.read(i)
             except (OSError, ValueError, SyntaxError) as err:  # what PIL raises on bad files
                 self.unreadable.add(path)
                 warn_above_progress_bar(
@@ -102,6 +117,54 @@ class TolerantImageFolder(datasets.ImageFolder):
                     f"{len(self.unreadable)} skipped so far in this process"
                 )
         raise UserError(f"no readable image in {self.root}")
+
+
+class TolerantImageFolder(SkipsUnreadable, datasets.ImageFolder):
+    """ImageFolder that skips unreadable files (SkipsUnreadable)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.unreadable = set()
+
+    def path_of(self, index: int) -> str:
+        return self.samples[index][0]
+
+    def read(self, index: int):
+        return datasets.ImageFolder.__getitem__(self, index)
+
+
+class ImageFiles(SkipsUnreadable, Dataset):
+    """`--dataset_name folder`: every image under `root` (recursively, utils.folder), in sorted
+    path order, as (transform(image), NO_LABEL): any size and mode, converted to RGB (greyscale,
+    RGBA, palette, CMYK); unreadable files skipped (SkipsUnreadable). `cache`: the listing's
+    cache file (default: utils.folder.cache_path; None: walk the folder every time)."""
+
+    classes = None
+
+    def __init__(self, root: str, transform=None, cache: str | None = "default") -> None:
+        root = os.path.expanduser(root)
+        if not os.path.isdir(root):
+            raise UserError(f"--data_dir {root}: no such folder (--dataset_name folder reads it)")
+        self.root, self.transform, self.unreadable = os.path.abspath(root), transform, set()
+        start = time.time()
+        files, source = list_images(self.root, cache_path(root) if cache == "default" else cache)
+        if not files:
+            raise UserError(f"--data_dir {root}: no images under it ({', '.join(IMG_EXTENSIONS)})")
+        self.samples = [os.path.join(self.root, f) for f in files]
+        self.targets = [NO_LABEL] * len(files)
+        print(
+            f"folder: {len(files)} images under {self.root}, {source}, {time.time() - start:.2f} s"
+        )
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def path_of(self, index: int) -> str:
+        return self.samples[index]
+
+    def read(self, index: int):
+        image = default_loader(self.samples[index])  # PIL, converted to RGB
+        return (self.transform(image) if self.transform else image), NO_LABEL
 
 
 def _image_folder(root: str, train: bool, transform) -> Dataset:
@@ -134,6 +197,13 @@ def build_dataset(
         return SyntheticShapes(train=train, transform=transform, seed=0)
     if name == "imagefolder":
         return _image_folder(data_dir, train, transform)
+    if name == "folder":
+        if not train:
+            raise UserError(
+                "--dataset_name folder has no labels and no test split: evaluate on a labelled "
+                "set (main.py's --eval_data_dir, main_linear.py's --dataset_name imagefolder)"
+            )
+        return ImageFiles(data_dir, transform)
     if name in DATASETS:
         return _torchvision_dataset(name, data_dir, train, transform, download)
     raise UserError(f"unknown data set {name!r}; choose from {sorted(DATASETS)}")
@@ -179,9 +249,14 @@ class InMemory(Dataset):
     augmentations are those of the files; with `raw`, they are the uint8 tensors [3, H, W]
     themselves, for augmentation of whole batches on the GPU (`--gpu_augment`, BatchViews).
     Loader workers share the tensor (fork, copy on write).
+
+    Images of several sizes (`folder`, `imagefolder`) are kept as a list of [H, W, 3] tensors;
+    batches of `raw` images need one size, so there each image is first resized to a shorter side
+    of `side` and centre-cropped to a square (main.py passes --image_size x 256/224, the
+    evaluation resize ratio), before the batch's random resized crops are drawn from it.
     """
 
-    def __init__(self, dataset: Dataset, raw: bool = False) -> None:
+    def __init__(self, dataset: Dataset, raw: bool = False, side: int | None = None) -> None:
         self.raw = raw
         base = dataset
         while isinstance(base, Subset):
@@ -191,14 +266,17 @@ class InMemory(Dataset):
             items = [dataset[i] for i in range(len(dataset))]
         finally:
             base.transform = self.transform
-        arrays = [np.asarray(image.convert("RGB")) for image, _ in items]
-        sizes = {a.shape for a in arrays}
-        if len(sizes) > 1:
-            raise UserError(
-                f"--in_memory needs images of one size, found {len(sizes)} sizes "
-                f"(e.g. {sorted(sizes)[:2]}): drop --in_memory for this data set"
-            )
-        self.images = torch.from_numpy(np.stack(arrays))
+        images = [image.convert("RGB") for image, _ in items]
+        if raw and len({image.size for image in images}) > 1:
+            if side is None:
+                raise UserError("--gpu_augment needs images of one size: drop --gpu_augment")
+            images = [TF.center_crop(TF.resize(image, side), side) for image in images]
+            print(f"in memory: images of several sizes, each resized and cropped to {side} px")
+        arrays = [np.array(image) for image in images]  # a copy: writable
+        if len({a.shape for a in arrays}) == 1:
+            self.images = torch.from_numpy(np.stack(arrays))
+        else:  # several sizes: one tensor each
+            self.images = [torch.from_numpy(a) for a in arrays]
         self.targets = [int(label) for _, label in items]
         self.classes = getattr(base, "classes", None)
 
@@ -260,12 +338,15 @@ class ShardSampler(Sampler[int]):
         return self.block
 
 
-def in_memory(dataset: Dataset, wanted: bool, raw: bool = False) -> Dataset:
+def in_memory(
+    dataset: Dataset, wanted: bool, raw: bool = False, side: int | None = None
+) -> Dataset:
     """`dataset` held in memory when `wanted` (--in_memory, InMemory); `raw` (--gpu_augment)
-    keeps it there as uint8 tensors for transformations.BatchViews."""
+    keeps it there as uint8 tensors for transformations.BatchViews (images of several sizes
+    squared to `side`)."""
     if not wanted:
         return dataset
     start = time.time()
-    dataset = InMemory(dataset, raw=raw)
+    dataset = InMemory(dataset, raw=raw, side=side)
     print(f"in memory: {len(dataset)} images in {time.time() - start:.0f} s")
     return dataset

@@ -29,9 +29,11 @@ from utils.misc import UserError, git_sha, resolve_device
 
 def default_run_name(args: Namespace, prefix: str = "") -> str:
     """`<prefix><method>_<backbone>_<dataset>_<timestamp>`, with a suffix when runs started in
-    the same second (a script launching several) would otherwise share the folder."""
+    the same second (a script launching several) would otherwise share the folder. A timm
+    backbone's colon becomes a dash (`timm-convnext_tiny`), a valid folder name everywhere."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    name = base = f"{prefix}{args.model_name}_{args.backbone}_{args.dataset_name}_{stamp}"
+    backbone = args.backbone.replace(":", "-")
+    name = base = f"{prefix}{args.model_name}_{backbone}_{args.dataset_name}_{stamp}"
     count = 1
     while any(os.path.exists(os.path.join(d, name)) for d in (args.logs_dir, args.ckpt_dir)):
         count += 1
