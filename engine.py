@@ -2,7 +2,8 @@
 (main_linear.py): each entry point says only what one step computes (`step_fn`) and what an
 epoch ends with (`after_epoch`); the engine does the rest the same way for all of them:
 
-- the per-step lr schedule (an array indexed by the global step, DESIGN §6);
+- the per-step lr schedule (an array indexed by the global step, DESIGN §6), and the weight
+  decay's when one is given (--final_weight_decay: DINO's and I-JEPA's cosine rise);
 - mixed precision: autocast is the step's business, the fp16 gradient scaler the engine's;
 - a non-finite loss skips its step (--skip_nonfinite) or stops the run (TrainingGuard);
 - SIGINT / SIGTERM: the step finishes, a resumable checkpoint is written, the process exits;
@@ -55,10 +56,14 @@ class Engine:
     debug: bool = False  # 5 steps per epoch
     before_optimizer_step: Callable[[], None] = lambda: None
     after_optimizer_step: Callable[[int, int], None] = lambda step, total: None
+    wd_schedule: np.ndarray | None = None  # per step, for the groups that are decayed
 
     def __post_init__(self) -> None:
         if self.scaler is None:
             self.scaler = torch.amp.GradScaler(self.device.type, enabled=False)
+        # the groups with weight decay at the start: the schedule moves theirs only (those
+        # excluded, biases and norms under AdamW, stay at 0)
+        self.decayed = [g["weight_decay"] > 0 for g in self.optimizer.param_groups]
 
     @property
     def total_steps(self) -> int:
@@ -104,6 +109,10 @@ class Engine:
             it = epoch * steps + done  # the global step: indexes per-step schedules
             lr = float(self.lr_schedule[it])
             adjust_learning_rate(self.optimizer, lr)
+            if self.wd_schedule is not None:
+                for group, decayed in zip(self.optimizer.param_groups, self.decayed, strict=True):
+                    if decayed:
+                        group["weight_decay"] = float(self.wd_schedule[it])
             loss, count, step_sums = step_fn(*batch)
             loss_value = self.update(loss, it, lr)
             done += 1

@@ -24,6 +24,7 @@ from utils.misc import (
     non_negative_int,
     positive_float,
     positive_int,
+    unit_float,
 )
 
 # the view flags: each recipe takes some of them (transformations.PRETRAIN_TRANSFORMS)
@@ -211,6 +212,13 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
         help="start from torchvision ImageNet weights in the local cache; not with timm:<name> "
         "(default: off)",
     )
+    group.add_argument(
+        "--pool",
+        choices=["token", "mean"],
+        default=None,
+        help="a Vision Transformer's features: its class token, or the mean of its patch tokens "
+        "(default: the method's: the class token, the mean for I-JEPA)",
+    )
     add_bool_flag(
         group,
         "--zero_init_residual",
@@ -247,6 +255,22 @@ def add_optimization_flags(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--weight_decay", type=non_negative_float, default=5e-4, help="weight decay (default: 5e-4)"
+    )
+    group.add_argument(
+        "--final_weight_decay",
+        type=non_negative_float,
+        default=None,
+        help="raise (or lower) the weight decay from --weight_decay to this on a cosine over the "
+        "run, as DINO and I-JEPA (0.04 -> 0.4); biases and norms left out by the optimizer stay "
+        "at 0 (default: none, constant)",
+    )
+    group.add_argument(
+        "--betas",
+        type=unit_float,
+        nargs=2,
+        default=[0.9, 0.999],
+        metavar=("BETA1", "BETA2"),
+        help="Adam and AdamW's moment coefficients; MAE uses 0.9 0.95 (default: 0.9 0.999)",
     )
     group.add_argument(
         "--momentum", type=non_negative_float, default=0.9, help="momentum (default: 0.9)"

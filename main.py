@@ -16,6 +16,7 @@ from engine import Engine, fit
 from flags import VIEW_FLAGS, add_pretraining_flags, add_shared_flags, check_method_flags
 from methods import METHODS, build_method
 from networks import build_backbone, check_input_sizes
+from networks.vit import set_pool
 from optimizers import build_optimizer
 from pretrained import load_weights, read_backbone
 from transformations import BatchViews, eval_transform, pretrain_transform
@@ -36,10 +37,11 @@ from utils.misc import (
     run_cli,
     set_seed,
 )
-from utils.plots import plot_run
+from utils.plots import plot_reconstructions, plot_run
 from utils.run import (
     TrainingGuard,
     build_lr_schedule,
+    build_wd_schedule,
     check_run_dirs,
     default_run_name,
     fit_batch_size,
@@ -204,6 +206,7 @@ def build_model(args, device, train_transform) -> tuple[nn.Module, nn.Module]:
         model = build_method(args.model_name, backbone, feat_dim, **flags).to(device)
     except ValueError as err:  # a hyper-parameter the method refuses (its own range checks)
         raise UserError(f"--model_name {args.model_name}: {err}") from None
+    set_pool(model.backbone, args.pool or METHODS[args.model_name].pool, args.backbone)
     sizes = {v.options["image_size"] for v in train_transform.view_transforms}
     check_input_sizes(model.backbone, args.backbone, sizes, args.image_size, device)
     forward = prepare_model(model, args, device)  # DDP, compile: wrappers for the forward only
@@ -212,6 +215,24 @@ def build_model(args, device, train_transform) -> tuple[nn.Module, nn.Module]:
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters"
     )
     return model, forward
+
+
+@torch.no_grad()
+def reconstruction_plot(args, model: nn.Module, device, log_dir: str, title: str) -> str:
+    """reconstructions.png: 8 test images (training images of an unlabelled folder), masked as
+    in training, and the method's reconstruction of them."""
+    info = DATASETS[args.dataset_name]
+    plain = eval_transform(
+        image_size=args.image_size, native_size=info.image_size, mean=info.mean, std=info.std
+    )
+    split = args.dataset_name not in UNLABELLED  # the test split, where there is one
+    images = build_dataset(args.dataset_name, args.data_dir, not split, plain)
+    batch = torch.stack([images[i][0] for i in range(min(8, len(images)))]).to(device)
+    model.eval()
+    masked, reconstructed = model.reconstruct(batch)
+    rows = {"original": batch, "masked": masked, "reconstructed": reconstructed}
+    path = os.path.join(log_dir, "reconstructions.png")
+    return plot_reconstructions(rows, info.mean, info.std, path, f"{title}: test images")
 
 
 def write_summary(args, log_dir: str, last_path: str, stats: dict, steps: int, seconds: float):
@@ -301,6 +322,7 @@ def main(args) -> dict:
         grad_scaler(args, device), TrainingGuard(args.skip_nonfinite), logger,
         1 if args.debug else args.print_freq, args.debug,
         model.before_optimizer_step, model.after_optimizer_step,
+        build_wd_schedule(args, steps_per_epoch),
     )  # fmt: skip
     stats = fit(
         engine,
@@ -318,7 +340,10 @@ def main(args) -> dict:
     close_distributed()
     if main_rank:
         write_summary(args, log_dir, last_path, stats, steps_per_epoch, time.time() - start_time)
-        print("plots: " + " ".join(plot_run(log_dir, title)))
+        plots = plot_run(log_dir, title)
+        if hasattr(model, "reconstruct"):  # MAE: users judge it by looking
+            plots.append(reconstruction_plot(args, model, device, log_dir, title))
+        print("plots: " + " ".join(plots))
     return {"run_name": args.run_name, "log_dir": log_dir, "ckpt_dir": ckpt_dir, **stats}
 
 

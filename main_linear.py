@@ -27,7 +27,9 @@ from flags import (
     pretraining_flags,
     refused_flags,
 )
+from methods import METHODS
 from networks import check_input_sizes
+from networks.vit import ViTBackbone, set_pool
 from pretrained import evaluated_backbone, load_pretrained, load_resumed
 from probe import linear_evaluation
 from transformations import eval_transform, linear_train_transform
@@ -52,6 +54,7 @@ from utils.misc import (
     positive_int,
     run_cli,
     set_seed,
+    unit_float,
 )
 from utils.run import (
     check_run_dirs,
@@ -137,6 +140,44 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
         help="--finetune: the backbone's lr for a batch of 256, scaled and scheduled like "
         "--base_lr (default: 0.1 x --base_lr)",
     )
+    group = parser.add_argument_group(
+        "fine-tuning of Vision Transformers (MAE's protocol: --layer_decay 0.75 --drop_path 0.1 "
+        "--label_smoothing 0.1 --mixup 0.8 --cutmix 1.0 --optimizer adamw --betas 0.9 0.999)"
+    )
+    group.add_argument(
+        "--layer_decay",
+        type=unit_fraction,
+        default=None,
+        help="--finetune: layer-wise lr decay: block i of d gets decay^(d + 1 - i) of the lr, the "
+        "embeddings decay^(d + 1), the final norm and the head 1 (default: none)",
+    )
+    group.add_argument(
+        "--drop_path",
+        type=unit_float,
+        default=0.0,
+        help="--finetune: stochastic depth of the ViT's blocks, rising linearly to this rate "
+        "(default: 0)",
+    )
+    group.add_argument(
+        "--label_smoothing",
+        type=unit_float,
+        default=0.0,
+        help="cross-entropy label smoothing (default: 0)",
+    )
+    group.add_argument(
+        "--mixup",
+        type=non_negative_float,
+        default=0.0,
+        help="--finetune: mixup with this Beta(alpha, alpha) (torchvision.transforms.v2.MixUp); "
+        "with --cutmix, one of the two per batch (default: 0, off)",
+    )
+    group.add_argument(
+        "--cutmix",
+        type=non_negative_float,
+        default=0.0,
+        help="--finetune: CutMix with this alpha (torchvision.transforms.v2.CutMix) (default: 0)",
+    )
+    group = parser.add_argument_group("evaluation data")
     group.add_argument(
         "--data_fraction",
         type=unit_fraction,
@@ -172,6 +213,11 @@ def check_args(args) -> None:
             f"{flags} {'are' if many else 'is a'} pretraining option{'s' if many else ''} "
             f"(main.py), unused here: drop {'them' if many else 'it'}"
         )
+    tuning = {"layer_decay": args.layer_decay, "drop_path": args.drop_path}
+    tuning |= {"mixup": args.mixup, "cutmix": args.cutmix}
+    given = [f"--{k}" for k, v in tuning.items() if v]
+    if given and not args.finetune:
+        raise UserError(f"{', '.join(given)}: fine-tuning options: add --finetune or drop them")
     if args.finetune and args.base_lr == 0:
         raise UserError(
             "--finetune: the backbone's lr follows the head's schedule scaled by "
@@ -260,6 +306,16 @@ def main(args) -> dict:
     # the values derived from the flags, in what args.json and the checkpoints record
     args = with_values(args, run_name=run_name, ckpt=ckpt, backbone_lr=backbone_lr)
     backbone, feat_dim = evaluated_backbone(args, weights)
+    # a ViT's features as its pretraining evaluated them (I-JEPA: the patch tokens' mean)
+    pool = args.pool or (pretrained.pool if pretrained else METHODS[args.model_name].pool)
+    set_pool(backbone, pool, args.backbone)
+    if (args.drop_path or args.layer_decay) and not isinstance(backbone, ViTBackbone):
+        raise UserError(
+            f"--drop_path and --layer_decay need a Vision Transformer (vit_tiny, vit_small), "
+            f"not {args.backbone}: drop them"
+        )
+    if args.drop_path:
+        backbone.set_drop_path(args.drop_path)
     backbone.requires_grad_(args.finetune)
     backbone.eval().to(device)
     if args.channels_last:

@@ -17,8 +17,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
-from methods import METHODS
-from networks import build_backbone, zero_init_residual
+from methods import METHODS, build_method
+from networks import build_backbone
+from networks.vit import set_pool
 from transformations import eval_transform
 from utils.checkpoint import find_checkpoint, load_checkpoint, resume_path
 from utils.data import DATASETS, IMAGENET_MEAN_STD
@@ -46,6 +47,7 @@ class BackboneInfo:
     momentum_backbone: bool  # the EMA copy (BYOL's target, DINO's teacher) rather than the online
     source: str  # the main.py checkpoint it comes from
     feat_dim: int | None = None  # known once built
+    pool: str | None = None  # a ViT's features: class token (None, "token") or "mean"
 
     @property
     def transform(self):
@@ -133,6 +135,7 @@ def read_backbone(path: str, momentum: bool = False) -> tuple[dict[str, Tensor],
         epoch=checkpoint["epoch"],
         momentum_backbone=momentum,
         source=os.path.abspath(path),
+        pool=args.get("pool") or METHODS[args["model_name"]].pool,
     )
     return backbone_weights(checkpoint, momentum), info
 
@@ -158,6 +161,7 @@ def build_pretrained(weights: dict[str, Tensor], info: BackboneInfo, path: str) 
     """The backbone `info` names, with `weights`."""
     backbone, info.feat_dim = build_backbone(info.backbone, info.image_size)
     load_weights(backbone, weights, path, f"{info.backbone} at image size {info.image_size}")
+    set_pool(backbone, info.pool, info.backbone)
     return backbone
 
 
@@ -237,12 +241,13 @@ def load_resumed(args) -> tuple[str | None, dict | None]:
 def evaluated_backbone(args, weights: dict | None) -> tuple[nn.Module, int]:
     """The backbone main_linear.py evaluates: with the pretrained `weights` (strictly: every
     backbone key must be there); with --random_init (None), as the method initialises it (zero
-    residual BatchNorm where its official code does so, methods.build_method)."""
+    residual BatchNorm where its official code does so, MAE's and I-JEPA's ViT initialisation:
+    methods.build_method)."""
     backbone, feat_dim = build_backbone(args.backbone, args.image_size)
-    if weights is None:
-        zero_init = METHODS[args.model_name].zero_init_residual
-        if zero_init:
-            zero_init_residual(backbone, bottleneck_only=zero_init == "bottleneck")
-        return backbone, feat_dim
+    if weights is None:  # the method's own initialisation of it (a method's heads are cheap)
+        try:
+            return build_method(args.model_name, backbone, feat_dim).backbone, feat_dim
+        except ValueError as err:  # a backbone the method cannot train (MAE on a ResNet)
+            raise UserError(f"--model_name {args.model_name}: {err}") from None
     load_weights(backbone, weights, args.ckpt, args.backbone)
     return backbone, feat_dim

@@ -20,30 +20,67 @@ from utils.plots import plot_run
 from utils.run import TrainingGuard, build_lr_schedule, make_loader, save_args
 
 
+def layer_scales(backbone: nn.Module, decay: float) -> dict[str, float]:
+    """--layer_decay (MAE's `param_groups_lrd`): each parameter's lr multiplier decay^(d + 1 -
+    its layer), the layers of ViTBackbone.layer_id (embeddings 0, blocks 1..d, final norm d + 1,
+    which the head shares at 1)."""
+    top = backbone.depth + 1
+    return {n: decay ** (top - backbone.layer_id(n)) for n, _ in backbone.named_parameters()}
+
+
 def add_backbone_groups(optimizer, backbone: nn.Module, args, lr: float) -> None:
     """--finetune: the backbone's parameters join the head's optimizer (at scaled lr `lr`) in
     groups of their own whose lr is backbone_lr/base_lr times the head's at every step (their
-    `lr_scale`)."""
+    `lr_scale`), times the layer's decay with --layer_decay."""
     scale = args.backbone_lr / args.base_lr
     exclude = args.optimizer == "adamw"  # same weight-decay policy as build_optimizer
-    for group in param_groups(backbone, exclude_bias_and_norm_from_wd=exclude):
-        group.update(name=f"backbone_{group['name']}", lr_scale=scale, lr=lr * scale)
+    options = None
+    if args.layer_decay:  # one group per layer scale
+        layers = layer_scales(backbone, args.layer_decay)
+        options = lambda name, param: {"layer_scale": layers[name]}  # noqa: E731
+    for group in param_groups(backbone, exclude, options):
+        group_scale = scale * group.pop("layer_scale", 1.0)
+        group.update(name=f"backbone_{group['name']}", lr_scale=group_scale, lr=lr * group_scale)
         optimizer.add_param_group(group)
 
 
-def classifier_step(classifier, backbone, device: torch.device, args, finetune: bool):
+def batch_mixing(args, num_classes: int):
+    """--mixup / --cutmix: torchvision.transforms.v2's MixUp and CutMix on a batch, one of the
+    two chosen per batch with equal probability when both are on (MAE's fine-tuning: mixup 0.8,
+    cutmix 1.0, switch prob 0.5); labels become class probabilities. None when both are off."""
+    from torchvision.transforms import v2
+
+    mixes = [
+        mix(alpha=alpha, num_classes=num_classes)
+        for mix, alpha in ((v2.MixUp, args.mixup), (v2.CutMix, args.cutmix))
+        if alpha > 0
+    ]
+    if not mixes:
+        return None
+    return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
+
+
+def classifier_step(
+    classifier, backbone, device: torch.device, args, finetune: bool, mix=None
+):  # fmt: skip
     """What one step of the probe (or of fine-tuning) computes, for engine.Engine: the
-    backbone's features (with gradient only when fine-tuning), the head's cross-entropy, and
-    its correct predictions (train_acc1, percent). Counts are this process's images."""
+    backbone's features (with gradient only when fine-tuning), the head's cross-entropy (with
+    --label_smoothing; on the class probabilities that `mix`, batch_mixing, makes), and its
+    correct predictions (train_acc1, percent: of the most likely class of a mixed target).
+    Counts are this process's images."""
 
     def step(images, labels):
         images = to_device(images, device, args.channels_last)
         labels = labels.to(device, non_blocking=True)
+        targets = labels
+        if mix is not None:
+            images, targets = mix(images, labels)  # targets: [N, classes] probabilities
+            labels = targets.argmax(dim=1)
         with torch.set_grad_enabled(finetune), autocast(args, device):
             features = backbone(images)
         with autocast(args, device):
             logits = classifier(features)
-        loss = F.cross_entropy(logits.float(), labels)
+        loss = F.cross_entropy(logits.float(), targets, label_smoothing=args.label_smoothing)
         correct = 100.0 * (logits.argmax(dim=1) == labels).sum()
         return loss, labels.shape[0], {"train_acc1": correct}
 
@@ -86,6 +123,7 @@ def train_classifier(
         add_backbone_groups(optimizer, backbone, args, lr)
         print(f"backbone lr = {args.backbone_lr:g}/{args.base_lr:g} x the head's lr")
     head, body = classifier, backbone
+    mix = batch_mixing(args, classifier.fc.out_features) if args.finetune else None
     if world_size() > 1 and isinstance(train_loader.sampler, EpochSampler):
         head = DistributedDataParallel(classifier, device_ids=device_ids(device))
         if args.finetune:
@@ -126,7 +164,7 @@ def train_classifier(
     stats = fit(
         engine,
         train_loader,
-        classifier_step(head, body, device, args, args.finetune),
+        classifier_step(head, body, device, args, args.finetune, mix),
         state,
         ckpt_dir,
         start=start,

@@ -30,9 +30,10 @@ def blur_kernel_size(image_size: int) -> int:
 
 
 class View:
-    """One random view, in the order of the papers' appendices: random resized crop, horizontal
-    flip, colour jitter (brightness, contrast, saturation, hue) with probability `jitter_prob`,
-    grayscale, Gaussian blur (only for images larger than 64 px), solarisation, normalisation."""
+    """One random view, in the order of the papers' appendices: random resized crop (bilinear, or
+    bicubic as MAE's), horizontal flip with probability `flip_prob`, colour jitter (brightness,
+    contrast, saturation, hue) with probability `jitter_prob`, grayscale, Gaussian blur (only for
+    images larger than 64 px), solarisation, normalisation; steps of probability 0 are left out."""
 
     def __init__(
         self,
@@ -47,6 +48,8 @@ class View:
         blur_prob: float = 0.0,
         blur_kernel: int | None = None,
         solarize_prob: float = 0.0,
+        flip_prob: float = 0.5,
+        interpolation: str = "bilinear",
     ) -> None:
         blur_prob = blur_prob if image_size > BLUR_MIN_SIZE else 0.0  # see BLUR_MIN_SIZE
         blur_kernel = blur_kernel or blur_kernel_size(image_size)
@@ -62,13 +65,17 @@ class View:
             blur_prob=blur_prob,
             blur_kernel=blur_kernel,
             solarize_prob=solarize_prob,
+            flip_prob=flip_prob,
+            interpolation=interpolation,
         )
-        steps = [
-            T.RandomResizedCrop(image_size, scale=crop_scale),
-            T.RandomHorizontalFlip(),
-            T.RandomApply([T.ColorJitter(*jitter)], p=jitter_prob),
-            T.RandomGrayscale(p=gray_prob),
-        ]
+        mode = T.InterpolationMode(interpolation)
+        steps = [T.RandomResizedCrop(image_size, scale=crop_scale, interpolation=mode)]
+        if flip_prob > 0:
+            steps.append(T.RandomHorizontalFlip(p=flip_prob))
+        if jitter_prob > 0:
+            steps.append(T.RandomApply([T.ColorJitter(*jitter)], p=jitter_prob))
+        if gray_prob > 0:
+            steps.append(T.RandomGrayscale(p=gray_prob))
         if blur_prob > 0:
             blur = T.GaussianBlur(blur_kernel, sigma=(0.1, 2.0))
             steps.append(T.RandomApply([blur], p=blur_prob))
@@ -103,7 +110,8 @@ class BatchViews(nn.Module):
     [B, 3, s, s] per view out. Every image gets its own random crop, flip, jitter, grayscale,
     blur and solarisation, with the probabilities and ranges of its `View`. Two differences from
     the PIL path: the four colour adjustments run in one random order per batch (torchvision: per
-    image), and crops are resampled bilinearly by one batched affine warp, without antialiasing."""
+    image), and crops are resampled (bilinearly, or bicubically for MAE) by one batched affine
+    warp, without antialiasing."""
 
     def __init__(self, views: MultiView) -> None:
         super().__init__()
@@ -127,16 +135,22 @@ def batch_view(
     blur_prob,
     blur_kernel,
     solarize_prob,
+    flip_prob,
+    interpolation,
 ) -> nn.Module:
     """One `View` as a kornia pipeline on float images in [0, 1]."""
     import kornia.augmentation as K  # only --gpu_augment needs it, and importing it takes seconds
 
-    steps = [
-        K.RandomResizedCrop((image_size, image_size), scale=crop_scale, cropping_mode="resample"),
-        K.RandomHorizontalFlip(),
-        K.ColorJitter(*jitter, p=jitter_prob),
-        K.RandomGrayscale(p=gray_prob),
-    ]
+    size = (image_size, image_size)
+    resample = interpolation.upper()
+    crop = K.RandomResizedCrop(size, scale=crop_scale, resample=resample, cropping_mode="resample")
+    steps = [crop]
+    if flip_prob > 0:
+        steps.append(K.RandomHorizontalFlip(p=flip_prob))
+    if jitter_prob > 0:
+        steps.append(K.ColorJitter(*jitter, p=jitter_prob))
+    if gray_prob > 0:
+        steps.append(K.RandomGrayscale(p=gray_prob))
     if blur_prob > 0:
         steps.append(K.RandomGaussianBlur(blur_kernel, sigma=(0.1, 2.0), p=blur_prob))
     if solarize_prob > 0:  # a fixed threshold of one half, as torchvision's 128 on uint8
@@ -253,12 +267,45 @@ def dino_transform(
     return MultiView([first, second] + [local] * num_crops)
 
 
+def mae_transform(*, image_size: int, mean, std, crop_min_scale: float = 0.2) -> MultiView:
+    """MAE (He et al. 2022, appendix A.1; facebookresearch/mae main_pretrain.py): one view, a
+    random resized crop of 20-100 % of the image (bicubic) and a horizontal flip, no colour."""
+    view = View(
+        image_size=image_size,
+        mean=mean,
+        std=std,
+        crop_scale=(crop_min_scale, 1.0),
+        jitter_prob=0.0,
+        gray_prob=0.0,
+        interpolation="bicubic",
+    )
+    return MultiView([view])
+
+
+def ijepa_transform(*, image_size: int, mean, std, crop_min_scale: float = 0.3) -> MultiView:
+    """I-JEPA (Assran et al. 2023; facebookresearch/ijepa configs/in1k_*.yaml: crop_scale
+    [0.3, 1.0], use_horizontal_flip, use_color_distortion and use_gaussian_blur false): one view,
+    a random resized crop of 30-100 % of the image and nothing else: no hand-crafted views."""
+    view = View(
+        image_size=image_size,
+        mean=mean,
+        std=std,
+        crop_scale=(crop_min_scale, 1.0),
+        jitter_prob=0.0,
+        gray_prob=0.0,
+        flip_prob=0.0,
+    )
+    return MultiView([view])
+
+
 # method.augmentation -> the pretraining views (see methods.Method)
 PRETRAIN_TRANSFORMS: dict[str, Callable[..., MultiView]] = {
     "simclr": simclr_transform,
     "byol": byol_transform,
     "multicrop": multicrop_transform,
     "dino": dino_transform,
+    "mae": mae_transform,
+    "ijepa": ijepa_transform,
 }
 
 

@@ -27,6 +27,9 @@ class Method(nn.Module):
       view_options        its own defaults for that recipe (e.g. crop_min_scale 0.2), which the
                           view flags (--crop_min_scale, ...) override;
       needs_labels        whether it trains on class labels (SupCon): refused on unlabelled data;
+      requires_vit        whether it only trains Vision Transformers (MAE, I-JEPA mask patches);
+      pool                a ViT's features for evaluation: None, the class token; "mean", the
+                          mean of the patch tokens (I-JEPA, which trains no class token);
       zero_init_residual  whether its official code zero-initialises the last BatchNorm of each
                           residual block (`build_method` applies it; --zero_init_residual);
                           "bottleneck": of Bottleneck blocks only (BYOL's haiku ResNet).
@@ -40,6 +43,8 @@ class Method(nn.Module):
     view_options: dict = {}
     zero_init_residual: bool | str = False
     needs_labels = False
+    pool: str | None = None
+    requires_vit = False
     concat_views = False  # per-view methods: one pass over both views (see `per_view`)
     epoch = 0
 
@@ -121,3 +126,6 @@ from methods import dino  # noqa: E402,F401
 
 # isort: split
 from methods import moco, nnclr  # noqa: E402,F401
+
+# isort: split
+from methods import ijepa, mae  # noqa: E402,F401

@@ -29,10 +29,14 @@ exempts biases and LayerNorm weights (1-D parameters) from weight decay, as DINO
 token and position embeddings (3-D) are decayed, as in DINO, whereas timm and MAE exempt them.
 """
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import VisionTransformer
+from torchvision.models.vision_transformer import EncoderBlock
+from torchvision.ops import StochasticDepth
 
 from networks import SMALL_IMAGE_SIZE, register
 from utils.misc import UserError
@@ -50,29 +54,79 @@ def patch_size_for(image_size: int) -> int:
     return 4 if image_size <= SMALL_IMAGE_SIZE else 16
 
 
+class Block(EncoderBlock):
+    """torchvision's encoder block with stochastic depth (drop path) on both residual branches,
+    as the MAE/DeiT fine-tuning recipe trains ViTs (`drop_path`: a torchvision StochasticDepth,
+    "row" mode: whole samples dropped; the identity at rate 0 and in eval mode)."""
+
+    drop_path: nn.Module
+
+    def forward(self, input: Tensor) -> Tensor:
+        x = self.ln_1(input)
+        x, _ = self.self_attention(x, x, x, need_weights=False)
+        x = input + self.drop_path(self.dropout(x))
+        return x + self.drop_path(self.mlp(self.ln_2(x)))
+
+
 class ViTBackbone(VisionTransformer):
     """torchvision's VisionTransformer without its head (`heads` is the identity), returning the
-    class token after the final norm, for any input size of at least one patch."""
+    class token after the final norm (`pool` "token"), or the mean of the patch tokens after it
+    (`pool` "mean", I-JEPA's evaluation), for any input size of at least one patch.
+
+    `forward_tokens` is the encoder on a subset of the patches (MAE's visible ones, I-JEPA's
+    context), with or without the class token. The blocks are `Block`s: `set_drop_path(rate)`
+    turns on stochastic depth (rates rising linearly with depth to `rate`, as DeiT and MAE)."""
+
+    pool = "token"
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        for layer in self.encoder.layers:  # the same weights and keys, with drop path
+            layer.__class__ = Block
+            layer.drop_path = StochasticDepth(0.0, "row")
+
+    @property
+    def depth(self) -> int:
+        return len(self.encoder.layers)
+
+    def set_drop_path(self, rate: float) -> None:
+        for i, layer in enumerate(self.encoder.layers):
+            layer.drop_path.p = rate * i / max(self.depth - 1, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.shape[-2:] == (self.image_size, self.image_size):
+        if self.pool == "token" and x.shape[-2:] == (self.image_size, self.image_size):
             return super().forward(x)  # torchvision's own path
-        return self.forward_any_size(x)
+        tokens = self.forward_tokens(x)
+        pooled = tokens[:, 0] if self.pool == "token" else tokens[:, 1:].mean(dim=1)
+        return self.heads(pooled)
 
     def forward_any_size(self, x: Tensor) -> Tensor:
-        """The same computation as torchvision's forward, with the position embeddings resized
-        to the input's grid of patches (torchvision asserts the size it was built for)."""
+        """The class token of `forward_tokens`: torchvision's forward at any input size."""
+        return self.heads(self.forward_tokens(x)[:, 0])
+
+    def patch_tokens(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The embedded patches [N, L, D] with their position embeddings added, and the class
+        token's position embedding [1, 1, D]."""
         n, _, h, w = x.shape
         if h < self.patch_size or w < self.patch_size:
             raise ValueError(f"input {h}x{w} is smaller than one {self.patch_size} px patch")
         x = self.conv_proj(x)  # [N, D, h // p, w // p]
-        grid = (x.shape[2], x.shape[3])
-        x = x.flatten(2).transpose(1, 2)
-        x = torch.cat([self.class_token.expand(n, -1, -1), x], dim=1)
+        pos = self.position_embedding((x.shape[2], x.shape[3]))
+        return x.flatten(2).transpose(1, 2) + pos[:, 1:], pos[:, :1]
+
+    def forward_tokens(self, x: Tensor, keep: Tensor | None = None, cls: bool = True) -> Tensor:
+        """The encoder's output tokens after the final norm: [N, 1 + K, D] with the class token
+        first (`cls`), where K is all L patches or the `keep` [N, K] indices of each image (in
+        row-major patch order), each with its own position embedding."""
+        patches, cls_pos = self.patch_tokens(x)
+        if keep is not None:
+            index = keep.unsqueeze(-1).expand(-1, -1, patches.shape[-1])
+            patches = torch.gather(patches, 1, index)
+        if cls:
+            token = (self.class_token + cls_pos).expand(patches.shape[0], -1, -1)
+            patches = torch.cat([token, patches], dim=1)
         encoder = self.encoder
-        x = x + self.position_embedding(grid)
-        x = encoder.ln(encoder.layers(encoder.dropout(x)))
-        return self.heads(x[:, 0])
+        return encoder.ln(encoder.layers(encoder.dropout(patches)))
 
     def position_embedding(self, grid: tuple[int, int]) -> Tensor:
         """[1, 1 + gh * gw, D]: the class token's embedding, then the patch embeddings resized
@@ -86,6 +140,54 @@ class ViTBackbone(VisionTransformer):
         patches = F.interpolate(patches, size=grid, mode="bicubic", align_corners=False)
         patches = patches.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], dim)
         return torch.cat([pos[:, :1], patches], dim=1)
+
+    def layer_id(self, name: str) -> int:
+        """A parameter's depth for layer-wise lr decay, as MAE's `get_layer_id_for_vit`: 0 for
+        the embeddings (patches, positions, class token), i + 1 for block i, depth + 1 for the
+        final norm (which the head's layer shares)."""
+        if name.startswith("encoder.layers."):
+            return int(name.split(".")[2].rsplit("_", 1)[1]) + 1
+        if name.startswith(("conv_proj", "class_token", "encoder.pos_embedding")):
+            return 0
+        return self.depth + 1
+
+
+def sincos_position_embedding(dim: int, side: int) -> Tensor:
+    """[1 + side * side, dim]: the fixed 2-D sine-cosine embeddings of MAE and I-JEPA
+    (util/pos_embed.py get_2d_sincos_pos_embed, cls_token=True): a zero row for the class token,
+    then per patch, in row-major order, the first dim / 2 values encode its column and the last
+    dim / 2 its row, each as [sin(p w_k), cos(p w_k)] with w_k = 10000^(-k / (dim / 4))."""
+    if dim % 4:
+        raise ValueError(f"sine-cosine position embeddings need a width divisible by 4, got {dim}")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+
+    def encode(position: Tensor) -> Tensor:
+        angles = position.flatten().double()[:, None] * omega[None]
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    patches = torch.cat([encode(cols), encode(rows)], dim=1)
+    return torch.cat([torch.zeros(1, dim, dtype=torch.float64), patches]).float()
+
+
+def transformer_blocks(depth: int, dim: int, heads: int) -> nn.Sequential:
+    """`depth` pre-norm Transformer blocks of width `dim`, `heads` heads and 4x MLPs (LayerNorm
+    eps 1e-6), as the ViT's own: MAE's decoder, I-JEPA's predictor."""
+    norm = partial(nn.LayerNorm, eps=1e-6)
+    return nn.Sequential(*(EncoderBlock(heads, dim, 4 * dim, 0.0, 0.0, norm) for _ in range(depth)))
+
+
+def set_pool(backbone: nn.Module, pool: str | None, name: str) -> None:
+    """--pool: a ViT's features from its class token ("token") or the mean of its patch tokens
+    ("mean"); None keeps the backbone's. Other backbones pool spatially: one line refuses it."""
+    if pool is None:
+        return
+    if isinstance(backbone, ViTBackbone):
+        backbone.pool = pool
+    elif hasattr(backbone, "global_pool") and hasattr(backbone, "cls_token"):  # a timm ViT
+        backbone.global_pool = {"token": "token", "mean": "avg"}[pool]
+    else:
+        raise UserError(f"--pool {pool}: {name} is not a Vision Transformer: drop --pool")
 
 
 def _vit(name: str, image_size: int, pretrained: bool) -> tuple[nn.Module, int]:

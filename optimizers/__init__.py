@@ -46,11 +46,16 @@ def scale_lr(lr: float, batch_size: int, rule: str = "linear") -> float:
     raise ValueError(f"unknown lr scaling {rule!r}; choose from ['linear', 'none', 'sqrt']")
 
 
-def param_groups(model: nn.Module, exclude_bias_and_norm_from_wd: bool = False) -> list[dict]:
+def param_groups(
+    model: nn.Module,
+    exclude_bias_and_norm_from_wd: bool = False,
+    options_of: Callable[[str, nn.Parameter], dict] | None = None,
+) -> list[dict]:
     """Trainable parameters split into named groups by their options: decayed or not (1-D, when
-    excluded), and whatever `model.param_group(name, param)` asks for (`lr_scale`, `fix_lr`)."""
+    excluded), and whatever `options_of(name, param)` asks for (default: the method's own
+    `model.param_group`: `lr_scale`, `fix_lr`; fine-tuning's layer scales)."""
     groups: dict[str, dict] = {}
-    own_options = getattr(model, "param_group", None)
+    own_options = options_of or getattr(model, "param_group", None)
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
@@ -90,12 +95,14 @@ def _sgd_nesterov(groups, lr, args):
 
 @register("adam")
 def _adam(groups, lr, args):
-    return torch.optim.Adam(groups, lr=lr, weight_decay=args.weight_decay)
+    betas = tuple(getattr(args, "betas", (0.9, 0.999)))
+    return torch.optim.Adam(groups, lr=lr, betas=betas, weight_decay=args.weight_decay)
 
 
 @register("adamw")
 def _adamw(groups, lr, args):
-    return torch.optim.AdamW(groups, lr=lr, weight_decay=args.weight_decay)
+    betas = tuple(getattr(args, "betas", (0.9, 0.999)))
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, weight_decay=args.weight_decay)
 
 
 @register("lars")

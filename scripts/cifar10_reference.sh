@@ -72,8 +72,9 @@ if [ "${DOWNLOAD:-0}" = 1 ]; then
     fi
     DATA+=(--download)
 fi
-COMMON=(--backbone resnet18 --image_size 32 "${DATA[@]}" --num_workers "${NUM_WORKERS:-8}"
-        --logs_dir "$OUT/logs" --ckpt_dir "$OUT/ckpts")
+# the backbone: the recipe's (MAE and I-JEPA: a ViT), else ResNet-18 with the CIFAR stem
+COMMON=("${DATA[@]}" --num_workers "${NUM_WORKERS:-8}" --logs_dir "$OUT/logs" --ckpt_dir "$OUT/ckpts")
+backbone_of() { python scripts/recipe_backbone.py "$RECIPES/$1.args"; }
 
 run() {  # print a command (shell-quoted, so it can be pasted), then run it unless DRY_RUN=1
     printf '%q ' "$@"
@@ -105,27 +106,52 @@ for method in "${SELECTED[@]}"; do
         continue
     fi
     echo "== $method: pretraining ($RECIPES/$method.args) =="
+    read -r -a BACKBONE <<< "$(backbone_of "$method")"
     # a folder without last.pt (stopped during its first epoch) cannot be resumed
     [ -f "$OUT/ckpts/pretrain_$method/last.pt" ] || set_aside_partial "pretrain_$method"
-    run python main.py --config "$RECIPES/$method.args" "${COMMON[@]}" --model_name "$method" \
+    run python main.py --config "$RECIPES/$method.args" "${BACKBONE[@]}" "${COMMON[@]}" --model_name "$method" \
         --run_name "pretrain_$method" --resume auto --knn_freq 50 --save_freq 100
     # the trained (student, online) backbone, as solo-learn's online classifier; add
     # --momentum_backbone to the probe to evaluate the EMA copy (DINO's paper reports the teacher)
     echo "== $method: linear probe of the frozen backbone =="
     set_aside_partial "linear_$method"
-    run python main_linear.py --config "$RECIPES/linear.args" "${COMMON[@]}" \
+    probe=$RECIPES/linear.args
+    [ "${BACKBONE[1]}" = resnet18 ] || probe=$RECIPES/linear_vit.args  # MAE's probe for ViTs
+    run python main_linear.py --config "$probe" "${BACKBONE[@]}" "${COMMON[@]}" \
         --model_name "$method" --run_name "linear_$method" \
         --ckpt "$OUT/ckpts/pretrain_$method/last.pt"
+    if [ "${BACKBONE[1]}" != resnet18 ]; then  # MAE, I-JEPA: a ViT, judged by fine-tuning too
+        for run_name in finetune_$method linear_random_$method finetune_random_$method; do
+            linear_done "$run_name" && continue
+            set_aside_partial "$run_name"
+            case $run_name in
+                finetune_random_*) start=(--random_init) ;;
+                linear_random_*) start=(--random_init) ;;
+                *) start=(--ckpt "$OUT/ckpts/pretrain_$method/last.pt") ;;
+            esac
+            recipe=$RECIPES/linear_vit.args
+            [[ $run_name == finetune_* ]] && recipe=$RECIPES/finetune_vit.args
+            echo "== $method: $run_name ($recipe) =="
+            run python main_linear.py --config "$recipe" "${BACKBONE[@]}" "${COMMON[@]}" \
+                --model_name "$method" --run_name "$run_name" "${start[@]}"
+        done
+    fi
 done
 
-if [ "${BASELINE:-1}" = 1 ]; then
+# the ResNet-18 baseline, with the first selected method that trains it (ViTs have their own)
+first_cnn=""
+for method in "${SELECTED[@]}"; do
+    read -r -a BACKBONE <<< "$(backbone_of "$method")"
+    if [ "${BACKBONE[1]}" = resnet18 ]; then first_cnn=$method; break; fi
+done
+if [ "${BASELINE:-1}" = 1 ] && [ -n "$first_cnn" ]; then
     if linear_done linear_random; then
         echo "== baseline: done ($OUT/logs/linear_random/results.json), skipped =="
     else
         echo "== baseline: the same linear probe of the untrained backbone =="
         set_aside_partial linear_random
-        run python main_linear.py --config "$RECIPES/linear.args" "${COMMON[@]}" \
-            --model_name "${SELECTED[0]}" --random_init --run_name linear_random
+        run python main_linear.py --config "$RECIPES/linear.args" "${BACKBONE[@]}" "${COMMON[@]}" \
+            --model_name "$first_cnn" --random_init --run_name linear_random
     fi
 fi
 

@@ -32,7 +32,8 @@ from methods import METHODS  # noqa: E402
 from methods.hparams import hyper_parameters, resolve_aliases  # noqa: E402
 
 # flags every run sets; a row lists them only where it departs from the value most runs use
-SHARED_FLAGS = ("optimizer", "base_lr", "weight_decay", "num_epochs", "crop_min_scale")
+SHARED_FLAGS = ("backbone", "image_size", "optimizer", "base_lr", "weight_decay", "num_epochs")
+SHARED_FLAGS += ("crop_min_scale",)
 PARSER = get_args_parser()  # main.py's defaults: a row lists the method flags it changed
 
 
@@ -106,6 +107,17 @@ def method_rows(root: str) -> dict[str, list[dict]]:
     return dict(rows)
 
 
+def own_baseline(root: str, method: str, key: str) -> str:
+    """A method's own untrained-backbone probe, when it trains another backbone than the rest
+    (MAE and I-JEPA: a ViT; `linear_random_<method>_s<seed>`): " (untrained: X)"; else ""."""
+    found = [
+        load_json(os.path.join(d, "results.json"))[key]
+        for d in seeds_of(root, f"linear_random_{method}").values()
+        if os.path.exists(os.path.join(d, "results.json"))
+    ]
+    return f" (untrained: {spread(found)})" if found else ""
+
+
 def table(root: str) -> str:
     randoms = {
         seed: load_json(os.path.join(d, "results.json"))
@@ -127,10 +139,10 @@ def table(root: str) -> str:
         "|---|---|---|---|---:|---:|---|---:|---:|---:|---:|" + ("---:|" if timed else ""),
     ]
     every = [r["args"] for rows in runs.values() for r in rows]
-    usual = {key: Counter(a[key] for a in every).most_common(1)[0][0] for key in SHARED_FLAGS}
+    usual = {key: Counter(a.get(key) for a in every).most_common(1)[0][0] for key in SHARED_FLAGS}
     for method, rows in runs.items():
         args = resolve_aliases(METHODS[method], rows[0]["args"])  # older runs: older names
-        changed = [k for k in SHARED_FLAGS if args[k] != usual[k]]
+        changed = [k for k in SHARED_FLAGS if args.get(k) != usual[k]]
         changed += [
             k
             for k in method_flags(method)
@@ -144,8 +156,8 @@ def table(root: str) -> str:
             f"{flags or '(paper defaults)'} | {rows[0]['steps']} | {len(rows)} | "
             f"{spread([r['before'] for r in rows])} → {spread([r['after'] for r in rows])} | "
             f"{spread(gains)} | {above}/{len(rows)} | "
-            f"{spread([r['linear']['acc1'] for r in rows])} | "
-            f"{spread([r['linear']['acc5'] for r in rows])} |"
+            f"{spread([r['linear']['acc1'] for r in rows])}{own_baseline(root, method, 'acc1')} | "
+            f"{spread([r['linear']['acc5'] for r in rows])}{own_baseline(root, method, 'acc5')} |"
             + (f" {minutes(statistics.fmean(r['seconds'] for r in rows))} |" if timed else "")
         )
     common = ", ".join(f"`--{k} {v}`" for k, v in usual.items() if v is not None)

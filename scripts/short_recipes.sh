@@ -4,6 +4,10 @@
 # paper: recipes/short/README.md) after the script's shared one (SHARED, LINEAR_SHARED).
 # every registered method (methods/__init__.py): a new one needs no line here
 read -r -a ALL_METHODS <<< "$(python -c 'from methods import METHODS; print(*METHODS)')"
+# the methods that train a Vision Transformer (MAE, I-JEPA): their recipes name their own backbone,
+# so each gets a probe of its own untrained backbone (as it initialises it) beside the shared one
+read -r -a VIT_METHODS <<< "$(python -c \
+    'from methods import METHODS; print(*[m for m, c in METHODS.items() if c.requires_vit])')"
 # Methods without negatives or an explicit variance term start slowly: on the synthetic set their
 # kNN accuracy first falls below the random initialisation's, and in an 8-epoch schedule they
 # end below it (measured 2026-12-02 before the fidelity changes, README). Their pretraining runs
@@ -27,12 +31,27 @@ run_row() {
     python main.py --config "$SHARED" --config "recipes/short/$method.args" "${COMMON[@]}" \
         "${PRETRAIN[@]}" --model_name "$method" --seed "$seed" --run_name "pretrain_$name" \
         --num_epochs $((EPOCHS * ${EPOCH_FACTOR[$method]:-1})) > "$OUT/log_$name.txt" 2>&1
-    python main_linear.py --config "$LINEAR_SHARED" "${COMMON[@]}" --model_name "$method" \
-        --seed "$seed" --run_name "linear_$name" --ckpt "$OUT/ckpts/pretrain_$name/last.pt" \
-        >> "$OUT/log_$name.txt" 2>&1
+    local backbone
+    read -r -a backbone <<< "$(python scripts/recipe_backbone.py "$SHARED" "recipes/short/$method.args")"
+    python main_linear.py --config "$LINEAR_SHARED" "${COMMON[@]}" "${backbone[@]}" \
+        --model_name "$method" --seed "$seed" --run_name "linear_$name" \
+        --ckpt "$OUT/ckpts/pretrain_$name/last.pt" >> "$OUT/log_$name.txt" 2>&1
     local knn
     knn=$(grep -aoE 'knn_acc1 [0-9.]+' "$OUT/log_$name.txt" | tail -n 1)
     echo "== $method seed $seed: $knn, linear $(tail -n 1 "$OUT/log_$name.txt")"
+}
+
+# A ViT method's own baseline: the probe of its untrained backbone, initialised as it does.
+run_vit_baseline() {
+    local method=$1 seed=$2 name="random_${1}_s${2}"
+    [ -e "$OUT/linear_$name/results.json" ] && return 0
+    rm -rf "$OUT/linear_$name" "$OUT/ckpts/linear_$name"
+    local backbone
+    read -r -a backbone <<< "$(python scripts/recipe_backbone.py "$SHARED" "recipes/short/$method.args")"
+    python main_linear.py --config "$LINEAR_SHARED" "${COMMON[@]}" "${backbone[@]}" \
+        --model_name "$method" --random_init --seed "$seed" --run_name "linear_$name" \
+        > "$OUT/log_$name.txt" 2>&1
+    echo "== $method's untrained backbone, seed $seed: $(tail -n 1 "$OUT/log_$name.txt")"
 }
 
 # The probe of the untrained backbone of each seed: the baseline beside every row.
@@ -57,6 +76,10 @@ run_rows() {
         for method in "${METHODS[@]}"; do
             run_row "$method" "$seed" &
             while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || echo "a row failed"; done
+            if [[ " ${VIT_METHODS[*]} " == *" $method "* ]]; then
+                run_vit_baseline "$method" "$seed" &
+                while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || echo "a row failed"; done
+            fi
         done
     done
     wait

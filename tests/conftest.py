@@ -11,6 +11,14 @@ sys.path.insert(0, ROOT)
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+def backbone_for(method: str) -> tuple[str, int]:
+    """A small backbone and image size a method trains: small_cnn at 16 px, or for the methods
+    that mask a Vision Transformer's patches (MAE, I-JEPA) vit_tiny at 32 px (8x8 patches)."""
+    from methods import METHODS
+
+    return ("vit_tiny", 32) if METHODS[method].requires_vit else ("small_cnn", 16)
+
+
 @pytest.fixture
 def run_dirs(tmp_path):
     """Flags that send a run's logs and checkpoints into a temporary folder."""

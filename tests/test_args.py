@@ -9,6 +9,7 @@ import pytest
 
 import main
 import main_linear
+from methods import METHODS
 from tests.conftest import ROOT
 
 # the scripts call `python`: this interpreter's (its virtual environment's) first on PATH
@@ -141,7 +142,7 @@ def test_short_recipes_parse_and_build(script):
                            "--config", path, "--model_name", method)  # fmt: skip
         assert args.model_name == method
         main.check_method_flags(args)
-        build_method(method, *build_backbone("small_cnn", 16), **vars(args))
+        build_method(method, *build_backbone(args.backbone, args.image_size), **vars(args))
     linear = os.path.join(ROOT, "recipes", "short", f"{script}_linear.args")
     main_linear.check_args(recipe_args(main_linear.get_args_parser(), "--config", linear))
     listing = subprocess.run(
@@ -179,7 +180,7 @@ def test_reference_recipes_are_flags_of_their_methods(tmp_path):
                     main_linear.get_args_parser(), *words[words.index("main_linear.py") + 1 :]
                 )
             )
-    assert len(methods) == 11
+    assert len(methods) == len(METHODS)
 
 
 def test_a_recipe_sets_defaults_and_the_command_line_wins(tmp_path):

@@ -11,10 +11,15 @@ import main
 from methods import METHODS, build_method
 from methods.hparams import Flag, add_method_flags, hyper_parameters
 from networks import build_backbone
+from tests.conftest import backbone_for
 from utils.misc import ArgumentParser, UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-API_ONLY = {"mocov2": {"symmetric"}}  # constructor choices that are not command-line flags
+API_ONLY = {
+    "mocov2": {"symmetric"},
+    "mae": {"pretrained"},
+    "ijepa": {"pretrained"},
+}  # constructor choices that are not command-line flags
 
 
 def parse(*argv):
@@ -28,7 +33,7 @@ def test_every_constructor_argument_is_a_declared_flag_unset_by_default(name):
     assert set(declared) == taken - API_ONLY.get(name, set())
     args = parse("--model_name", name)
     assert all(getattr(args, key) is None for key in declared)  # None: the method's default
-    model = build_method(name, *build_backbone("small_cnn", 16), **vars(args))
+    model = build_method(name, *build_backbone(*backbone_for(name)), **vars(args))
     for key, hp in declared.items():  # an unset flag leaves the declared default in place
         if hasattr(model, key) and hp.default is not None:
             assert getattr(model, key) == hp.default, key

@@ -12,6 +12,7 @@ import main
 import main_linear
 import probe
 from methods import METHODS
+from tests.conftest import backbone_for
 from utils.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.full  # whole runs: the full suite only (conftest --fast)
@@ -222,9 +223,11 @@ def test_every_method_pretrains_through_main(method, run_dirs):
     """Each registered method runs main.py end to end (small_cnn, 2 steps) with a finite loss
     and a checkpoint of its own."""
     extra = {"barlowtwins": ["--lambd", "0.01"], "vicreg": ["--cov_coeff", "2"]}.get(method, [])
+    extra += {"mae": ["--decoder_depth", "2"], "ijepa": ["--pred_depth", "2"]}.get(method, [])
+    backbone, size = backbone_for(method)
     args = main.get_args_parser().parse_args(
-        [*TINY, *run_dirs, "--backbone", "small_cnn", "--model_name", method, "--num_epochs", "1"]
-        + ["--warmup_epochs", "0", "--run_name", method, *extra]
+        [*TINY, *run_dirs, "--backbone", backbone, "--model_name", method, "--num_epochs", "1"]
+        + ["--warmup_epochs", "0", "--run_name", method, "--image_size", str(size), *extra]
     )
     out = main.main(args)
     assert math.isfinite(out["loss"])

@@ -137,12 +137,13 @@ def test_methods_table_rows_from_result_files(tmp_path):
     above their initialisation, beside the untrained probe of the same seeds; and only the
     flags a row changed (on/off flags by name, with `false` where a row turns one off)."""
     shared = dict(optimizer="adam", base_lr=0.004, weight_decay=0.0, num_epochs=8)
-    shared.update(crop_min_scale=0.5)
+    shared.update(crop_min_scale=0.5, backbone="small_cnn", image_size=16)
     runs = {
         "simclr": dict(shared, temperature=0.2, fix_pred_lr=None),
         "supcon": dict(shared, fix_pred_lr=None),
         "simsiam": dict(shared, optimizer="sgd", base_lr=0.1, fix_pred_lr=False),
         "dino": dict(shared, num_epochs=40, use_bn_in_head=True, norm_last_layer=False),
+        "mae": dict(shared, backbone="vit_tiny", image_size=32),  # a ViT: its own baseline
     }
     for i, (method, args) in enumerate(runs.items()):
         for seed, init, knn, acc in ((1, 13.0, 20.0 + i, 30.0 + i), (2, 15.0, 14.0, 32.0 + i)):
@@ -162,12 +163,15 @@ def test_methods_table_rows_from_result_files(tmp_path):
         os.makedirs(tmp_path / f"linear_random_s{seed}")
         random = {"acc1": acc1, "acc5": 66.0}
         (tmp_path / f"linear_random_s{seed}" / "results.json").write_text(json.dumps(random))
+        os.makedirs(tmp_path / f"linear_random_mae_s{seed}")
+        random = {"acc1": acc1 + 10, "acc5": 70.0}
+        (tmp_path / f"linear_random_mae_s{seed}" / "results.json").write_text(json.dumps(random))
     (tmp_path / "wall_seconds.txt").write_text("100 simclr supcon\n20 simsiam\n")
 
     text = methods_table.table(str(tmp_path))
     lines = text.splitlines()
     assert "linear Acc@1 (random init: 16.50 ± 0.71)" in lines[0] and "pretraining time" in lines[0]
-    row = {line.split(" | ")[0][3:-1]: line for line in lines[2:6]}  # rows in registry order
+    row = {line.split(" | ")[0][3:-1]: line for line in lines[2:7]}  # rows in registry order
     assert "vicreg" not in row
     # kNN 13 -> 20 and 15 -> 14: gains 7 and -1 (mean 3, sd 5.66), one seed of two above init
     assert row["simclr"] == (
@@ -182,10 +186,18 @@ def test_methods_table_rows_from_result_files(tmp_path):
     # a longer schedule, and on/off flags switched either way from main.py's defaults
     flags = "`--num_epochs 40` `--norm_last_layer false` `--use_bn_in_head`"
     assert f"| {flags} | 248 | 2 |" in row["dino"]
+    # another backbone: named in the row, beside its own untrained probe (26.5 ± 0.71)
+    assert "| `--backbone vit_tiny` `--image_size 32` | 248 | 2 |" in row["mae"]
+    assert (
+        "| 35.00 ± 1.41 (untrained: 26.50 ± 0.71) | 90.00 ± 0.00 (untrained: 70.00 ± 0.00) |"
+        in (row["mae"])
+    )
+    assert "(untrained" not in row["simclr"]
     assert lines[-1].startswith("Mean ± standard deviation over the seeds 1, 2 ")
     assert lines[-1].endswith(
-        "Shared by the runs unless their row says otherwise: `--optimizer adam`, "
-        "`--base_lr 0.004`, `--weight_decay 0.0`, `--num_epochs 8`, `--crop_min_scale 0.5`. "
+        "Shared by the runs unless their row says otherwise: `--backbone small_cnn`, "
+        "`--image_size 16`, `--optimizer adam`, `--base_lr 0.004`, `--weight_decay 0.0`, "
+        "`--num_epochs 8`, `--crop_min_scale 0.5`. "
         "Pretraining time: mean per run."
     )
     assert methods_table.wall_seconds(str(tmp_path)) == 120

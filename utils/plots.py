@@ -121,3 +121,29 @@ def plot_compare(runs: dict[str, list[dict]], path: str, title: str = "") -> lis
     fig.savefig(path)
     plt.close(fig)
     return [key for key, _, _ in panels]
+
+
+def plot_reconstructions(rows: dict, mean, std, path: str, title: str) -> str:
+    """A grid of images, one row per entry of `rows` (e.g. original, masked, reconstructed), the
+    columns the same images; each [N, 3, H, W] in the normalised space, shown un-normalised."""
+    import torch
+
+    names = list(rows)
+    count = rows[names[0]].shape[0]
+    fig, axes = plt.subplots(len(names), count, figsize=(1.2 * count, 1.3 * len(names)), dpi=100)
+    mean = torch.tensor(mean).view(3, 1, 1)
+    std = torch.tensor(std).view(3, 1, 1)
+    for r, name in enumerate(names):
+        for c in range(count):
+            ax = axes[r][c]
+            image = (rows[name][c].detach().float().cpu() * std + mean).clamp(0, 1)
+            ax.imshow(image.permute(1, 2, 0).numpy(), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(name, fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -230,6 +230,19 @@ def build_lr_schedule(
     return schedule, lr
 
 
+def build_wd_schedule(args: Namespace, steps_per_epoch: int) -> np.ndarray | None:
+    """--final_weight_decay: the weight decay of every step, a cosine from --weight_decay to it
+    over the whole run (DINO's `cosine_scheduler(weight_decay, weight_decay_end, ...)`, I-JEPA's
+    CosineWDSchedule); None when it stays constant."""
+    if args.final_weight_decay is None:
+        return None
+    if args.weight_decay == 0:
+        raise UserError("--final_weight_decay needs --weight_decay > 0 to start from")
+    return cosine_scheduler(
+        args.weight_decay, args.final_weight_decay, args.num_epochs, steps_per_epoch
+    )
+
+
 class TrainingGuard:
     """The two ways a long run ends badly, handled at step boundaries.
 

@@ -1,0 +1,238 @@
+"""I-JEPA: Assran et al., "Self-Supervised Learning from Images with a Joint-Embedding Predictive
+Architecture", CVPR 2023 (https://arxiv.org/abs/2301.08243); official code facebookresearch/ijepa
+(src/train.py, src/masks/multiblock.py, src/models/vision_transformer.py).
+
+No hand-crafted views: from one crop of an image, a context encoder (the ViT backbone) sees one
+large block of patches, and a narrow ViT predictor, given the context's tokens and the positions
+of four target blocks (as mask tokens), predicts the target encoder's representations of those
+blocks. The target encoder is an EMA copy of the context encoder that sees the whole image; its
+output tokens are layer-normalised (no affine) before the target blocks are taken. The loss, in
+the official code (`loss_fn`: `F.smooth_l1_loss(z, h)`), is the Huber (smooth L1, beta 1) loss
+averaged over every predicted token and dimension; the paper's text writes an L2 distance.
+
+    L = mean over blocks, tokens, dims of huber(pred - LN(target)),
+    huber(d) = d^2 / 2 if |d| < 1 else |d| - 1/2
+
+Multi-block masking (`multiblock_masks`, after MaskCollator): per batch, one target-block size of
+scale 15-20 % of the patches and aspect ratio 0.75-1.5, and one context-block size of scale
+85-100 % (square); per image, 4 target blocks at random places and one context block with the
+target patches removed (tries again, then relaxes the constraints one target at a time, when
+fewer than `min_keep` patches would remain); every mask is cut to the batch's smallest count
+(the first indices in row-major order), so that masks stack. As the official code, one uniform
+draw sets both a block's scale and its aspect ratio, and a block never touches the last row or
+column (`torch.randint(0, side - h)`).
+
+Architecture as the official code: encoder and predictor without a class token, fixed 2-D
+sine-cosine position embeddings; the predictor a Linear to its width (`pred_emb_dim`), context
+tokens plus one mask token per target patch (a learnt vector plus the patch's position
+embedding), `pred_depth` blocks with the encoder's number of heads, a LayerNorm and a Linear back
+to the encoder's width; initialisation: truncated N(0, 0.02) weights, zero biases, then each
+block's attention output and second MLP layer divided by sqrt(2 x its 1-based depth)
+(`fix_init_weight`). EMA momentum from 0.996 rising linearly to 1 over the run. The default
+predictor is `init_model`'s (src/helper.py): 6 blocks of 384; the ImageNet configs use 12 x 384.
+`min_keep` 4 is MaskCollator's default: the configs' 10 is for 14x14 and larger grids, and at
+8x8 (32 px images, 4 px patches) a target block has 6-12 patches.
+
+Recipe (configs/in1k_vith14_ep300.yaml): AdamW, lr from 2e-4 warming up over 40 epochs to 1e-3
+(for batch 2048), cosine to 1e-6, weight decay 0.04 rising to 0.4 on a cosine
+(`--final_weight_decay`), 300 epochs; views: a random resized crop of 30-100 %, nothing else
+(transformations.ijepa_transform). Evaluated from the mean of the patch tokens (`--pool mean`,
+the default for checkpoints of this method): the class token is not trained.
+"""
+
+import math
+from typing import Annotated
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from methods import Method, register
+from methods.hparams import Flag
+from methods.mae import fix_position_embedding, require_vit
+from methods.momentum import ema_update, frozen_copy
+from networks.vit import sincos_position_embedding, transformer_blocks
+from utils.misc import unit_float
+
+
+def block_size(side: int, scale: tuple, aspect: tuple) -> tuple[int, int]:
+    """A block's height and width in patches: `_sample_block_size`, one draw for both."""
+    r = torch.rand(1).item()
+    count = int(side * side * (scale[0] + r * (scale[1] - scale[0])))
+    ratio = aspect[0] + r * (aspect[1] - aspect[0])
+    h, w = round(math.sqrt(count * ratio)), round(math.sqrt(count / ratio))
+    return min(h, side - 1), min(w, side - 1)
+
+
+def place_block(side: int, size: tuple[int, int], allowed: list[Tensor], min_keep: int):
+    """A block of `size` at a random place: its patch indices (row-major) restricted to the
+    patches that every mask in `allowed` leaves (drawing again up to 20 times, then dropping the
+    constraints one at a time, while fewer than min_keep + 1 remain), and its complement."""
+    h, w = size
+    tries, timeout = 0, 20
+    while True:
+        top = torch.randint(0, side - h, (1,)).item()
+        left = torch.randint(0, side - w, (1,)).item()
+        block = torch.zeros(side, side, dtype=torch.bool)
+        block[top : top + h, left : left + w] = True
+        kept = block.clone()
+        for region in allowed[: max(len(allowed) - tries, 0)]:
+            kept &= region
+        if kept.sum() > min_keep:
+            return kept.flatten().nonzero().flatten(), ~block
+        timeout -= 1
+        if timeout == 0:
+            tries, timeout = tries + 1, 20
+
+
+def multiblock_masks(
+    batch: int,
+    side: int,
+    num_targets: int = 4,
+    target_scale: tuple[float, float] = (0.15, 0.2),
+    context_scale: tuple[float, float] = (0.85, 1.0),
+    aspect: tuple[float, float] = (0.75, 1.5),
+    min_keep: int = 4,
+) -> tuple[Tensor, Tensor]:
+    """The context patches [N, Kc] and the target blocks [M, N, Kt] of a batch of images with
+    side x side patches (indices in row-major order), as MaskCollator with nenc 1 and npred M."""
+    target_size = block_size(side, target_scale, aspect)
+    if target_size[0] * target_size[1] <= min_keep:  # no place would ever be accepted
+        raise ValueError(
+            f"{side}x{side} patches are too few for I-JEPA's target blocks: use a larger "
+            "--image_size"
+        )
+    context_size = block_size(side, context_scale, (1.0, 1.0))
+    contexts, targets = [], []
+    for _ in range(batch):
+        blocks = [place_block(side, target_size, [], min_keep) for _ in range(num_targets)]
+        targets.append([indices for indices, _ in blocks])
+        free = [complement for _, complement in blocks]  # the context avoids every target
+        contexts.append(place_block(side, context_size, free, min_keep)[0])
+    kt = min(len(t) for image in targets for t in image)
+    kc = min(len(c) for c in contexts)
+    context = torch.stack([c[:kc] for c in contexts])
+    target = torch.stack([torch.stack([t[:kt] for t in image]) for image in targets], dim=1)
+    return context, target
+
+
+def select(tokens: Tensor, indices: Tensor) -> Tensor:
+    """tokens [N, L, D] at `indices` [N, K] -> [N, K, D] (the official `apply_masks`)."""
+    return torch.gather(tokens, 1, indices.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+
+
+def ijepa_loss(pred: Tensor, target: Tensor) -> Tensor:
+    """Smooth L1 (beta 1) between the predicted and the target representations of the target
+    blocks' tokens, averaged over every element; no gradient into the target.
+
+    Args:
+        pred: [M·N, Kt, D] the predictor's outputs.
+        target: [M·N, Kt, D] the target encoder's layer-normalised tokens there.
+    """
+    return F.smooth_l1_loss(pred, target.detach())
+
+
+def ijepa_init(module: nn.Module, blocks: nn.Sequential) -> None:
+    """I-JEPA's `_init_weights` and `fix_init_weight`: truncated N(0, 0.02) weights (Linear,
+    attention input, patch projection), zero biases, unit LayerNorms; then block i's attention
+    output projection and second MLP layer divided by sqrt(2 i), i from 1."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear | nn.Conv2d):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.MultiheadAttention):
+            nn.init.trunc_normal_(m.in_proj_weight, std=0.02)
+            nn.init.zeros_(m.in_proj_bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    with torch.no_grad():
+        for depth, block in enumerate(blocks, start=1):
+            block.self_attention.out_proj.weight.div_(math.sqrt(2.0 * depth))
+            block.mlp[3].weight.div_(math.sqrt(2.0 * depth))
+
+
+class Predictor(nn.Module):
+    """I-JEPA's narrow ViT predictor (`VisionTransformerPredictor`)."""
+
+    def __init__(self, dim: int, width: int, depth: int, heads: int, side: int) -> None:
+        super().__init__()
+        self.embed = nn.Linear(dim, width)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
+        pos = sincos_position_embedding(width, side)[1:].unsqueeze(0)  # no class token
+        self.register_buffer("pos", pos, persistent=False)
+        self.blocks = transformer_blocks(depth, width, heads)
+        self.norm = nn.LayerNorm(width, eps=1e-6)
+        self.proj = nn.Linear(width, dim)
+        ijepa_init(self, self.blocks)
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+
+    def forward(self, context: Tensor, context_idx: Tensor, target_idx: Tensor) -> Tensor:
+        """Predictions [M·N, Kt, D] (target-block-major, as the official `apply_masks`) from the
+        context tokens [N, Kc, D] at `context_idx` [N, Kc] for the targets [M, N, Kt]."""
+        m, n, kt = target_idx.shape
+        pos = self.pos.expand(n, -1, -1)
+        x = self.embed(context) + select(pos, context_idx)
+        x = x.repeat(m, 1, 1)  # one copy of the context per target block
+        queries = self.mask_token + select(pos.repeat(m, 1, 1), target_idx.reshape(m * n, kt))
+        x = self.norm(self.blocks(torch.cat([x, queries], dim=1)))
+        return self.proj(x[:, context.shape[1] :])
+
+
+@register("ijepa")
+class IJEPA(Method):
+    """Context ViT encoder + narrow predictor; EMA target encoder on the whole image."""
+
+    loss_summary = "`ijepa_loss` (smooth L1 on target blocks), EMA target"
+    augmentation = "ijepa"
+    requires_vit = True
+    pool = "mean"  # its features: the mean of the patch tokens (no class token is trained)
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        feat_dim: int,
+        pred_depth: Annotated[int, Flag("I-JEPA predictor blocks")] = 6,
+        pred_emb_dim: Annotated[int, Flag("I-JEPA predictor width")] = 384,
+        num_targets: Annotated[int, Flag("I-JEPA target blocks per image")] = 4,
+        ema_momentum: Annotated[
+            float,
+            Flag("EMA momentum of the target encoder at step 0, rising linearly to 1", unit_float),
+        ] = 0.996,
+        pretrained: bool = False,
+    ) -> None:
+        super().__init__()
+        self.backbone = require_vit(backbone, "I-JEPA")
+        heads = backbone.encoder.layers[0].num_heads
+        if pred_emb_dim % heads or pred_emb_dim % 4:
+            raise ValueError(f"pred_emb_dim {pred_emb_dim} must divide by 4 and by {heads} heads")
+        self.side = backbone.image_size // backbone.patch_size
+        if not pretrained:  # --pretrained / --init_backbone: the backbone keeps its weights
+            ijepa_init(backbone, backbone.encoder.layers)
+            fix_position_embedding(backbone)
+        backbone.encoder.pos_embedding.requires_grad_(False)
+        backbone.class_token.requires_grad_(False)  # unused: no gradient, no DDP reduction
+        self.predictor = Predictor(feat_dim, pred_emb_dim, pred_depth, heads, self.side)
+        self.target_backbone = frozen_copy(backbone)
+        self.num_targets, self.ema_momentum = num_targets, ema_momentum
+        self.current_momentum = ema_momentum
+
+    def forward(self, views: list[Tensor], labels: Tensor | None = None) -> dict[str, Tensor]:
+        images = views[0]
+        side = images.shape[-1] // self.backbone.patch_size
+        context_idx, target_idx = multiblock_masks(images.shape[0], side, self.num_targets)
+        context_idx, target_idx = context_idx.to(images.device), target_idx.to(images.device)
+        with torch.no_grad():
+            h = self.target_backbone.forward_tokens(images, cls=False)
+            h = F.layer_norm(h, h.shape[-1:])
+            target = torch.cat([select(h, t) for t in target_idx])  # [M·N, Kt, D]
+        context = self.backbone.forward_tokens(images, context_idx, cls=False)
+        pred = self.predictor(context, context_idx, target_idx)
+        return {"loss": ijepa_loss(pred.float(), target.float())}
+
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        """EMA with the official linear schedule: m = m0 + (1 - m0) step / total."""
+        m0 = self.ema_momentum
+        self.current_momentum = m0 + (1 - m0) * min(step / max(total_steps, 1), 1.0)
+        ema_update(self.target_backbone, self.backbone, self.current_momentum)

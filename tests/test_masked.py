@@ -1,0 +1,289 @@
+"""MAE and I-JEPA (methods/mae.py, methods/ijepa.py) and the fine-tuning protocol they are
+judged by (probe.py: layer-wise lr decay, drop path, label smoothing, mixup/cutmix)."""
+
+import math
+from argparse import Namespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision.transforms as T
+
+import probe
+from methods import build_method
+from methods.ijepa import IJEPA, block_size, ijepa_loss, multiblock_masks, place_block
+from methods.mae import MAE, mae_loss, patchify, random_masking, unpatchify
+from networks.heads import LinearClassifier
+from networks.vit import ViTBackbone, sincos_position_embedding
+from optimizers import build_optimizer
+from utils.synthetic import SyntheticShapes
+
+
+def tiny_vit(image_size: int = 16, depth: int = 2, dim: int = 32) -> ViTBackbone:
+    vit = ViTBackbone(
+        image_size=image_size, patch_size=4, num_layers=depth, num_heads=2, hidden_dim=dim,
+        mlp_dim=2 * dim,
+    )  # fmt: skip
+    vit.heads = torch.nn.Identity()
+    return vit
+
+
+def tiny_mae(image_size: int = 16, **kwargs) -> MAE:
+    options = dict(decoder_dim=32, decoder_depth=1, decoder_heads=2) | kwargs
+    return build_method("mae", tiny_vit(image_size), 32, **options)
+
+
+# ---------------- MAE ----------------
+
+
+def test_random_masking_hides_the_same_number_of_different_patches_per_image():
+    torch.manual_seed(0)
+    keep, mask = random_masking(6, 16, 0.75)
+    assert keep.shape == (6, 4) and mask.shape == (6, 16)
+    assert (mask.sum(dim=1) == 16 - int(16 * 0.25)).all()  # official: int(L (1 - ratio)) kept
+    for k, m in zip(keep, mask, strict=True):
+        assert (m[k] == 0).all() and m.sum() == 12  # the kept ones are the visible ones
+    assert len({tuple(sorted(k.tolist())) for k in keep}) > 1  # a new draw per image
+    _, mask = random_masking(2, 196, 0.75)
+    assert (mask.sum(dim=1) == 147).all()
+
+
+def test_patchify_round_trip_and_layout():
+    images = torch.randn(2, 3, 8, 12)
+    patches = patchify(images, 4)
+    assert patches.shape == (2, 6, 48)
+    # patch 1 is the second in the first row; its values run over (row, column, channel)
+    assert torch.equal(patches[0, 1].view(4, 4, 3), images[0, :, :4, 4:8].permute(1, 2, 0))
+    square = torch.randn(2, 3, 12, 12)
+    assert torch.equal(unpatchify(patchify(square, 4), 4, 3), square)
+
+
+def test_the_encoder_sees_only_the_visible_patches():
+    """Changing the hidden patches' pixels leaves the encoded tokens unchanged; the visible
+    ones' do not."""
+    torch.manual_seed(0)
+    vit = tiny_vit().eval()
+    images = torch.randn(2, 3, 16, 16)
+    keep, mask = random_masking(2, 16, 0.75)
+    tokens = vit.forward_tokens(images, keep)
+    assert tokens.shape == (2, 1 + 4, 32)
+    hidden = unpatchify(mask.unsqueeze(-1).expand(-1, -1, 48), 4, 4).bool()
+    changed = images + 5.0 * hidden
+    assert torch.allclose(vit.forward_tokens(changed, keep), tokens, atol=1e-6)
+    assert not torch.allclose(vit.forward_tokens(images + 5.0 * ~hidden, keep), tokens)
+    # all patches, in order: torchvision's own forward
+    assert torch.allclose(vit.forward_tokens(images)[:, 0], vit(images), atol=1e-5)
+
+
+def test_mae_loss_counts_the_hidden_patches_only_and_matches_hand_computed_values():
+    pred = torch.tensor([[[1.0, 2.0], [0.0, 0.0], [3.0, 1.0]]])
+    target = torch.tensor([[[1.0, 3.0], [5.0, 5.0], [1.0, 1.0]]])
+    mask = torch.tensor([[1.0, 0.0, 1.0]])
+    # plain: patch 0: ((0)^2 + (1)^2)/2 = 0.5, patch 2: (4 + 0)/2 = 2; mean over hidden 1.25
+    assert mae_loss(pred, target, mask, norm_pix=False).item() == pytest.approx(1.25)
+    visible_changed = pred.clone()
+    visible_changed[0, 1] = 100.0
+    assert mae_loss(visible_changed, target, mask, norm_pix=False).item() == pytest.approx(1.25)
+    # per-patch normalised: [1, 3] -> mean 2, unbiased var 2 -> [-1, 1] / sqrt(2 + 1e-6)
+    s = math.sqrt(2 + 1e-6)
+    t0 = [-1 / s, 1 / s]
+    expected_0 = ((1 - t0[0]) ** 2 + (2 - t0[1]) ** 2) / 2
+    expected_2 = ((3 - 0) ** 2 + (1 - 0) ** 2) / 2  # a constant patch normalises to 0
+    assert mae_loss(pred, target, mask).item() == pytest.approx((expected_0 + expected_2) / 2)
+
+
+def test_sincos_position_embeddings_as_mae():
+    pos = sincos_position_embedding(8, 3)
+    assert pos.shape == (10, 8) and torch.equal(pos[0], torch.zeros(8))
+    # patch (row 1, column 2) = index 1 + 1 * 3 + 2: column in the first half, row in the second
+    omega = 1.0 / 10000 ** (torch.arange(2) / 2)
+    col = torch.cat([(2 * omega).sin(), (2 * omega).cos()])
+    row = torch.cat([(1 * omega).sin(), (1 * omega).cos()])
+    assert torch.allclose(pos[1 + 5], torch.cat([col, row]))
+
+
+def test_mae_module_fixes_its_position_embeddings_and_reconstructs():
+    torch.manual_seed(0)
+    model = tiny_mae()
+    pos = model.backbone.encoder.pos_embedding
+    assert not pos.requires_grad
+    assert torch.allclose(pos[0], sincos_position_embedding(32, 4))
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert "backbone.encoder.pos_embedding" not in names and "mask_token" in names
+    out = model([torch.randn(3, 3, 16, 16)])
+    assert out["pred"].shape == (3, 16, 48) and out["loss"].isfinite()
+    masked, mixed = model.reconstruct(torch.randn(3, 3, 16, 16))
+    assert masked.shape == mixed.shape == (3, 3, 16, 16)
+    with pytest.raises(ValueError, match="vit_tiny or vit_small"):
+        build_method("mae", torch.nn.Conv2d(3, 8, 3), 8)
+
+
+def synthetic_batches(size: int, count: int, batch: int):
+    data = SyntheticShapes(train=True, transform=T.ToTensor(), seed=0)
+    images = torch.stack([data[i][0] for i in range(count)])
+    images = F.interpolate(images, size=size, mode="bilinear", antialias=True)
+    images = (images - 0.5) / 0.25
+    return [images[i : i + batch] for i in range(0, count, batch)]
+
+
+@pytest.mark.full
+def test_mae_learns_to_reconstruct_below_the_patch_mean():
+    """After a short training, the loss on held-out images is clearly below 1 - 1/P, what
+    predicting each hidden patch's own mean scores against normalised targets (P = 48 values
+    per patch)."""
+    torch.manual_seed(0)
+    model = tiny_mae(decoder_depth=2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, betas=(0.9, 0.95))
+    batches = synthetic_batches(16, 1024, 64)
+    held_out, train = batches[-1], batches[:-1]
+    for _ in range(6):
+        for images in train:
+            loss = model([images])["loss"]
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    with torch.no_grad():
+        final = model([held_out])["loss"].item()
+    assert final < 0.75 * (1 - 1 / 48), final
+
+
+# ---------------- I-JEPA ----------------
+
+
+def test_block_sizes_follow_the_stated_scale_and_aspect_ranges():
+    torch.manual_seed(0)
+    side = 14
+    for _ in range(200):
+        h, w = block_size(side, (0.15, 0.2), (0.75, 1.5))
+        assert 0.1 * side * side <= h * w <= 0.26 * side * side  # rounding of h and w
+        assert 0.5 <= h / w <= 2.0
+        h, w = block_size(side, (0.85, 1.0), (1.0, 1.0))
+        assert h == w and h <= side - 1  # never the whole side, as the official code
+
+
+def test_targets_never_overlap_the_context():
+    torch.manual_seed(1)
+    for side in (8, 14):
+        context, targets = multiblock_masks(5, side)
+        assert targets.shape[:2] == (4, 5) and context.shape[0] == 5
+        for i in range(5):
+            hidden = set(targets[:, i].flatten().tolist())
+            assert not hidden & set(context[i].tolist())
+            assert len(set(context[i].tolist())) == context.shape[1] > 4  # more than min_keep
+        # a target block is a rectangle (before the batch's common cut)
+        indices, _ = place_block(side, (3, 2), [], 4)
+        rows, cols = indices // side, indices % side
+        assert (rows.max() - rows.min() + 1, cols.max() - cols.min() + 1) == (3, 2)
+    with pytest.raises(ValueError, match="too few"):
+        multiblock_masks(2, 4)
+
+
+def test_ijepa_target_gets_no_gradient_and_follows_the_ema():
+    torch.manual_seed(0)
+    model = build_method("ijepa", tiny_vit(32), 32, pred_depth=1, pred_emb_dim=32)
+    assert isinstance(model, IJEPA) and not model.backbone.class_token.requires_grad
+    out = model([torch.randn(4, 3, 32, 32)])
+    out["loss"].backward()
+    assert all(p.grad is None for p in model.target_backbone.parameters())
+    assert any(p.grad is not None for p in model.predictor.parameters())
+    online = dict(model.backbone.named_parameters())
+    with torch.no_grad():
+        for p in model.backbone.parameters():
+            p.add_(1.0)
+    before = {n: p.clone() for n, p in model.target_backbone.named_parameters()}
+    model.after_optimizer_step(step=25, total_steps=100)
+    m = 0.996 + (1 - 0.996) * 0.25  # linear, not cosine
+    assert model.current_momentum == pytest.approx(m)
+    for name, p in model.target_backbone.named_parameters():
+        assert torch.allclose(p, m * before[name] + (1 - m) * online[name])
+
+
+def test_ijepa_loss_is_smooth_l1_on_the_normalised_target():
+    pred, target = torch.tensor([[[0.5, 3.0]]]), torch.tensor([[[0.0, 0.0]]])
+    # huber(0.5) = 0.125, huber(3) = 2.5: mean 1.3125
+    assert ijepa_loss(pred, target).item() == pytest.approx(1.3125)
+
+
+@pytest.mark.full
+def test_ijepa_loss_falls_in_a_short_run():
+    torch.manual_seed(0)
+    model = build_method("ijepa", tiny_vit(32), 32, pred_depth=1, pred_emb_dim=32)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.04
+    )
+    batches = synthetic_batches(32, 512, 64)
+    losses = []
+    for epoch in range(3):
+        for step, images in enumerate(batches):
+            loss = model([images])["loss"]
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            model.after_optimizer_step(epoch * len(batches) + step, 3 * len(batches))
+            losses.append(loss.item())
+    first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
+    assert last < 0.8 * first, (first, last)
+
+
+# ---------------- fine-tuning protocol ----------------
+
+
+def finetune_args(**kwargs) -> Namespace:
+    values = dict(
+        backbone_lr=1.0, base_lr=1.0, optimizer="adamw", layer_decay=None, mixup=0.0,
+        cutmix=0.0, label_smoothing=0.0, channels_last=False, amp="none", weight_decay=0.05,
+        momentum=0.9, betas=[0.9, 0.999],
+    )  # fmt: skip
+    return Namespace(**(values | kwargs))
+
+
+def test_layer_decay_gives_each_block_its_lr():
+    vit = tiny_vit(depth=3)
+    head = LinearClassifier(32, 10)
+    args = finetune_args(layer_decay=0.5)
+    optimizer = build_optimizer(args, head, lr=1.0)
+    probe.add_backbone_groups(optimizer, vit, args, lr=1.0)
+    scale_of = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            scale_of[id(p)] = group.get("lr_scale", 1.0)
+    named = dict(vit.named_parameters())
+    d = 3
+    assert scale_of[id(named["conv_proj.weight"])] == 0.5 ** (d + 1)
+    assert scale_of[id(named["class_token"])] == 0.5 ** (d + 1)
+    for i in range(d):
+        weight = named[f"encoder.layers.encoder_layer_{i}.mlp.0.weight"]
+        assert scale_of[id(weight)] == 0.5 ** (d - i)  # block i is layer i + 1
+    assert scale_of[id(named["encoder.ln.weight"])] == 1.0
+    assert all(scale_of[id(p)] == 1.0 for p in head.parameters())
+
+
+def test_drop_path_rises_with_depth_and_is_off_in_eval():
+    torch.manual_seed(0)
+    vit = tiny_vit(depth=3)
+    vit.set_drop_path(0.2)
+    assert [layer.drop_path.p for layer in vit.encoder.layers] == pytest.approx([0, 0.1, 0.2])
+    x = torch.randn(4, 3, 16, 16)
+    vit.eval()
+    assert torch.equal(vit(x), vit(x))
+    vit.train()
+    vit.set_drop_path(0.9)
+    assert not torch.allclose(vit(x), vit(x))
+
+
+def test_mixup_cutmix_and_label_smoothing_in_the_step():
+    """The step's loss is the cross-entropy on the mixed class probabilities, smoothed."""
+    torch.manual_seed(0)
+    head, body = LinearClassifier(32, 4), tiny_vit()
+    args = finetune_args(mixup=0.8, cutmix=1.0, label_smoothing=0.1)
+    mix = probe.batch_mixing(args, 4)
+    images, labels = torch.randn(6, 3, 16, 16), torch.tensor([0, 1, 2, 3, 0, 1])
+    step = probe.classifier_step(head, body, torch.device("cpu"), args, True, mix)
+    torch.manual_seed(5)
+    loss, count, sums = step(images, labels)
+    torch.manual_seed(5)
+    mixed, targets = mix(images, labels)
+    assert targets.shape == (6, 4) and torch.allclose(targets.sum(1), torch.ones(6))
+    expected = F.cross_entropy(head(body(mixed)), targets, label_smoothing=0.1)
+    assert count == 6 and loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert probe.batch_mixing(finetune_args(), 4) is None
