@@ -9,8 +9,11 @@ epoch ends with (`after_epoch`); the engine does the rest the same way for all o
 - SIGINT / SIGTERM: the step finishes, a resumable checkpoint is written, the process exits;
 - exact mid-epoch resume: epoch order from (seed, epoch), the skipped batches never loaded, the
   RNG state in the checkpoint;
-- logging (metrics.csv rows every --print_freq steps and per epoch), the progress bar, last.pt
-  every epoch and epoch_NNNN.pt every --save_freq epochs.
+- logging (metrics.csv rows every --print_freq steps and per epoch, each with the averages of
+  what the step returned over its window: the online probe's accuracy, the collapse monitors),
+  the progress bar, last.pt every epoch and epoch_NNNN.pt every --save_freq epochs;
+- the data-wait fraction: the share of the wall time spent waiting for the next batch, per
+  logged window and per epoch, with a hint when it passes DATA_WAIT_HINT.
 """
 
 import math
@@ -33,8 +36,10 @@ from utils.logging import MetricsLogger, NullLogger
 from utils.run import TrainingGuard, seed_epoch
 
 # what a step returns: its loss (a tensor with a graph), the number of images it used over all
-# processes, and per-image sums to average over the epoch (e.g. correct predictions x 100)
+# processes, and per-image sums to average over each logged window and over the epoch (e.g.
+# correct predictions x 100)
 StepOutput = tuple[Tensor, int, dict[str, Tensor]]
+DATA_WAIT_HINT = 0.2  # an epoch that waits longer than this share of its time for data: a hint
 
 
 @dataclass
@@ -57,6 +62,7 @@ class Engine:
     before_optimizer_step: Callable[[], None] = lambda: None
     after_optimizer_step: Callable[[int, int], None] = lambda step, total: None
     wd_schedule: np.ndarray | None = None  # per step, for the groups that are decayed
+    on_log: Callable[[dict], str | None] = lambda window: None  # a warning to print, or None
 
     def __post_init__(self) -> None:
         if self.scaler is None:
@@ -92,9 +98,9 @@ class Engine:
         before); returns as soon as a stop signal arrives, `steps_done` telling where."""
         steps = self.steps_per_epoch
         last_step = steps if not self.debug else min(steps, first_step + 5)
-        total_loss, seen, sums = 0.0, 0, {}
-        start = window_start = time.time()
-        window_images = 0
+        total_loss, seen, sums, window_sums = 0.0, 0, {}, {}
+        start = window_start = fetch_start = time.time()
+        window_images, waited, window_waited = 0, 0.0, 0.0
         bar = tqdm(
             loader,
             total=last_step - first_step,
@@ -106,6 +112,8 @@ class Engine:
         )
         done, lr = first_step, float(self.lr_schedule[epoch * steps + first_step])
         for batch in bar:
+            wait = time.time() - fetch_start  # the loader's time for this batch
+            waited, window_waited = waited + wait, window_waited + wait
             it = epoch * steps + done  # the global step: indexes per-step schedules
             lr = float(self.lr_schedule[it])
             adjust_learning_rate(self.optimizer, lr)
@@ -121,26 +129,44 @@ class Engine:
                 seen += count
                 window_images += count
                 for key, value in step_sums.items():
-                    sums[key] = sums.get(key, 0) + value.detach()  # tensors: no host sync
+                    value = value.detach()  # tensors: no host sync
+                    sums[key] = sums.get(key, 0) + value
+                    window_sums[key] = window_sums.get(key, 0) + value
             if done % self.print_freq == 0 or done == last_step:
                 now = time.time()
-                speed = window_images / max(now - window_start, 1e-9)
-                window_start, window_images = now, 0
+                elapsed = max(now - window_start, 1e-9)
+                window = {k: float(v) / max(window_images, 1) for k, v in window_sums.items()}
+                window["images_per_s"] = window_images / elapsed
+                window["data_wait"] = window_waited / elapsed
+                window_start, window_images, window_sums, window_waited = now, 0, {}, 0.0
                 shown = loss_value if loss_value is not None else float("nan")
-                bar.set_postfix(loss=f"{shown:.4f}", lr=f"{lr:.4g}", img_s=f"{speed:.1f}")
-                self.logger.log(
-                    "step", epoch + done / steps, it + 1, loss=shown, lr=lr, images_per_s=speed
-                )
+                bar.set_postfix(
+                    loss=f"{shown:.4f}", lr=f"{lr:.4g}", img_s=f"{window['images_per_s']:.1f}",
+                    wait=f"{window['data_wait']:.0%}",
+                )  # fmt: skip
+                self.logger.log("step", epoch + done / steps, it + 1, loss=shown, lr=lr, **window)
+                warning = self.on_log(window) if is_main_process() else None
+                if warning:
+                    tqdm.write(warning)
             # stop before the loader draws the next batch: a resumed run then augments that
             # batch with the same random numbers as a run that never stopped
             if done == last_step or self.guard.should_stop(self.device):
                 break
+            fetch_start = time.time()
         bar.close()
+        elapsed = time.time() - start
         stats = {
             "loss": total_loss / max(seen, 1),
-            "images_per_s": seen / (time.time() - start),
+            "images_per_s": seen / elapsed,
             "lr": lr,
+            "data_wait": waited / max(elapsed, 1e-9),
         }
+        if stats["data_wait"] > DATA_WAIT_HINT and is_main_process():
+            tqdm.write(
+                f"hint: {stats['data_wait']:.0%} of epoch {epoch + 1}'s time went into waiting for "
+                "data: more --num_workers, --in_memory (decode once) or --gpu_augment (views on "
+                "the GPU) would make it faster"
+            )
         stats |= {key: float(value) / max(seen, 1) for key, value in sums.items()}
         return {**stats, "steps_done": done}
 

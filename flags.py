@@ -31,7 +31,7 @@ from utils.misc import (
 VIEW_FLAGS = ("crop_min_scale", "jitter_strength", "num_crops", "small_crop_size")
 # flags of main.py that shape pretraining only (besides the view and method flags)
 PRETRAINING_ONLY = ("compile", "gpu_augment", "pretrained", "zero_init_residual")
-PRETRAINING_ONLY += ("eval_data_dir", "init_backbone")
+PRETRAINING_ONLY += ("eval_data_dir", "init_backbone", "online_probe", "online_probe_lr")
 
 
 def add_shared_flags(parser: argparse.ArgumentParser) -> None:
@@ -373,6 +373,20 @@ def add_pretraining_flags(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="--dataset_name folder: a labelled set for the kNN monitor, train/ and test/ (or "
         "val/) class folders as --dataset_name imagefolder (default: none, kNN off)",
+    )
+    add_bool_flag(
+        group,
+        "--online_probe",
+        "train a linear classifier on the detached features of each batch's first view alongside "
+        "pretraining (its own SGD; no gradient into the backbone), its test accuracy measured "
+        "with the kNN monitor and at the end (default: on when the data set has labels)",
+        default=None,
+    )
+    group.add_argument(
+        "--online_probe_lr",
+        type=positive_float,
+        default=0.1,
+        help="the online probe's lr, constant, momentum 0.9 (default: 0.1, solo-learn's)",
     )
     group = parser.add_argument_group("augmentation")
     group.add_argument(

@@ -8,13 +8,16 @@ Writes <logs_dir>/<run_name>/{args.json, metrics.csv, loss.png, lr.png} and
 
 import os
 import time
+from contextlib import nullcontext
 
 import torch
 from torch import nn
+from torch.utils.data import Subset
 
 from engine import Engine, fit
 from flags import VIEW_FLAGS, add_pretraining_flags, add_shared_flags, check_method_flags
 from methods import METHODS, build_method
+from monitors import FIXED_SET, FeatureTap, Monitors, OnlineProbe, epoch_monitor
 from networks import build_backbone, check_input_sizes
 from networks.vit import set_pool
 from optimizers import build_optimizer
@@ -22,14 +25,20 @@ from pretrained import load_weights, read_backbone
 from transformations import BatchViews, eval_transform, pretrain_transform
 from utils.accel import autocast, grad_scaler, prepare_model, to_device
 from utils.checkpoint import load_checkpoint, restore, resume_path, run_name_of
-from utils.data import DATASETS, UNLABELLED, balanced_subset, build_dataset, in_memory
+from utils.data import (
+    DATASETS,
+    UNLABELLED,
+    balanced_subset,
+    build_dataset,
+    in_memory,
+    num_classes_of,
+)
 from utils.distributed import (
     close_distributed,
     is_main_process,
     rank,
     world_size,
 )
-from utils.knn import knn_evaluate
 from utils.logging import MetricsLogger, NullLogger, write_json
 from utils.misc import (
     ArgumentParser,
@@ -52,7 +61,6 @@ from utils.run import (
     start_process,
     with_values,
 )
-from utils.tsne import plot_tsne
 
 
 def get_args_parser(add_help: bool = True) -> ArgumentParser:
@@ -62,28 +70,37 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
     return parser
 
 
-def pretraining_step(forward: nn.Module, device: torch.device, args, augment=None):
+def pretraining_step(
+    forward: nn.Module, device: torch.device, args, augment=None, monitors=None, backbone=None
+):
     """What one pretraining step computes (engine.Engine does the rest): the views on the
     device (drawn there by `augment`, the BatchViews of --gpu_augment, when the loader gives
-    uint8 images), and the method's loss under autocast. `forward` is the module to call (DDP /
-    torch.compile wrappers of the method). The image count is over all DDP processes."""
+    uint8 images), the method's loss under autocast, and the monitors' figures (the online
+    probe's update, the collapse monitors: monitors.Monitors). `forward` is the module to call
+    (DDP / torch.compile wrappers of the method; `backbone` the method's, which the monitors
+    read). The image count is over all DDP processes; the monitors' sums are this process's,
+    scaled to it (rank 0's share stands for the batch)."""
 
     def step(views, labels):
         if augment is not None:  # the loader gave the batch's uint8 images
             views = augment(views.to(device, non_blocking=True))
         views = [to_device(v, device, args.channels_last) for v in views]
         labels = labels.to(device, non_blocking=True)
-        with autocast(args, device):
-            loss = forward(views, labels)["loss"]
-        return loss, labels.shape[0] * world_size(), {}
+        tap = monitors.tap if monitors is not None else None
+        with autocast(args, device), tap or nullcontext():
+            out = forward(views, labels)
+        sums = monitors.step(out, views, labels, backbone) if monitors is not None else {}
+        scale = world_size()
+        return out["loss"], labels.shape[0] * scale, {k: v * scale for k, v in sums.items()}
 
     return step
 
 
-def training_state(args, model, optimizer, epoch: int, step_in_epoch: int, steps: int) -> dict:
+def training_state(args, model, optimizer, probe, epoch: int, step_in_epoch: int, steps: int):
     """What `--resume` needs (engine.fit adds the RNG state): `epoch` epochs completed plus
-    `step_in_epoch` steps of the next."""
+    `step_in_epoch` steps of the next; the online probe's head and optimizer."""
     return {
+        **({"online_probe": probe.state()} if probe is not None else {}),
         "args": vars(args),
         "kind": "pretrain",
         "epoch": epoch,
@@ -110,25 +127,6 @@ def training_set(args) -> tuple:
     return in_memory(dataset, wanted, raw=args.gpu_augment, side=side), transform
 
 
-def knn_monitor(args, backbone: nn.Module, loaders, device, tsne_path: str | None, title: str):
-    """The after-epoch hook of the kNN monitor: weighted kNN Acc@1 of the backbone every
-    --knn_freq epochs and after the last (epoch -1: the untrained network, the baseline), and
-    with --tsne the last epoch's test features drawn to `tsne_path` (None: not this process)."""
-
-    def after_epoch(epoch: int) -> dict:
-        last = epoch + 1 == args.num_epochs
-        if (epoch + 1) % args.knn_freq and not last:
-            return {}
-        (acc1,), test_features = knn_evaluate(
-            backbone, *loaders, device, args.knn_k, args.knn_temperature, ks=(1,)
-        )
-        if args.tsne and last and tsne_path:
-            plot_tsne(*test_features, tsne_path, f"{title}: test features, epoch {epoch + 1}")
-        return {"knn_acc1": acc1}
-
-    return after_epoch
-
-
 def resumed_checkpoint(args) -> tuple[str | None, dict | None]:
     """--resume: the checkpoint to continue and its path, checked against the flags (its run
     folder is the run's: utils.checkpoint.run_name_of)."""
@@ -146,50 +144,62 @@ def resumed_checkpoint(args) -> tuple[str | None, dict | None]:
     return ckpt_path, checkpoint
 
 
-def check_data(args) -> bool:
-    """Whether the kNN monitor has labels to run with: an unlabelled `folder` needs a labelled
-    --eval_data_dir (said in one line when it is off); a method that trains on labels (SupCon)
-    cannot run on it."""
+def check_data(args) -> tuple[bool, bool]:
+    """Whether a labelled evaluation set exists (the data set's test split, or an unlabelled
+    folder's --eval_data_dir: said in one line when there is none) and whether the online probe
+    runs (on the pretraining images' labels; --online_probe). A method that trains on labels
+    (SupCon) cannot run on unlabelled images."""
     if args.dataset_name not in UNLABELLED:
         if args.eval_data_dir is not None:
             raise UserError("--eval_data_dir is for --dataset_name folder: drop it")
-        return bool(args.knn_freq)
+        return True, args.online_probe is not False
     if METHODS[args.model_name].needs_labels:
         raise UserError(
             f"--model_name {args.model_name} trains on labels, and --dataset_name "
             f"{args.dataset_name} has none: choose a self-supervised method"
+        )
+    if args.online_probe:
+        raise UserError(
+            f"--online_probe learns the labels of the pretraining images, and --dataset_name "
+            f"{args.dataset_name} has none: drop it"
         )
     if args.eval_data_dir is None:
         print(
             f"note: --dataset_name {args.dataset_name} has no labels, so the kNN monitor is off: "
             "pass --eval_data_dir with train/ and test/ class folders (and --knn_freq N) for one"
         )
-        return False
-    return bool(args.knn_freq)
+        return False, False
+    return True, False
 
 
-def knn_data(args, device, batch_size: int) -> list:
-    """The kNN monitor's loaders: the (--limit) training images as memory bank and the test
-    set, both un-augmented; for an unlabelled `folder`, those of --eval_data_dir's class
-    folders (with the folder's normalisation)."""
+def monitor_data(args, device, batch_size: int, labelled: bool) -> tuple:
+    """The monitors' loaders, un-augmented: the kNN memory bank (the --limit training images;
+    None without --knn_freq), the test set (None without labels), and the first FIXED_SET images
+    of the test set (of the training images, for an unlabelled folder): RankMe's fixed set. An
+    unlabelled folder's test set is --eval_data_dir's (with the folder's normalisation)."""
     name, root = args.dataset_name, args.data_dir
-    if name in UNLABELLED:
+    if name in UNLABELLED and labelled:
         name, root = "imagefolder", args.eval_data_dir
     info = DATASETS[args.dataset_name]
     plain = eval_transform(
         image_size=args.image_size, native_size=info.image_size, mean=info.mean, std=info.std
     )
-    knn_train = balanced_subset(build_dataset(name, root, True, plain), args.limit)
-    knn_test = build_dataset(name, root, False, plain)
-    return [
-        make_loader(in_memory(d, args.in_memory), args, device, train=False, batch_size=batch_size)
-        for d in (knn_train, knn_test)
-    ]
+    loader = lambda d: make_loader(  # noqa: E731
+        in_memory(d, args.in_memory), args, device, train=False, batch_size=batch_size
+    )
+    if not labelled:
+        images = build_dataset(name, root, True, plain)
+        return None, None, loader(Subset(images, range(min(FIXED_SET, len(images)))))
+    test = build_dataset(name, root, False, plain)
+    bank = None
+    if args.knn_freq:
+        bank = loader(balanced_subset(build_dataset(name, root, True, plain), args.limit))
+    return bank, loader(test), loader(Subset(test, range(min(FIXED_SET, len(test)))))
 
 
-def build_model(args, device, train_transform) -> tuple[nn.Module, nn.Module]:
-    """The method on its backbone, checked against the views' sizes with one forward pass, and
-    the module to call for the forward pass (DDP / torch.compile wrappers)."""
+def build_model(args, device, train_transform) -> tuple[nn.Module, nn.Module, int]:
+    """The method on its backbone, checked against the views' sizes with one forward pass, the
+    module to call for the forward pass (DDP / torch.compile wrappers), and the feature size."""
     backbone, feat_dim = build_backbone(args.backbone, args.image_size, args.pretrained)
     if args.init_backbone:  # before the method copies it (EMA targets), not zero-initialised
         weights, info = read_backbone(args.init_backbone)
@@ -214,7 +224,7 @@ def build_model(args, device, train_transform) -> tuple[nn.Module, nn.Module]:
         f"model: {args.model_name} on {args.backbone} ({feat_dim}-d features), "
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters"
     )
-    return model, forward
+    return model, forward, feat_dim
 
 
 @torch.no_grad()
@@ -254,7 +264,7 @@ def write_summary(args, log_dir: str, last_path: str, stats: dict, steps: int, s
 
 def main(args) -> dict:
     check_method_flags(args)
-    knn_on = check_data(args)
+    labelled, probe_on = check_data(args)
     device = start_process(args)  # under torchrun: one process per GPU
     set_seed(args.seed)  # the same initial weights on every process
     torch.autograd.set_detect_anomaly(args.debug)  # names the op behind a NaN gradient; slow
@@ -281,10 +291,17 @@ def main(args) -> dict:
         f"({METHODS[args.model_name].augmentation} recipe"
         f"{', drawn on the ' + device.type + ' by kornia' if augment else ''})"
     )
-    knn_loaders = knn_data(args, device, batch_size) if knn_on else None
+    monitor_loaders = monitor_data(args, device, batch_size, labelled)
 
-    # ============ model ============
-    model, forward = build_model(args, device, train_transform)
+    # ============ model, and the monitors that watch it ============
+    model, forward, feat_dim = build_model(args, device, train_transform)
+    probe = None
+    if probe_on:
+        classes = num_classes_of(dataset)
+        probe = OnlineProbe(feat_dim, classes, args.online_probe_lr, args.seed).to(device)
+    # the backbone's outputs during the step (a hook; with --compile an extra pass instead)
+    tap = FeatureTap(model.backbone) if not args.compile else None
+    monitors = Monitors(tap, probe, args.model_name)
 
     # ============ optimizer and per-step schedule ============
     lr_schedule, lr = build_lr_schedule(args, len(loader), batch_size)
@@ -298,37 +315,46 @@ def main(args) -> dict:
     if checkpoint is not None:
         # the random state restored is rank 0's; the other ranks draw their own below
         start_epoch, start_step = restore(checkpoint, optimizer, model=model)
+        if probe is not None and "online_probe" in checkpoint:
+            probe.restore(checkpoint["online_probe"])
         print(f"resumed from {ckpt_path} at epoch {start_epoch}, step {start_step} of the epoch")
     if not main_rank:  # different augmentations per process (when loading in this process)
         set_seed(args.seed + 7919 * rank() + start_epoch * 100_003 + start_step)
 
     # ============ training ============
     steps_per_epoch = len(loader)
-    columns = ["loss", "lr", "images_per_s", "knn_acc1"]
+    columns = ["loss", "lr", "images_per_s", "data_wait", "knn_acc1", "online_train_acc1"]
+    columns += ["online_acc1", "online_acc5"]
+    columns += ["collapse_std", "alignment", "uniformity", "rankme"]
     logger = MetricsLogger(log_dir, columns) if main_rank else NullLogger()
     title = f"{args.model_name} / {args.backbone} / {args.dataset_name}"
     start_time = time.time()
-    after_epoch = None
-    if knn_on:
-        tsne_path = os.path.join(log_dir, "tsne.png") if main_rank else None
-        after_epoch = knn_monitor(args, model.backbone, knn_loaders, device, tsne_path, title)
-        if start_epoch == start_step == 0:  # the untrained network: the baseline
-            knn_acc1 = after_epoch(-1)["knn_acc1"]
-            logger.log("epoch", 0, 0, knn_acc1=knn_acc1)
-            print(f"epoch 0 (random initialisation): knn_acc1 {knn_acc1:.4g}")
+    tsne_path = os.path.join(log_dir, "tsne.png") if main_rank else None
+    after_epoch = epoch_monitor(
+        args, model.backbone, monitor_loaders, probe, device, tsne_path, title
+    )
+    if start_epoch == start_step == 0:  # the untrained network: the baseline
+        baseline = after_epoch(-1)
+        logger.log("epoch", 0, 0, **baseline)
+        print(
+            "epoch 0 (random initialisation): "
+            + ", ".join(f"{k} {v:.4g}" for k, v in baseline.items())
+        )
 
     engine = Engine(
         optimizer, lr_schedule, steps_per_epoch, args.num_epochs, device,
         grad_scaler(args, device), TrainingGuard(args.skip_nonfinite), logger,
         1 if args.debug else args.print_freq, args.debug,
         model.before_optimizer_step, model.after_optimizer_step,
-        build_wd_schedule(args, steps_per_epoch),
+        build_wd_schedule(args, steps_per_epoch), monitors.check,
     )  # fmt: skip
     stats = fit(
         engine,
         loader,
-        pretraining_step(forward, device, args, augment),
-        lambda epoch, step: training_state(args, model, optimizer, epoch, step, steps_per_epoch),
+        pretraining_step(forward, device, args, augment, monitors, model.backbone),
+        lambda epoch, step: training_state(
+            args, model, optimizer, probe, epoch, step, steps_per_epoch
+        ),
         ckpt_dir,
         start=(start_epoch, start_step),
         before_epoch=model.set_epoch,

@@ -267,9 +267,9 @@ def dino_transform(
     return MultiView([first, second] + [local] * num_crops)
 
 
-def mae_transform(*, image_size: int, mean, std, crop_min_scale: float = 0.2) -> MultiView:
-    """MAE (He et al. 2022, appendix A.1; facebookresearch/mae main_pretrain.py): one view, a
-    random resized crop of 20-100 % of the image (bicubic) and a horizontal flip, no colour."""
+def single_view(*, image_size: int, mean, std, crop_min_scale: float, **options) -> MultiView:
+    """One view without colour or blur: a random resized crop of crop_min_scale-100 % of the
+    image, then `options` (a flip by default)."""
     view = View(
         image_size=image_size,
         mean=mean,
@@ -277,25 +277,27 @@ def mae_transform(*, image_size: int, mean, std, crop_min_scale: float = 0.2) ->
         crop_scale=(crop_min_scale, 1.0),
         jitter_prob=0.0,
         gray_prob=0.0,
-        interpolation="bicubic",
+        **options,
     )
     return MultiView([view])
+
+
+def mae_transform(*, image_size: int, mean, std, crop_min_scale: float = 0.2) -> MultiView:
+    """MAE (He et al. 2022, appendix A.1; facebookresearch/mae main_pretrain.py): one view, a
+    random resized crop of 20-100 % of the image (bicubic) and a horizontal flip, no colour."""
+    return single_view(
+        image_size=image_size, mean=mean, std=std, crop_min_scale=crop_min_scale,
+        interpolation="bicubic",
+    )  # fmt: skip
 
 
 def ijepa_transform(*, image_size: int, mean, std, crop_min_scale: float = 0.3) -> MultiView:
     """I-JEPA (Assran et al. 2023; facebookresearch/ijepa configs/in1k_*.yaml: crop_scale
     [0.3, 1.0], use_horizontal_flip, use_color_distortion and use_gaussian_blur false): one view,
     a random resized crop of 30-100 % of the image and nothing else: no hand-crafted views."""
-    view = View(
-        image_size=image_size,
-        mean=mean,
-        std=std,
-        crop_scale=(crop_min_scale, 1.0),
-        jitter_prob=0.0,
-        gray_prob=0.0,
-        flip_prob=0.0,
+    return single_view(
+        image_size=image_size, mean=mean, std=std, crop_min_scale=crop_min_scale, flip_prob=0.0
     )
-    return MultiView([view])
 
 
 # method.augmentation -> the pretraining views (see methods.Method)

@@ -8,13 +8,19 @@
 Takes main.py's flags (method, backbone, image size, batch, optimizer, --amp, --channels_last,
 --compile, data set, workers) and measures, on one process:
 
-- ours: images/s of main.py's training engine (per-step lr, hooks, NaN guard, logging) over
-  `--steps` steps of one batch held in memory, so that data loading does not enter;
+- ours: images/s of main.py's training engine (per-step lr, hooks, NaN guard, logging, the
+  online probe and collapse monitors) over `--steps` steps of one batch held in memory, so that
+  data loading does not enter;
 - bare: a plain loop in this file over the same batch with the same model, loss and optimizer
   (forward, zero_grad, backward, step, and nothing else);
 - lightly: the same step written with lightly's SimCLR loss, where lightly is installed;
 - data: images/s that main.py's loader (real data set, augmentation, --num_workers) delivers;
+- with data: images/s of the engine fed by the loader, and the share of its time spent waiting
+  for data (engine.py's data_wait), over `--data_batches` batches;
 - kNN: seconds of `utils.knn.weighted_knn` on 50,000 x 512 bank features and 10,000 queries.
+
+`--only_ours` measures ours, with data and the peak memory only (scripts/benchmark_methods.py
+runs it once per method, each in its own process, since the CPU peak only grows).
 
 The ours/bare measurements alternate, `--repeats` times each, after a warm-up, and the best of each
 is kept, so that a busy machine hurts both alike. Peak memory is the CUDA allocator's peak on a
@@ -38,10 +44,12 @@ from readme_block import publish  # noqa: E402
 import main as pretrain  # noqa: E402
 from engine import Engine  # noqa: E402
 from methods import build_method  # noqa: E402
+from monitors import FeatureTap, Monitors, OnlineProbe  # noqa: E402
 from networks import build_backbone  # noqa: E402
 from optimizers import build_optimizer  # noqa: E402
 from transformations import BatchViews  # noqa: E402
 from utils.accel import autocast, grad_scaler, prepare_model, to_device  # noqa: E402
+from utils.data import UNLABELLED  # noqa: E402
 from utils.knn import weighted_knn  # noqa: E402
 from utils.misc import resolve_device, set_seed  # noqa: E402
 from utils.run import build_lr_schedule, make_loader, seed_epoch  # noqa: E402
@@ -57,6 +65,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     group.add_argument("--repeats", type=int, default=3, help="alternating measurements of each")
     group.add_argument("--data_batches", type=int, default=20, help="batches to time the loader")
     group.add_argument("--skip_knn", action="store_true", help="do not time kNN")
+    group.add_argument(
+        "--only_ours",
+        action="store_true",
+        help="time main.py's engine (held batch, and fed by the loader) and the peak memory only",
+    )
     group.add_argument("--output", help="also write the figures to this JSON file")
     group.add_argument("--readme", help="put the table in this README's generated block")
     group.add_argument("--block", default="benchmark", help="that block's name")
@@ -104,13 +117,26 @@ def sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
+def watching(args, model, device) -> Monitors:
+    """main.py's monitors: the collapse figures, and the online probe where there are labels."""
+    probe = None
+    if args.online_probe is not False and args.dataset_name not in UNLABELLED:
+        feat_dim = model.backbone(
+            torch.zeros(2, 3, args.image_size, args.image_size, device=device)
+        )
+        probe = OnlineProbe(feat_dim.shape[1], 10, args.online_probe_lr, args.seed).to(device)
+    return Monitors(FeatureTap(model.backbone), probe, args.model_name)
+
+
 def time_ours(args, device, batch, steps: int, schedule, lr: float) -> float:
-    """Seconds for `steps` steps of the training engine (engine.Engine, as main.py runs it) on
-    `batch` repeated."""
+    """Seconds for `steps` steps of the training engine (engine.Engine, as main.py runs it, with
+    its monitors) on `batch` repeated."""
     model, forward, optimizer = build(args, device, lr)
     loader = [batch] * (args.warmup_steps + steps)
     scaler = grad_scaler(args, device)
-    step = pretrain.pretraining_step(forward, device, args)
+    step = pretrain.pretraining_step(
+        forward, device, args, None, watching(args, model, device), model.backbone
+    )
     hooks = dict(
         before_optimizer_step=model.before_optimizer_step,
         after_optimizer_step=model.after_optimizer_step,
@@ -170,6 +196,23 @@ def time_lightly(args, device, batch, steps: int, lr: float) -> float | None:
         optimizer.step()
     sync(device)
     return time.perf_counter() - start
+
+
+def time_with_data(args, device, batches: int, schedule, lr: float) -> tuple[float, float]:
+    """Images/s of the engine fed by main.py's loader, and the share of the time spent waiting
+    for its batches (after one untimed batch: workers start up)."""
+    loader, augment = data_path(args, device)
+    model, forward, optimizer = build(args, device, lr)
+    batches = min(batches, len(loader))
+    step = pretrain.pretraining_step(
+        forward, device, args, augment, watching(args, model, device), model.backbone
+    )
+    hooks = dict(after_optimizer_step=model.after_optimizer_step)
+    seed_epoch(loader, 0, skip_batches=len(loader) - batches)  # the epoch's last `batches`
+    run = Engine(optimizer, schedule, len(loader), 1, device, grad_scaler(args, device), **hooks)
+    model.train()
+    stats = run.train_epoch(loader, 0, step, first_step=len(loader) - batches)
+    return stats["images_per_s"], stats["data_wait"]
 
 
 def time_loader(args, device, batches: int) -> float:
@@ -235,47 +278,51 @@ def main() -> None:
     ours, bare, lightly = [], [], []
     for _ in range(args.repeats):  # alternate, so that a busy machine slows both alike
         ours.append(images / time_ours(args, device, batch, args.steps, schedule, lr))
+        if args.only_ours:
+            continue
         bare.append(images / time_bare(args, device, batch, args.steps, lr))
         seconds = time_lightly(args, device, batch, args.steps, lr)
         if seconds is not None:
             lightly.append(images / seconds)
+    loader_len = len(data_path(args, device)[0])
+    data_schedule, _ = build_lr_schedule(args, loader_len, args.batch_size)
+    with_data, wait = time_with_data(args, device, args.data_batches, data_schedule, lr)
     result = {
         "device": describe(device),
         "torch": torch.__version__,
-        "config": {
-            k: getattr(args, k)
-            for k in (
-                "model_name",
-                "backbone",
-                "image_size",
-                "batch_size",
-                "optimizer",
-                "amp",
-                "channels_last",
-                "compile",
-                "dataset_name",
-                "num_workers",
-                "in_memory",
-                "gpu_augment",
-            )
-        },  # fmt: skip
+        "config": {k: getattr(args, k) for k in CONFIG},
         "ours_images_per_s": max(ours),
-        "bare_images_per_s": max(bare),
-        "ratio_ours_to_bare": max(ours) / max(bare),
-        "lightly_images_per_s": max(lightly) if lightly else None,
-        "loader_images_per_s": time_loader(args, device, args.data_batches),
+        "with_data_images_per_s": with_data,
+        "data_wait": wait,
         "peak_memory_mb": peak_memory_mb(device),
-        "knn_50000x10000x512_s": None if args.skip_knn else time_knn(device),
     }
-    result["loader_to_model_ratio"] = result["loader_images_per_s"] / result["ours_images_per_s"]
+    if not args.only_ours:
+        result |= {
+            "bare_images_per_s": max(bare),
+            "ratio_ours_to_bare": max(ours) / max(bare),
+            "lightly_images_per_s": max(lightly) if lightly else None,
+            "loader_images_per_s": time_loader(args, device, args.data_batches),
+            "knn_50000x10000x512_s": None if args.skip_knn else time_knn(device),
+        }
+        result["loader_to_model_ratio"] = result["loader_images_per_s"] / max(ours)
     if args.output:
         with open(args.output, "w") as f:
             json.dump(result, f, indent=2)
-    publish(table([result]), None, "", args.readme, args.block)
+    if not args.only_ours:
+        publish(table([result]), None, "", args.readme, args.block)
+    else:
+        print(json.dumps(result, indent=2))
+
+
+CONFIG = ("model_name", "backbone", "image_size", "batch_size", "optimizer", "amp")
+CONFIG += ("channels_last", "compile", "dataset_name", "num_workers", "in_memory", "gpu_augment")
 
 
 def rows(r: dict) -> list[tuple[str, str]]:
     lightly = f"{r['lightly_images_per_s']:.1f}" if r["lightly_images_per_s"] else "not installed"
+    fed = "not measured"  # older result files
+    if r.get("with_data_images_per_s") is not None:
+        fed = f"{r['with_data_images_per_s']:.1f}, {r['data_wait']:.0%}"
     knn = r["knn_50000x10000x512_s"]
     return [
         ("training step, `main.py` (`engine.Engine`)", f"{r['ours_images_per_s']:.1f} images/s"),
@@ -284,6 +331,7 @@ def rows(r: dict) -> list[tuple[str, str]]:
         ("lightly (SimCLR only)", lightly),
         ("data loader alone", f"{r['loader_images_per_s']:.1f} images/s"),
         ("loader / training step", f"{r['loader_to_model_ratio']:.2f}"),
+        ("fed by the loader: images/s, data wait", fed),
         ("peak memory", f"{r['peak_memory_mb']:.0f} MiB"),
         ("weighted kNN, 50,000 x 10,000 x 512, k=200", f"{knn:.1f} s" if knn else "skipped"),
     ]

@@ -92,7 +92,7 @@ def method_rows(root: str) -> dict[str, list[dict]]:
                 continue
             before, after, steps = knn_first_last(pretrain_dir)
             summary = os.path.join(pretrain_dir, "summary.json")
-            seconds = load_json(summary)["wall_time_s"] if os.path.exists(summary) else None
+            summary = load_json(summary) if os.path.exists(summary) else {}
             rows[method].append(
                 {
                     "seed": seed,
@@ -101,10 +101,17 @@ def method_rows(root: str) -> dict[str, list[dict]]:
                     "after": after,
                     "steps": steps,
                     "linear": load_json(linear),
-                    "seconds": seconds,
+                    "seconds": summary.get("wall_time_s"),
+                    "online": summary.get("online_acc1"),  # runs since the online probe
                 }
             )
     return dict(rows)
+
+
+def online_probe(rows: list[dict]) -> str:
+    """The online probe's test Acc@1 over the seeds that measured it (main.py's summary.json)."""
+    found = [r["online"] for r in rows if r["online"] is not None]
+    return spread(found) if found else "–"
 
 
 def own_baseline(root: str, method: str, key: str) -> str:
@@ -129,14 +136,19 @@ def table(root: str) -> str:
     runs = method_rows(root)
     seeds = sorted({r["seed"] for rows in runs.values() for r in rows})
     timed = all(r["seconds"] is not None for rows in runs.values() for r in rows)
+    online = any(r["online"] is not None for rows in runs.values() for r in rows)
     random1 = spread([randoms[s]["acc1"] for s in sorted(randoms)])
     random5 = spread([randoms[s]["acc5"] for s in sorted(randoms)])
     lines = [
         "| method | views | loss | flags of the short run | steps | seeds | kNN Acc@1: random "
-        "init → trained | kNN gain | seeds above init | linear Acc@1 (random init: "
+        "init → trained | kNN gain | seeds above init | "
+        + ("online probe Acc@1 | " if online else "")
+        + "linear Acc@1 (random init: "
         f"{random1}) | linear Acc@5 (random init: {random5}) |"
         + (" pretraining time |" if timed else ""),
-        "|---|---|---|---|---:|---:|---|---:|---:|---:|---:|" + ("---:|" if timed else ""),
+        "|---|---|---|---|---:|---:|---|---:|---:|---:|---:|"
+        + ("---:|" if online else "")
+        + ("---:|" if timed else ""),
     ]
     every = [r["args"] for rows in runs.values() for r in rows]
     usual = {key: Counter(a.get(key) for a in every).most_common(1)[0][0] for key in SHARED_FLAGS}
@@ -151,13 +163,15 @@ def table(root: str) -> str:
         flags = " ".join(flag(k, args[k]) for k in changed)
         gains = [r["after"] - r["before"] for r in rows]
         above = sum(g > 0 for g in gains)
+        acc1, acc5 = ([r["linear"][k] for r in rows] for k in ("acc1", "acc5"))
         lines.append(
             f"| `{method}` | {METHODS[method].augmentation} | {METHODS[method].loss_summary} | "
             f"{flags or '(paper defaults)'} | {rows[0]['steps']} | {len(rows)} | "
             f"{spread([r['before'] for r in rows])} → {spread([r['after'] for r in rows])} | "
             f"{spread(gains)} | {above}/{len(rows)} | "
-            f"{spread([r['linear']['acc1'] for r in rows])}{own_baseline(root, method, 'acc1')} | "
-            f"{spread([r['linear']['acc5'] for r in rows])}{own_baseline(root, method, 'acc5')} |"
+            + (f"{online_probe(rows)} | " if online else "")
+            + f"{spread(acc1)}{own_baseline(root, method, 'acc1')} | "
+            f"{spread(acc5)}{own_baseline(root, method, 'acc5')} |"
             + (f" {minutes(statistics.fmean(r['seconds'] for r in rows))} |" if timed else "")
         )
     common = ", ".join(f"`--{k} {v}`" for k, v in usual.items() if v is not None)

@@ -13,6 +13,7 @@ import main_linear
 import probe
 from methods import METHODS
 from tests.conftest import backbone_for
+from utils import tsne
 from utils.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.full  # whole runs: the full suite only (conftest --fast)
@@ -106,7 +107,9 @@ def test_pretraining_writes_logs_plots_and_checkpoints(runs):
     rows = read_csv(tmp / "logs" / "pre" / "metrics.csv")
     steps = [r for r in rows if r["kind"] == "step"]
     epochs = [r for r in rows if r["kind"] == "epoch"]
-    assert len(steps) == 4 and len(epochs) == 2  # 64 images / 32 per batch = 2 steps x 2 epochs
+    assert len(steps) == 4  # 64 images / 32 per batch = 2 steps x 2 epochs
+    # epoch 0: the untrained network's monitors (RankMe), then the two epochs
+    assert [r["epoch"] for r in epochs] == ["0", "1", "2"] and float(epochs[0]["rankme"]) > 1
     assert all(float(r["loss"]) > 0 and float(r["images_per_s"]) > 0 for r in steps)
     # warmup over epoch 1 (lr 0 -> 0.0125), then cosine from 0.1 x 32/256 = 0.0125
     assert [float(r["lr"]) for r in steps][:3] == pytest.approx([0.0, 0.00625, 0.0125])
@@ -167,7 +170,8 @@ def test_resume_continues_from_the_last_epoch(run_dirs, capsys):
     result = pretrain(run_dirs, "--resume", "auto")
     assert "resumed from" in capsys.readouterr().out
     rows = read_csv(os.path.join(result["log_dir"], "metrics.csv"))
-    assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == ["1", "2"]  # appended, not redone
+    # epoch 0 (the untrained network's monitors), 1, then 2 appended: nothing redone
+    assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == ["0", "1", "2"]
 
 
 def test_existing_run_folder_is_not_overwritten(run_dirs):
@@ -262,7 +266,7 @@ def test_knn_monitor_logs_epoch_0_and_draws_knn_and_tsne(run_dirs, monkeypatch):
     the test features of the last evaluation (t-SNE itself is tested in test_linear_eval.py and
     takes seconds, so a stand-in records the call here)."""
     drawn = []
-    monkeypatch.setattr(main, "plot_tsne", lambda x, y, path, title: drawn.append((x, y, path)))
+    monkeypatch.setattr(tsne, "plot_tsne", lambda x, y, path, title: drawn.append((x, y, path)))
     args = main.get_args_parser().parse_args(
         [*TINY, *run_dirs, "--backbone", "small_cnn", "--num_epochs", "2", "--warmup_epochs", "0"]
         + ["--knn_freq", "2", "--knn_k", "5", "--tsne", "--run_name", "knn"]

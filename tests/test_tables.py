@@ -154,7 +154,10 @@ def test_methods_table_rows_from_result_files(tmp_path):
             logger.log("epoch", 8, 248, loss=1.0, knn_acc1=knn)
             logger.close()
             (run / "args.json").write_text(json.dumps(args))
-            (run / "summary.json").write_text(json.dumps({"wall_time_s": 120.0 + seed}))
+            summary = {"wall_time_s": 120.0 + seed}
+            if method == "supcon":  # a run with the online probe
+                summary["online_acc1"] = 40.0 + seed
+            (run / "summary.json").write_text(json.dumps(summary))
             os.makedirs(tmp_path / f"linear_{method}_s{seed}")
             result = {"acc1": acc, "acc5": 90.0}
             (tmp_path / f"linear_{method}_s{seed}" / "results.json").write_text(json.dumps(result))
@@ -171,15 +174,17 @@ def test_methods_table_rows_from_result_files(tmp_path):
     text = methods_table.table(str(tmp_path))
     lines = text.splitlines()
     assert "linear Acc@1 (random init: 16.50 ± 0.71)" in lines[0] and "pretraining time" in lines[0]
+    assert "| seeds above init | online probe Acc@1 | linear Acc@1" in lines[0]
     row = {line.split(" | ")[0][3:-1]: line for line in lines[2:7]}  # rows in registry order
     assert "vicreg" not in row
     # kNN 13 -> 20 and 15 -> 14: gains 7 and -1 (mean 3, sd 5.66), one seed of two above init
     assert row["simclr"] == (
         "| `simclr` | simclr | `nt_xent_loss` | `--temperature 0.2` | 248 | 2 | "
-        "14.00 ± 1.41 → 17.00 ± 4.24 | 3.00 ± 5.66 | 1/2 | 31.00 ± 1.41 | 90.00 ± 0.00 | "
+        "14.00 ± 1.41 → 17.00 ± 4.24 | 3.00 ± 5.66 | 1/2 | – | 31.00 ± 1.41 | 90.00 ± 0.00 | "
         "2 min 02 s |"
     )
     assert "| `supcon` | simclr | `supcon_loss` (labels) | (paper defaults) |" in row["supcon"]
+    assert "| 1/2 | 41.50 ± 0.71 | 32.00 ± 1.41 |" in row["supcon"]
     assert (
         "| `--optimizer sgd` `--base_lr 0.1` `--fix_pred_lr false` | 248 | 2 |" in (row["simsiam"])
     )

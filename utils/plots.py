@@ -67,12 +67,43 @@ def plot_run(run_dir: str, title: str) -> list[str]:
                 ("Acc@5", *acc5, "s-"),
             ],
         )
-    knn = _series(rows, "epoch", "knn_acc1")
-    if knn[0]:
-        _plot(
-            out("knn.png"), f"{title}: kNN accuracy", "kNN Acc@1 (%)", [("kNN Acc@1", *knn, "o-")]
-        )
+    knn, online = _series(rows, "epoch", "knn_acc1"), _series(rows, "epoch", "online_acc1")
+    if knn[0] or online[0]:
+        curves = [("kNN Acc@1 (test)", *knn, "o-"), ("online probe Acc@1 (test)", *online, "s-")]
+        if online[0]:
+            curves.append(
+                ("online probe Acc@1 (train)", *_series(rows, "step", "online_train_acc1"), "-")
+            )
+        _plot(out("knn.png"), f"{title}: accuracy while pretraining", "Acc@1 (%)", curves)
+    if any(r.get("collapse_std") or r.get("rankme") or r.get("data_wait") for r in rows):
+        _plot_monitors(out("monitors.png"), f"{title}: monitors", rows)
     return paths
+
+
+# (metrics.csv column, label, row kind) of the panels of monitors.png
+MONITORS = [
+    [("collapse_std", "std of normalised z x sqrt(d) (1: spread, 0: collapsed)", "step")],
+    [("alignment", "alignment (0: views agree)", "step"), ("uniformity", "uniformity", "step")],
+    [("rankme", "RankMe: effective rank of the features", "epoch")],
+    [("data_wait", "share of time waiting for data", "step")],
+]
+
+
+def _plot_monitors(path: str, title: str, rows: list[dict]) -> None:
+    """The label-free monitors and the data-wait share, one panel each, against epochs."""
+    fig, axes = plt.subplots(len(MONITORS), 1, figsize=(6, 2.2 * len(MONITORS)), dpi=100)
+    for ax, curves in zip(axes, MONITORS, strict=True):
+        for key, label, kind in curves:
+            xs, ys = _series(rows, kind, key)
+            if xs:
+                ax.plot(xs, ys, "o-" if kind == "epoch" else "-", label=label, markersize=3)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[-1].set_xlabel("epoch")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 # (metrics.csv column, axis label, preferred row kind) of the curves `plot_compare` overlays
