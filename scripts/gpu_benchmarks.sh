@@ -34,3 +34,9 @@ bench bf16_cl_gpu_augment --num_workers 2 --amp bf16 --channels_last --gpu_augme
 echo
 python scripts/benchmark.py --from_json "$OUT"/{fp32,bf16_cl,fp16_cl,bf16_cl_compile,bf16_cl_gpu_augment}.json \
     ${UPDATE_README:+--readme README.md --block benchmark_gpu}
+
+# every method, ResNet-18 and ViT-Tiny at 32 px, bf16, batch 256 (METHODS=0 skips it)
+if [ "${METHODS:-1}" = 1 ]; then
+    python scripts/benchmark_methods.py "$OUT/methods" --device cuda --batch_size 256 \
+        --amp bf16 --steps 20 --warmup_steps 5 --data_batches 20 --num_workers "${WORKERS:-8}"
+fi

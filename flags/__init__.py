@@ -1,20 +1,18 @@
 """The command-line flags both entry points share (main.py, main_linear.py), in one place:
-run and output, speed, data, model, optimization, monitoring; and the pretraining ones (views,
-method hyper-parameters), which main_linear.py parses only to refuse them with one line.
+run and output, speed, data, model, optimization, monitoring; and, in flags/pretraining.py, the
+pretraining ones (views, method hyper-parameters, the online probe), which main_linear.py parses
+only to refuse them with one line.
 
 Each entry point builds its parser from these groups and adds its own (main_linear.py's
 evaluation group); flags keep the names of DESIGN.md and the original commands.
 """
 
 import argparse
-import inspect
 
-from methods import METHODS, method_options
-from methods.hparams import add_method_flags
+from methods import METHODS
 from networks import BACKBONES, TIMM_PREFIX
 from networks.timm_models import check_timm_name
 from optimizers import OPTIMIZERS
-from transformations import PRETRAIN_TRANSFORMS
 from utils.data import DATASETS
 from utils.misc import (
     UserError,
@@ -26,12 +24,6 @@ from utils.misc import (
     positive_int,
     unit_float,
 )
-
-# the view flags: each recipe takes some of them (transformations.PRETRAIN_TRANSFORMS)
-VIEW_FLAGS = ("crop_min_scale", "jitter_strength", "num_crops", "small_crop_size")
-# flags of main.py that shape pretraining only (besides the view and method flags)
-PRETRAINING_ONLY = ("compile", "gpu_augment", "pretrained", "zero_init_residual")
-PRETRAINING_ONLY += ("eval_data_dir", "init_backbone", "online_probe", "online_probe_lr")
 
 
 def add_shared_flags(parser: argparse.ArgumentParser) -> None:
@@ -356,97 +348,14 @@ def add_monitoring_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_pretraining_flags(parser: argparse.ArgumentParser) -> None:
-    """The pretraining's start and monitor data, the view flags and every method's
-    hyper-parameters (methods/hparams.py)."""
-    group = parser.add_argument_group("pretraining")
-    group.add_argument(
-        "--init_backbone",
-        default=None,
-        metavar="PATH",
-        help="start the backbone from these weights: a main.py checkpoint (its online "
-        "backbone) or a file of export.py; a new run, not a resume (default: off)",
-    )
-    group.add_argument(
-        "--eval_data_dir",
-        default=None,
-        metavar="PATH",
-        help="--dataset_name folder: a labelled set for the kNN monitor, train/ and test/ (or "
-        "val/) class folders as --dataset_name imagefolder (default: none, kNN off)",
-    )
-    add_bool_flag(
-        group,
-        "--online_probe",
-        "train a linear classifier on the detached features of each batch's first view alongside "
-        "pretraining (its own SGD; no gradient into the backbone), its test accuracy measured "
-        "with the kNN monitor and at the end (default: on when the data set has labels)",
-        default=None,
-    )
-    group.add_argument(
-        "--online_probe_lr",
-        type=positive_float,
-        default=0.1,
-        help="the online probe's lr, constant, momentum 0.9 (default: 0.1, solo-learn's)",
-    )
-    group = parser.add_argument_group("augmentation")
-    group.add_argument(
-        "--crop_min_scale",
-        type=positive_float,
-        default=None,
-        help="smallest area fraction of a (high-resolution) random resized crop "
-        "(default: the method's recipe: 0.08; SupCon, SimSiam, MoCo v2 0.2; SwAV 0.14; DINO 0.4)",
-    )
-    group.add_argument(
-        "--jitter_strength",
-        type=non_negative_float,
-        default=None,
-        help="colour jitter strength s (default: the method's recipe: SimCLR, SupCon, SimSiam, "
-        "MoCo v2 0.5 as SimCLR's CIFAR setting, i.e. jitter (0.4, 0.4, 0.4, 0.1); the others 1.0)",
-    )
-    group.add_argument(
-        "--num_crops",
-        type=non_negative_int,
-        default=None,
-        help="low-resolution crops besides the two high-resolution ones (SwAV: 6)",
-    )
-    group.add_argument(
-        "--small_crop_size",
-        type=positive_int,
-        default=None,
-        help="side of the low-resolution crops (default: image_size x 96/224, at least 8)",
-    )
+from flags.pretraining import (  # noqa: E402  (main.py's and main_linear.py's one import)
+    PRETRAINING_ONLY,
+    VIEW_FLAGS,
+    add_pretraining_flags,
+    check_method_flags,
+    pretraining_flags,
+    refused_flags,
+)
 
-    # Method hyper-parameters: declared by each method (methods/hparams.py); None keeps its own
-    add_method_flags(parser, METHODS)
-
-
-def pretraining_flags() -> list[str]:
-    """The dests of the flags that only pretraining uses (views, methods, PRETRAINING_ONLY)."""
-    methods = set().union(*(method_options(m) for m in METHODS))
-    return sorted(methods | set(VIEW_FLAGS) | set(PRETRAINING_ONLY))
-
-
-def refused_flags(parser: argparse.ArgumentParser, dests: list[str]) -> None:
-    """Flags parsed only to be refused with one line (main_linear.py: the pretraining ones):
-    left out of --help, and absent from the parsed namespace unless given (on the command line
-    or by a --config recipe), so that being there is what "given" means."""
-    for action in parser._actions:  # argparse has no public accessor for its actions
-        if action.dest in dests:
-            action.help = action.default = argparse.SUPPRESS
-
-
-def check_method_flags(args) -> None:
-    """Refuse a method or view flag that the chosen method does not take (`--model_name
-    barlowtwins --temperature 0.3`), naming the ones it does take: such flags are None unless
-    given, and would otherwise be dropped without a word."""
-    name = args.model_name
-    recipe = inspect.signature(PRETRAIN_TRANSFORMS[METHODS[name].augmentation]).parameters
-    taken = method_options(name) | (set(recipe) & set(VIEW_FLAGS))
-    every = set(VIEW_FLAGS).union(*(method_options(m) for m in METHODS))
-    given = sorted(k for k in every - taken if getattr(args, k, None) is not None)
-    if given:
-        listed = ", ".join(f"--{k}" for k in sorted(taken & set(vars(args))))
-        raise UserError(
-            f"{', '.join('--' + k for k in given)}: not a flag of --model_name {name}, which "
-            f"takes {listed}; drop {'it' if len(given) == 1 else 'them'}"
-        )
+__all__ = ["PRETRAINING_ONLY", "VIEW_FLAGS", "add_pretraining_flags", "add_shared_flags"]
+__all__ += ["check_method_flags", "pretraining_flags", "refused_flags"]
