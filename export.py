@@ -211,6 +211,11 @@ def main(args) -> dict:
             keys = compare_keys(weights, model, args.format, info.backbone)
             torch.save(backbone.state_dict(), tmp)
             lines, differs = load_with(call, keys, info.backbone, size)
+            if info.pool == "mean":  # I-JEPA's features: not what the reference model returns
+                differs.append(
+                    "features: the mean of the patch tokens after the final norm, not the class "
+                    "token the reference returns (pretrained.load_backbone does it)"
+                )
             record |= {"load_into": call, **keys, "differing_layers": differs, "load_with": lines}
         elif args.format == "torchscript":
             record["check"] = export_torchscript(backbone, size, tmp)
