@@ -17,7 +17,7 @@ from torch.utils.data import Subset
 from engine import Engine, fit
 from flags import VIEW_FLAGS, add_pretraining_flags, add_shared_flags, check_method_flags
 from methods import METHODS, build_method
-from monitors import FIXED_SET, FeatureTap, Monitors, OnlineProbe, epoch_monitor
+from monitors import FeatureTap, Monitors, OnlineProbe, epoch_monitor
 from networks import build_backbone, check_input_sizes
 from networks.vit import set_pool
 from optimizers import build_optimizer
@@ -174,7 +174,7 @@ def check_data(args) -> tuple[bool, bool]:
 
 def monitor_data(args, device, batch_size: int, labelled: bool) -> tuple:
     """The monitors' loaders, un-augmented: the kNN memory bank (the --limit training images;
-    None without --knn_freq), the test set (None without labels), and the first FIXED_SET images
+    None without --knn_freq), the test set (None without labels), and the first --rankme_images
     of the test set (of the training images, for an unlabelled folder): RankMe's fixed set. An
     unlabelled folder's test set is --eval_data_dir's (with the folder's normalisation)."""
     name, root = args.dataset_name, args.data_dir
@@ -189,12 +189,12 @@ def monitor_data(args, device, batch_size: int, labelled: bool) -> tuple:
     )
     if not labelled:
         images = build_dataset(name, root, True, plain)
-        return None, None, loader(Subset(images, range(min(FIXED_SET, len(images)))))
+        return None, None, loader(Subset(images, range(min(args.rankme_images, len(images)))))
     test = build_dataset(name, root, False, plain)
     bank = None
     if args.knn_freq:
         bank = loader(balanced_subset(build_dataset(name, root, True, plain), args.limit))
-    return bank, loader(test), loader(Subset(test, range(min(FIXED_SET, len(test)))))
+    return bank, loader(test), loader(Subset(test, range(min(args.rankme_images, len(test)))))
 
 
 def build_model(args, device, train_transform) -> tuple[nn.Module, nn.Module, int]:
@@ -333,8 +333,8 @@ def main(args) -> dict:
     after_epoch = epoch_monitor(
         args, model.backbone, monitor_loaders, probe, device, tsne_path, title
     )
-    if start_epoch == start_step == 0:  # the untrained network: the baseline
-        baseline = after_epoch(-1)
+    baseline = after_epoch(-1) if start_epoch == start_step == 0 else {}  # untrained: baseline
+    if baseline:
         logger.log("epoch", 0, 0, **baseline)
         print(
             "epoch 0 (random initialisation): "

@@ -20,8 +20,9 @@ Collapse monitors, label-free:
                   alignment near 0 with uniformity near 0 (its maximum) is collapse. Cost O(N^2 d).
   rankme          exp of the entropy of the normalised singular values of the backbone's features
                   of a fixed set of images (Garrido et al. 2023): the effective rank, at most
-                  min(n, d); 1 for a collapse to a line. Per epoch, on the kNN monitor's test
-                  features (free) or on 1024 fixed training images (one forward pass).
+                  min(n, d); 1 for a collapse to a line. Per epoch, on the first --rankme_images
+                  (1024) test images: one forward pass of them, none at kNN epochs (the test
+                  features are there).
 A one-line warning when `collapse_std` stays below COLLAPSE_STD for COLLAPSE_LOGS logged windows in
 a row, with what usually causes it for the method.
 """
@@ -34,7 +35,6 @@ from torch import Tensor, nn
 
 from utils.distributed import all_reduce_sum, world_size
 
-FIXED_SET = 1024  # RankMe's images: the first of the test set (or of an unlabelled folder)
 COLLAPSE_STD = 0.1  # collapse_std (std x sqrt(d)) below this ...
 COLLAPSE_LOGS = 3  # ... for this many logged windows in a row: warn
 
@@ -202,11 +202,11 @@ class Monitors:
 def epoch_monitor(args, backbone: nn.Module, loaders, probe, device, tsne_path, title: str):
     """The after-epoch hook of main.py (epoch -1: the untrained network, the baseline).
     `loaders`: the kNN memory bank and the test set (None without labels), and the monitor set,
-    the first 1024 images of the test set (of the training set for an unlabelled folder).
+    the first --rankme_images of the test set (of the training set for an unlabelled folder).
       - every --knn_freq epochs and after the last: the weighted kNN Acc@1 on the test set;
       - after the last epoch, and with the kNN monitor: the online probe's test Acc@1/Acc@5;
-      - every epoch: RankMe of the monitor set's features (one forward pass of 1024 images, or
-        none when the test set's features were computed anyway);
+      - every epoch: RankMe of the monitor set's features (one forward pass of --rankme_images
+        images, none when the test set's features were computed anyway; 0: off);
       - with --tsne, the last epoch's test features drawn to `tsne_path` (None: not this
         process)."""
     from utils.knn import extract_features, knn_evaluate
@@ -226,9 +226,12 @@ def epoch_monitor(args, backbone: nn.Module, loaders, probe, device, tsne_path, 
             test = extract_features(backbone, test_loader, device)
         if probe is not None and test is not None and epoch >= 0:
             values |= probe.evaluate(*test)
-        monitored = test if test is not None else extract_features(backbone, fixed, device)
-        values["rankme"] = rankme(monitored[0][:FIXED_SET])
-        if args.tsne and last and tsne_path:
+        monitored = test
+        if args.rankme_images and monitored is None:
+            monitored = extract_features(backbone, fixed, device)
+        if args.rankme_images:
+            values["rankme"] = rankme(monitored[0][: args.rankme_images])
+        if args.tsne and last and tsne_path and monitored is not None:
             plot_tsne(*monitored, tsne_path, f"{title}: test features, epoch {epoch + 1}")
         return values
 

@@ -24,6 +24,7 @@ VIEW_FLAGS = ("crop_min_scale", "jitter_strength", "num_crops", "small_crop_size
 # flags of main.py that shape pretraining only (besides the view and method flags)
 PRETRAINING_ONLY = ("compile", "gpu_augment", "pretrained", "zero_init_residual")
 PRETRAINING_ONLY += ("eval_data_dir", "init_backbone", "online_probe", "online_probe_lr")
+PRETRAINING_ONLY += ("rankme_images",)
 
 
 def add_pretraining_flags(parser: argparse.ArgumentParser) -> None:
@@ -57,6 +58,13 @@ def add_pretraining_flags(parser: argparse.ArgumentParser) -> None:
         type=positive_float,
         default=0.1,
         help="the online probe's lr, constant, momentum 0.9 (default: 0.1, solo-learn's)",
+    )
+    group.add_argument(
+        "--rankme_images",
+        type=non_negative_int,
+        default=1024,
+        help="RankMe, the effective rank of the backbone's features, on the first N test images "
+        "(training images of an unlabelled folder) every epoch; 0 = off (default: 1024)",
     )
     group = parser.add_argument_group("augmentation")
     group.add_argument(

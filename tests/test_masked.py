@@ -287,3 +287,29 @@ def test_mixup_cutmix_and_label_smoothing_in_the_step():
     expected = F.cross_entropy(head(body(mixed)), targets, label_smoothing=0.1)
     assert count == 6 and loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert probe.batch_mixing(finetune_args(), 4) is None
+
+
+@pytest.mark.full
+@pytest.mark.parametrize("method", ["mae", "ijepa"])
+def test_a_stopped_and_resumed_run_equals_a_straight_one(method, run_dirs, monkeypatch):
+    """The masks are drawn from the run's random state, which the checkpoint holds: stopped by
+    SIGTERM at step 3 and resumed, the weights end as a straight run's."""
+    import main
+    from tests.test_reliability import assert_same_weights, stop_at_call, weights
+
+    flags = ["--model_name", method, "--backbone", "vit_tiny", "--image_size", "32"]
+    flags += ["--dataset_name", "synthetic", "--device", "cpu", "--num_workers", "0"]
+    flags += ["--limit", "32", "--batch_size", "16", "--num_epochs", "2", "--warmup_epochs", "0"]
+    flags += ["--optimizer", "adamw", "--base_lr", "0.001", "--online_probe", "false", *run_dirs]
+    flags += ["--rankme_images", "0"]  # ViT forward passes of the monitor set: minutes on a CPU
+    flags += {"mae": ["--decoder_depth", "1"], "ijepa": ["--pred_depth", "1"]}[method]
+
+    def run(name, *extra):
+        return main.main(main.get_args_parser().parse_args([*flags, "--run_name", name, *extra]))
+
+    straight = weights(run("straight")["ckpt_dir"])
+    stop_at_call(monkeypatch, 3)
+    with pytest.raises(SystemExit):
+        run("stopped")
+    monkeypatch.undo()
+    assert_same_weights(weights(run("stopped", "--resume", "auto")["ckpt_dir"]), straight)
