@@ -62,6 +62,10 @@ from utils.run import (
     with_values,
 )
 
+# the columns of a pretraining's metrics.csv (monitors.py says what each is)
+METRICS = ["loss", "lr", "images_per_s", "data_wait", "knn_acc1", "online_train_acc1"]
+METRICS += ["online_acc1", "online_acc5", "collapse_std", "alignment", "uniformity", "rankme"]
+
 
 def get_args_parser(add_help: bool = True) -> ArgumentParser:
     parser = ArgumentParser("Self-supervised pretraining", add_help=add_help)
@@ -197,6 +201,17 @@ def monitor_data(args, device, batch_size: int, labelled: bool) -> tuple:
     return bank, loader(test), loader(Subset(test, range(min(args.rankme_images, len(test)))))
 
 
+def build_monitors(args, model, feat_dim: int, dataset, device, probe_on: bool) -> Monitors:
+    """The monitors of the step (monitors.py): the online probe (with labels), the collapse
+    figures, from the backbone's outputs (a forward hook; with --compile an extra pass)."""
+    probe = None
+    if probe_on:
+        classes = num_classes_of(dataset)
+        probe = OnlineProbe(feat_dim, classes, args.online_probe_lr, args.seed).to(device)
+    tap = FeatureTap(model.backbone) if not args.compile else None
+    return Monitors(tap, probe, args.model_name)
+
+
 def build_model(args, device, train_transform) -> tuple[nn.Module, nn.Module, int]:
     """The method on its backbone, checked against the views' sizes with one forward pass, the
     module to call for the forward pass (DDP / torch.compile wrappers), and the feature size."""
@@ -243,6 +258,22 @@ def reconstruction_plot(args, model: nn.Module, device, log_dir: str, title: str
     rows = {"original": batch, "masked": masked, "reconstructed": reconstructed}
     path = os.path.join(log_dir, "reconstructions.png")
     return plot_reconstructions(rows, info.mean, info.std, path, f"{title}: test images")
+
+
+def log_baseline(values: dict, logger) -> None:
+    """The monitors of the untrained network (kNN, RankMe): epoch 0 of metrics.csv."""
+    if values:
+        logger.log("epoch", 0, 0, **values)
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in values.items())
+        print(f"epoch 0 (random initialisation): {shown}")
+
+
+def draw(args, model: nn.Module, device, log_dir: str, title: str) -> None:
+    """The run's plots (utils.plots), and MAE's reconstructions: users judge it by looking."""
+    plots = plot_run(log_dir, title)
+    if hasattr(model, "reconstruct"):
+        plots.append(reconstruction_plot(args, model, device, log_dir, title))
+    print("plots: " + " ".join(plots))
 
 
 def write_summary(args, log_dir: str, last_path: str, stats: dict, steps: int, seconds: float):
@@ -295,13 +326,8 @@ def main(args) -> dict:
 
     # ============ model, and the monitors that watch it ============
     model, forward, feat_dim = build_model(args, device, train_transform)
-    probe = None
-    if probe_on:
-        classes = num_classes_of(dataset)
-        probe = OnlineProbe(feat_dim, classes, args.online_probe_lr, args.seed).to(device)
-    # the backbone's outputs during the step (a hook; with --compile an extra pass instead)
-    tap = FeatureTap(model.backbone) if not args.compile else None
-    monitors = Monitors(tap, probe, args.model_name)
+    monitors = build_monitors(args, model, feat_dim, dataset, device, probe_on)
+    probe = monitors.probe
 
     # ============ optimizer and per-step schedule ============
     lr_schedule, lr = build_lr_schedule(args, len(loader), batch_size)
@@ -323,23 +349,15 @@ def main(args) -> dict:
 
     # ============ training ============
     steps_per_epoch = len(loader)
-    columns = ["loss", "lr", "images_per_s", "data_wait", "knn_acc1", "online_train_acc1"]
-    columns += ["online_acc1", "online_acc5"]
-    columns += ["collapse_std", "alignment", "uniformity", "rankme"]
-    logger = MetricsLogger(log_dir, columns) if main_rank else NullLogger()
+    logger = MetricsLogger(log_dir, METRICS) if main_rank else NullLogger()
     title = f"{args.model_name} / {args.backbone} / {args.dataset_name}"
     start_time = time.time()
     tsne_path = os.path.join(log_dir, "tsne.png") if main_rank else None
     after_epoch = epoch_monitor(
         args, model.backbone, monitor_loaders, probe, device, tsne_path, title
     )
-    baseline = after_epoch(-1) if start_epoch == start_step == 0 else {}  # untrained: baseline
-    if baseline:
-        logger.log("epoch", 0, 0, **baseline)
-        print(
-            "epoch 0 (random initialisation): "
-            + ", ".join(f"{k} {v:.4g}" for k, v in baseline.items())
-        )
+    if start_epoch == start_step == 0:
+        log_baseline(after_epoch(-1), logger)
 
     engine = Engine(
         optimizer, lr_schedule, steps_per_epoch, args.num_epochs, device,
@@ -366,10 +384,7 @@ def main(args) -> dict:
     close_distributed()
     if main_rank:
         write_summary(args, log_dir, last_path, stats, steps_per_epoch, time.time() - start_time)
-        plots = plot_run(log_dir, title)
-        if hasattr(model, "reconstruct"):  # MAE: users judge it by looking
-            plots.append(reconstruction_plot(args, model, device, log_dir, title))
-        print("plots: " + " ".join(plots))
+        draw(args, model, device, log_dir, title)
     return {"run_name": args.run_name, "log_dir": log_dir, "ckpt_dir": ckpt_dir, **stats}
 
 
