@@ -98,7 +98,19 @@ def _plot_monitors(path: str, title: str, rows: list[dict]) -> None:
             if xs:
                 ax.plot(xs, ys, "o-" if kind == "epoch" else "-", label=label, markersize=3)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_lines():
+            ax.legend(fontsize=7)
+        else:  # e.g. no online probe: say so rather than leave a blank panel
+            names = ", ".join(label for _, label, _ in curves)
+            ax.text(
+                0.5,
+                0.5,
+                f"not measured: {names}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                transform=ax.transAxes,
+            )
     axes[-1].set_xlabel("epoch")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
