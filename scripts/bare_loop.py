@@ -3,11 +3,18 @@ the same images, views, model, loss, optimizer, batch and loader workers as main
 else (no schedule, logging, checkpoints, monitors, progress bar or guard).
 
     python scripts/bare_loop.py --data_dir DIR --steps N [--batch_size 64] [--num_workers 2]
+        [--skip 10]
+
+Its last line is a JSON object: the images/s of the steps after the first --skip by its own
+clock (loader waits included), the figure scripts/whole_process.py compares with main.py's
+metrics.csv windows after the first (main.py's --print_freq is 10).
 """
 
 import argparse
+import json
 import os
 import sys
+import time
 
 import torch
 from torchvision import datasets
@@ -29,6 +36,7 @@ def main() -> None:
     parser.add_argument("--image_size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=0.03 * 64 / 256)
     parser.add_argument("--seed", type=int, default=123)
+    parser.add_argument("--skip", type=int, default=10, help="steps before the clock starts")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     info = DATASETS["imagefolder"]
@@ -41,14 +49,19 @@ def main() -> None:
     model = build_method("simclr", *build_backbone(args.backbone, args.image_size))
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
     model.train()
+    clock = None
     for step, (batch, labels) in enumerate(loader):
-        if step == args.steps:
-            break
         loss = model(batch, labels)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    print(f"bare loop: {args.steps} steps of {args.batch_size}")
+        if step + 1 == args.skip:
+            clock = time.perf_counter()
+        if step + 1 == args.steps:
+            break
+    timed = args.steps - args.skip
+    rate = timed * args.batch_size / (time.perf_counter() - clock) if clock and timed else None
+    print(json.dumps({"steps": args.steps, "batch_size": args.batch_size, "images_per_s": rate}))
 
 
 if __name__ == "__main__":

@@ -22,15 +22,19 @@ JOBS=${JOBS:-1}
 
 # One row: pretrain METHOD with SEED (the SHARED recipe, then the method's, then COMMON, PRETRAIN
 # and EPOCHS x its EPOCH_FACTOR), then a linear probe (LINEAR_SHARED, COMMON) of its last checkpoint; a row
-# whose probe result exists is skipped, so an interrupted script continues where it stopped.
+# whose probe result exists is skipped, and a finished pretraining is kept, so an interrupted
+# script continues where it stopped.
 run_row() {
     local method=$1 seed=$2 name="${1}_s${2}"
     [ -e "$OUT/linear_$name/results.json" ] && return 0
-    rm -rf "$OUT/pretrain_$name" "$OUT/ckpts/pretrain_$name" "$OUT/linear_$name" \
-        "$OUT/ckpts/linear_$name"  # a row stopped half-way starts again
-    python main.py --config "$SHARED" --config "recipes/short/$method.args" "${COMMON[@]}" \
-        "${PRETRAIN[@]}" --model_name "$method" --seed "$seed" --run_name "pretrain_$name" \
-        --num_epochs $((EPOCHS * ${EPOCH_FACTOR[$method]:-1})) > "$OUT/log_$name.txt" 2>&1
+    rm -rf "$OUT/linear_$name" "$OUT/ckpts/linear_$name"  # a probe stopped half-way starts again
+    # a finished pretraining (its summary.json is written last) is kept; a stopped one starts again
+    if [ ! -e "$OUT/pretrain_$name/summary.json" ] || [ ! -e "$OUT/ckpts/pretrain_$name/last.pt" ]; then
+        rm -rf "$OUT/pretrain_$name" "$OUT/ckpts/pretrain_$name"
+        python main.py --config "$SHARED" --config "recipes/short/$method.args" "${COMMON[@]}" \
+            "${PRETRAIN[@]}" --model_name "$method" --seed "$seed" --run_name "pretrain_$name" \
+            --num_epochs $((EPOCHS * ${EPOCH_FACTOR[$method]:-1})) > "$OUT/log_$name.txt" 2>&1
+    fi
     local backbone
     read -r -a backbone <<< "$(python scripts/recipe_backbone.py "$SHARED" "recipes/short/$method.args")"
     python main_linear.py --config "$LINEAR_SHARED" "${COMMON[@]}" "${backbone[@]}" \
