@@ -7,7 +7,7 @@ else (no schedule, logging, checkpoints, monitors, progress bar or guard).
 
 Its last line is a JSON object: the images/s of the steps after the first --skip by its own
 clock (loader waits included), the figure scripts/whole_process.py compares with main.py's
-metrics.csv windows after the first (main.py's --print_freq is 10).
+metrics.csv windows after the first (it passes --skip equal to main.py's --print_freq).
 """
 
 import argparse

@@ -12,9 +12,9 @@ Two estimates of each one's steady rate, from the same processes:
   online-probe evaluation, summary and plots): (long - short) x batch / (t_long - t_short),
   per repeat; the ratio main / bare of each repeat, and their median, are reported. On shared
   or virtual cores one slow stretch moves a difference of two ~100 s times by 10-20 %;
-- own clock: each long process's images/s after its first 10 steps by its own clock, loader
-  waits included (main.py: its metrics.csv windows after the first, --print_freq 10; the bare
-  loop: its printed rate), which leaves out the fixed costs exactly.
+- own clock: each long process's images/s after its first WINDOW (10) steps by its own clock,
+  loader waits included (main.py: its metrics.csv windows after the first, --print_freq WINDOW;
+  the bare loop: its printed rate, --skip WINDOW), which leaves out the fixed costs exactly.
 
 The commands alternate (main, bare, main, bare, ...). main.py runs as a user runs it (its
 defaults: the online probe and monitors on, a checkpoint and plots at the end of the epoch,
@@ -32,6 +32,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WINDOW = 10  # steps: main.py's --print_freq and the bare loop's --skip, so both clocks start alike
 
 
 def timed(command: list[str]) -> tuple[float, str]:
@@ -61,7 +62,7 @@ def main_command(args, steps: int, out: str, name: str) -> list[str]:
         "--batch_size", str(args.batch_size), "--num_workers", str(args.num_workers),
         "--limit", str(steps * args.batch_size), "--num_epochs", "1", "--warmup_epochs", "0",
         "--optimizer", "sgd", "--base_lr", "0.03", "--device", "cpu",
-        "--logs_dir", out, "--ckpt_dir", out, "--run_name", name,
+        "--logs_dir", out, "--ckpt_dir", out, "--run_name", name, "--print_freq", str(WINDOW),
     ]  # fmt: skip
 
 
@@ -69,7 +70,7 @@ def bare_command(args, steps: int) -> list[str]:
     return [
         sys.executable, "scripts/bare_loop.py", "--data_dir", args.data_dir, "--steps",
         str(steps), "--batch_size", str(args.batch_size), "--num_workers",
-        str(args.num_workers), "--backbone", args.backbone,
+        str(args.num_workers), "--backbone", args.backbone, "--skip", str(WINDOW),
     ]  # fmt: skip
 
 
