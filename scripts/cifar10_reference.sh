@@ -74,7 +74,6 @@ if [ "${DOWNLOAD:-0}" = 1 ]; then
 fi
 # the backbone: the recipe's (MAE and I-JEPA: a ViT), else ResNet-18 with the CIFAR stem
 COMMON=("${DATA[@]}" --num_workers "${NUM_WORKERS:-8}" --logs_dir "$OUT/logs" --ckpt_dir "$OUT/ckpts")
-backbone_of() { python scripts/recipe_backbone.py "$RECIPES/$1.args"; }
 
 run() {  # print a command (shell-quoted, so it can be pasted), then run it unless DRY_RUN=1
     printf '%q ' "$@"
@@ -86,6 +85,12 @@ run() {  # print a command (shell-quoted, so it can be pasted), then run it unle
 # value and what cannot be expressed), recipes/cifar10/linear.args (the probe); the notes they
 # share are in recipes/cifar10/README.md.
 RECIPES=recipes/cifar10
+# each selected method's backbone flags, read from its recipe once (one python start for all)
+declare -A BACKBONE_OF
+recipe_files=()
+for method in "${SELECTED[@]}"; do recipe_files+=("$RECIPES/$method.args"); done
+listing=$(python scripts/recipe_backbone.py --each "${recipe_files[@]}")
+while read -r method flags; do BACKBONE_OF[$method]=$flags; done <<< "$listing"
 
 linear_done() { [ -f "$OUT/logs/$1/results.json" ]; }
 
@@ -106,7 +111,7 @@ for method in "${SELECTED[@]}"; do
         continue
     fi
     echo "== $method: pretraining ($RECIPES/$method.args) =="
-    read -r -a BACKBONE <<< "$(backbone_of "$method")"
+    read -r -a BACKBONE <<< "${BACKBONE_OF[$method]}"
     # a folder without last.pt (stopped during its first epoch) cannot be resumed
     [ -f "$OUT/ckpts/pretrain_$method/last.pt" ] || set_aside_partial "pretrain_$method"
     run python main.py --config "$RECIPES/$method.args" "${BACKBONE[@]}" "${COMMON[@]}" --model_name "$method" \
@@ -141,7 +146,7 @@ done
 # the ResNet-18 baseline, with the first selected method that trains it (ViTs have their own)
 first_cnn=""
 for method in "${SELECTED[@]}"; do
-    read -r -a BACKBONE <<< "$(backbone_of "$method")"
+    read -r -a BACKBONE <<< "${BACKBONE_OF[$method]}"
     if [ "${BACKBONE[1]}" = resnet18 ]; then first_cnn=$method; break; fi
 done
 if [ "${BASELINE:-1}" = 1 ] && [ -n "$first_cnn" ]; then
