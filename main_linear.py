@@ -78,6 +78,13 @@ def unit_fraction(value: str) -> float:
     return number
 
 
+def magnitude(value: str) -> int:
+    number = int(value)
+    if not 0 <= number <= 10:
+        raise argparse.ArgumentTypeError(f"expected a magnitude from 0 to 10, got {value!r}")
+    return number
+
+
 def get_args_parser(add_help: bool = True) -> ArgumentParser:
     parser = ArgumentParser("Linear evaluation", add_help=add_help)
     add_shared_flags(parser)
@@ -142,7 +149,8 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
     )
     group = parser.add_argument_group(
         "fine-tuning of Vision Transformers (MAE's protocol: --layer_decay 0.75 --drop_path 0.1 "
-        "--label_smoothing 0.1 --mixup 0.8 --cutmix 1.0 --optimizer adamw --betas 0.9 0.999)"
+        "--label_smoothing 0.1 --mixup 0.8 --cutmix 1.0 --randaugment 9 --random_erasing 0.25 "
+        "--pool mean --fc_norm --optimizer adamw --betas 0.9 0.999)"
     )
     group.add_argument(
         "--layer_decay",
@@ -176,6 +184,27 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
         type=non_negative_float,
         default=0.0,
         help="--finetune: CutMix with this alpha (torchvision.transforms.v2.CutMix) (default: 0)",
+    )
+    group.add_argument(
+        "--randaugment",
+        type=magnitude,
+        default=0,
+        help="--finetune: RandAugment of 2 operations at this magnitude on timm's 0-10 scale "
+        "(MAE: 9; torchvision's RandAugment, no magnitude noise) (default: 0, off)",
+    )
+    group.add_argument(
+        "--random_erasing",
+        type=unit_float,
+        default=0.0,
+        help="--finetune: random erasing with this probability, noise per pixel (MAE: 0.25) "
+        "(default: 0)",
+    )
+    add_bool_flag(
+        group,
+        "--fc_norm",
+        "--finetune with --pool mean: drop the ViT's final norm and normalise the mean of the "
+        "patch tokens with a fresh LayerNorm, as MAE's fine-tuning (models_vit.py, "
+        "global_pool) (default: false)",
     )
     group = parser.add_argument_group("evaluation data")
     group.add_argument(
@@ -214,7 +243,8 @@ def check_args(args) -> None:
             f"(main.py), unused here: drop {'them' if many else 'it'}"
         )
     tuning = {"layer_decay": args.layer_decay, "drop_path": args.drop_path}
-    tuning |= {"mixup": args.mixup, "cutmix": args.cutmix}
+    tuning |= {"mixup": args.mixup, "cutmix": args.cutmix, "randaugment": args.randaugment}
+    tuning |= {"random_erasing": args.random_erasing, "fc_norm": args.fc_norm}
     given = [f"--{k}" for k, v in tuning.items() if v]
     if given and not args.finetune:
         raise UserError(f"{', '.join(given)}: fine-tuning options: add --finetune or drop them")
@@ -233,11 +263,12 @@ def build_datasets(args) -> tuple[Dataset, Dataset]:
         image_size=args.image_size, native_size=info.image_size, mean=info.mean, std=info.std
     )
     augmented = args.eval == "linear" and not args.precompute_features
-    transform = (
-        linear_train_transform(image_size=args.image_size, mean=info.mean, std=info.std)
-        if augmented
-        else plain
-    )
+    transform = plain
+    if augmented:
+        transform = linear_train_transform(
+            image_size=args.image_size, mean=info.mean, std=info.std,
+            randaugment=args.randaugment, random_erasing=args.random_erasing,
+        )  # fmt: skip
     train_set = build_dataset(args.dataset_name, args.data_dir, True, transform, args.download)
     train_set = balanced_subset(train_set, args.limit)
     if args.data_fraction < 1:
@@ -309,13 +340,19 @@ def main(args) -> dict:
     # a ViT's features as its pretraining evaluated them (I-JEPA: the patch tokens' mean)
     pool = args.pool or (pretrained.pool if pretrained else METHODS[args.model_name].pool)
     set_pool(backbone, pool, args.backbone)
-    if (args.drop_path or args.layer_decay) and not isinstance(backbone, ViTBackbone):
+    if (args.drop_path or args.layer_decay or args.fc_norm) and not isinstance(
+        backbone, ViTBackbone
+    ):
         raise UserError(
-            f"--drop_path and --layer_decay need a Vision Transformer (vit_tiny, vit_small), "
-            f"not {args.backbone}: drop them"
+            f"--drop_path, --layer_decay and --fc_norm need a Vision Transformer (vit_tiny, "
+            f"vit_small), not {args.backbone}: drop them"
         )
     if args.drop_path:
         backbone.set_drop_path(args.drop_path)
+    if args.fc_norm:
+        if pool != "mean":
+            raise UserError("--fc_norm normalises the mean of the patch tokens: add --pool mean")
+        backbone.set_fc_norm()
     backbone.requires_grad_(args.finetune)
     backbone.eval().to(device)
     if args.channels_last:

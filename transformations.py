@@ -327,11 +327,25 @@ def eval_transform(*, image_size: int, native_size: int, mean, std) -> T.Compose
     return T.Compose([*resize, T.ToTensor(), T.Normalize(mean, std)])
 
 
-def linear_train_transform(*, image_size: int, mean, std) -> T.Compose:
+def linear_train_transform(
+    *, image_size: int, mean, std, randaugment: int = 0, random_erasing: float = 0.0
+) -> T.Compose:
     """The standard linear-probe augmentation: padded random crop + flip for small images,
-    random resized crop + flip at ImageNet sizes."""
+    random resized crop + flip at ImageNet sizes.
+
+    Fine-tuning adds, in the order of timm's `create_transform` (MAE's main_finetune.py: `--aa
+    rand-m9-mstd0.5-inc1 --reprob 0.25 --remode pixel`): RandAugment of 2 operations at
+    magnitude `randaugment` on timm's 0-10 scale (torchvision's RandAugment with 11 bins, whose
+    ops grow in severity with the magnitude as timm's "inc1"; unlike timm, no magnitude noise
+    (mstd 0.5), and its op set has Identity where timm has Invert and SolarizeAdd), then random
+    erasing with probability `random_erasing` of a patch filled with normal noise per pixel
+    after the normalisation (timm's "pixel" mode; same area and aspect ranges)."""
     if image_size <= BLUR_MIN_SIZE:
         crop = [T.Resize(image_size), T.RandomCrop(image_size, padding=image_size // 8)]
     else:
         crop = [T.RandomResizedCrop(image_size)]
-    return T.Compose([*crop, T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
+    augment = [T.RandAugment(2, randaugment, num_magnitude_bins=11)] if randaugment else []
+    erase = [T.RandomErasing(random_erasing, value="random")] if random_erasing else []
+    return T.Compose(
+        [*crop, T.RandomHorizontalFlip(), *augment, T.ToTensor(), T.Normalize(mean, std), *erase]
+    )

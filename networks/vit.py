@@ -84,6 +84,7 @@ class ViTBackbone(VisionTransformer):
         for layer in self.encoder.layers:  # the same weights and keys, with drop path
             layer.__class__ = Block
             layer.drop_path = StochasticDepth(0.0, "row")
+        self.fc_norm: nn.Module | None = None  # set_fc_norm
 
     @property
     def depth(self) -> int:
@@ -93,11 +94,23 @@ class ViTBackbone(VisionTransformer):
         for i, layer in enumerate(self.encoder.layers):
             layer.drop_path.p = rate * i / max(self.depth - 1, 1)
 
+    def set_fc_norm(self) -> None:
+        """MAE's fine-tuning with global pooling (models_vit.py, global_pool=True): the final norm
+        is dropped (its pretrained weights unused) and a fresh LayerNorm normalises the mean of the
+        patch tokens instead. Needs `pool` "mean"; its parameters sit with the final norm's for
+        layer-wise lr decay (`layer_id`)."""
+        if self.pool != "mean":
+            raise ValueError("fc_norm normalises the mean of the patch tokens: set pool 'mean'")
+        self.encoder.ln = nn.Identity()
+        self.fc_norm = nn.LayerNorm(self.hidden_dim, eps=1e-6)  # torchvision's and MAE's eps
+
     def forward(self, x: Tensor) -> Tensor:
         if self.pool == "token" and x.shape[-2:] == (self.image_size, self.image_size):
             return super().forward(x)  # torchvision's own path
         tokens = self.forward_tokens(x)
         pooled = tokens[:, 0] if self.pool == "token" else tokens[:, 1:].mean(dim=1)
+        if self.fc_norm is not None:
+            pooled = self.fc_norm(pooled)
         return self.heads(pooled)
 
     def forward_any_size(self, x: Tensor) -> Tensor:
@@ -144,7 +157,7 @@ class ViTBackbone(VisionTransformer):
     def layer_id(self, name: str) -> int:
         """A parameter's depth for layer-wise lr decay, as MAE's `get_layer_id_for_vit`: 0 for
         the embeddings (patches, positions, class token), i + 1 for block i, depth + 1 for the
-        final norm (which the head's layer shares)."""
+        final norm or fc_norm (which the head's layer shares)."""
         if name.startswith("encoder.layers."):
             return int(name.split(".")[2].rsplit("_", 1)[1]) + 1
         if name.startswith(("conv_proj", "class_token", "encoder.pos_embedding")):

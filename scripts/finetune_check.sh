@@ -4,7 +4,9 @@
 # smoothing 0.1, mixup 0.8 / cutmix 1.0, AdamW), against the same fine-tuning of the same ViT
 # from its random initialisation, at the same budget and seed. CPU-sized: vit_tiny at 32 px on
 # 4,000 images (--limit), PRETRAIN_EPOCHS (default 20) of pretraining with the short recipe
-# (recipes/short/<method>.args), FINETUNE_EPOCHS (default 10) of fine-tuning.
+# (recipes/short/<method>.args), FINETUNE_EPOCHS (default 10) of fine-tuning with the rest of
+# MAE's protocol too (RandAugment m9, random erasing 0.25, mean of the patch tokens with a fresh
+# fc_norm: recipes/cifar10/finetune_vit.args).
 #
 #   bash scripts/finetune_check.sh [OUT_DIR [METHOD]]   (default runs/finetune_check/<timestamp>)
 #   SEED=124 ...                    another seed (default 123)
@@ -22,7 +24,8 @@ read -r -a BACKBONE <<< "$(python scripts/recipe_backbone.py recipes/short/synth
 FINETUNE=(--finetune --batch_size 128 --num_epochs "${FINETUNE_EPOCHS:-10}" --warmup_epochs 1
           --optimizer adamw --betas 0.9 0.999 --base_lr 1e-3 --backbone_lr 1e-3
           --weight_decay 0.05 --layer_decay 0.75 --drop_path 0.1 --label_smoothing 0.1
-          --mixup 0.8 --cutmix 1.0 --final_lr 1e-6)
+          --mixup 0.8 --cutmix 1.0 --randaugment 9 --random_erasing 0.25 --pool mean --fc_norm
+          --final_lr 1e-6)
 
 if [ ! -e "$OUT/ckpts/pretrain/last.pt" ]; then
     python main.py --config recipes/short/synthetic.args --config "recipes/short/$METHOD.args" \

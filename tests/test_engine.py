@@ -24,6 +24,27 @@ FLAGS = [
     "--num_epochs", "2", "--print_freq", "1", "--seed", "3",
 ]  # fmt: skip
 MODES = {"probe": [], "finetune": ["--finetune"], "features": ["--precompute_features"]}
+MODES["finetune_vit"] = [  # MAE's protocol (recipes/cifar10/finetune_vit.args) on a ViT
+    "--finetune", "--backbone", "vit_tiny", "--optimizer", "adamw", "--base_lr", "1e-3",
+    "--backbone_lr", "1e-3", "--layer_decay", "0.75", "--drop_path", "0.1",
+    "--label_smoothing", "0.1", "--mixup", "0.8", "--cutmix", "1.0", "--randaugment", "9",
+    "--random_erasing", "0.25", "--pool", "mean", "--fc_norm",
+    "--limit", "100", "--batch_size", "25",  # still 4 steps per epoch, at half the cost
+]  # fmt: skip
+
+
+@pytest.fixture
+def test_split_of_200():
+    """The synthetic test split cut to 200 images: a ViT's test pass over 2,000 costs minutes."""
+    import utils.data
+    from utils.synthetic import SyntheticShapes
+
+    def shapes(train=True, transform=None, seed=0, num_images=None):
+        return SyntheticShapes(train, transform, seed, num_images or (None if train else 200))
+
+    with pytest.MonkeyPatch.context() as patch:  # not undone with the test's monkeypatch
+        patch.setattr(utils.data, "SyntheticShapes", shapes)
+        yield
 
 
 def evaluate(run_dirs, name, *extra):
@@ -36,8 +57,12 @@ def last(ckpt_root, name):
 
 
 @pytest.mark.parametrize("mode", sorted(MODES))
-def test_a_stopped_and_resumed_evaluation_equals_a_straight_one(mode, run_dirs, monkeypatch):
+def test_a_stopped_and_resumed_evaluation_equals_a_straight_one(
+    mode, run_dirs, monkeypatch, request
+):
     flags = MODES[mode]
+    if mode == "finetune_vit":
+        request.getfixturevalue("test_split_of_200")
     straight = evaluate(run_dirs, "straight", *flags)
     stop_at_call(monkeypatch, 3)  # mid-epoch: 3 of 4 steps of the first epoch
     with pytest.raises(SystemExit) as stopped:
@@ -47,10 +72,12 @@ def test_a_stopped_and_resumed_evaluation_equals_a_straight_one(mode, run_dirs, 
     monkeypatch.undo()
     resumed = evaluate(run_dirs, "stopped", *flags, "--resume", "auto")
     a, b = last(run_dirs[3], "straight"), last(run_dirs[3], "stopped")
-    for part in ("model", "backbone") if mode == "finetune" else ("model",):
+    for part in ("model", "backbone") if mode.startswith("finetune") else ("model",):
         for key in a[part]:
             assert torch.allclose(a[part][key].float(), b[part][key].float(), atol=1e-6), key
     assert (resumed["acc1"], resumed["acc5"]) == (straight["acc1"], straight["acc5"])
+    if mode == "finetune_vit":  # a fresh fc_norm in place of the final norm, as MAE's
+        assert "fc_norm.weight" in a["backbone"] and "encoder.ln.weight" not in a["backbone"]
     with open(os.path.join(run_dirs[1], "stopped", "metrics.csv")) as f:
         steps = [line.split(",")[2] for line in f if line.startswith("step,")]
     assert steps == [str(i) for i in range(1, 9)]  # every step logged once

@@ -94,7 +94,7 @@ def test_precomputed_features_train_the_same_head_faster(pretrained, run_dirs, m
     monkeypatch.setattr(  # the one intended difference between the paths, switched off
         main_linear,
         "linear_train_transform",
-        lambda **kw: main_linear.eval_transform(native_size=32, **kw),
+        lambda randaugment, random_erasing, **kw: main_linear.eval_transform(native_size=32, **kw),
     )
     epochs = ["--num_epochs", "4"]
     slow = run_linear(run_dirs, pretrained, *epochs, "--run_name", "images")
@@ -195,6 +195,11 @@ def test_plot_tsne_writes_a_png(tmp_path):
         (["--finetune", "--base_lr", "0"], "--base_lr"),
         (["--data_fraction", "0"], "--data_fraction"),
         (["--data_fraction", "1.5"], "--data_fraction"),
+        (["--randaugment", "9"], "--finetune"),
+        (["--finetune", "--randaugment", "11"], "from 0 to 10"),
+        (["--random_erasing", "0.25"], "--finetune"),
+        (["--finetune", "--random_init", "--fc_norm"], "Vision Transformer"),
+        (["--finetune", "--random_init", "--fc_norm", "--backbone", "vit_tiny"], "--pool mean"),
     ],
 )
 def test_bad_combinations_exit_with_code_2_and_one_line(argv, message, run_dirs, capsys):

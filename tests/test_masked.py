@@ -258,6 +258,59 @@ def test_layer_decay_gives_each_block_its_lr():
     assert all(scale_of[id(p)] == 1.0 for p in head.parameters())
 
 
+def test_fc_norm_normalises_the_mean_of_the_unnormed_patch_tokens():
+    """MAE's global pooling for fine-tuning (models_vit.py): the blocks' output without the final
+    norm, averaged over the patch tokens, then a fresh LayerNorm; at the head's lr."""
+    torch.manual_seed(0)
+    vit = tiny_vit(depth=2).eval()
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        patches, cls_pos = vit.patch_tokens(x)
+        token = (vit.class_token + cls_pos).expand(3, -1, -1)
+        unnormed = vit.encoder.layers(torch.cat([token, patches], dim=1))
+        mean = unnormed[:, 1:].mean(dim=1)
+        expected = (mean - mean.mean(1, keepdim=True)) / torch.sqrt(
+            mean.var(1, unbiased=False, keepdim=True) + 1e-6
+        )
+        with pytest.raises(ValueError, match="pool 'mean'"):
+            vit.set_fc_norm()  # the class token has no fc_norm in MAE
+        vit.pool = "mean"
+        vit.set_fc_norm()
+        assert torch.allclose(vit(x), expected, atol=1e-5)
+        assert isinstance(vit.encoder.ln, torch.nn.Identity)
+    scales = probe.layer_scales(vit, 0.5)
+    assert scales["fc_norm.weight"] == scales["fc_norm.bias"] == 1.0
+    assert not any(name.startswith("encoder.ln") for name in scales)
+
+
+def test_finetune_augmentation_is_timms_randaugment_and_random_erasing():
+    """--randaugment 9 on timm's 0-10 scale: torchvision's op space at 11 bins gives timm's
+    m9 values (rotate 30 x 9/10 degrees, shear 0.3 x 9/10); random erasing changes one
+    rectangle of the normalised image and nothing else."""
+    from transformations import linear_train_transform
+
+    image = T.ToPILImage()(torch.rand(3, 32, 32))
+    kwargs = dict(image_size=32, mean=(0.5,) * 3, std=(0.25,) * 3)
+    plain = linear_train_transform(**kwargs)
+    tuned = linear_train_transform(**kwargs, randaugment=9, random_erasing=1.0)
+    augment = [t for t in tuned.transforms if isinstance(t, T.RandAugment)]
+    assert len(augment) == 1 and (augment[0].num_ops, augment[0].magnitude) == (2, 9)
+    space = augment[0]._augmentation_space(augment[0].num_magnitude_bins, (32, 32))
+    assert space["Rotate"][0][9].item() == pytest.approx(27.0)
+    assert space["ShearX"][0][9].item() == pytest.approx(0.27)
+    erasing = linear_train_transform(**kwargs, random_erasing=1.0)
+    torch.manual_seed(3)
+    before = plain(image)
+    torch.manual_seed(3)
+    after = erasing(image)
+    changed = (before != after).any(dim=0)
+    rows, cols = changed.any(dim=1).nonzero(), changed.any(dim=0).nonzero()
+    assert changed.any()
+    box = changed[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    assert box.float().mean() > 0.99  # one filled rectangle
+    assert not any(isinstance(t, (T.RandAugment, T.RandomErasing)) for t in plain.transforms)
+
+
 def test_drop_path_rises_with_depth_and_is_off_in_eval():
     torch.manual_seed(0)
     vit = tiny_vit(depth=3)
