@@ -54,10 +54,13 @@ from methods.momentum import ema_update, frozen_copy
 from networks.vit import sincos_position_embedding, transformer_blocks
 from utils.misc import unit_float
 
+TARGET_SCALE, ASPECT, MIN_KEEP = (0.15, 0.2), (0.75, 1.5), 4  # the official MaskCollator's
 
-def block_size(side: int, scale: tuple, aspect: tuple) -> tuple[int, int]:
-    """A block's height and width in patches: `_sample_block_size`, one draw for both."""
-    r = torch.rand(1).item()
+
+def block_size(side: int, scale: tuple, aspect: tuple, r: float | None = None) -> tuple[int, int]:
+    """A block's height and width in patches: `_sample_block_size`, one draw `r` in [0, 1] for
+    both (drawn here when None)."""
+    r = torch.rand(1).item() if r is None else r
     count = int(side * side * (scale[0] + r * (scale[1] - scale[0])))
     ratio = aspect[0] + r * (aspect[1] - aspect[0])
     h, w = round(math.sqrt(count * ratio)), round(math.sqrt(count / ratio))
@@ -89,10 +92,10 @@ def multiblock_masks(
     batch: int,
     side: int,
     num_targets: int = 4,
-    target_scale: tuple[float, float] = (0.15, 0.2),
+    target_scale: tuple[float, float] = TARGET_SCALE,
     context_scale: tuple[float, float] = (0.85, 1.0),
-    aspect: tuple[float, float] = (0.75, 1.5),
-    min_keep: int = 4,
+    aspect: tuple[float, float] = ASPECT,
+    min_keep: int = MIN_KEEP,
 ) -> tuple[Tensor, Tensor]:
     """The context patches [N, Kc] and the target blocks [M, N, Kt] of a batch of images with
     side x side patches (indices in row-major order), as MaskCollator with nenc 1 and npred M."""
@@ -208,6 +211,14 @@ class IJEPA(Method):
         if pred_emb_dim % heads or pred_emb_dim % 4:
             raise ValueError(f"pred_emb_dim {pred_emb_dim} must divide by 4 and by {heads} heads")
         self.side = backbone.image_size // backbone.patch_size
+        # refused now, not at a random step of the run: some draw would give a target block of
+        # no more than MIN_KEEP patches, which multiblock_masks cannot place
+        draws = (block_size(self.side, TARGET_SCALE, ASPECT, r / 100) for r in range(101))
+        if min(h * w for h, w in draws) <= MIN_KEEP:
+            raise ValueError(
+                f"{self.side}x{self.side} patches are too few for its target blocks: use a "
+                f"larger --image_size (32 px gives 8x8 patches of 4 px)"
+            )
         if not pretrained:  # --pretrained / --init_backbone: the backbone keeps its weights
             ijepa_init(backbone, backbone.encoder.layers)
             fix_position_embedding(backbone)

@@ -120,6 +120,9 @@ def cases(files) -> dict[str, tuple[object, list[str], str]]:
         "backbone_lr_alone": (lin, [rand, "--backbone_lr", "0.1"], "--finetune"),
         "zero_data_fraction": (lin, [rand, "--data_fraction", "0"], "fraction"),
         "linear_image_too_small": (lin, [rand, "--image_size", "7"], "smallest that works"),
+        # a grid of 4x4 patches: no room for I-JEPA's target blocks (refused before the run)
+        "ijepa_grid_too_small": (pre, ["--model_name", "ijepa", "--backbone", "vit_tiny",
+                                       "--image_size", "16"], "--image_size"),
     }  # fmt: skip
     return table
 
