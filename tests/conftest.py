@@ -1,3 +1,4 @@
+import contextlib
 import os
 import sys
 
@@ -17,6 +18,22 @@ def backbone_for(method: str) -> tuple[str, int]:
     from methods import METHODS
 
     return ("vit_tiny", 32) if METHODS[method].requires_vit else ("small_cnn", 16)
+
+
+@contextlib.contextmanager
+def small_test_split(size: int = 200):
+    """The synthetic test split cut to `size` images (from its 2,000): the test-set passes of a
+    whole run (validation, online probe, kNN) cost most of a tiny run's time. Not undone by a
+    test's `monkeypatch.undo()`."""
+    import utils.data
+    from utils.synthetic import SyntheticShapes
+
+    def shapes(train=True, transform=None, seed=0, num_images=None):
+        return SyntheticShapes(train, transform, seed, num_images or (None if train else size))
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(utils.data, "SyntheticShapes", shapes)
+        yield
 
 
 @pytest.fixture

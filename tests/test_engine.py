@@ -12,6 +12,7 @@ from torch import nn
 import engine
 import main_linear
 from engine import Engine
+from tests.conftest import small_test_split
 from tests.test_reliability import stop_at_call
 from utils.checkpoint import load_checkpoint
 from utils.misc import UserError
@@ -35,15 +36,7 @@ MODES["finetune_vit"] = [  # MAE's protocol (recipes/cifar10/finetune_vit.args) 
 
 @pytest.fixture
 def test_split_of_200():
-    """The synthetic test split cut to 200 images: a ViT's test pass over 2,000 costs minutes."""
-    import utils.data
-    from utils.synthetic import SyntheticShapes
-
-    def shapes(train=True, transform=None, seed=0, num_images=None):
-        return SyntheticShapes(train, transform, seed, num_images or (None if train else 200))
-
-    with pytest.MonkeyPatch.context() as patch:  # not undone with the test's monkeypatch
-        patch.setattr(utils.data, "SyntheticShapes", shapes)
+    with small_test_split(200):  # the test passes over 2,000 images cost most of the time
         yield
 
 
@@ -58,11 +51,9 @@ def last(ckpt_root, name):
 
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_a_stopped_and_resumed_evaluation_equals_a_straight_one(
-    mode, run_dirs, monkeypatch, request
+    mode, run_dirs, monkeypatch, test_split_of_200
 ):
     flags = MODES[mode]
-    if mode == "finetune_vit":
-        request.getfixturevalue("test_split_of_200")
     straight = evaluate(run_dirs, "straight", *flags)
     stop_at_call(monkeypatch, 3)  # mid-epoch: 3 of 4 steps of the first epoch
     with pytest.raises(SystemExit) as stopped:

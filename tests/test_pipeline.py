@@ -12,11 +12,19 @@ import main
 import main_linear
 import probe
 from methods import METHODS
-from tests.conftest import backbone_for
+from tests.conftest import backbone_for, small_test_split
 from utils import tsne
 from utils.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.full  # whole runs: the full suite only (conftest --fast)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def test_split_of_200():
+    """Files and formats are tested here, not accuracies: 200 test images, not 2,000."""
+    with small_test_split(200):
+        yield
+
 
 TINY = [
     "--dataset_name",
@@ -285,5 +293,5 @@ def test_knn_monitor_logs_epoch_0_and_draws_knn_and_tsne(run_dirs, monkeypatch):
     assert all(0 <= float(r["knn_acc1"]) <= 100 for r in epochs if r["knn_acc1"])
     assert os.path.getsize(os.path.join(out["log_dir"], "knn.png")) > 0
     [(features, labels, path)] = drawn
-    assert features.shape == (2000, 256) and labels.shape == (2000,)  # the synthetic test set
+    assert features.shape == (200, 256) and labels.shape == (200,)  # the (cut) synthetic test set
     assert path == os.path.join(out["log_dir"], "tsne.png")
