@@ -23,6 +23,7 @@ from monitors import (
     rankme,
     uniformity,
 )
+from tests.conftest import small_test_split
 from tests.test_reliability import FLAGS  # 4 steps x 2 epochs of simclr on small_cnn
 from utils.checkpoint import load_checkpoint
 
@@ -146,7 +147,13 @@ def test_the_data_wait_fraction():
 @pytest.mark.full
 def test_the_online_probe_leaves_the_pretraining_alone_and_resumes(run_dirs, monkeypatch):
     """Same seed, with and without the probe: the same loss curve and weights; stopped at step
-    3 and resumed, the probe's head ends as in a straight run; its figures are in metrics.csv."""
+    3 and resumed, the probe's head ends as in a straight run; its figures are in metrics.csv.
+    On 200 test images (kNN and the probe's test pass every epoch of four runs)."""
+    with small_test_split(200):
+        probe_runs(run_dirs, monkeypatch)
+
+
+def probe_runs(run_dirs, monkeypatch):
 
     def run(name, *extra):
         args = main.get_args_parser().parse_args([*FLAGS, *run_dirs, "--run_name", name, *extra])
