@@ -55,6 +55,6 @@ done
     echo "$METHOD on ${BACKBONE[*]}, seed $SEED, $NAME: fine-tuned Acc@1 / Acc@5"
     for start in pretrained random; do
         log=$OUT/log_${NAME}_$start.txt
-        [ -e "$OUT/${NAME}_$start/results.json" ] && echo "  from $start: $(tail -n 1 "$log")"
+        if [ -e "$OUT/${NAME}_$start/results.json" ]; then echo "  from $start: $(tail -n 1 "$log")"; fi
     done
 } | tee "$OUT/summary.txt"
