@@ -208,7 +208,7 @@ def epoch_monitor(args, backbone: nn.Module, loaders, probe, device, tsne_path, 
       - every epoch: RankMe of the monitor set's features (one forward pass of --rankme_images
         images, none when the test set's features were computed anyway; 0: off);
       - with --tsne, the last epoch's test features drawn to `tsne_path` (None: not this
-        process)."""
+        process), computed for it when no monitor did."""
     from utils.knn import extract_features, knn_evaluate
     from utils.tsne import plot_tsne
 
@@ -222,14 +222,14 @@ def epoch_monitor(args, backbone: nn.Module, loaders, probe, device, tsne_path, 
             (values["knn_acc1"],), test = knn_evaluate(
                 backbone, bank, test_loader, device, args.knn_k, args.knn_temperature, ks=(1,)
             )
-        elif probe is not None and last:
+        elif last and test_loader is not None and (probe is not None or args.tsne):
             test = extract_features(backbone, test_loader, device)
         if probe is not None and test is not None and epoch >= 0:
             values |= probe.evaluate(*test)
         monitored = test
-        if args.rankme_images and monitored is None:
-            monitored = extract_features(backbone, fixed, device)
         if args.rankme_images:
+            if monitored is None:
+                monitored = extract_features(backbone, fixed, device)
             values["rankme"] = rankme(monitored[0][: args.rankme_images])
         if args.tsne and last and tsne_path and monitored is not None:
             plot_tsne(*monitored, tsne_path, f"{title}: test features, epoch {epoch + 1}")

@@ -295,3 +295,18 @@ def test_knn_monitor_logs_epoch_0_and_draws_knn_and_tsne(run_dirs, monkeypatch):
     [(features, labels, path)] = drawn
     assert features.shape == (200, 256) and labels.shape == (200,)  # the (cut) synthetic test set
     assert path == os.path.join(out["log_dir"], "tsne.png")
+
+
+def test_tsne_draws_the_test_set_with_every_monitor_off(run_dirs, monkeypatch):
+    """--tsne alone (no kNN, online probe or RankMe, which otherwise compute the test features)
+    still maps the whole test set after the last epoch."""
+    drawn = []
+    monkeypatch.setattr(tsne, "plot_tsne", lambda x, y, path, title: drawn.append((x, y, path)))
+    args = main.get_args_parser().parse_args(
+        [*TINY, *run_dirs, "--backbone", "small_cnn", "--num_epochs", "1", "--warmup_epochs", "0"]
+        + ["--knn_freq", "0", "--online_probe", "false", "--rankme_images", "0", "--tsne"]
+    )
+    out = main.main(args)
+    [(features, labels, path)] = drawn
+    assert features.shape == (200, 256) and labels.shape == (200,)
+    assert path == os.path.join(out["log_dir"], "tsne.png")
