@@ -337,14 +337,18 @@ def linear_train_transform(
     rand-m9-mstd0.5-inc1 --reprob 0.25 --remode pixel`): RandAugment of 2 operations at
     magnitude `randaugment` on timm's 0-10 scale (torchvision's RandAugment with 11 bins, whose
     ops grow in severity with the magnitude as timm's "inc1"; unlike timm, no magnitude noise
-    (mstd 0.5), and its op set has Identity where timm has Invert and SolarizeAdd), then random
+    (mstd 0.5), and its op set has Identity where timm has Invert and SolarizeAdd; uncovered
+    pixels filled with the mean colour, timm's `img_mean`), then random
     erasing with probability `random_erasing` of a patch filled with normal noise per pixel
     after the normalisation (timm's "pixel" mode; same area and aspect ranges)."""
     if image_size <= BLUR_MIN_SIZE:
         crop = [T.Resize(image_size), T.RandomCrop(image_size, padding=image_size // 8)]
     else:
         crop = [T.RandomResizedCrop(image_size)]
-    augment = [T.RandAugment(2, randaugment, num_magnitude_bins=11)] if randaugment else []
+    fill = [round(255 * m) for m in mean]  # timm fills what shears and turns uncover with the mean
+    augment = (
+        [T.RandAugment(2, randaugment, num_magnitude_bins=11, fill=fill)] if randaugment else []
+    )
     erase = [T.RandomErasing(random_erasing, value="random")] if random_erasing else []
     return T.Compose(
         [*crop, T.RandomHorizontalFlip(), *augment, T.ToTensor(), T.Normalize(mean, std), *erase]

@@ -295,6 +295,7 @@ def test_finetune_augmentation_is_timms_randaugment_and_random_erasing():
     tuned = linear_train_transform(**kwargs, randaugment=9, random_erasing=1.0)
     augment = [t for t in tuned.transforms if isinstance(t, T.RandAugment)]
     assert len(augment) == 1 and (augment[0].num_ops, augment[0].magnitude) == (2, 9)
+    assert augment[0].fill == [128, 128, 128]  # the mean colour, as timm's img_mean
     space = augment[0]._augmentation_space(augment[0].num_magnitude_bins, (32, 32))
     assert space["Rotate"][0][9].item() == pytest.approx(27.0)
     assert space["ShearX"][0][9].item() == pytest.approx(0.27)
