@@ -271,17 +271,22 @@ def test_method_flags_reach_the_modules():
     assert (swav.freeze_prototypes_epochs, swav.epoch_queue_starts, swav.epsilon) == (0, 15, 0.05)
 
 
-def test_knn_monitor_logs_epoch_0_and_draws_knn_and_tsne(run_dirs, monkeypatch):
-    """--knn_freq evaluates the untrained network (epoch 0) and then every N epochs; --tsne maps
-    the test features of the last evaluation (t-SNE itself is tested in test_linear_eval.py and
-    takes seconds, so a stand-in records the call here)."""
+def run_with_tsne(run_dirs, monkeypatch, epochs: str, *flags):
+    """A small_cnn run with --tsne whose t-SNE is a stand-in recording its (features, labels,
+    path) (t-SNE itself is tested in test_linear_eval.py and takes seconds)."""
     drawn = []
     monkeypatch.setattr(tsne, "plot_tsne", lambda x, y, path, title: drawn.append((x, y, path)))
     args = main.get_args_parser().parse_args(
-        [*TINY, *run_dirs, "--backbone", "small_cnn", "--num_epochs", "2", "--warmup_epochs", "0"]
-        + ["--knn_freq", "2", "--knn_k", "5", "--tsne", "--run_name", "knn"]
+        [*TINY, *run_dirs, "--backbone", "small_cnn", "--num_epochs", epochs, "--warmup_epochs"]
+        + ["0", "--tsne", "--run_name", "tsne", *flags]
     )
-    out = main.main(args)
+    return main.main(args), drawn
+
+
+def test_knn_monitor_logs_epoch_0_and_draws_knn_and_tsne(run_dirs, monkeypatch):
+    """--knn_freq evaluates the untrained network (epoch 0) and then every N epochs; --tsne maps
+    the test features of the last evaluation."""
+    out, drawn = run_with_tsne(run_dirs, monkeypatch, "2", "--knn_freq", "2", "--knn_k", "5")
     epochs = [
         r for r in read_csv(os.path.join(out["log_dir"], "metrics.csv")) if r["kind"] == "epoch"
     ]
@@ -300,13 +305,8 @@ def test_knn_monitor_logs_epoch_0_and_draws_knn_and_tsne(run_dirs, monkeypatch):
 def test_tsne_draws_the_test_set_with_every_monitor_off(run_dirs, monkeypatch):
     """--tsne alone (no kNN, online probe or RankMe, which otherwise compute the test features)
     still maps the whole test set after the last epoch."""
-    drawn = []
-    monkeypatch.setattr(tsne, "plot_tsne", lambda x, y, path, title: drawn.append((x, y, path)))
-    args = main.get_args_parser().parse_args(
-        [*TINY, *run_dirs, "--backbone", "small_cnn", "--num_epochs", "1", "--warmup_epochs", "0"]
-        + ["--knn_freq", "0", "--online_probe", "false", "--rankme_images", "0", "--tsne"]
-    )
-    out = main.main(args)
+    off = ["--knn_freq", "0", "--online_probe", "false", "--rankme_images", "0"]
+    out, drawn = run_with_tsne(run_dirs, monkeypatch, "1", *off)
     [(features, labels, path)] = drawn
     assert features.shape == (200, 256) and labels.shape == (200,)
     assert path == os.path.join(out["log_dir"], "tsne.png")
