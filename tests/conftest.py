@@ -36,6 +36,14 @@ def small_test_split(size: int = 200):
         yield
 
 
+@pytest.fixture(scope="module")
+def small_test_set():
+    """small_test_split(200) for a whole module of runs that test files, formats and exact
+    resumption, not accuracy (`pytest.mark.usefixtures("small_test_set")`)."""
+    with small_test_split(200):
+        yield
+
+
 @pytest.fixture
 def run_dirs(tmp_path):
     """Flags that send a run's logs and checkpoints into a temporary folder."""

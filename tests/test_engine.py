@@ -12,10 +12,13 @@ from torch import nn
 import engine
 import main_linear
 from engine import Engine
-from tests.conftest import small_test_split
 from tests.test_reliability import stop_at_call
 from utils.checkpoint import load_checkpoint
 from utils.misc import UserError
+
+# exact resumption is tested here, not accuracy: the test passes over 2,000 images would cost
+# most of the time, 200 serve
+pytestmark = pytest.mark.usefixtures("small_test_set")
 
 # the untrained small_cnn (no pretraining needed), 4 steps per epoch, 2 epochs
 FLAGS = [
@@ -34,12 +37,6 @@ MODES["finetune_vit"] = [  # MAE's protocol (recipes/cifar10/finetune_vit.args) 
 ]  # fmt: skip
 
 
-@pytest.fixture
-def test_split_of_200():
-    with small_test_split(200):  # the test passes over 2,000 images cost most of the time
-        yield
-
-
 def evaluate(run_dirs, name, *extra):
     args = main_linear.get_args_parser().parse_args([*FLAGS, *run_dirs, "--run_name", name, *extra])
     return main_linear.main(args)
@@ -50,9 +47,7 @@ def last(ckpt_root, name):
 
 
 @pytest.mark.parametrize("mode", sorted(MODES))
-def test_a_stopped_and_resumed_evaluation_equals_a_straight_one(
-    mode, run_dirs, monkeypatch, test_split_of_200
-):
+def test_a_stopped_and_resumed_evaluation_equals_a_straight_one(mode, run_dirs, monkeypatch):
     flags = MODES[mode]
     straight = evaluate(run_dirs, "straight", *flags)
     stop_at_call(monkeypatch, 3)  # mid-epoch: 3 of 4 steps of the first epoch

@@ -12,18 +12,13 @@ import main
 import main_linear
 import probe
 from methods import METHODS
-from tests.conftest import backbone_for, small_test_split
+from tests.conftest import backbone_for
 from utils import tsne
 from utils.checkpoint import load_checkpoint
 
-pytestmark = pytest.mark.full  # whole runs: the full suite only (conftest --fast)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def test_split_of_200():
-    """Files and formats are tested here, not accuracies: 200 test images, not 2,000."""
-    with small_test_split(200):
-        yield
+# whole runs: the full suite only (conftest --fast); files and formats are tested here, not
+# accuracy: 200 test images, not 2,000
+pytestmark = [pytest.mark.full, pytest.mark.usefixtures("small_test_set")]
 
 
 TINY = [

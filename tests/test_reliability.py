@@ -13,10 +13,11 @@ import torch
 
 import engine
 import main
-from tests.conftest import small_test_split
 from utils.checkpoint import load_checkpoint
 
-pytestmark = pytest.mark.full  # whole runs: the full suite only (conftest --fast)
+# whole runs: the full suite only (conftest --fast); exact resumption is tested here, not
+# accuracy: 200 test images, not 2,000
+pytestmark = [pytest.mark.full, pytest.mark.usefixtures("small_test_set")]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 4 steps per epoch, 2 epochs, SwAV-free simclr on small_cnn: seconds per run
@@ -26,13 +27,6 @@ FLAGS = [
     "--model_name", "simclr", "--optimizer", "sgd", "--base_lr", "0.1", "--warmup_epochs", "1",
     "--num_epochs", "2", "--print_freq", "1", "--seed", "7",
 ]  # fmt: skip
-
-
-@pytest.fixture(scope="module", autouse=True)
-def test_split_of_200():
-    """Exact resumption is tested here, not accuracy: 200 test images, not 2,000."""
-    with small_test_split(200):
-        yield
 
 
 def run(run_dirs, name, *extra):
