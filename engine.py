@@ -31,13 +31,13 @@ from tqdm import tqdm
 
 from optimizers.cosine_decay_warmup import adjust_learning_rate
 from utils.checkpoint import rng_state, save_checkpoint
-from utils.distributed import barrier, is_main_process, mean_over_processes
+from utils.distributed import barrier, is_main_process, mean_over_processes, sum_over_processes
 from utils.logging import MetricsLogger, NullLogger
 from utils.run import TrainingGuard, seed_epoch
 
 # what a step returns: its loss (a tensor with a graph), the number of images it used over all
-# processes, and per-image sums to average over each logged window and over the epoch (e.g.
-# correct predictions x 100)
+# processes, and this process's per-image sums (e.g. correct predictions x 100), which the
+# engine sums over the processes and averages over each logged window and over the epoch
 StepOutput = tuple[Tensor, int, dict[str, Tensor]]
 DATA_WAIT_HINT = 0.2  # an epoch that waits longer than this share of its time for data: a hint
 
@@ -135,7 +135,8 @@ class Engine:
             if done % self.print_freq == 0 or done == last_step:
                 now = time.time()
                 elapsed = max(now - window_start, 1e-9)
-                window = {k: float(v) / max(window_images, 1) for k, v in window_sums.items()}
+                window = sum_over_processes(window_sums)  # one collective per log, not per step
+                window = {k: v / max(window_images, 1) for k, v in window.items()}
                 window["images_per_s"] = window_images / elapsed
                 window["data_wait"] = window_waited / elapsed
                 window_start, window_images, window_sums, window_waited = now, 0, {}, 0.0
@@ -167,7 +168,7 @@ class Engine:
                 "data: more --num_workers, --in_memory (decode once) or --gpu_augment (views on "
                 "the GPU) would make it faster"
             )
-        stats |= {key: float(value) / max(seen, 1) for key, value in sums.items()}
+        stats |= {k: v / max(seen, 1) for k, v in sum_over_processes(sums).items()}
         return {**stats, "steps_done": done}
 
 

@@ -82,8 +82,8 @@ def pretraining_step(
     uint8 images), the method's loss under autocast, and the monitors' figures (the online
     probe's update, the collapse monitors: monitors.Monitors). `forward` is the module to call
     (DDP / torch.compile wrappers of the method; `backbone` the method's, which the monitors
-    read). The image count is over all DDP processes; the monitors' sums are this process's,
-    scaled to it (rank 0's share stands for the batch)."""
+    read). The image count is over all DDP processes, the monitors' sums this process's (the
+    engine sums them over the processes where it logs)."""
 
     def step(views, labels):
         if augment is not None:  # the loader gave the batch's uint8 images
@@ -94,8 +94,7 @@ def pretraining_step(
         with autocast(args, device), tap or nullcontext():
             out = forward(views, labels)
         sums = monitors.step(out, views, labels, backbone) if monitors is not None else {}
-        scale = world_size()
-        return out["loss"], labels.shape[0] * scale, {k: v * scale for k, v in sums.items()}
+        return out["loss"], labels.shape[0] * world_size(), sums
 
     return step
 

@@ -61,13 +61,16 @@ def batch_mixing(args, num_classes: int):
 
 
 def classifier_step(
-    classifier, backbone, device: torch.device, args, finetune: bool, mix=None
+    classifier, backbone, device: torch.device, args, finetune: bool, mix=None, sharded=True
 ):  # fmt: skip
     """What one step of the probe (or of fine-tuning) computes, for engine.Engine: the
     backbone's features (with gradient only when fine-tuning), the head's cross-entropy (with
     --label_smoothing; on the class probabilities that `mix`, batch_mixing, makes), and its
     correct predictions (train_acc1, percent: of the most likely class of a mixed target).
-    Counts are this process's images."""
+    The image count is over all processes, whose sums the engine adds up: when each holds its
+    share of the batch (`sharded`), or, on cached features, the whole batch, then 1/W each."""
+    processes = world_size()
+    share = 1.0 if sharded else 1.0 / processes
 
     def step(images, labels):
         images = to_device(images, device, args.channels_last)
@@ -82,7 +85,8 @@ def classifier_step(
             logits = classifier(features)
         loss = F.cross_entropy(logits.float(), targets, label_smoothing=args.label_smoothing)
         correct = 100.0 * (logits.argmax(dim=1) == labels).sum()
-        return loss, labels.shape[0], {"train_acc1": correct}
+        count = labels.shape[0] * (processes if sharded else 1)
+        return loss, count, {"train_acc1": correct * share}
 
     return step
 
@@ -124,6 +128,8 @@ def train_classifier(
         print(f"backbone lr = {args.backbone_lr:g}/{args.base_lr:g} x the head's lr")
     head, body = classifier, backbone
     mix = batch_mixing(args, classifier.fc.out_features) if args.finetune else None
+    # images: each process loads its share of every batch; cached features: all of it
+    sharded = train_loader.sampler.num_replicas > 1
     if world_size() > 1 and isinstance(train_loader.sampler, EpochSampler):
         head = DistributedDataParallel(classifier, device_ids=device_ids(device))
         if args.finetune:
@@ -164,7 +170,7 @@ def train_classifier(
     stats = fit(
         engine,
         train_loader,
-        classifier_step(head, body, device, args, args.finetune, mix),
+        classifier_step(head, body, device, args, args.finetune, mix, sharded),
         state,
         ckpt_dir,
         start=start,

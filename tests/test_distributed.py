@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -20,8 +21,9 @@ from methods.simclr import nt_xent_loss
 from methods.supcon import supcon_loss
 from methods.swav import swav_loss
 from methods.vicreg import vicreg_loss
+from probe import classifier_step
 from utils.data import EpochSampler, ShardSampler
-from utils.distributed import gather, gather_with_grad
+from utils.distributed import gather, gather_with_grad, sum_over_processes
 from utils.knn import extract_features
 
 pytestmark = pytest.mark.full  # whole runs: the full suite only (conftest --fast)
@@ -65,6 +67,31 @@ def worker(rank: int, results: dict) -> None:
     part = slice(rank * N, (rank + 1) * N)
     results[rank] = grads_of(Z1[part], Z2[part], LABELS[part], gathered=True)
     results[f"features{rank}"] = sharded_features(rank)
+    results[f"probe{rank}"] = probe_accuracy(rank)
+    # the engine's logged sums (monitors' tensors, or floats): rank 0 has 1 and 2.5, rank 1 2, 5
+    results[f"sums{rank}"] = sum_over_processes(
+        {"acc": torch.tensor(rank + 1.0), "std": 2.5 * (rank + 1)}
+    )
+
+
+def probe_accuracy(rank: int | None) -> tuple[float, float]:
+    """The probe step's train_acc1 as the engine averages it (sums over processes / count), when
+    each process holds its half of the batch (images) and when each holds all of it (cached
+    features); rank None: one process on the whole batch."""
+    args = SimpleNamespace(channels_last=False, amp="none", label_smoothing=0.0)
+    head = torch.nn.Linear(D, 4)
+    with torch.no_grad():
+        head.weight.copy_(PROTOTYPES[:4])
+        head.bias.zero_()
+    accuracies = []
+    for sharded in (True, False):
+        step = classifier_step(
+            head, torch.nn.Identity(), torch.device("cpu"), args, False, None, sharded
+        )
+        part = slice(rank * N, (rank + 1) * N) if sharded and rank is not None else slice(None)
+        _, count, sums = step(Z1[part], LABELS[part])
+        accuracies.append(sum_over_processes(sums)["train_acc1"] / count)
+    return tuple(accuracies)
 
 
 def sharded_features(rank: int, count: int = 7):
@@ -102,6 +129,22 @@ def test_features_of_shards_gather_into_the_whole_set_in_order(two_processes):
         got_features, got_labels = two_processes[f"features{r}"]
         assert got_features.shape == (7, 3)
         assert torch.allclose(got_features, features) and torch.equal(got_labels, labels)
+
+
+def test_probe_train_accuracy_is_over_the_whole_batch(two_processes):
+    """main_linear's train_acc1 under DDP: on images (each process its share) and on cached
+    features (each process all of them), the single process's figure on the whole batch."""
+    single = probe_accuracy(None)[0]
+    assert 0 < single < 100  # the check can tell halves apart
+    for r in range(WORLD):
+        assert two_processes[f"probe{r}"] == pytest.approx((single, single))
+
+
+def test_logged_sums_are_over_all_processes(two_processes):
+    """The online probe's and collapse monitors' window sums count every process's images."""
+    for r in range(WORLD):
+        assert two_processes[f"sums{r}"] == {"acc": 3.0, "std": 7.5}
+    assert sum_over_processes({"acc": torch.tensor(4.0)}) == {"acc": 4.0}  # one process: as is
 
 
 @pytest.mark.parametrize("start_batches", [0, 3])

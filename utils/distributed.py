@@ -83,6 +83,19 @@ def mean_over_processes(x: Tensor) -> float:
     return x.item() / world_size()
 
 
+def sum_over_processes(sums: dict[str, Tensor | float]) -> dict[str, float]:
+    """Each value of `sums` summed over all processes, as floats: one collective for the lot,
+    made where the engine logs (every process holds the same keys there, in the same order)."""
+    if world_size() == 1 or not sums:
+        return {key: float(value) for key, value in sums.items()}
+    device = next((v.device for v in sums.values() if isinstance(v, Tensor)), torch.device("cpu"))
+    stacked = torch.stack(
+        [torch.as_tensor(v, dtype=torch.float64, device=device) for v in sums.values()]
+    )
+    dist.all_reduce(stacked)
+    return dict(zip(sums, stacked.tolist(), strict=True))
+
+
 def is_main_process() -> bool:
     return rank() == 0
 
