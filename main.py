@@ -118,7 +118,7 @@ def training_set(args) -> tuple:
     """The pretraining images (--limit, --in_memory) and their transform, the method's views."""
     info = DATASETS[args.dataset_name]
     method = METHODS[args.model_name]
-    flags = {key: getattr(args, key) for key in VIEW_FLAGS}
+    flags = {key: getattr(args, key) for key in (*VIEW_FLAGS, "interpolation")}
     # the method's own view defaults (official crop scales), then the flags given
     options = {**method.view_options, **{k: v for k, v in flags.items() if v is not None}}
     transform = pretrain_transform(
@@ -185,8 +185,9 @@ def monitor_data(args, device, batch_size: int, labelled: bool) -> tuple:
         name, root = "imagefolder", args.eval_data_dir
     info = DATASETS[args.dataset_name]
     plain = eval_transform(
-        image_size=args.image_size, native_size=info.image_size, mean=info.mean, std=info.std
-    )
+        image_size=args.image_size, native_size=info.image_size, mean=info.mean, std=info.std,
+        interpolation=METHODS[args.model_name].eval_interpolation,
+    )  # fmt: skip
     loader = lambda d: make_loader(  # noqa: E731
         in_memory(d, args.in_memory), args, device, train=False, batch_size=batch_size
     )
@@ -247,8 +248,9 @@ def reconstruction_plot(args, model: nn.Module, device, log_dir: str, title: str
     in training, and the method's reconstruction of them."""
     info = DATASETS[args.dataset_name]
     plain = eval_transform(
-        image_size=args.image_size, native_size=info.image_size, mean=info.mean, std=info.std
-    )
+        image_size=args.image_size, native_size=info.image_size, mean=info.mean, std=info.std,
+        interpolation=METHODS[args.model_name].eval_interpolation,
+    )  # fmt: skip
     split = args.dataset_name not in UNLABELLED  # the test split, where there is one
     images = build_dataset(args.dataset_name, args.data_dir, not split, plain)
     batch = torch.stack([images[i][0] for i in range(min(8, len(images)))]).to(device)

@@ -260,14 +260,16 @@ def build_datasets(args) -> tuple[Dataset, Dataset]:
     --limit, then --data_fraction) and test set (eval transform)."""
     info = DATASETS[args.dataset_name]
     plain = eval_transform(
-        image_size=args.image_size, native_size=info.image_size, mean=info.mean, std=info.std
-    )
+        image_size=args.image_size, native_size=info.image_size, mean=info.mean, std=info.std,
+        interpolation=args.interpolation,
+    )  # fmt: skip
     augmented = args.eval == "linear" and not args.precompute_features
     transform = plain
     if augmented:
         transform = linear_train_transform(
             image_size=args.image_size, mean=info.mean, std=info.std,
             randaugment=args.randaugment, random_erasing=args.random_erasing,
+            interpolation=args.interpolation,
         )  # fmt: skip
     train_set = build_dataset(args.dataset_name, args.data_dir, True, transform, args.download)
     train_set = balanced_subset(train_set, args.limit)
@@ -334,8 +336,13 @@ def main(args) -> dict:
     backbone_lr = args.backbone_lr
     if args.finetune and backbone_lr is None:
         backbone_lr = 0.1 * args.base_lr
+    # the resampling of its crops and resizes: the pretraining method's official evaluation's
+    official = pretrained.interpolation if pretrained else None
+    interpolation = args.interpolation or official or METHODS[args.model_name].eval_interpolation
     # the values derived from the flags, in what args.json and the checkpoints record
-    args = with_values(args, run_name=run_name, ckpt=ckpt, backbone_lr=backbone_lr)
+    args = with_values(
+        args, run_name=run_name, ckpt=ckpt, backbone_lr=backbone_lr, interpolation=interpolation
+    )
     backbone, feat_dim = evaluated_backbone(args, weights)
     # a ViT's features as its pretraining evaluated them (I-JEPA: the patch tokens' mean)
     pool = args.pool or (pretrained.pool if pretrained else METHODS[args.model_name].pool)

@@ -48,13 +48,17 @@ class BackboneInfo:
     source: str  # the main.py checkpoint it comes from
     feat_dim: int | None = None  # known once built
     pool: str | None = None  # a ViT's features: class token (None, "token") or "mean"
+    interpolation: str = "bilinear"  # its method's official evaluation resize (or bicubic)
 
     @property
     def transform(self):
         """The evaluation preprocessing of its data set: resize, centre crop, normalise."""
         native = DATASETS[self.dataset_name].image_size if self.dataset_name in DATASETS else 0
         size = self.image_size
-        return eval_transform(image_size=size, native_size=native, mean=self.mean, std=self.std)
+        return eval_transform(
+            image_size=size, native_size=native, mean=self.mean, std=self.std,
+            interpolation=self.interpolation,
+        )  # fmt: skip
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -136,6 +140,7 @@ def read_backbone(path: str, momentum: bool = False) -> tuple[dict[str, Tensor],
         momentum_backbone=momentum,
         source=os.path.abspath(path),
         pool=args.get("pool") or METHODS[args["model_name"]].pool,
+        interpolation=METHODS[args["model_name"]].eval_interpolation,
     )
     return backbone_weights(checkpoint, momentum), info
 

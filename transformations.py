@@ -30,10 +30,11 @@ def blur_kernel_size(image_size: int) -> int:
 
 
 class View:
-    """One random view, in the order of the papers' appendices: random resized crop (bilinear, or
-    bicubic as MAE's), horizontal flip with probability `flip_prob`, colour jitter (brightness,
-    contrast, saturation, hue) with probability `jitter_prob`, grayscale, Gaussian blur (only for
-    images larger than 64 px), solarisation, normalisation; steps of probability 0 are left out."""
+    """One random view, in the order of the papers' appendices: random resized crop (bilinear,
+    torchvision's default, or bicubic: each method's official choice, its `view_options`),
+    horizontal flip with probability `flip_prob`, colour jitter (brightness, contrast,
+    saturation, hue) with probability `jitter_prob`, grayscale, Gaussian blur (only for images
+    larger than 64 px), solarisation, normalisation; steps of probability 0 are left out."""
 
     def __init__(
         self,
@@ -165,8 +166,9 @@ def simclr_jitter(strength: float) -> tuple[float, float, float, float]:
 
 
 def simclr_transform(
-    *, image_size: int, mean, std, crop_min_scale: float = 0.08, jitter_strength: float = 0.5
-) -> MultiView:
+    *, image_size: int, mean, std, crop_min_scale: float = 0.08, jitter_strength: float = 0.5,
+    interpolation: str = "bilinear",
+) -> MultiView:  # fmt: skip
     """SimCLR (Chen et al. 2020, appendix A), symmetric: two views from one distribution with
     blur p=0.5. Jitter strength 0.5 is the paper's CIFAR choice (1.0 on ImageNet). SupCon and
     SimSiam use the same views."""
@@ -177,13 +179,15 @@ def simclr_transform(
         crop_scale=(crop_min_scale, 1.0),
         jitter=simclr_jitter(jitter_strength),
         blur_prob=0.5,
+        interpolation=interpolation,
     )
     return MultiView([view, view])
 
 
 def byol_transform(
-    *, image_size: int, mean, std, crop_min_scale: float = 0.08, jitter_strength: float = 1.0
-) -> MultiView:
+    *, image_size: int, mean, std, crop_min_scale: float = 0.08, jitter_strength: float = 1.0,
+    interpolation: str = "bilinear",
+) -> MultiView:  # fmt: skip
     """BYOL (Grill et al. 2020, table 6), asymmetric: jitter (0.4, 0.4, 0.2, 0.1) x strength with
     p=0.8, grayscale p=0.2; the first view always blurred and never solarised, the second blurred
     with p=0.1 and solarised with p=0.2. Barlow Twins and VICReg use the same views."""
@@ -193,6 +197,7 @@ def byol_transform(
         std=std,
         crop_scale=(crop_min_scale, 1.0),
         jitter=tuple(jitter_strength * x for x in (0.4, 0.4, 0.2, 0.1)),
+        interpolation=interpolation,
     )
     return MultiView(
         [
@@ -218,6 +223,7 @@ def multicrop_transform(
     num_crops: int = 6,
     small_crop_size: int | None = None,
     small_crop_scale: tuple[float, float] = (0.05, 0.14),
+    interpolation: str = "bilinear",
 ) -> MultiView:
     """SwAV's multi-crop (Caron et al. 2020, section 3.2; facebookresearch/swav
     src/multicropdataset.py): two high-resolution crops covering 14-100 % of the image, then
@@ -231,6 +237,7 @@ def multicrop_transform(
         jitter=simclr_jitter(jitter_strength),
         blur_prob=0.5,
         blur_kernel=PIL_BLUR_KERNEL,
+        interpolation=interpolation,
     )
     high = View(image_size=image_size, crop_scale=(crop_min_scale, 1.0), **colour)
     low = View(image_size=small_crop_size, crop_scale=small_crop_scale, **colour)
@@ -247,6 +254,7 @@ def dino_transform(
     num_crops: int = 8,
     small_crop_size: int | None = None,
     small_crop_scale: tuple[float, float] = (0.05, 0.4),
+    interpolation: str = "bilinear",
 ) -> MultiView:
     """DINO's multi-crop (Caron et al. 2021, appendix; facebookresearch/dino DataAugmentationDINO):
     BYOL's colour distortion (jitter (0.4, 0.4, 0.2, 0.1) x strength with p=0.8, grayscale p=0.2)
@@ -257,7 +265,9 @@ def dino_transform(
     first."""
     small_crop_size = small_crop_size or small_crop_size_for(image_size)
     jitter = tuple(jitter_strength * x for x in (0.4, 0.4, 0.2, 0.1))
-    colour = dict(mean=mean, std=std, jitter=jitter, blur_kernel=PIL_BLUR_KERNEL)
+    colour = dict(
+        mean=mean, std=std, jitter=jitter, blur_kernel=PIL_BLUR_KERNEL, interpolation=interpolation
+    )
     scale = (crop_min_scale, 1.0)
     first = View(image_size=image_size, crop_scale=scale, blur_prob=1.0, **colour)
     second = View(
@@ -282,22 +292,27 @@ def single_view(*, image_size: int, mean, std, crop_min_scale: float, **options)
     return MultiView([view])
 
 
-def mae_transform(*, image_size: int, mean, std, crop_min_scale: float = 0.2) -> MultiView:
+def mae_transform(
+    *, image_size: int, mean, std, crop_min_scale: float = 0.2, interpolation: str = "bicubic"
+) -> MultiView:
     """MAE (He et al. 2022, appendix A.1; facebookresearch/mae main_pretrain.py): one view, a
     random resized crop of 20-100 % of the image (bicubic) and a horizontal flip, no colour."""
     return single_view(
         image_size=image_size, mean=mean, std=std, crop_min_scale=crop_min_scale,
-        interpolation="bicubic",
+        interpolation=interpolation,
     )  # fmt: skip
 
 
-def ijepa_transform(*, image_size: int, mean, std, crop_min_scale: float = 0.3) -> MultiView:
+def ijepa_transform(
+    *, image_size: int, mean, std, crop_min_scale: float = 0.3, interpolation: str = "bilinear"
+) -> MultiView:
     """I-JEPA (Assran et al. 2023; facebookresearch/ijepa configs/in1k_*.yaml: crop_scale
     [0.3, 1.0], use_horizontal_flip, use_color_distortion and use_gaussian_blur false): one view,
     a random resized crop of 30-100 % of the image and nothing else: no hand-crafted views."""
     return single_view(
-        image_size=image_size, mean=mean, std=std, crop_min_scale=crop_min_scale, flip_prob=0.0
-    )
+        image_size=image_size, mean=mean, std=std, crop_min_scale=crop_min_scale, flip_prob=0.0,
+        interpolation=interpolation,
+    )  # fmt: skip
 
 
 # method.augmentation -> the pretraining views (see methods.Method)
@@ -318,37 +333,42 @@ def pretrain_transform(recipe: str, *, image_size: int, mean, std, **options) ->
     return build(image_size=image_size, mean=mean, std=std, **given_kwargs(build, options))
 
 
-def eval_transform(*, image_size: int, native_size: int, mean, std) -> T.Compose:
-    """Resize (and centre crop at ImageNet sizes, with the usual 0.875 ratio), normalise."""
+def eval_transform(
+    *, image_size: int, native_size: int, mean, std, interpolation: str = "bilinear"
+) -> T.Compose:
+    """Resize (and centre crop at ImageNet sizes, with the usual 0.875 ratio), normalise; the
+    resize bilinear or bicubic (the method's `eval_interpolation`, main_linear --interpolation)."""
+    mode = T.InterpolationMode(interpolation)
     if image_size <= BLUR_MIN_SIZE or image_size == native_size:
-        resize = [T.Resize(image_size), T.CenterCrop(image_size)]
+        resize = [T.Resize(image_size, mode), T.CenterCrop(image_size)]
     else:
-        resize = [T.Resize(round(image_size / 0.875)), T.CenterCrop(image_size)]
+        resize = [T.Resize(round(image_size / 0.875), mode), T.CenterCrop(image_size)]
     return T.Compose([*resize, T.ToTensor(), T.Normalize(mean, std)])
 
 
 def linear_train_transform(
-    *, image_size: int, mean, std, randaugment: int = 0, random_erasing: float = 0.0
-) -> T.Compose:
+    *, image_size: int, mean, std, randaugment: int = 0, random_erasing: float = 0.0,
+    interpolation: str = "bilinear",
+) -> T.Compose:  # fmt: skip
     """The standard linear-probe augmentation: padded random crop + flip for small images,
-    random resized crop + flip at ImageNet sizes.
+    random resized crop (bilinear or bicubic) + flip at ImageNet sizes.
 
     Fine-tuning adds, in the order of timm's `create_transform` (MAE's main_finetune.py: `--aa
     rand-m9-mstd0.5-inc1 --reprob 0.25 --remode pixel`): RandAugment of 2 operations at
     magnitude `randaugment` on timm's 0-10 scale (torchvision's RandAugment with 11 bins, whose
-    ops grow in severity with the magnitude as timm's "inc1"; unlike timm, no magnitude noise
-    (mstd 0.5), and its op set has Identity where timm has Invert and SolarizeAdd; uncovered
-    pixels filled with the mean colour, timm's `img_mean`), then random
-    erasing with probability `random_erasing` of a patch filled with normal noise per pixel
-    after the normalisation (timm's "pixel" mode; same area and aspect ranges)."""
+    ops grow in severity with the magnitude as timm's "inc1"; resampling as the crops, as timm
+    passes its `interpolation`; unlike timm, no magnitude noise (mstd 0.5), and its op set has
+    Identity where timm has Invert and SolarizeAdd; uncovered pixels filled with the mean
+    colour, timm's `img_mean`), then random erasing with probability `random_erasing` of a patch
+    filled with normal noise per pixel after the normalisation (timm's "pixel" mode; same area
+    and aspect ranges)."""
+    mode = T.InterpolationMode(interpolation)
     if image_size <= BLUR_MIN_SIZE:
-        crop = [T.Resize(image_size), T.RandomCrop(image_size, padding=image_size // 8)]
+        crop = [T.Resize(image_size, mode), T.RandomCrop(image_size, padding=image_size // 8)]
     else:
-        crop = [T.RandomResizedCrop(image_size)]
+        crop = [T.RandomResizedCrop(image_size, interpolation=mode)]
     fill = [round(255 * m) for m in mean]  # timm fills what shears and turns uncover with the mean
-    augment = (
-        [T.RandAugment(2, randaugment, num_magnitude_bins=11, fill=fill)] if randaugment else []
-    )
+    augment = [T.RandAugment(2, randaugment, 11, mode, fill)] if randaugment else []
     erase = [T.RandomErasing(random_erasing, value="random")] if random_erasing else []
     return T.Compose(
         [*crop, T.RandomHorizontalFlip(), *augment, T.ToTensor(), T.Normalize(mean, std), *erase]

@@ -145,6 +145,16 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
         help="crop size fed to the network (default: 32)",
     )
     group.add_argument(
+        "--interpolation",
+        choices=["bilinear", "bicubic"],
+        default=None,
+        help="resampling of crops and resizes: main.py's views (default: the method's official "
+        "code's: bicubic for SimCLR, BYOL, Barlow Twins, VICReg, DINO, MAE, NNCLR (solo-learn's), "
+        "bilinear, torchvision's default, for SupCon, SimSiam, MoCo v2/v3, SwAV, I-JEPA); "
+        "main_linear.py's training crops and test resize (default: the pretraining method's "
+        "official evaluation: bicubic for SimCLR, BYOL, DINO, MAE, bilinear for the others)",
+    )
+    group.add_argument(
         "--batch_size",
         type=positive_int,
         default=512,

@@ -24,10 +24,12 @@ class Method(nn.Module):
     Class attributes a method may set (docs/fidelity.md says where each comes from):
       augmentation        its pretraining views in `transformations.PRETRAIN_TRANSFORMS`;
       loss_summary        its loss functions in a few words, for the tables;
-      view_options        its own defaults for that recipe (e.g. crop_min_scale 0.2), which the
-                          view flags (--crop_min_scale, ...) override;
+      view_options        its own defaults for that recipe (e.g. crop_min_scale 0.2, bicubic
+                          crops), which the view flags (--crop_min_scale, ...) override;
       needs_labels        whether it trains on class labels (SupCon): refused on unlabelled data;
       requires_vit        whether it only trains Vision Transformers (MAE, I-JEPA mask patches);
+      eval_interpolation  how its official evaluation resizes and crops ("bilinear",
+                          torchvision's default, or "bicubic"; main_linear --interpolation);
       pool                a ViT's features for evaluation: None, the class token; "mean", the
                           mean of the patch tokens (I-JEPA, which trains no class token);
       zero_init_residual  whether its official code zero-initialises the last BatchNorm of each
@@ -44,6 +46,7 @@ class Method(nn.Module):
     zero_init_residual: bool | str = False
     needs_labels = False
     pool: str | None = None
+    eval_interpolation = "bilinear"
     requires_vit = False
     concat_views = False  # per-view methods: one pass over both views (see `per_view`)
     epoch = 0

@@ -75,6 +75,8 @@ class BarlowTwins(Method):
 
     loss_summary = "`barlow_twins_loss`"
     augmentation = "byol"  # the paper uses BYOL's asymmetric views
+    # official main.py: RandomResizedCrop(224, interpolation=Image.BICUBIC); evaluate.py bilinear
+    view_options = {"interpolation": "bicubic"}
     zero_init_residual = True
 
     def __init__(

@@ -54,6 +54,9 @@ class BYOL(Method):
 
     loss_summary = "`byol_loss`, EMA target"
     augmentation = "byol"
+    # official byol/utils/dataset.py: every crop (pretraining, linear, eval) resized BICUBIC
+    view_options = {"interpolation": "bicubic"}
+    eval_interpolation = "bicubic"
     zero_init_residual = "bottleneck"
 
     def __init__(

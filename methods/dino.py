@@ -183,6 +183,10 @@ class DINO(Method):
 
     loss_summary = "`dino_loss`, EMA teacher"
     augmentation = "dino"
+    # official main_dino.py: every crop BICUBIC; eval_linear.py: Resize(256, interpolation=3)
+    # (its linear training crop is bilinear: main_linear --interpolation bilinear at 224 px)
+    view_options = {"interpolation": "bicubic"}
+    eval_interpolation = "bicubic"
 
     def __init__(
         self,

@@ -134,7 +134,8 @@ class MAE(Method):
     """ViT encoder on the visible patches + light decoder predicting the hidden ones' pixels."""
 
     loss_summary = "`mae_loss` (hidden patches' pixels)"
-    augmentation = "mae"
+    augmentation = "mae"  # its crops are bicubic (transformations.mae_transform)
+    eval_interpolation = "bicubic"  # official main_linprobe.py, util/datasets.py: bicubic
     requires_vit = True
 
     def __init__(

@@ -96,6 +96,8 @@ class NNCLR(Method):
 
     loss_summary = "`nnclr_loss`, support set"
     augmentation = "byol"
+    # no official code: solo-learn's pretrain_dataloader.py crops BICUBIC, evaluates bilinear
+    view_options = {"interpolation": "bicubic"}
 
     def __init__(
         self,

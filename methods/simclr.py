@@ -69,6 +69,9 @@ class SimCLR(Method):
     """Backbone + projection MLP; NT-Xent between the projections of two views."""
 
     loss_summary = "`nt_xent_loss`"
+    # official tf2/data_util.py: crop_and_resize and center_crop resize with BICUBIC
+    view_options = {"interpolation": "bicubic"}
+    eval_interpolation = "bicubic"
     zero_init_residual = True
 
     def __init__(

@@ -87,6 +87,9 @@ class VICReg(Method):
 
     loss_summary = "`vicreg_loss`"
     augmentation = "byol"  # the paper uses BYOL's asymmetric views
+    # official augmentations.py: RandomResizedCrop(..., InterpolationMode.BICUBIC); evaluate.py
+    # bilinear
+    view_options = {"interpolation": "bicubic"}
     zero_init_residual = True
 
     def __init__(

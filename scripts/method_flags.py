@@ -29,11 +29,16 @@ def shown(name: str, hp: HyperParameter) -> str:
     return f"`--{name} {hp.shown_default()}`{alias}"
 
 
+def fmt(value) -> str:
+    return "" if isinstance(value, str) else "g"
+
+
 def view_defaults(method: str) -> dict:
     """The view flags the method's recipe takes, with its defaults (the method's own first)."""
     cls = METHODS[method]
     params = inspect.signature(PRETRAIN_TRANSFORMS[cls.augmentation]).parameters
-    found = {k: p.default for k, p in params.items() if k in VIEW_FLAGS}
+    view_flags = (*VIEW_FLAGS, "interpolation")  # a shared flag: main_linear's resampling too
+    found = {k: p.default for k, p in params.items() if k in view_flags}
     return {**found, **{k: v for k, v in cls.view_options.items() if k in found}}
 
 
@@ -46,7 +51,7 @@ def table() -> str:
         cls = METHODS[method]
         flags = ", ".join(shown(k, hp) for k, hp in hyper_parameters(cls).items())
         views = ", ".join(
-            f"`--{k}`" if v is inspect.Parameter.empty or v is None else f"`--{k} {v:g}`"
+            f"`--{k}`" if v is inspect.Parameter.empty or v is None else f"`--{k} {v:{fmt(v)}}`"
             for k, v in view_defaults(method).items()
         )
         lines.append(f"| `{method}` | {cls.loss_summary} | {flags} | {cls.augmentation}: {views} |")

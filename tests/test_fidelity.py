@@ -20,6 +20,7 @@ from networks import build_backbone, zero_init_residual
 from networks.heads import ScaleOnlyBatchNorm1d
 from optimizers import build_optimizer
 from optimizers.cosine_decay_warmup import adjust_learning_rate
+from transformations import eval_transform, linear_train_transform
 from utils.misc import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -291,6 +292,40 @@ def test_crop_scales_are_each_official_codes(method, scale):
     assert {v.options["crop_scale"] for v in view_of(method, "--crop_min_scale", "0.5")} == {
         (0.5, 1.0)
     }  # the flag wins
+
+
+# the official codes' crop resampling (torchvision's default is bilinear): SimCLR tf2/data_util.py,
+# BYOL byol/utils/dataset.py, Barlow Twins main.py, VICReg augmentations.py, DINO main_dino.py,
+# MAE main_pretrain.py, NNCLR solo-learn's pretrain_dataloader.py: bicubic; the others bilinear
+BICUBIC_VIEWS = {"simclr", "byol", "barlowtwins", "vicreg", "dino", "mae", "nnclr"}
+# their evaluation: SimCLR, BYOL (as their crops), DINO eval_linear.py, MAE main_linprobe.py
+BICUBIC_EVAL = {"simclr", "byol", "dino", "mae"}
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_crop_and_evaluation_resampling_are_each_official_codes(method):
+    official = "bicubic" if method in BICUBIC_VIEWS else "bilinear"
+    assert {v.options["interpolation"] for v in view_of(method)} == {official}
+    other = "bilinear" if official == "bicubic" else "bicubic"
+    flagged = view_of(method, "--interpolation", other)  # the flag wins
+    assert {v.options["interpolation"] for v in flagged} == {other}
+    assert METHODS[method].eval_interpolation == (
+        "bicubic" if method in BICUBIC_EVAL else "bilinear"
+    )
+
+
+def test_evaluation_transforms_resample_as_asked():
+    mean, std = (0.5,) * 3, (0.25,) * 3
+    for mode in ("bilinear", "bicubic"):
+        plain = eval_transform(
+            image_size=224, native_size=0, mean=mean, std=std, interpolation=mode
+        )
+        assert plain.transforms[0].size == 256 and plain.transforms[0].interpolation.value == mode
+        train = linear_train_transform(
+            image_size=224, mean=mean, std=std, randaugment=9, interpolation=mode
+        )
+        crop, _, augment = train.transforms[:3]
+        assert crop.interpolation.value == augment.interpolation.value == mode
 
 
 def test_swav_and_dino_colour_and_blur_are_the_official_ones():

@@ -175,6 +175,7 @@ def test_knn_with_a_label_fraction_and_tsne(pretrained, run_dirs, monkeypatch):
     assert os.path.getsize(os.path.join(run_dirs[1], "knn", "tsne.png")) > 0
     args = json.load(open(os.path.join(run_dirs[1], "knn", "args.json")))
     assert args["data_fraction"] == 0.1
+    assert args["interpolation"] == "bicubic"  # SimCLR's official evaluation resize, recorded
 
 
 def test_plot_tsne_writes_a_png(tmp_path):
