@@ -116,6 +116,8 @@ def read_backbone(path: str, momentum: bool = False) -> tuple[dict[str, Tensor],
         fields = BackboneInfo.__dataclass_fields__
         info = BackboneInfo(**{k: v for k, v in meta.items() if k in fields})
         info.mean, info.std = tuple(info.mean), tuple(info.std)
+        if "interpolation" not in meta and info.model_name in METHODS:  # exported before it
+            info.interpolation = METHODS[info.model_name].eval_interpolation
         return weights, info
     checkpoint = load_checkpoint(path)
     kind = checkpoint.get("kind")

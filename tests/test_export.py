@@ -257,6 +257,11 @@ def test_read_backbone_reads_both_kinds_of_file(small_ckpt, tmp_path):
     assert from_ckpt.keys() == from_file.keys()
     assert all(torch.equal(from_ckpt[k], from_file[k]) for k in from_ckpt)
     assert (file_info.model_name, file_info.epoch, file_info.mean) == ("byol", 3, info.mean)
+    assert info.interpolation == file_info.interpolation == "bicubic"  # BYOL's evaluation
+    record = json.load(open(export_json(str(tmp_path / "b.pth"))))
+    del record["interpolation"]  # an export made before the key existed: its method's
+    json.dump(record, open(export_json(str(tmp_path / "b.pth")), "w"))
+    assert read_backbone(str(tmp_path / "b.pth"))[1].interpolation == "bicubic"
     with pytest.raises(UserError, match="not a checkpoint"):
         (tmp_path / "junk.pt").write_text("hello")
         read_backbone(str(tmp_path / "junk.pt"))
