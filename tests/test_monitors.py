@@ -53,6 +53,23 @@ def test_rankme_is_the_effective_rank():
     assert 15 < rankme(full) <= 16
 
 
+def test_feature_geometry_splits_the_shared_part_from_the_deviations():
+    """scripts/feature_geometry.py: a large shared vector plus rank-2 deviations of norm 1 reads
+    as rank 1.58 as it is, rank 2 once centred."""
+    from scripts.feature_geometry import geometry
+
+    shared = torch.zeros(8)
+    shared[0] = 10.0
+    deviations = torch.tensor([[0, 1.0, 0], [0, -1.0, 0], [0, 0, 1.0], [0, 0, -1.0]])
+    features = shared + torch.cat([deviations, torch.zeros(4, 5)], dim=1)
+    g = geometry(features)
+    assert g["shared"] == pytest.approx(10.0) and g["deviation"] == pytest.approx(1.0)
+    assert g["rankme_centred"] == pytest.approx(2.0, abs=0.01)
+    p = torch.tensor([20.0, 2**0.5, 2**0.5])  # singular values: 10 x sqrt(4), then sqrt(2) x 2
+    p = p / p.sum()
+    assert g["rankme"] == pytest.approx(math.exp(-(p * p.log()).sum().item()), abs=1e-3)  # 1.58
+
+
 def test_online_probe_learns_a_separable_problem():
     torch.manual_seed(0)
     centers = torch.randn(4, 32) * 3
