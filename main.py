@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import Subset
 
 from engine import Engine, fit
-from flags import VIEW_FLAGS, add_pretraining_flags, add_shared_flags, check_method_flags
+from flags import VIEW_OPTIONS, add_pretraining_flags, add_shared_flags, check_method_flags
 from methods import METHODS, build_method
 from monitors import FeatureTap, Monitors, OnlineProbe, epoch_monitor
 from networks import build_backbone, check_input_sizes
@@ -118,7 +118,7 @@ def training_set(args) -> tuple:
     """The pretraining images (--limit, --in_memory) and their transform, the method's views."""
     info = DATASETS[args.dataset_name]
     method = METHODS[args.model_name]
-    flags = {key: getattr(args, key) for key in (*VIEW_FLAGS, "interpolation")}
+    flags = {key: getattr(args, key) for key in VIEW_OPTIONS}
     # the method's own view defaults (official crop scales), then the flags given
     options = {**method.view_options, **{k: v for k, v in flags.items() if v is not None}}
     transform = pretrain_transform(

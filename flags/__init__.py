@@ -361,11 +361,13 @@ def add_monitoring_flags(parser: argparse.ArgumentParser) -> None:
 from flags.pretraining import (  # noqa: E402  (main.py's and main_linear.py's one import)
     PRETRAINING_ONLY,
     VIEW_FLAGS,
+    VIEW_OPTIONS,
     add_pretraining_flags,
     check_method_flags,
     pretraining_flags,
     refused_flags,
 )
 
-__all__ = ["PRETRAINING_ONLY", "VIEW_FLAGS", "add_pretraining_flags", "add_shared_flags"]
+__all__ = ["PRETRAINING_ONLY", "VIEW_FLAGS", "VIEW_OPTIONS", "add_pretraining_flags"]
+__all__ += ["add_shared_flags"]
 __all__ += ["check_method_flags", "pretraining_flags", "refused_flags"]

@@ -21,6 +21,9 @@ from utils.misc import (
 
 # the view flags: each recipe takes some of them (transformations.PRETRAIN_TRANSFORMS)
 VIEW_FLAGS = ("crop_min_scale", "jitter_strength", "num_crops", "small_crop_size")
+# what the recipes take from the command line: the view flags and --interpolation, a shared flag
+# (main_linear.py resamples its evaluation with it), so not refused there as the view flags are
+VIEW_OPTIONS = (*VIEW_FLAGS, "interpolation")
 # flags of main.py that shape pretraining only (besides the view and method flags)
 PRETRAINING_ONLY = ("compile", "gpu_augment", "pretrained", "zero_init_residual")
 PRETRAINING_ONLY += ("eval_data_dir", "init_backbone", "online_probe", "online_probe_lr")

@@ -13,7 +13,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from flags import VIEW_FLAGS  # noqa: E402
+from flags import VIEW_OPTIONS  # noqa: E402
 from methods import METHODS  # noqa: E402
 from methods.hparams import HyperParameter, hyper_parameters  # noqa: E402
 from scripts.readme_block import replace_block  # noqa: E402
@@ -29,16 +29,15 @@ def shown(name: str, hp: HyperParameter) -> str:
     return f"`--{name} {hp.shown_default()}`{alias}"
 
 
-def fmt(value) -> str:
-    return "" if isinstance(value, str) else "g"
+def shown_value(value) -> str:
+    return value if isinstance(value, str) else f"{value:g}"
 
 
 def view_defaults(method: str) -> dict:
     """The view flags the method's recipe takes, with its defaults (the method's own first)."""
     cls = METHODS[method]
     params = inspect.signature(PRETRAIN_TRANSFORMS[cls.augmentation]).parameters
-    view_flags = (*VIEW_FLAGS, "interpolation")  # a shared flag: main_linear's resampling too
-    found = {k: p.default for k, p in params.items() if k in view_flags}
+    found = {k: p.default for k, p in params.items() if k in VIEW_OPTIONS}
     return {**found, **{k: v for k, v in cls.view_options.items() if k in found}}
 
 
@@ -51,7 +50,7 @@ def table() -> str:
         cls = METHODS[method]
         flags = ", ".join(shown(k, hp) for k, hp in hyper_parameters(cls).items())
         views = ", ".join(
-            f"`--{k}`" if v is inspect.Parameter.empty or v is None else f"`--{k} {v:{fmt(v)}}`"
+            f"`--{k}`" if v is inspect.Parameter.empty or v is None else f"`--{k} {shown_value(v)}`"
             for k, v in view_defaults(method).items()
         )
         lines.append(f"| `{method}` | {cls.loss_summary} | {flags} | {cls.augmentation}: {views} |")
