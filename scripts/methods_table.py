@@ -26,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from readme_block import knn_first_last, load_json, publish  # noqa: E402
 
-from flags import VIEW_FLAGS  # noqa: E402
+from flags import VIEW_OPTIONS  # noqa: E402
 from main import get_args_parser  # noqa: E402
 from methods import METHODS  # noqa: E402
 from methods.hparams import hyper_parameters, resolve_aliases  # noqa: E402
@@ -47,8 +47,8 @@ def wall_seconds(root: str) -> int | None:
 
 def method_flags(method: str) -> list[str]:
     """The flags a method's short run may override, in the order its table row lists them: its
-    hyper-parameters (methods.hparams), the view flags, the initialisation."""
-    flags = [*hyper_parameters(METHODS[method]), *VIEW_FLAGS, "zero_init_residual"]
+    hyper-parameters (methods.hparams), the view flags and --interpolation, the initialisation."""
+    flags = [*hyper_parameters(METHODS[method]), *VIEW_OPTIONS, "zero_init_residual"]
     return [k for k in flags if k not in SHARED_FLAGS]
 
 

@@ -141,7 +141,9 @@ def test_methods_table_rows_from_result_files(tmp_path):
     runs = {
         "simclr": dict(shared, temperature=0.2, fix_pred_lr=None),
         "supcon": dict(shared, fix_pred_lr=None),
-        "simsiam": dict(shared, optimizer="sgd", base_lr=0.1, fix_pred_lr=False),
+        "simsiam": dict(
+            shared, optimizer="sgd", base_lr=0.1, fix_pred_lr=False, interpolation="bicubic"
+        ),
         "dino": dict(shared, num_epochs=40, use_bn_in_head=True, norm_last_layer=False),
         "mae": dict(shared, backbone="vit_tiny", image_size=32),  # a ViT: its own baseline
     }
@@ -186,7 +188,8 @@ def test_methods_table_rows_from_result_files(tmp_path):
     assert "| `supcon` | simclr | `supcon_loss` (labels) | (paper defaults) |" in row["supcon"]
     assert "| 1/2 | 41.50 ± 0.71 | 32.00 ± 1.41 |" in row["supcon"]
     assert (
-        "| `--optimizer sgd` `--base_lr 0.1` `--fix_pred_lr false` | 248 | 2 |" in (row["simsiam"])
+        "| `--optimizer sgd` `--base_lr 0.1` `--fix_pred_lr false` `--interpolation bicubic` "
+        "| 248 | 2 |" in (row["simsiam"])
     )
     # a longer schedule, and on/off flags switched either way from main.py's defaults
     flags = "`--num_epochs 40` `--norm_last_layer false` `--use_bn_in_head`"
