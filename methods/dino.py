@@ -38,8 +38,11 @@ epochs; for ResNet-50 the README's command: SGD lr 0.03, weight decay 1e-4, glob
 14-100 % and local ones of 5-14 %, no BatchNorm in the head; the code recommends teacher
 momentum 0.9995 for batches of 256. Here K defaults to 4096
 (solo-learn's CIFAR setting; 65536 is sized for ImageNet's 1.28 M images and would make the
-head's last layer 16.8 M parameters). Not reproduced: the weight-decay schedule and gradient
-clipping (toolkit-wide options), stochastic depth (see networks/vit.py).
+head's last layer 16.8 M parameters). As in main_dino.py, each student parameter's gradient is
+clipped to norm 3 on its own (`clip_gradients`, --clip_grad; solo-learn's CIFAR configs: 0, off)
+and a ViT student (vit_tiny, vit_small) trains with stochastic depth 0.1 (--drop_path_rate; none
+for CNNs and timm models: the official code gives it to its own ViTs only). The weight-decay rise
+is the shared `--weight_decay 0.04 --final_weight_decay 0.4`.
 
 Flags: the constructor's annotated arguments (methods/hparams.py), listed with their defaults
 by `python main.py --help` and the README; the view flags --num_crops (local crops, 8) and
@@ -49,7 +52,7 @@ component, map to similar bottleneck directions, and the teacher's output starts
 uniform.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Annotated
 
 import torch
@@ -60,8 +63,9 @@ from torch.nn.utils.parametrizations import weight_norm
 from methods import Method, register
 from methods.hparams import EMA_MOMENTUM, Flag
 from methods.momentum import cosine_momentum, ema_update, frozen_copy
+from networks.vit import ViTBackbone
 from utils.distributed import all_reduce_sum, world_size
-from utils.misc import non_negative_int, unit_float
+from utils.misc import non_negative_float, non_negative_int, unit_float
 
 
 def dino_loss(
@@ -98,6 +102,20 @@ def dino_loss(
     if pairs == 0:
         raise ValueError("dino_loss needs at least two crops")
     return total / pairs
+
+
+@torch.no_grad()
+def clip_gradients(parameters: Iterable[nn.Parameter], max_norm: float) -> None:
+    """DINO's clipping (official utils.py `clip_gradients`), each parameter on its own:
+
+        g <- g * min(1, max_norm / (||g||_2 + 1e-6))
+
+    Unlike torch.nn.utils.clip_grad_norm_, which scales every gradient by one factor of their
+    global norm, a parameter with a large gradient is shrunk without touching the others."""
+    for p in parameters:
+        if p.grad is not None:
+            scale = max_norm / (p.grad.norm(2) + 1e-6)
+            p.grad.mul_(scale.clamp(max=1.0))
 
 
 def teacher_temperature(
@@ -175,6 +193,15 @@ NORM_LAST_LAYER = Flag(
 USE_BN_IN_HEAD = Flag(
     "BatchNorm after each hidden layer of the head, the official option for BatchNorm backbones"
 )
+CLIP_GRAD = Flag(
+    "clip each student parameter's gradient to this L2 norm (0: off; the official --clip_grad)",
+    non_negative_float,
+)
+DROP_PATH = Flag(
+    "stochastic depth of a ViT student (this toolkit's vit_*; the teacher has none), rising with "
+    "depth to this rate (the official name; main_linear's fine-tuning calls it --drop_path)",
+    unit_float,
+)
 
 
 @register("dino")
@@ -204,6 +231,8 @@ class DINO(Method):
         freeze_prototypes_epochs: Annotated[int, FREEZE_LAST_LAYER] = 1,
         norm_last_layer: Annotated[bool, NORM_LAST_LAYER] = True,
         use_bn_in_head: Annotated[bool, USE_BN_IN_HEAD] = False,
+        clip_grad: Annotated[float, CLIP_GRAD] = 3.0,
+        drop_path_rate: Annotated[float, DROP_PATH] = 0.1,
     ) -> None:
         super().__init__()
         for name, value in (("ema_momentum", ema_momentum), ("center_momentum", center_momentum)):
@@ -215,6 +244,9 @@ class DINO(Method):
         )
         self.teacher_backbone = frozen_copy(backbone)
         self.teacher_head = frozen_copy(self.head)
+        if isinstance(backbone, ViTBackbone):  # main_dino.py: its ViT students only
+            backbone.set_drop_path(drop_path_rate)
+        self.clip_grad = clip_grad
         self.temperature = temperature
         self.teacher_temp = teacher_temp
         self.warmup_teacher_temp = warmup_teacher_temp
@@ -258,6 +290,9 @@ class DINO(Method):
         return {"loss": loss, "z1": student[0], "z2": student[1]}
 
     def before_optimizer_step(self) -> None:
+        # main_dino.py's order: clip the student's gradients, then cancel the last layer's
+        if self.clip_grad:
+            clip_gradients([*self.backbone.parameters(), *self.head.parameters()], self.clip_grad)
         if self.epoch < self.freeze_prototypes_epochs:
             for p in self.head.last_layer.parameters():
                 p.grad = None  # skipped by the optimizer, momentum and weight decay included

@@ -13,7 +13,7 @@ from torchvision import transforms as T
 
 import main
 from methods import METHODS, build_method
-from methods.dino import dino_loss, teacher_temperature
+from methods.dino import clip_gradients, dino_loss, teacher_temperature
 from methods.momentum import cosine_momentum
 from networks import build_backbone
 from transformations import PRETRAIN_TRANSFORMS, dino_transform
@@ -272,6 +272,55 @@ def test_last_layer_frozen_in_epoch_0_and_trained_in_epoch_1():
 
     train_step(model, optimizer, epoch=1, step=1)
     assert all(not torch.equal(p, b) for p, b in zip(weights.parameters(), before, strict=True))
+
+
+def test_clip_gradients_scales_each_parameter_on_its_own():
+    """main_dino.py's clip_gradients: g * min(1, clip / (||g|| + 1e-6)) per parameter, unlike
+    clip_grad_norm_'s one factor of the global norm."""
+    big, small, none = (torch.nn.Parameter(torch.zeros(2)) for _ in range(3))
+    big.grad, small.grad = torch.tensor([3.0, 4.0]), torch.tensor([0.3, 0.4])  # norms 5, 0.5
+    clip_gradients([big, small, none], 2.5)
+    scale = 2.5 / (5 + 1e-6)
+    assert torch.allclose(big.grad, torch.tensor([3.0 * scale, 4.0 * scale]))
+    assert torch.equal(small.grad, torch.tensor([0.3, 0.4]))  # below the norm: untouched
+    assert none.grad is None
+    # torch's global clipping would have shrunk the small one too
+    a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    a.grad, b.grad = torch.tensor([3.0, 4.0]), torch.tensor([0.3, 0.4])
+    torch.nn.utils.clip_grad_norm_([a, b], 2.5)
+    assert b.grad.norm() < 0.5 - 1e-3
+
+
+def test_official_clipping_of_the_student_before_the_last_layer_is_cancelled():
+    model = tiny_dino()
+    assert model.clip_grad == 3.0  # main_dino.py --clip_grad
+    model(multicrop_batch())["loss"].backward()
+    for p in trainable(model):
+        p.grad = torch.full_like(p, 10.0)
+    model.before_optimizer_step()  # epoch 0: the last layer's gradient is dropped after clipping
+    assert all(p.grad is None for p in model.head.last_layer.parameters())
+    student = [*model.backbone.parameters(), *model.head.mlp.parameters()]
+    assert all(p.grad.norm() <= 3.0 + 1e-4 for p in student)
+    assert max(p.grad.norm() for p in student) > 3.0 - 1e-3
+    off = tiny_dino(clip_grad=0.0)
+    off(multicrop_batch())["loss"].backward()
+    for p in trainable(off):
+        p.grad = torch.full_like(p, 10.0)
+    off.before_optimizer_step()
+    assert all(torch.all(p.grad == 10.0) for p in off.backbone.parameters())
+
+
+def test_a_vit_student_has_official_stochastic_depth_and_the_teacher_none():
+    """main_dino.py: the student ViT with drop_path_rate 0.1 (timm's linspace over the blocks),
+    the teacher built without it; CNN students have none."""
+    torch.manual_seed(0)
+    backbone, feat_dim = build_backbone("vit_tiny", 32)
+    model = build_method("dino", backbone, feat_dim, proj_hidden_dim=32, proj_dim=16, out_dim=10)
+    rates = [layer.drop_path.p for layer in model.backbone.encoder.layers]
+    assert rates == pytest.approx(np.linspace(0, 0.1, len(rates)).tolist())
+    assert all(layer.drop_path.p == 0 for layer in model.teacher_backbone.encoder.layers)
+    model = build_method("dino", *build_backbone("vit_tiny", 32), out_dim=10, drop_path_rate=0.0)
+    assert all(layer.drop_path.p == 0 for layer in model.backbone.encoder.layers)
 
 
 def test_teacher_follows_the_student_by_ema_after_a_real_step():
