@@ -5,8 +5,8 @@
 name, type, default and help text in one place; the command-line flags of main.py, their help
 text, the README's table of method flags (scripts/method_flags.py) and the refusal of a flag the
 chosen method does not take are all derived from these declarations. A constructor argument
-without a `Flag` is not a command-line option (an API-only choice, such as MoCo v2's
-`symmetric`).
+without a `Flag` is not a command-line option (an API-only choice, such as MAE's
+`pretrained`).
 """
 
 import inspect

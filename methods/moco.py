@@ -22,25 +22,25 @@ MoCo v2: Chen, Fan, Girshick, He, "Improved Baselines with Momentum Contrastive 
     MoCo demo (facebookresearch/moco, colab/moco_cifar10_demo: ResNet-18, batch 512, K = 4096,
     m = 0.99, T = 0.1) finds kNN accuracy saturating at K = 4096; solo-learn's MoCo v2+ uses
     K = 32768, T = 0.2 and m rising from 0.99 to 0.999. Choices here:
-      - the loss is symmetrised by default, 1/2 (L(q1, k2) + L(q2, k1)), each direction with its
-        own queue, as solo-learn's MoCo v2+, the CIFAR demo's option and MoCo v3 do: each image
-        pair is used in both directions, at the cost per image of this project's other two-view
-        methods (the demo: "behaves like 2x epochs of the asymmetric counterpart").
-        `symmetric=False` gives the paper's one-directional loss and half the compute;
-      - the momentum rises from `ema_momentum` to 1 on BYOL's cosine (the meaning of the shared
-        --ema_momentum flag). From the paper's 0.999 it stays within [0.999, 1], so long runs
-        barely differ from the paper's constant; short runs on small data want a faster key
-        encoder: --ema_momentum 0.99;
+      - the defaults are the paper's (moco/builder.py, main_moco.py): the loss in one direction,
+        L(q1, k2) with one queue, and a constant momentum m. Two flags give solo-learn's MoCo v2+
+        (the form the README's tables were measured with, and the CIFAR recipe's): --symmetric,
+        1/2 (L(q1, k2) + L(q2, k1)) with one queue per direction, as the CIFAR demo's option and
+        MoCo v3 (each image pair used in both directions, at twice the cost per image; the demo:
+        "behaves like 2x epochs of the asymmetric counterpart"); --ema_cosine, the momentum
+        rising from --ema_momentum to 1 on BYOL's cosine (from 0.999 it stays in [0.999, 1];
+        short runs on small data want a faster key encoder: --ema_momentum 0.99);
       - K = 65536 exceeds CIFAR's 50,000 images (the queue would hold keys of the same image
         from an earlier epoch): use --queue_size 4096 to 16384 there.
     Shuffle-BN is not implemented. A query and its positive key are normalised by BatchNorm
     with statistics of the same images while the queued negatives had other batches', which
     can leak which key is the positive; MoCo shuffles the keys across GPUs so that each key's
-    statistics come from other images. Here each encoder sees both views as one batch of 2N,
-    so the leak exists in principle, and the CIFAR demo measures it: without its one-GPU
-    emulation (BatchNorm over 8 splits of the batch, keys shuffled between splits) it loses 4
-    points of kNN accuracy at 800 epochs. It is left out because it is undefined without
-    several GPUs or split BatchNorm layers, and because with a few hundred images per
+    statistics come from other images. Here the key encoder normalises a batch of the same
+    images as the query encoder's, so the leak exists in principle, and the CIFAR demo
+    measures it: without its one-GPU emulation (BatchNorm over 8 splits of the batch, keys
+    shuffled between splits) it loses 4 points of kNN accuracy at 800 epochs. It is left out
+    because it is undefined without several GPUs or split BatchNorm layers, and because with a
+    few hundred images per
     BatchNorm the statistics differ little between batches, which weakens the leak; under DDP,
     --sync_bn takes them over the global batch, as MoCo v3 and solo-learn (which have no
     Shuffle-BN either) do. Emulating it here would mean forwarding the shuffled key batch in
@@ -99,7 +99,7 @@ from methods.momentum import cosine_momentum, ema_update, frozen_copy
 from networks import is_vit
 from networks.heads import build_mlp
 from utils.distributed import gather, rank
-from utils.misc import non_negative_int
+from utils.misc import non_negative_int, unit_float
 
 
 def moco_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float = 0.2) -> Tensor:
@@ -175,6 +175,19 @@ NEGATIVES = Flag(
 )
 MOCOV3_TEMPERATURE = Flag(TEMPERATURE.help, none="1.0 for CNNs, 0.2 for ViTs, as official")
 PROJ_LAYERS = Flag("projector layers", none="2 for CNNs, 3 for ViTs, as official")
+KEY_EMA_MOMENTUM = Flag(
+    "EMA momentum of the key encoder, constant as moco/builder.py (with --ema_cosine: at step 0, "
+    "rising to 1 on a cosine)",
+    unit_float,
+)
+SYMMETRIC = Flag(
+    "symmetrised loss, 1/2 (L(q1, k2) + L(q2, k1)), one queue per direction (solo-learn's MoCo "
+    "v2+; moco/builder.py: L(q1, k2) only)"
+)
+EMA_COSINE = Flag(
+    "raise the key encoder's EMA momentum to 1 on a cosine (solo-learn's MoCo v2+; "
+    "moco/builder.py: constant)"
+)
 
 
 @register("mocov2")
@@ -193,8 +206,9 @@ class MoCoV2(Method):
         proj_dim: Annotated[int, PROJ_DIM] = 128,
         temperature: Annotated[float, TEMPERATURE] = 0.2,
         queue_size: Annotated[int, NEGATIVES] = 65536,
-        ema_momentum: Annotated[float, EMA_MOMENTUM] = 0.999,
-        symmetric: bool = True,
+        ema_momentum: Annotated[float, KEY_EMA_MOMENTUM] = 0.999,
+        symmetric: Annotated[bool, SYMMETRIC] = False,
+        ema_cosine: Annotated[bool, EMA_COSINE] = False,
         concat_views: Annotated[bool, CONCAT_VIEWS] = False,
     ) -> None:
         super().__init__()
@@ -214,7 +228,7 @@ class MoCoV2(Method):
         self.temperature = temperature
         self.ema_momentum = ema_momentum
         self.current_momentum = ema_momentum
-        self.symmetric = symmetric
+        self.symmetric, self.ema_cosine = symmetric, ema_cosine
         self.concat_views = concat_views
         # one queue per direction; random unit vectors until real keys replace them (as MoCo).
         # The same on every process: each enqueues the keys gathered from all of them.
@@ -242,13 +256,13 @@ class MoCoV2(Method):
             # enqueued only once the step is taken (after_optimizer_step): a skipped step with
             # a non-finite loss leaves the queue clean; gathered here, where every process runs
             self._pending = torch.stack([gather(kd) for kd in ks])
-        out = {"loss": loss, "z1": qs[0]}
-        if self.symmetric:
-            out["z2"] = qs[1]
-        return out
+        # the monitors' pair (monitors.py): the two queries, or (one direction) the query and its
+        # positive key
+        return {"loss": loss, "z1": qs[0], "z2": qs[1] if self.symmetric else ks[0]}
 
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
-        self.current_momentum = cosine_momentum(step, total_steps, self.ema_momentum)
+        if self.ema_cosine:
+            self.current_momentum = cosine_momentum(step, total_steps, self.ema_momentum)
         ema_update(self.target_backbone, self.backbone, self.current_momentum)
         ema_update(self.target_projector, self.projector, self.current_momentum)
         if self._pending is not None:

@@ -16,7 +16,6 @@ from utils.misc import ArgumentParser, UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 API_ONLY = {
-    "mocov2": {"symmetric"},
     "mae": {"pretrained"},
     "ijepa": {"pretrained"},
 }  # constructor choices that are not command-line flags

@@ -107,7 +107,8 @@ def train_step(model, optimizer, views, step=0, total=100):
 
 
 def test_mocov2_enqueues_the_normalised_keys_of_the_step_after_it():
-    model = tiny("mocov2", ema_momentum=1.0)  # a fixed key encoder: keys are reproducible
+    # a fixed key encoder: keys are reproducible
+    model = tiny("mocov2", ema_momentum=1.0, symmetric=True)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     initial = model.queue.clone()
     assert model.queue.shape == (2, 12, 16)  # symmetric: one queue per direction
@@ -160,8 +161,8 @@ def test_mocov2_queue_is_in_the_checkpoint_and_resumes():
         assert torch.equal(model(views)["loss"], restored(views)["loss"])
 
 
-def test_mocov2_asymmetric_form_has_one_queue_and_the_paper_loss():
-    model = tiny("mocov2", symmetric=False, ema_momentum=1.0)
+def test_mocov2_default_is_the_paper_one_direction_one_queue_loss():
+    model = tiny("mocov2", ema_momentum=1.0)
     assert model.queue.shape == (1, 12, 16)
     views = two_views()
     model.eval()
@@ -169,15 +170,24 @@ def test_mocov2_asymmetric_form_has_one_queue_and_the_paper_loss():
         q = model.projector(model.backbone(views[0]))
         k = model.target_projector(model.target_backbone(views[1]))
         expected = moco_loss(q, k, model.queue[0], 0.2)
-        assert torch.allclose(model(views)["loss"], expected)
+        out = model(views)
+        assert torch.allclose(out["loss"], expected)
+        # the monitors' pair: the query and its positive key
+        assert torch.allclose(out["z2"], F.normalize(k), atol=1e-6)
+        symmetric = tiny("mocov2", ema_momentum=1.0, symmetric=True).eval()
+        q2 = symmetric.projector(symmetric.backbone(views[1]))
+        k1 = symmetric.target_projector(symmetric.target_backbone(views[0]))
+        both = (expected + moco_loss(q2, k1, symmetric.queue[1], 0.2)) / 2
+        assert torch.allclose(symmetric(views)["loss"], both)
 
 
 def test_mocov2_head_has_no_batchnorm_and_paper_defaults():
     backbone, feat_dim = build_backbone("small_cnn", 16)
     model = build_method("mocov2", backbone, feat_dim)
     assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in model.projector.modules())
-    assert model.projector[-1].out_features == 128 and model.queue.shape == (2, 65536, 128)
+    assert model.projector[-1].out_features == 128 and model.queue.shape == (1, 65536, 128)
     assert (model.temperature, model.ema_momentum) == (0.2, 0.999)
+    assert not model.symmetric and not model.ema_cosine  # moco/builder.py
     assert METHODS["mocov2"].augmentation == "simclr"
     with pytest.raises(ValueError, match="queue_size"):
         build_method("mocov2", backbone, feat_dim, queue_size=0)
@@ -185,7 +195,7 @@ def test_mocov2_head_has_no_batchnorm_and_paper_defaults():
 
 @pytest.mark.parametrize("name", ["mocov2", "mocov3"])
 def test_key_encoder_follows_the_query_encoder_by_ema_after_a_step(name):
-    model = tiny(name, ema_momentum=0.9)
+    model = tiny(name, ema_momentum=0.9, **({"ema_cosine": True} if name == "mocov2" else {}))
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert not any(n.startswith("target_") for n, p in model.named_parameters() if p.requires_grad)
     optimizer = torch.optim.SGD(trainable, lr=0.5)
@@ -205,6 +215,13 @@ def test_key_encoder_follows_the_query_encoder_by_ema_after_a_step(name):
     assert not torch.equal(target[0], before[0])
     model.after_optimizer_step(100, 100)  # the last step: momentum 1, the target stays
     assert model.current_momentum == pytest.approx(1.0)
+
+
+def test_mocov2_momentum_is_constant_by_default_as_the_paper():
+    model = tiny("mocov2", ema_momentum=0.9)
+    for step in (0, 50, 100):
+        model.after_optimizer_step(step, 100)
+        assert model.current_momentum == 0.9
 
 
 # ---------------------------------------------------------------- MoCo v3 loss
@@ -363,7 +380,7 @@ def test_main_pretrains_and_resumes_with_the_queue(name, run_dirs, capsys):
     assert math.isfinite(out["loss"])
     state = load_checkpoint(os.path.join(out["ckpt_dir"], "last.pt"))["model"]
     if name == "mocov2":
-        assert state["queue"].shape == (2, 100, 128) and state["queue_ptr"].item() == 64
+        assert state["queue"].shape == (1, 100, 128) and state["queue_ptr"].item() == 64
     else:
         assert "queue" not in state and "target_projector.0.weight" in state
     out = run("--num_epochs", "2", "--resume", "auto")
