@@ -127,7 +127,10 @@ def training_set(args) -> tuple:
     dataset = build_dataset(args.dataset_name, args.data_dir, True, transform, args.download)
     dataset = balanced_subset(dataset, args.limit)
     wanted, side = args.in_memory or args.gpu_augment, round(args.image_size * 256 / 224)
-    return in_memory(dataset, wanted, raw=args.gpu_augment, side=side), transform
+    # --gpu_augment squares images of several sizes first, resampled as the views' crops
+    mode = options.get("interpolation", "bilinear")
+    dataset = in_memory(dataset, wanted, raw=args.gpu_augment, side=side, interpolation=mode)
+    return dataset, transform
 
 
 def resumed_checkpoint(args) -> tuple[str | None, dict | None]:

@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 from torchvision import transforms as T
+from torchvision.transforms import functional as TF
 
 from transformations import eval_transform, simclr_transform
 from utils.data import (
@@ -132,3 +133,14 @@ def test_in_memory_gives_the_same_items_as_the_files(tmp_path):
     squared = InMemory(mixed, raw=True, side=6)  # batches need one size: resized, centre-cropped
     assert squared.images.shape == (len(mixed), 6, 6, 3)
     assert squared[0][0].shape == (3, 6, 6) and squared[0][0].dtype == torch.uint8
+    # resampled as the views' crops (a bicubic method's): the odd image as TF.resize gives it
+    pixels = torch.randint(0, 256, (7, 5, 3), generator=generator, dtype=torch.uint8)
+    odd = Image.fromarray(pixels.numpy())
+    odd.save(tmp_path / "train" / "a" / "odd.png")
+    index = next(i for i, (path, _) in enumerate(mixed.samples) if path.endswith("odd.png"))
+    squared = {}
+    for mode in ("bilinear", "bicubic"):
+        expected = TF.center_crop(TF.resize(odd, 6, TF.InterpolationMode(mode)), 6)
+        squared[mode] = InMemory(mixed, raw=True, side=6, interpolation=mode)[index][0]
+        assert torch.equal(squared[mode], TF.pil_to_tensor(expected))
+    assert not torch.equal(squared["bilinear"], squared["bicubic"])

@@ -253,10 +253,17 @@ class InMemory(Dataset):
     Images of several sizes (`folder`, `imagefolder`) are kept as a list of [H, W, 3] tensors;
     batches of `raw` images need one size, so there each image is first resized to a shorter side
     of `side` and centre-cropped to a square (main.py passes --image_size x 256/224, the
-    evaluation resize ratio), before the batch's random resized crops are drawn from it.
+    evaluation resize ratio, and the views' `interpolation`), before the batch's random resized
+    crops are drawn from it.
     """
 
-    def __init__(self, dataset: Dataset, raw: bool = False, side: int | None = None) -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        raw: bool = False,
+        side: int | None = None,
+        interpolation: str = "bilinear",
+    ) -> None:
         self.raw = raw
         base = dataset
         while isinstance(base, Subset):
@@ -270,7 +277,8 @@ class InMemory(Dataset):
         if raw and len({image.size for image in images}) > 1:
             if side is None:
                 raise UserError("--gpu_augment needs images of one size: drop --gpu_augment")
-            images = [TF.center_crop(TF.resize(image, side), side) for image in images]
+            mode = TF.InterpolationMode(interpolation)
+            images = [TF.center_crop(TF.resize(image, side, mode), side) for image in images]
             print(f"in memory: images of several sizes, each resized and cropped to {side} px")
         arrays = [np.array(image) for image in images]  # a copy: writable
         if len({a.shape for a in arrays}) == 1:
@@ -339,14 +347,18 @@ class ShardSampler(Sampler[int]):
 
 
 def in_memory(
-    dataset: Dataset, wanted: bool, raw: bool = False, side: int | None = None
+    dataset: Dataset,
+    wanted: bool,
+    raw: bool = False,
+    side: int | None = None,
+    interpolation: str = "bilinear",
 ) -> Dataset:
     """`dataset` held in memory when `wanted` (--in_memory, InMemory); `raw` (--gpu_augment)
     keeps it there as uint8 tensors for transformations.BatchViews (images of several sizes
-    squared to `side`)."""
+    squared to `side`, resampled as the views' crops)."""
     if not wanted:
         return dataset
     start = time.time()
-    dataset = InMemory(dataset, raw=raw, side=side)
+    dataset = InMemory(dataset, raw=raw, side=side, interpolation=interpolation)
     print(f"in memory: {len(dataset)} images in {time.time() - start:.0f} s")
     return dataset
