@@ -17,10 +17,11 @@ residual block starts at zero (`resnet50(zero_init_residual=True)`).
 
 Default recipe (paper, ImageNet): ResNet-50, λ = 5e-3 (0.0051 in main.py, the default here),
 LARS with lr 0.2 for the weights and 0.0048 for the biases and BatchNorm parameters (every 1-D
-parameter), both x B/256: here the scheduled lr is the weights' and `bias_lr_scale` = 0.0048 / 0.2 = 0.024 scales
-it for the 1-D parameters (their own param group); batch 2048, 10 warmup epochs then cosine to
-0.001 of the peak, weight decay 1.5e-6 (1e-6 in main.py), 1000 epochs. At CIFAR scale this
-module defaults to a 2048-2048-2048 projector (solo-learn's CIFAR configuration).
+parameter), both x B/256: here the scheduled lr is the weights' and `bias_lr_scale` = 0.0048 /
+0.2 = 0.024 scales it for the 1-D parameters (their own param group); batch 2048, 10 warmup
+epochs then cosine to 0.001 of the peak, weight decay 1.5e-6 (1e-6 in main.py), 1000 epochs. At
+CIFAR scale this module defaults to a 2048-2048-2048 projector (solo-learn's CIFAR
+configuration).
 """
 
 from typing import Annotated
