@@ -40,11 +40,10 @@ MoCo v2: Chen, Fan, Girshick, He, "Improved Baselines with Momentum Contrastive 
     measures it: without its one-GPU emulation (BatchNorm over 8 splits of the batch, keys
     shuffled between splits) it loses 4 points of kNN accuracy at 800 epochs. It is left out
     because it is undefined without several GPUs or split BatchNorm layers, and because with a
-    few hundred images per
-    BatchNorm the statistics differ little between batches, which weakens the leak; under DDP,
-    --sync_bn takes them over the global batch, as MoCo v3 and solo-learn (which have no
-    Shuffle-BN either) do. Emulating it here would mean forwarding the shuffled key batch in
-    chunks.
+    few hundred images per BatchNorm the statistics differ little between batches, which
+    weakens the leak; under DDP, --sync_bn takes them over the global batch, as MoCo v3 and
+    solo-learn (which have no Shuffle-BN either) do. Emulating it here would mean forwarding
+    the shuffled key batch in chunks.
 
 MoCo v3: Chen, Xie, He, "An Empirical Study of Training Self-Supervised Vision Transformers",
 ICCV 2021 (https://arxiv.org/abs/2104.02057).
