@@ -58,13 +58,16 @@ run_vit_baseline() {
     echo "== $method's untrained backbone, seed $seed: $(tail -n 1 "$OUT/log_$name.txt")"
 }
 
-# The probe of the untrained backbone of each seed: the baseline beside every row.
+# The probe of the untrained backbone of each seed: the baseline beside every row, with bilinear
+# resizes as it was measured (methods evaluated bicubically, SimCLR's, differ by the resize too:
+# scripts/interpolation_check.sh measures the same probe with bicubic ones).
 run_baseline() {
     local seed=$1
     [ -e "$OUT/linear_random_s$seed/results.json" ] && return 0
     rm -rf "$OUT/linear_random_s$seed" "$OUT/ckpts/linear_random_s$seed"
     python main_linear.py --config "$LINEAR_SHARED" "${COMMON[@]}" --model_name simclr --random_init \
-        --seed "$seed" --run_name "linear_random_s$seed" > "$OUT/log_random_s$seed.txt" 2>&1
+        --interpolation bilinear --seed "$seed" --run_name "linear_random_s$seed" \
+        > "$OUT/log_random_s$seed.txt" 2>&1
     echo "== baseline seed $seed: $(tail -n 1 "$OUT/log_random_s$seed.txt")"
 }
 
