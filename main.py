@@ -127,8 +127,9 @@ def training_set(args) -> tuple:
     dataset = build_dataset(args.dataset_name, args.data_dir, True, transform, args.download)
     dataset = balanced_subset(dataset, args.limit)
     wanted, side = args.in_memory or args.gpu_augment, round(args.image_size * 256 / 224)
-    # --gpu_augment squares images of several sizes first, resampled as the views' crops
-    mode = options.get("interpolation", "bilinear")
+    # --gpu_augment squares images of several sizes first, resampled as the views' crops (the
+    # views' own setting: a flag, the method's view_options or its recipe's default)
+    mode = transform.view_transforms[0].options["interpolation"]
     dataset = in_memory(dataset, wanted, raw=args.gpu_augment, side=side, interpolation=mode)
     return dataset, transform
 

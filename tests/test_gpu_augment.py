@@ -121,3 +121,18 @@ def test_views_above_64_px_are_blurred_as_the_recipe_says():
     assert same.shape == blurred.shape == (16, 3, 96, 96)
     variation = lambda x: (x[..., 1:] - x[..., :-1]).abs().mean()  # noqa: E731
     assert variation(blurred) < 0.9 * variation(same)
+
+
+@pytest.mark.parametrize(
+    "method, flags, expected",
+    [("mae", [], "bicubic"), ("simclr", [], "bicubic"), ("ijepa", [], "bilinear"),
+     ("mae", ["--interpolation", "bilinear"], "bilinear")],
+)  # fmt: skip
+def test_images_are_squared_with_the_views_resampling(method, flags, expected, monkeypatch):
+    """--gpu_augment squares images of several sizes with the resampling of the views' crops,
+    wherever it comes from: a flag, the method's view_options or its recipe's default (MAE's)."""
+    seen = {}
+    monkeypatch.setattr(main, "in_memory", lambda dataset, *a, **kw: seen.update(kw) or dataset)
+    argv = ["--model_name", method, "--dataset_name", "synthetic", "--gpu_augment", *flags]
+    main.training_set(main.get_args_parser().parse_args(argv))
+    assert seen["raw"] and seen["interpolation"] == expected
