@@ -18,9 +18,10 @@ for seed in "${SEEDS[@]}"; do
         --random_init --interpolation bicubic --seed "$seed" --run_name "$name" | tail -n 1
 done
 python - "$OUT" "${SEEDS[@]}" <<'PY'
-import json, statistics, sys
+import json, sys
+sys.path.insert(0, "scripts")
+from methods_table import spread
 out, seeds = sys.argv[1], sys.argv[2:]
 acc = [json.load(open(f"{out}/linear_random_bicubic_s{s}/results.json"))["acc1"] for s in seeds]
-spread = f" ± {statistics.stdev(acc):.2f}" if len(acc) > 1 else ""
-print(f"untrained small_cnn, bicubic resizes: Acc@1 {statistics.fmean(acc):.2f}{spread}")
+print(f"untrained small_cnn, bicubic resizes: Acc@1 {spread(acc)}")
 PY
