@@ -13,7 +13,9 @@ tau_k = 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2. The target is saved in check
 
 Architecture as the official code (deepmind-research byol/byol_experiment.py,
 utils/networks.py): projector and predictor are MLPs Linear-BN-ReLU-Linear, 4096 -> 256, the
-last Linear without bias; each view goes through the online network (backbone, projector,
+last Linear without bias, every Linear initialised as haiku's hk.Linear (truncated normal of
+standard deviation 1/sqrt(fan_in); `--head_init pytorch` gives nn.Linear's own, this toolkit's
+until 2026-12-04); each view goes through the online network (backbone, projector,
 predictor) and the target network in its own call, so BatchNorm normalises each view with its
 own statistics (`--concat_views`: one pass of 2N); the last BatchNorm of each Bottleneck block
 starts at zero (haiku's ResNet BlockV1 `scale_init=jnp.zeros`, bottleneck blocks only: BYOL's
@@ -33,9 +35,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from methods import Method, register
-from methods.hparams import CONCAT_VIEWS, EMA_MOMENTUM, PRED_HIDDEN_DIM, PROJ_DIM, PROJ_HIDDEN_DIM
+from methods.hparams import (
+    CONCAT_VIEWS,
+    EMA_MOMENTUM,
+    HEAD_INIT,
+    PRED_HIDDEN_DIM,
+    PROJ_DIM,
+    PROJ_HIDDEN_DIM,
+)
 from methods.momentum import cosine_momentum, ema_update, frozen_copy
-from networks.heads import build_mlp
+from networks.heads import build_mlp, init_linears
 
 
 def byol_loss(p: Tensor, z: Tensor) -> Tensor:
@@ -68,6 +77,7 @@ class BYOL(Method):
         pred_hidden_dim: Annotated[int, PRED_HIDDEN_DIM] = 4096,
         ema_momentum: Annotated[float, EMA_MOMENTUM] = 0.996,
         concat_views: Annotated[bool, CONCAT_VIEWS] = False,
+        head_init: Annotated[str, HEAD_INIT] = "truncated_normal",
     ) -> None:
         super().__init__()
         if not 0 <= ema_momentum <= 1:
@@ -75,6 +85,8 @@ class BYOL(Method):
         self.backbone = backbone
         self.projector = build_mlp(2, feat_dim, proj_hidden_dim, proj_dim, bias=False)
         self.predictor = build_mlp(2, proj_dim, pred_hidden_dim, proj_dim, bias=False)
+        for head in (self.projector, self.predictor):  # official: hk.Linear's default init
+            init_linears(head, head_init)
         self.target_backbone = frozen_copy(backbone)
         self.target_projector = frozen_copy(self.projector)
         self.ema_momentum = ema_momentum

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from networks.heads import head_init
 from utils.misc import (
     add_bool_flag,
     bool_flag,
@@ -46,11 +47,12 @@ class HyperParameter:
     name: str
     default: Any
     flag: Flag
-    kind: type  # int, float or bool: the annotation without None
+    kind: type  # int, float, bool or str (str needs a Flag.type): the annotation without None
 
     def parse(self) -> Callable[[str], Any]:
-        default = {int: positive_int, float: positive_float, bool: bool_flag}[self.kind]
-        return self.flag.type or default
+        if self.flag.type is not None:
+            return self.flag.type
+        return {int: positive_int, float: positive_float, bool: bool_flag}[self.kind]
 
     def shown_default(self) -> str:
         if self.default is None:
@@ -154,5 +156,11 @@ EMA_MOMENTUM = Flag(
 CONCAT_VIEWS = Flag(
     "both views through the network as one batch (BatchNorm statistics over both, one pass) "
     "instead of one call per view as the official code"
+)
+HEAD_INIT = Flag(
+    "initialisation of the heads' Linear layers: pytorch (nn.Linear's uniform), normal "
+    "(N(0, 0.01), biases 0: SimCLR's), truncated_normal (N(0, 1/fan_in) cut at 2 sd, biases 0: "
+    "haiku's, BYOL's)",
+    head_init,
 )
 QUEUE_SIZE = Flag("past embeddings kept in a queue", non_negative_int)

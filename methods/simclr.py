@@ -14,8 +14,10 @@ SGD and LARS, where it weighs the loss against the weight decay; Adam ignores it
 
 Architecture as the official code (google-research/simclr model_util.py, resnet.py): the
 projection head is Linear(d, d)-BN-ReLU-Linear(d, 128)-BN with d the backbone's feature size
-(2048 for ResNet-50, 512 for ResNet-18), no biases (BatchNorm follows every Linear) and a last
-BatchNorm with a scale but no shift (TF's center=False); the last BatchNorm of each residual
+(2048 for ResNet-50, 512 for ResNet-18), no biases (BatchNorm follows every Linear), weights
+drawn from N(0, 0.01) (`linear_layer`'s kernel_initializer; `--head_init pytorch` gives
+nn.Linear's own, this toolkit's until 2026-12-04), and a last BatchNorm with a scale but no
+shift (TF's center=False); the last BatchNorm of each residual
 block starts at zero; both views go through the network as one batch of 2N, so BatchNorm
 statistics cover both (as official, where the views are concatenated along the batch).
 
@@ -32,8 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from methods import Method, register
-from methods.hparams import PROJ_DIM, PROJ_WIDTH_OF_FEATURES, TEMPERATURE, Flag
-from networks.heads import build_mlp
+from methods.hparams import HEAD_INIT, PROJ_DIM, PROJ_WIDTH_OF_FEATURES, TEMPERATURE, Flag
+from networks.heads import build_mlp, init_linears
 from utils.distributed import gather_with_grad
 from utils.misc import non_negative_float
 
@@ -82,11 +84,13 @@ class SimCLR(Method):
         proj_dim: Annotated[int, PROJ_DIM] = 128,
         temperature: Annotated[float, TEMPERATURE] = 0.5,
         nt_xent_scale: Annotated[float, NT_XENT_SCALE] = 2.0,
+        head_init: Annotated[str, HEAD_INIT] = "normal",
     ) -> None:
         super().__init__()
         self.backbone = backbone
         hidden = proj_hidden_dim or feat_dim  # official: the backbone's width
         self.projector = build_mlp(2, feat_dim, hidden, proj_dim, last_bn=True, last_bn_scale=True)
+        init_linears(self.projector, head_init)  # official linear_layer: N(0, 0.01)
         self.temperature = temperature
         self.nt_xent_scale = nt_xent_scale
 

@@ -1,7 +1,11 @@
 """Heads shared by the methods: an MLP builder (projectors, predictors), the linear classifier."""
 
+import argparse
+
 import torch
 from torch import Tensor, nn
+
+HEAD_INITS = ("pytorch", "normal", "truncated_normal")  # see init_linears
 
 
 class ScaleOnlyBatchNorm1d(nn.Module):
@@ -49,6 +53,39 @@ def build_mlp(
             ScaleOnlyBatchNorm1d(output_dim) if scaled else nn.BatchNorm1d(output_dim, affine=False)
         )
     return nn.Sequential(*layers)
+
+
+def head_init(value: str) -> str:
+    """argparse type of `--head_init`: one of HEAD_INITS."""
+    if value not in HEAD_INITS:
+        raise argparse.ArgumentTypeError(f"{value!r}: choose one of {', '.join(HEAD_INITS)}")
+    return value
+
+
+def init_linears(module: nn.Module, scheme: str) -> None:
+    """Re-initialise every Linear of `module` as an official code does:
+
+    pytorch           nn.Linear's own, weights and biases uniform within ±1/sqrt(fan_in): left
+                      as built (PyTorch codes: SimSiam, MoCo, Barlow Twins, VICReg, SwAV, ...)
+    normal            weights N(0, 0.01), biases 0: SimCLR's `linear_layer` (model_util.py;
+                      tf2/model.py `LinearLayer`)
+    truncated_normal  weights N(0, 1/fan_in) cut at ±2 standard deviations (not rescaled for the
+                      cut, as haiku's TruncatedNormal), biases 0: hk.Linear's default, BYOL's
+    """
+    if scheme not in HEAD_INITS:
+        raise ValueError(f"head init {scheme!r}: choose one of {', '.join(HEAD_INITS)}")
+    if scheme == "pytorch":
+        return
+    for m in module.modules():
+        if not isinstance(m, nn.Linear):
+            continue
+        if scheme == "normal":
+            nn.init.normal_(m.weight, std=0.01)
+        else:  # haiku's TruncatedNormal: N(0, s) cut at ±2s, s not rescaled for the cut
+            std = m.in_features**-0.5
+            nn.init.trunc_normal_(m.weight, std=std, a=-2 * std, b=2 * std)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
 
 
 class LinearClassifier(nn.Module):

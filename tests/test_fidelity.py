@@ -17,7 +17,7 @@ from methods import METHODS, build_method
 from methods.simclr import nt_xent_loss
 from methods.supcon import supcon_loss
 from networks import build_backbone, zero_init_residual
-from networks.heads import ScaleOnlyBatchNorm1d
+from networks.heads import ScaleOnlyBatchNorm1d, build_mlp, init_linears
 from optimizers import build_optimizer
 from optimizers.cosine_decay_warmup import adjust_learning_rate
 from transformations import eval_transform, linear_train_transform
@@ -175,6 +175,58 @@ def test_heads_have_the_official_layer_layout_and_widths():
         .out_features
         == 64
     )
+
+
+def linears(module: nn.Module) -> list[nn.Linear]:
+    return [m for m in module.modules() if isinstance(m, nn.Linear)]
+
+
+def test_simclr_and_byol_heads_start_as_their_official_codes():
+    backbone, d = build_backbone("resnet18", 16)
+    # SimCLR model_util.py linear_layer: kernel_initializer=random_normal(stddev=.01), no biases
+    for layer in linears(build_method("simclr", backbone, d).projector):
+        assert layer.bias is None
+        assert abs(float(layer.weight.detach().std()) - 0.01) < 0.0005
+        assert float(layer.weight.detach().abs().max()) > 0.04  # a normal, not cut at 2 sd
+    # BYOL: hk.Linear's default, N(0, 1/fan_in) cut at ±2 sd without rescaling: sd 0.8796/sqrt(n)
+    byol = build_method("byol", *build_backbone("small_cnn", 16))
+    for layer in linears(byol.projector) + linears(byol.predictor):
+        s = layer.in_features**-0.5
+        assert abs(float(layer.weight.detach().std()) / s - 0.8796) < 0.01
+        assert float(layer.weight.detach().abs().max()) <= 2 * s
+    # the target starts as the online projector (copied after the initialisation)
+    target, online = byol.target_projector.state_dict(), byol.projector.state_dict()
+    assert all(torch.equal(target[k], online[k]) for k in online)
+    # --head_init pytorch: nn.Linear's uniform within ±1/sqrt(fan_in), the toolkit's earlier init
+    torch.manual_seed(0)
+    old = build_method("simclr", *build_backbone("small_cnn", 16), head_init="pytorch").projector
+    for layer in linears(old):
+        bound = layer.in_features**-0.5
+        assert float(layer.weight.detach().abs().max()) <= bound
+        assert abs(float(layer.weight.detach().std()) - bound / math.sqrt(3)) < 0.05 * bound
+
+
+def test_init_linears_zeroes_biases_and_leaves_other_layers():
+    torch.manual_seed(0)
+    mlp = build_mlp(2, 64, 128, 32, batch_norm=False)  # Linear(bias)-ReLU-Linear(bias)
+    built = {k: v.clone() for k, v in mlp.state_dict().items()}
+    init_linears(mlp, "pytorch")
+    assert all(torch.equal(built[k], v) for k, v in mlp.state_dict().items())
+    for scheme in ("normal", "truncated_normal"):
+        init_linears(mlp, scheme)
+        assert all(float(layer.bias.detach().abs().max()) == 0 for layer in linears(mlp))
+    with pytest.raises(ValueError, match="truncated_normal"):
+        init_linears(mlp, "xavier")
+
+
+def test_head_init_flag_is_checked_and_refused_where_the_method_does_not_take_it():
+    parse = main.get_args_parser().parse_args
+    assert parse(["--model_name", "simclr", "--head_init", "pytorch"]).head_init == "pytorch"
+    with pytest.raises(SystemExit) as exit_info:
+        parse(["--model_name", "simclr", "--head_init", "xavier"])
+    assert exit_info.value.code == 2
+    with pytest.raises(UserError, match="--head_init"):
+        main.check_method_flags(parse(["--model_name", "simsiam", "--head_init", "normal"]))
 
 
 def residual_scales(model: nn.Module) -> list[float]:
