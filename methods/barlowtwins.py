@@ -19,9 +19,10 @@ Default recipe (paper, ImageNet): ResNet-50, λ = 5e-3 (0.0051 in main.py, the d
 LARS with lr 0.2 for the weights and 0.0048 for the biases and BatchNorm parameters (every 1-D
 parameter), both x B/256: here the scheduled lr is the weights' and `bias_lr_scale` = 0.0048 /
 0.2 = 0.024 scales it for the 1-D parameters (their own param group); batch 2048, 10 warmup
-epochs then cosine to 0.001 of the peak, weight decay 1.5e-6 (1e-6 in main.py), 1000 epochs. At
-CIFAR scale this module defaults to a 2048-2048-2048 projector (solo-learn's CIFAR
-configuration).
+epochs then cosine to 0.001 of the peak, weight decay 1.5e-6 (1e-6 in main.py), 1000 epochs.
+The projector is the official 8192-8192-8192 by default (2048 wide until 2026-12-04;
+solo-learn's CIFAR configuration, `--proj_hidden_dim 2048 --proj_dim 2048`, takes a quarter of
+the width: recipes/cifar10/barlowtwins.args).
 """
 
 from typing import Annotated
@@ -84,8 +85,8 @@ class BarlowTwins(Method):
         self,
         backbone: nn.Module,
         feat_dim: int,
-        proj_hidden_dim: Annotated[int, PROJ_HIDDEN_DIM] = 2048,
-        proj_dim: Annotated[int, PROJ_DIM] = 2048,
+        proj_hidden_dim: Annotated[int, PROJ_HIDDEN_DIM] = 8192,
+        proj_dim: Annotated[int, PROJ_DIM] = 8192,
         lambd: Annotated[float, LAMBD] = 0.0051,  # official main.py --lambd (the paper: 5e-3)
         bias_lr_scale: Annotated[float, BIAS_LR_SCALE] = 0.0048 / 0.2,
         concat_views: Annotated[bool, CONCAT_VIEWS] = False,

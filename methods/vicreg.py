@@ -18,8 +18,9 @@ bias); each view through backbone and expander in its own call (`x = projector(b
 
 Default recipe (paper, ImageNet): ResNet-50, λ = μ = 25, ν = 1, ε = 1e-4, LARS with lr 0.2 x
 B/256 (base lr 0.2 in the paper), biases and BN excluded from weight decay and adaptation,
-batch 2048, 10 warmup epochs then cosine, weight decay 1e-6, 1000 epochs. At CIFAR scale this
-module defaults to a 2048-2048-2048 expander.
+batch 2048, 10 warmup epochs then cosine, weight decay 1e-6, 1000 epochs. The expander is the
+official 8192-8192-8192 by default (2048 wide until 2026-12-04; solo-learn's CIFAR configuration,
+`--proj_hidden_dim 2048 --proj_dim 2048`: recipes/cifar10/vicreg.args).
 """
 
 from typing import Annotated
@@ -96,8 +97,8 @@ class VICReg(Method):
         self,
         backbone: nn.Module,
         feat_dim: int,
-        proj_hidden_dim: Annotated[int, PROJ_HIDDEN_DIM] = 2048,
-        proj_dim: Annotated[int, PROJ_DIM] = 2048,
+        proj_hidden_dim: Annotated[int, PROJ_HIDDEN_DIM] = 8192,
+        proj_dim: Annotated[int, PROJ_DIM] = 8192,
         sim_coeff: Annotated[float, SIM_COEFF] = 25.0,
         std_coeff: Annotated[float, STD_COEFF] = 25.0,
         cov_coeff: Annotated[float, COV_COEFF] = 1.0,

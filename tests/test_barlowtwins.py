@@ -87,6 +87,8 @@ def test_barlowtwins_build_method_filters_kwargs():
     kwargs = {"temperature": None, "unrelated_flag": 3, "lambd": None}
     model = build_method("barlowtwins", backbone, 256, **kwargs)
     assert model.lambd == 0.0051  # official main.py's --lambd
-    assert model.projector[0].in_features == 256 and model.projector[-1].out_features == 2048
+    assert (
+        model.projector[0].in_features == 256 and model.projector[-1].out_features == 8192
+    )  # main.py
     model = build_method("barlowtwins", backbone, 256, lambd=0.01, proj_hidden_dim=16, proj_dim=8)
     assert model.lambd == 0.01 and model.projector[-1].out_features == 8

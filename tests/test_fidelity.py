@@ -164,10 +164,17 @@ def test_heads_have_the_official_layer_layout_and_widths():
     byol = build_method("byol", *build_backbone("small_cnn", 16))
     assert layout(byol.projector) == ["Linear(256->4096)", "BN", "ReLU", "Linear(4096->256)"]
     assert layout(byol.predictor) == ["Linear(256->4096)", "BN", "ReLU", "Linear(4096->256)"]
-    # Barlow Twins and VICReg: bias-free last layer, no BN after it
+    # Barlow Twins main.py, VICReg main_vicreg.py: 8192-8192-8192, bias-free last layer, no BN
+    # after it
     for name in ("barlowtwins", "vicreg"):
         head = build_method(name, *build_backbone("small_cnn", 16)).projector
-        assert layout(head)[-1] == "Linear(2048->2048)" and layout(head).count("BN") == 2
+        assert layout(head) == [
+            "Linear(256->8192)", "BN", "ReLU", "Linear(8192->8192)", "BN", "ReLU",
+            "Linear(8192->8192)",
+        ]  # fmt: skip
+    # DINO main_dino.py: --out_dim 65536
+    dino = build_method("dino", *build_backbone("small_cnn", 16))
+    assert dino.head.last_layer.out_features == 65536
     # a width given on the command line wins over the feature size
     assert (
         build_method("simclr", *build_backbone("small_cnn", 16), proj_hidden_dim=64)

@@ -77,7 +77,7 @@ def test_vicreg_build_method_filters_kwargs():
     kwargs = {"temperature": None, "unrelated_flag": 3, "sim_coeff": None, "cov_coeff": 2.0}
     model = build_method("vicreg", backbone, 256, **kwargs)
     assert (model.sim_coeff, model.std_coeff, model.cov_coeff) == (25.0, 25.0, 2.0)
-    assert model.projector[0].in_features == 256 and model.projector[-1].out_features == 2048
+    assert model.projector[0].in_features == 256 and model.projector[-1].out_features == 8192
 
 
 @pytest.mark.parametrize("name", ["barlowtwins", "vicreg"])
