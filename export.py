@@ -3,9 +3,10 @@
     python export.py --ckpt ckpts/run/last.pt --format torchvision --output resnet18.pth
     python export.py --ckpt ckpts/run/last.pt --format onnx --output resnet18.onnx
 
-Writes the backbone alone (the trained one, or its EMA copy with --momentum_backbone) and
-`<output>.json` beside it: method, backbone, image size, normalisation mean/std, feature size,
-source checkpoint and epoch, git commit, and for each format how to load the file.
+Writes the backbone alone (the trained one, or its EMA copy: --momentum_backbone, by default
+for DINO's teacher, as its evaluation) and `<output>.json` beside it: method, backbone, image
+size, normalisation mean/std, feature size, source checkpoint and epoch, git commit, and for
+each format how to load the file.
 
 Formats:
   torchvision  the state dict, loadable into the torchvision model of the same name with
@@ -37,7 +38,7 @@ from networks import SMALL_IMAGE_SIZE
 from networks.vit import VIT_SIZES, patch_size_for
 from pretrained import EXPORT_TAG, build_pretrained, export_json, read_backbone
 from utils.checkpoint import atomic_file
-from utils.misc import ArgumentParser, UserError, git_sha, run_cli
+from utils.misc import ArgumentParser, UserError, add_bool_flag, git_sha, run_cli
 
 FORMATS = ("torchvision", "timm", "torchscript", "pt2", "onnx")
 TOLERANCE = 1e-4  # relative to the largest feature magnitude; float32 rounding is ~1e-6
@@ -54,10 +55,12 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
         "by PyTorch), pt2 (torch.export) or onnx: a model that runs without this toolkit",
     )
     parser.add_argument("--output", required=True, help="the file to write (and FILE.json)")
-    parser.add_argument(
+    add_bool_flag(
+        parser,
         "--momentum_backbone",
-        action="store_true",
-        help="the EMA backbone (BYOL's and MoCo's target, DINO's teacher) (default: the online)",
+        "the EMA backbone (BYOL's and MoCo's target, DINO's teacher) (default: the one its "
+        "method's official evaluation reads: DINO's teacher, the online one of the others)",
+        default=None,
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing --output (default: refuse)"

@@ -29,7 +29,7 @@ from flags import (
 )
 from methods import METHODS
 from networks import check_input_sizes
-from networks.vit import ViTBackbone, set_pool
+from networks.vit import ViTBackbone, set_last_blocks, set_pool
 from pretrained import evaluated_backbone, load_pretrained, load_resumed
 from probe import linear_evaluation
 from transformations import eval_transform, linear_train_transform
@@ -119,13 +119,23 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
         group,
         "--momentum_backbone",
         "evaluate the checkpoint's momentum (EMA) backbone instead of the trained one: BYOL's "
-        "and MoCo's target, DINO's teacher, which DINO's paper reports (default: false)",
+        "and MoCo's target, DINO's teacher (default: the method's official evaluation's: "
+        "DINO's teacher, the trained backbone of the others)",
+        default=None,
     )
     add_bool_flag(
         group,
         "--probe_bn",
         "BatchNorm without affine before the linear layer, as MAE: the probe no longer "
         "depends on the feature scale, which matters for untrained backbones (default: false)",
+    )
+    group.add_argument(
+        "--n_last_blocks",
+        type=positive_int,
+        default=None,
+        help="a ViT's features (vit_tiny, vit_small): those of its last N blocks (class token "
+        "or --pool mean), each after the final norm, concatenated (DINO's eval_linear.py) "
+        "(default: DINO's linear probe 4, as there; 1 otherwise, and for kNN and --finetune)",
     )
     add_bool_flag(
         group,
@@ -306,6 +316,7 @@ def results_of(args, train_images: int, pretrained, acc1: float, acc5: float, se
         "random_init": args.random_init,
         "pretrain_checkpoint": args.ckpt,
         "pretrain_epochs": pretrained.epoch if pretrained else 0,
+        "momentum_backbone": pretrained.momentum_backbone if pretrained else False,
         "epochs": args.num_epochs if args.eval == "linear" else 0,
         "acc1": acc1,
         "acc5": acc5,
@@ -356,9 +367,20 @@ def main(args) -> dict:
         )
     if args.drop_path:
         backbone.set_drop_path(args.drop_path)
+    # DINO probes a ViT on the class tokens of its last 4 blocks (eval_linear.py); its kNN and
+    # every fine-tuning read the last block alone
+    last_blocks = args.n_last_blocks
+    if last_blocks is None:
+        probe = args.eval == "linear" and not args.finetune and isinstance(backbone, ViTBackbone)
+        last_blocks = METHODS[args.model_name].eval_last_blocks if probe else 1
+    feat_dim *= set_last_blocks(backbone, last_blocks, args.backbone)
+    args = with_values(args, n_last_blocks=last_blocks)
     if args.fc_norm:
-        if pool != "mean":
-            raise UserError("--fc_norm normalises the mean of the patch tokens: add --pool mean")
+        if pool != "mean" or last_blocks > 1:
+            raise UserError(
+                "--fc_norm normalises the mean of the last block's patch tokens: add --pool mean "
+                "and drop --n_last_blocks"
+            )
         backbone.set_fc_norm()
     backbone.requires_grad_(args.finetune)
     backbone.eval().to(device)

@@ -94,10 +94,14 @@ def backbone_weights(checkpoint: dict, momentum: bool = False) -> dict[str, Tens
     return {k[len(prefix) :]: v for k, v in checkpoint["model"].items() if k.startswith(prefix)}
 
 
-def read_backbone(path: str, momentum: bool = False) -> tuple[dict[str, Tensor], BackboneInfo]:
+def read_backbone(
+    path: str, momentum: bool | None = None
+) -> tuple[dict[str, Tensor], BackboneInfo]:
     """The backbone weights in `path`, a main.py checkpoint or an export.py file, and what they
-    are. A checkpoint of main_linear.py, or `momentum` with an exported file (which holds one
-    backbone, chosen at export), is one line saying what to pass instead."""
+    are: the online backbone or (`momentum`) its EMA copy; None, the one its method's official
+    evaluation reads (DINO's teacher). A checkpoint of main_linear.py, or `momentum` with an
+    exported file (which holds one backbone, chosen at export), is one line saying what to pass
+    instead."""
     if is_export(path):
         with open(export_json(path)) as f:
             meta = json.load(f)
@@ -128,6 +132,8 @@ def read_backbone(path: str, momentum: bool = False) -> tuple[dict[str, Tensor],
             "pass the last.pt of a main.py run, or a file of export.py"
         )
     args = checkpoint["args"]
+    if momentum is None:
+        momentum = METHODS[args["model_name"]].eval_momentum_backbone
     mean, std = IMAGENET_MEAN_STD
     if args["dataset_name"] in DATASETS:
         mean, std = DATASETS[args["dataset_name"]].mean, DATASETS[args["dataset_name"]].std
@@ -173,11 +179,12 @@ def build_pretrained(weights: dict[str, Tensor], info: BackboneInfo, path: str) 
 
 
 def load_backbone(
-    path: str, momentum: bool = False, device: str | torch.device = "cpu"
+    path: str, momentum: bool | None = None, device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, BackboneInfo]:
     """The pretrained backbone in `path` (a main.py checkpoint or an export.py file) in eval mode
     on `device`, and its BackboneInfo (`info.transform` prepares a PIL image for it).
-    `momentum`: a checkpoint's EMA backbone (BYOL's and MoCo's target, DINO's teacher)."""
+    `momentum`: a checkpoint's EMA backbone (BYOL's and MoCo's target, DINO's teacher) or the
+    online one; None: the one its method's official evaluation reads (DINO's teacher)."""
     weights, info = read_backbone(path, momentum)
     return build_pretrained(weights, info, path).eval().to(device), info
 

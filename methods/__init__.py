@@ -32,6 +32,8 @@ class Method(nn.Module):
                           torchvision's default, or "bicubic"; main_linear --interpolation);
       pool                a ViT's features for evaluation: None, the class token; "mean", the
                           mean of the patch tokens (I-JEPA, which trains no class token);
+      eval_last_blocks    a ViT's linear probe reads its last n blocks, concatenated (DINO: 4);
+      eval_momentum_backbone  its evaluation reads the EMA copy of the backbone (DINO's teacher);
       zero_init_residual  whether its official code zero-initialises the last BatchNorm of each
                           residual block (`build_method` applies it; --zero_init_residual);
                           "bottleneck": of Bottleneck blocks only (BYOL's haiku ResNet).
@@ -46,6 +48,8 @@ class Method(nn.Module):
     zero_init_residual: bool | str = False
     needs_labels = False
     pool: str | None = None
+    eval_last_blocks = 1
+    eval_momentum_backbone = False
     eval_interpolation = "bilinear"
     requires_vit = False
     concat_views = False  # per-view methods: one pass over both views (see `per_view`)

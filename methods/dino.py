@@ -214,6 +214,10 @@ class DINO(Method):
     # (its linear training crop is bilinear: main_linear --interpolation bilinear at 224 px)
     view_options = {"interpolation": "bicubic"}
     eval_interpolation = "bicubic"
+    # eval_linear.py --n_last_blocks 4 (ViT-S): the class tokens of the last 4 blocks, each
+    # through the final norm, concatenated
+    eval_last_blocks = 4
+    eval_momentum_backbone = True  # eval_linear.py, eval_knn.py: --checkpoint_key teacher
 
     def __init__(
         self,

@@ -71,13 +71,16 @@ class Block(EncoderBlock):
 class ViTBackbone(VisionTransformer):
     """torchvision's VisionTransformer without its head (`heads` is the identity), returning the
     class token after the final norm (`pool` "token"), or the mean of the patch tokens after it
-    (`pool` "mean", I-JEPA's evaluation), for any input size of at least one patch.
+    (`pool` "mean", I-JEPA's evaluation), for any input size of at least one patch; with
+    `last_blocks` n > 1, those of each of the last n blocks (each after the final norm),
+    concatenated: n x D features (DINO's linear probe, eval_linear.py `--n_last_blocks`).
 
     `forward_tokens` is the encoder on a subset of the patches (MAE's visible ones, I-JEPA's
     context), with or without the class token. The blocks are `Block`s: `set_drop_path(rate)`
     turns on stochastic depth (rates rising linearly with depth to `rate`, as DeiT and MAE)."""
 
     pool = "token"
+    last_blocks = 1
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -105,10 +108,12 @@ class ViTBackbone(VisionTransformer):
         self.fc_norm = nn.LayerNorm(self.hidden_dim, eps=1e-6)  # torchvision's and MAE's eps
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.pool == "token" and x.shape[-2:] == (self.image_size, self.image_size):
+        native = x.shape[-2:] == (self.image_size, self.image_size)
+        if self.pool == "token" and self.last_blocks == 1 and native:
             return super().forward(x)  # torchvision's own path
-        tokens = self.forward_tokens(x)
-        pooled = tokens[:, 0] if self.pool == "token" else tokens[:, 1:].mean(dim=1)
+        blocks = self.block_outputs(x, last=self.last_blocks)
+        pick = (lambda t: t[:, 0]) if self.pool == "token" else (lambda t: t[:, 1:].mean(dim=1))
+        pooled = torch.cat([pick(tokens) for tokens in blocks], dim=-1)
         if self.fc_norm is not None:
             pooled = self.fc_norm(pooled)
         return self.heads(pooled)
@@ -131,6 +136,15 @@ class ViTBackbone(VisionTransformer):
         """The encoder's output tokens after the final norm: [N, 1 + K, D] with the class token
         first (`cls`), where K is all L patches or the `keep` [N, K] indices of each image (in
         row-major patch order), each with its own position embedding."""
+        return self.block_outputs(x, keep, cls)[-1]
+
+    def block_outputs(
+        self, x: Tensor, keep: Tensor | None = None, cls: bool = True, last: int = 1
+    ) -> list[Tensor]:
+        """The tokens of `forward_tokens` after each of the last `last` blocks, each through the
+        final norm (DINO's `get_intermediate_layers`), the last block's last."""
+        if not 1 <= last <= self.depth:
+            raise ValueError(f"last {last} of {self.depth} blocks")
         patches, cls_pos = self.patch_tokens(x)
         if keep is not None:
             index = keep.unsqueeze(-1).expand(-1, -1, patches.shape[-1])
@@ -139,7 +153,12 @@ class ViTBackbone(VisionTransformer):
             token = (self.class_token + cls_pos).expand(patches.shape[0], -1, -1)
             patches = torch.cat([token, patches], dim=1)
         encoder = self.encoder
-        return encoder.ln(encoder.layers(encoder.dropout(patches)))
+        x, outputs = encoder.dropout(patches), []
+        for i, layer in enumerate(encoder.layers):
+            x = layer(x)
+            if i >= self.depth - last:
+                outputs.append(encoder.ln(x))
+        return outputs
 
     def position_embedding(self, grid: tuple[int, int]) -> Tensor:
         """[1, 1 + gh * gw, D]: the class token's embedding, then the patch embeddings resized
@@ -188,6 +207,23 @@ def transformer_blocks(depth: int, dim: int, heads: int) -> nn.Sequential:
     eps 1e-6), as the ViT's own: MAE's decoder, I-JEPA's predictor."""
     norm = partial(nn.LayerNorm, eps=1e-6)
     return nn.Sequential(*(EncoderBlock(heads, dim, 4 * dim, 0.0, 0.0, norm) for _ in range(depth)))
+
+
+def set_last_blocks(backbone: nn.Module, last: int, name: str) -> int:
+    """--n_last_blocks: a ViT's features from its last `last` blocks, concatenated (DINO's
+    linear probe); returns the factor on its feature width. 1 changes nothing; more is refused,
+    in one line, for backbones other than vit_tiny and vit_small."""
+    if last == 1:
+        return 1
+    if not isinstance(backbone, ViTBackbone):
+        raise UserError(
+            f"--n_last_blocks {last}: {name} is not one of this toolkit's Vision Transformers "
+            "(vit_tiny, vit_small): drop it"
+        )
+    if last > backbone.depth:
+        raise UserError(f"--n_last_blocks {last}: {name} has {backbone.depth} blocks")
+    backbone.last_blocks = last
+    return last
 
 
 def set_pool(backbone: nn.Module, pool: str | None, name: str) -> None:

@@ -116,8 +116,9 @@ for method in "${SELECTED[@]}"; do
     [ -f "$OUT/ckpts/pretrain_$method/last.pt" ] || set_aside_partial "pretrain_$method"
     run python main.py --config "$RECIPES/$method.args" "${BACKBONE[@]}" "${COMMON[@]}" --model_name "$method" \
         --run_name "pretrain_$method" --resume auto --knn_freq 50 --save_freq 100
-    # the trained (student, online) backbone, as solo-learn's online classifier; add
-    # --momentum_backbone to the probe to evaluate the EMA copy (DINO's paper reports the teacher)
+    # the trained (student, online) backbone, as solo-learn's online classifier
+    # (recipes/cifar10/linear*.args: --momentum_backbone false; DINO's own evaluation reads the
+    # teacher, main_linear's default for DINO)
     echo "== $method: linear probe of the frozen backbone =="
     set_aside_partial "linear_$method"
     probe=$RECIPES/linear.args

@@ -155,6 +155,20 @@ def test_load_backbone_round_trip(small_ckpt, tmp_path):
     assert x.shape == (3, 32, 32) and torch.allclose(x[0], torch.full((32, 32), red))
 
 
+def test_dino_gives_its_teacher_by_default_as_its_official_evaluation(tmp_path):
+    """DINO's eval_linear.py and eval_knn.py read `--checkpoint_key teacher`: so do
+    load_backbone, main_linear.py and export.py unless told otherwise (BYOL: the online one,
+    test_load_backbone_round_trip)."""
+    state = make_checkpoint(tmp_path / "last.pt", image_size=16, method="dino")
+    for momentum, prefix in ((None, "teacher_backbone."), (False, "backbone.")):
+        backbone, info = load_backbone(str(tmp_path / "last.pt"), momentum=momentum)
+        assert info.momentum_backbone == (momentum is None)
+        for key, value in backbone.state_dict().items():
+            assert torch.equal(value, state["model"][prefix + key]), key
+    run_export(tmp_path / "last.pt", tmp_path / "b.pth", "torchvision")
+    assert load_backbone(str(tmp_path / "b.pth"))[1].momentum_backbone
+
+
 def test_main_linear_and_init_backbone_take_an_exported_file(tmp_path, run_dirs):
     make_checkpoint(tmp_path / "last.pt", image_size=16)  # 16 px: the probe's features are cheap
     run_export(tmp_path / "last.pt", tmp_path / "b.pth", "torchvision")

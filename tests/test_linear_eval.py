@@ -10,6 +10,7 @@ from collections import Counter
 
 import pytest
 import torch
+from conftest import small_test_split
 from threadpoolctl import threadpool_limits
 
 import main
@@ -152,6 +153,27 @@ def test_finetune_changes_the_backbone_and_the_probe_does_not(pretrained, run_di
     assert backbone_lr and backbone_lr[0] == pytest.approx(0.1 * head_lr[0])  # the default
 
 
+def test_dino_probes_a_vit_on_its_last_4_blocks_and_knn_on_the_last(run_dirs):
+    """eval_linear.py --n_last_blocks 4 (ViT-S): a head on 4 x 192 features of vit_tiny; the
+    kNN (eval_knn.py) and the other methods read the last block only; args.json records it."""
+    vit = ["--backbone", "vit_tiny", "--image_size", "32", "--random_init"]
+    vit += ["--limit", "50", "--batch_size", "50", "--num_epochs", "1", "--precompute_features"]
+
+    def run(*extra):
+        argv = [*TINY, *LINEAR, *run_dirs, *vit, *extra]
+        main_linear.main(main_linear.get_args_parser().parse_args(argv))
+        with open(os.path.join(run_dirs[1], extra[-1], "args.json")) as f:
+            return json.load(f)["n_last_blocks"]
+
+    with small_test_split(50):
+        blocks = run("--model_name", "dino", "--run_name", "dino")
+        head = load_checkpoint(os.path.join(run_dirs[3], "dino", "last.pt"))["model"]["fc.weight"]
+        assert blocks == 4 and head.shape == (10, 4 * 192)
+        assert run("--model_name", "dino", "--eval", "knn", "--run_name", "knn") == 1
+        assert run("--model_name", "simclr", "--run_name", "simclr") == 1
+        assert run("--model_name", "simclr", "--n_last_blocks", "2", "--run_name", "two") == 2
+
+
 def test_class_balanced_fraction_is_balanced_and_deterministic():
     targets = [0] * 500 + [1] * 300 + [2] * 200  # imbalanced on purpose
     ten = class_balanced_fraction(targets, 0.1, seed=0)
@@ -201,6 +223,11 @@ def test_plot_tsne_writes_a_png(tmp_path):
         (["--random_erasing", "0.25"], "--finetune"),
         (["--finetune", "--random_init", "--fc_norm"], "Vision Transformer"),
         (["--finetune", "--random_init", "--fc_norm", "--backbone", "vit_tiny"], "--pool mean"),
+        (
+            ["--random_init", "--n_last_blocks", "2"],
+            "not one of this toolkit's Vision Transformers",
+        ),
+        (["--random_init", "--n_last_blocks", "13", "--backbone", "vit_tiny"], "has 12 blocks"),
     ],
 )
 def test_bad_combinations_exit_with_code_2_and_one_line(argv, message, run_dirs, capsys):

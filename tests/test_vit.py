@@ -91,6 +91,33 @@ def test_other_input_sizes_interpolate_the_position_embeddings():
             model(torch.randn(1, 3, 3, 3))
 
 
+def test_last_blocks_concatenate_the_normed_tokens_of_each_block_as_dinos_probe():
+    """DINO's eval_linear.py on a ViT: `get_intermediate_layers(x, n)` (each of the last n blocks'
+    output through the final norm), their class tokens concatenated."""
+    torch.manual_seed(0)
+    model, _ = build_backbone("vit_tiny", 32)
+    model.eval()
+    outputs = []
+    hooks = [
+        b.register_forward_hook(lambda m, i, o: outputs.append(o)) for b in model.encoder.layers
+    ]
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        last = model(x)  # one block: torchvision's forward, the class token after the norm
+        for hook in hooks:
+            hook.remove()
+        normed = [model.encoder.ln(o) for o in outputs[-4:]]  # 12 blocks, the last 4
+        model.last_blocks = 4
+        assert torch.allclose(model(x), torch.cat([t[:, 0] for t in normed], dim=1), atol=1e-5)
+        assert torch.allclose(model(x)[:, -192:], last, atol=1e-5)
+        model.pool = "mean"
+        means = torch.cat([t[:, 1:].mean(dim=1) for t in normed], dim=1)
+        assert torch.allclose(model(x), means, atol=1e-5)
+        assert model(torch.randn(1, 3, 16, 16)).shape == (1, 4 * 192)  # any input size
+        with pytest.raises(ValueError, match="last 13 of 12"):
+            model.block_outputs(x, last=13)
+
+
 def test_registered():
     assert {"vit_tiny", "vit_small"} <= set(BACKBONES)
 
