@@ -49,9 +49,9 @@ from torch import Tensor, nn
 
 from methods import Method, register
 from methods.hparams import Flag
-from methods.mae import fix_position_embedding, require_vit
+from methods.mae import require_vit
 from methods.momentum import ema_update, frozen_copy
-from networks.vit import sincos_position_embedding, transformer_blocks
+from networks.vit import fix_position_embedding, sincos_position_embedding, transformer_blocks
 from utils.misc import unit_float
 
 TARGET_SCALE, ASPECT, MIN_KEEP = (0.15, 0.2), (0.75, 1.5), 4  # the official MaskCollator's

@@ -41,7 +41,12 @@ from torch import Tensor, nn
 
 from methods import Method, register
 from methods.hparams import Flag
-from networks.vit import ViTBackbone, sincos_position_embedding, transformer_blocks
+from networks.vit import (
+    ViTBackbone,
+    fix_position_embedding,
+    sincos_position_embedding,
+    transformer_blocks,
+)
 from utils.misc import unit_float
 
 MASK_RATIO = Flag("fraction of each image's patches hidden from the encoder", unit_float)
@@ -97,16 +102,6 @@ def require_vit(backbone: nn.Module, method: str) -> ViTBackbone:
             f"{method} masks patches of a Vision Transformer: use --backbone vit_tiny or vit_small"
         )
     return backbone
-
-
-def fix_position_embedding(backbone: ViTBackbone) -> None:
-    """The fixed sine-cosine position embeddings of MAE and I-JEPA in place of torchvision's learnt
-    ones (`requires_grad` off: the optimizer never sees them)."""
-    side = backbone.image_size // backbone.patch_size
-    pos = backbone.encoder.pos_embedding
-    with torch.no_grad():
-        pos.copy_(sincos_position_embedding(pos.shape[-1], side).unsqueeze(0))
-    pos.requires_grad_(False)
 
 
 def mae_init(module: nn.Module) -> None:

@@ -67,7 +67,11 @@ ICCV 2021 (https://arxiv.org/abs/2104.02057).
     BatchNorm after every hidden layer, a last BatchNorm without affine parameters; each view
     through both encoders in its own call (`--concat_views`: one pass of 2N); the last
     BatchNorm of each residual block starts at zero (`zero_init_residual=True`). `proj_layers`
-    (--proj_layers 3: the paper's 3-layer projector on a CNN) and --temperature override.
+    (--proj_layers 3: the paper's 3-layer projector on a CNN) and --temperature override. A
+    vit_tiny or vit_small is built as vits.py's `VisionTransformerMoCo` (`mocov3_vit_init`:
+    fixed sine-cosine positions, its initialisation) with a frozen random patch projection, the
+    paper's fix for its training instability (`--stop-grad-conv1` in CONFIG.md's ViT commands;
+    --stop_grad_conv1 false trains it); timm ViTs keep timm's initialisation.
 
     Default recipe (CONFIG.md): ResNet-50 with LARS (biases and norms excluded), lr 0.6 x B/256
     (0.3 for 300 and 1000 epochs), weight decay 1e-6 (1.5e-6 for 1000 epochs), batch 4096, m
@@ -97,6 +101,7 @@ from methods.hparams import (
 from methods.momentum import cosine_momentum, ema_update, frozen_copy
 from networks import is_vit
 from networks.heads import build_mlp
+from networks.vit import ViTBackbone, fix_position_embedding
 from utils.distributed import gather, rank
 from utils.misc import non_negative_int, unit_float
 
@@ -174,6 +179,32 @@ NEGATIVES = Flag(
 )
 MOCOV3_TEMPERATURE = Flag(TEMPERATURE.help, none="1.0 for CNNs, 0.2 for ViTs, as official")
 PROJ_LAYERS = Flag("projector layers", none="2 for CNNs, 3 for ViTs, as official")
+STOP_GRAD_CONV1 = Flag(
+    "a ViT's patch projection stays at its random initialisation (MoCo v3's random patch "
+    "projection, --stop-grad-conv1)",
+    none="on for vit_tiny and vit_small, as CONFIG.md's ViT commands",
+)
+
+
+def mocov3_vit_init(backbone: ViTBackbone) -> None:
+    """moco-v3 vits.py `VisionTransformerMoCo`: Xavier-uniform Linear weights, q, k and v each as
+    its own [D, D] matrix, zero biases; the patch projection Xavier-uniform over its flattened
+    kernel; the class token N(0, 1e-6); fixed sine-cosine positions, the row's half first."""
+    for m in backbone.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.MultiheadAttention):
+            for weight in m.in_proj_weight.chunk(3):  # views of q, k, v: initialised in place
+                nn.init.xavier_uniform_(weight)
+            nn.init.zeros_(m.in_proj_bias)
+    conv = backbone.conv_proj
+    nn.init.xavier_uniform_(conv.weight.view(conv.weight.shape[0], -1))
+    nn.init.zeros_(conv.bias)
+    nn.init.normal_(backbone.class_token, std=1e-6)
+    fix_position_embedding(backbone, rows_first=True)
+
+
 KEY_EMA_MOMENTUM = Flag(
     "EMA momentum of the key encoder, constant as moco/builder.py (with --ema_cosine: at step 0, "
     "rising to 1 on a cosine)",
@@ -288,10 +319,22 @@ class MoCoV3(Method):
         ema_momentum: Annotated[float, EMA_MOMENTUM] = 0.99,
         proj_layers: Annotated[int | None, PROJ_LAYERS] = None,
         concat_views: Annotated[bool, CONCAT_VIEWS] = False,
+        stop_grad_conv1: Annotated[bool | None, STOP_GRAD_CONV1] = None,
+        pretrained: bool = False,
     ) -> None:
         super().__init__()
         if not 0 <= ema_momentum <= 1:
             raise ValueError(f"ema_momentum must be in [0, 1], got {ema_momentum}")
+        if isinstance(backbone, ViTBackbone):  # official vits.py, before the momentum copy
+            if not pretrained:  # --pretrained / --init_backbone: the backbone keeps its weights
+                mocov3_vit_init(backbone)
+            backbone.encoder.pos_embedding.requires_grad_(False)
+            backbone.conv_proj.requires_grad_(stop_grad_conv1 is False)
+        elif stop_grad_conv1:
+            raise ValueError(
+                "stop_grad_conv1 freezes the patch projection of vit_tiny or vit_small: drop it "
+                "for this backbone"
+            )
         self.backbone = backbone
         # official builder.py: MoCo_ResNet a 2-layer projector and a predictor without a last
         # BatchNorm, MoCo_ViT a 3-layer projector and one with; no biases, BatchNorm after every

@@ -184,11 +184,13 @@ class ViTBackbone(VisionTransformer):
         return self.depth + 1
 
 
-def sincos_position_embedding(dim: int, side: int) -> Tensor:
+def sincos_position_embedding(dim: int, side: int, rows_first: bool = False) -> Tensor:
     """[1 + side * side, dim]: the fixed 2-D sine-cosine embeddings of MAE and I-JEPA
     (util/pos_embed.py get_2d_sincos_pos_embed, cls_token=True): a zero row for the class token,
     then per patch, in row-major order, the first dim / 2 values encode its column and the last
-    dim / 2 its row, each as [sin(p w_k), cos(p w_k)] with w_k = 10000^(-k / (dim / 4))."""
+    dim / 2 its row, each as [sin(p w_k), cos(p w_k)] with w_k = 10000^(-k / (dim / 4)).
+    `rows_first`: the row's half first, as MoCo v3's `build_2d_sincos_position_embedding`
+    (vits.py: its `meshgrid` is indexed ij, so its "w" grid runs down the rows)."""
     if dim % 4:
         raise ValueError(f"sine-cosine position embeddings need a width divisible by 4, got {dim}")
     omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
@@ -198,8 +200,19 @@ def sincos_position_embedding(dim: int, side: int) -> Tensor:
         angles = position.flatten().double()[:, None] * omega[None]
         return torch.cat([angles.sin(), angles.cos()], dim=1)
 
-    patches = torch.cat([encode(cols), encode(rows)], dim=1)
+    halves = [encode(rows), encode(cols)] if rows_first else [encode(cols), encode(rows)]
+    patches = torch.cat(halves, dim=1)
     return torch.cat([torch.zeros(1, dim, dtype=torch.float64), patches]).float()
+
+
+def fix_position_embedding(backbone: ViTBackbone, rows_first: bool = False) -> None:
+    """Fixed sine-cosine position embeddings (MAE, I-JEPA, MoCo v3) in place of torchvision's
+    learnt ones (`requires_grad` off: the optimizer never sees them)."""
+    side = backbone.image_size // backbone.patch_size
+    pos = backbone.encoder.pos_embedding
+    with torch.no_grad():
+        pos.copy_(sincos_position_embedding(pos.shape[-1], side, rows_first).unsqueeze(0))
+    pos.requires_grad_(False)
 
 
 def transformer_blocks(depth: int, dim: int, heads: int) -> nn.Sequential:

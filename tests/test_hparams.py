@@ -18,6 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 API_ONLY = {
     "mae": {"pretrained"},
     "ijepa": {"pretrained"},
+    "mocov3": {"pretrained"},
 }  # constructor choices that are not command-line flags
 
 

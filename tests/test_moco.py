@@ -290,6 +290,45 @@ def test_mocov3_heads_and_defaults():
     assert not any(k.startswith("target_predictor") for k in keys)  # no momentum predictor
 
 
+def test_mocov3_builds_a_vit_as_vits_py_with_a_random_patch_projection():
+    """moco-v3 vits.py VisionTransformerMoCo with --stop-grad-conv1 (CONFIG.md's ViT commands)."""
+    torch.manual_seed(0)
+    heads = dict(proj_hidden_dim=32, pred_hidden_dim=32)
+    model = build_method("mocov3", *build_backbone("vit_tiny", 32), **heads)
+    vit, dim, patch = model.backbone, 192, 4
+    # fixed 2-D sine-cosine positions, the row first: patch (row 2, column 5) of the 8x8 grid
+    pos = vit.encoder.pos_embedding.detach()[0]
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4) / (dim // 4))
+    for offset, p in ((0, 2.0), (dim // 2, 5.0)):  # [sin, cos] of the row, then of the column
+        expected = torch.cat([torch.sin(p * omega), torch.cos(p * omega)])
+        assert torch.allclose(pos[1 + 2 * 8 + 5, offset : offset + dim // 2], expected, atol=1e-5)
+    assert not pos[0].any() and not vit.encoder.pos_embedding.requires_grad
+    # Xavier-uniform bounds: q, k, v each a [D, D] matrix; the patch projection [D, 3 p^2]
+    attention = vit.encoder.layers[0].self_attention
+    in_proj = attention.in_proj_weight.detach()
+    assert in_proj.abs().max() <= math.sqrt(6 / (2 * dim)) < in_proj.abs().max() * 1.01
+    conv = vit.conv_proj.weight.detach()
+    bound = math.sqrt(6 / (3 * patch * patch + dim))
+    assert conv.abs().max() <= bound < conv.abs().max() * 1.01
+    linears = [m for m in vit.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(not m.bias.detach().any() for m in linears)
+    assert not attention.in_proj_bias.detach().any()
+    assert vit.class_token.detach().std() < 1e-5  # N(0, 1e-6)
+    # the patch projection gets no gradient; the momentum encoder starts as the online one
+    views = [torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)]
+    model(views)["loss"].backward()
+    assert (
+        vit.conv_proj.weight.grad is None and vit.encoder.layers[0].mlp[0].weight.grad is not None
+    )
+    assert torch.equal(model.target_backbone.conv_proj.weight, vit.conv_proj.weight)
+    trained = build_method(
+        "mocov3", *build_backbone("vit_tiny", 32), stop_grad_conv1=False, **heads
+    )
+    assert trained.backbone.conv_proj.weight.requires_grad
+    with pytest.raises(ValueError, match="stop_grad_conv1"):
+        build_method("mocov3", *build_backbone("small_cnn", 16), stop_grad_conv1=True, **heads)
+
+
 def test_mocov3_module_loss_is_the_symmetric_sum():
     model = tiny("mocov3", ema_momentum=1.0)
     model.eval()
