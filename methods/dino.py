@@ -40,9 +40,10 @@ momentum 0.9995 for batches of 256. K is the official 65536 by default (4096 unt
 solo-learn's CIFAR setting: `--out_dim 4096`, recipes/cifar10/dino.args; 65536 makes the head's
 last layer 16.8 M parameters). As in main_dino.py, each student parameter's gradient is
 clipped to norm 3 on its own (`clip_gradients`, --clip_grad; solo-learn's CIFAR configs: 0, off)
-and a ViT student (vit_tiny, vit_small) trains with stochastic depth 0.1 (--drop_path_rate; none
-for CNNs and timm models: the official code gives it to its own ViTs only). The weight-decay rise
-is the shared `--weight_decay 0.04 --final_weight_decay 0.4`.
+and a ViT student (vit_tiny, vit_small), initialised as DINO's own ViT (`dino_vit_init`), trains
+with stochastic depth 0.1 (--drop_path_rate; none for CNNs and timm models: the official code
+gives it to its own ViTs only). The weight-decay rise is the shared `--weight_decay 0.04
+--final_weight_decay 0.4`.
 
 Flags: the constructor's annotated arguments (methods/hparams.py), listed with their defaults
 by `python main.py --help` and the README; the view flags --num_crops (local crops, 8) and
@@ -204,6 +205,25 @@ DROP_PATH = Flag(
 )
 
 
+def dino_vit_init(backbone: ViTBackbone) -> None:
+    """DINO's vision_transformer.py `VisionTransformer`: truncated N(0, 0.02) Linear weights (the
+    attention's qkv too), zero biases, unit LayerNorms, class token and position embeddings
+    truncated N(0, 0.02); the patch projection keeps nn.Conv2d's own initialisation."""
+    for m in backbone.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.MultiheadAttention):
+            nn.init.trunc_normal_(m.in_proj_weight, std=0.02)
+            nn.init.zeros_(m.in_proj_bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    backbone.conv_proj.reset_parameters()
+    nn.init.trunc_normal_(backbone.class_token, std=0.02)
+    nn.init.trunc_normal_(backbone.encoder.pos_embedding, std=0.02)
+
+
 @register("dino")
 class DINO(Method):
     """Student backbone + DINO head; EMA teacher backbone + head; the center as a buffer."""
@@ -237,11 +257,14 @@ class DINO(Method):
         use_bn_in_head: Annotated[bool, USE_BN_IN_HEAD] = False,
         clip_grad: Annotated[float, CLIP_GRAD] = 3.0,
         drop_path_rate: Annotated[float, DROP_PATH] = 0.1,
+        pretrained: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (("ema_momentum", ema_momentum), ("center_momentum", center_momentum)):
             if not 0 <= value <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if isinstance(backbone, ViTBackbone) and not pretrained:  # before the teacher's copy
+            dino_vit_init(backbone)
         self.backbone = backbone
         self.head = DINOHead(
             feat_dim, out_dim, proj_hidden_dim, proj_dim, 3, norm_last_layer, use_bn_in_head

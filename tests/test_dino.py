@@ -323,6 +323,25 @@ def test_a_vit_student_has_official_stochastic_depth_and_the_teacher_none():
     assert all(layer.drop_path.p == 0 for layer in model.backbone.encoder.layers)
 
 
+def test_a_vit_starts_as_dinos_vision_transformer():
+    """vision_transformer.py: trunc_normal_(std=.02) on Linear weights (qkv included), position
+    embeddings and class token; zero biases; nn.Conv2d's own patch projection."""
+    torch.manual_seed(0)
+    model = build_method("dino", *build_backbone("vit_tiny", 32), proj_hidden_dim=32, out_dim=10)
+    vit = model.backbone
+    layer = vit.encoder.layers[0]
+    for weight in (layer.mlp[0].weight, layer.self_attention.in_proj_weight):
+        assert float(weight.detach().std()) == pytest.approx(0.02, rel=0.03)
+    assert not layer.mlp[0].bias.detach().any() and not layer.self_attention.in_proj_bias.any()
+    for token in (vit.class_token, vit.encoder.pos_embedding):
+        assert float(token.detach().std()) == pytest.approx(0.02, rel=0.15)
+    conv = vit.conv_proj.weight.detach()  # kaiming_uniform(a=sqrt(5)): within 1/sqrt(fan_in)
+    bound = (3 * 4 * 4) ** -0.5
+    assert conv.abs().max() <= bound and float(conv.std()) == pytest.approx(bound / 3**0.5, 0.1)
+    teacher = model.teacher_backbone.state_dict()
+    assert all(torch.equal(v, teacher[k]) for k, v in vit.state_dict().items())
+
+
 def test_teacher_follows_the_student_by_ema_after_a_real_step():
     model = tiny_dino(ema_momentum=0.9)
     optimizer = torch.optim.SGD(trainable(model), lr=0.5)

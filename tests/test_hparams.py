@@ -19,6 +19,7 @@ API_ONLY = {
     "mae": {"pretrained"},
     "ijepa": {"pretrained"},
     "mocov3": {"pretrained"},
+    "dino": {"pretrained"},
 }  # constructor choices that are not command-line flags
 
 
