@@ -234,7 +234,10 @@ def set_last_blocks(backbone: nn.Module, last: int, name: str) -> int:
             "(vit_tiny, vit_small): drop it"
         )
     if last > backbone.depth:
-        raise UserError(f"--n_last_blocks {last}: {name} has {backbone.depth} blocks")
+        raise UserError(
+            f"--n_last_blocks {last}: {name} has {backbone.depth} blocks: give at most "
+            f"{backbone.depth}"
+        )
     backbone.last_blocks = last
     return last
 
