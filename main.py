@@ -221,7 +221,7 @@ def build_model(args, device, train_transform) -> tuple[nn.Module, nn.Module, in
     module to call for the forward pass (DDP / torch.compile wrappers), and the feature size."""
     backbone, feat_dim = build_backbone(args.backbone, args.image_size, args.pretrained)
     if args.init_backbone:  # before the method copies it (EMA targets), not zero-initialised
-        weights, info = read_backbone(args.init_backbone)
+        weights, info = read_backbone(args.init_backbone, momentum=False)  # the online one
         if info.backbone != args.backbone:
             raise UserError(
                 f"--init_backbone {args.init_backbone} holds a {info.backbone} backbone, but "
