@@ -64,7 +64,7 @@ from torch.nn.utils.parametrizations import weight_norm
 from methods import Method, register
 from methods.hparams import EMA_MOMENTUM, Flag
 from methods.momentum import cosine_momentum, ema_update, frozen_copy
-from networks.vit import ViTBackbone
+from networks.vit import ViTBackbone, trunc_normal_init
 from utils.distributed import all_reduce_sum, world_size
 from utils.misc import non_negative_float, non_negative_int, unit_float
 
@@ -209,16 +209,7 @@ def dino_vit_init(backbone: ViTBackbone) -> None:
     """DINO's vision_transformer.py `VisionTransformer`: truncated N(0, 0.02) Linear weights (the
     attention's qkv too), zero biases, unit LayerNorms, class token and position embeddings
     truncated N(0, 0.02); the patch projection keeps nn.Conv2d's own initialisation."""
-    for m in backbone.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.MultiheadAttention):
-            nn.init.trunc_normal_(m.in_proj_weight, std=0.02)
-            nn.init.zeros_(m.in_proj_bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+    trunc_normal_init(backbone)
     backbone.conv_proj.reset_parameters()
     nn.init.trunc_normal_(backbone.class_token, std=0.02)
     nn.init.trunc_normal_(backbone.encoder.pos_embedding, std=0.02)

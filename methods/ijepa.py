@@ -51,7 +51,12 @@ from methods import Method, register
 from methods.hparams import Flag
 from methods.mae import require_vit
 from methods.momentum import ema_update, frozen_copy
-from networks.vit import fix_position_embedding, sincos_position_embedding, transformer_blocks
+from networks.vit import (
+    fix_position_embedding,
+    sincos_position_embedding,
+    transformer_blocks,
+    trunc_normal_init,
+)
 from utils.misc import unit_float
 
 TARGET_SCALE, ASPECT, MIN_KEEP = (0.15, 0.2), (0.75, 1.5), 4  # the official MaskCollator's
@@ -139,17 +144,7 @@ def ijepa_init(module: nn.Module, blocks: nn.Sequential) -> None:
     """I-JEPA's `_init_weights` and `fix_init_weight`: truncated N(0, 0.02) weights (Linear,
     attention input, patch projection), zero biases, unit LayerNorms; then block i's attention
     output projection and second MLP layer divided by sqrt(2 i), i from 1."""
-    for m in module.modules():
-        if isinstance(m, nn.Linear | nn.Conv2d):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.MultiheadAttention):
-            nn.init.trunc_normal_(m.in_proj_weight, std=0.02)
-            nn.init.zeros_(m.in_proj_bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+    trunc_normal_init(module, conv=True)
     with torch.no_grad():
         for depth, block in enumerate(blocks, start=1):
             block.self_attention.out_proj.weight.div_(math.sqrt(2.0 * depth))

@@ -205,6 +205,23 @@ def sincos_position_embedding(dim: int, side: int, rows_first: bool = False) -> 
     return torch.cat([torch.zeros(1, dim, dtype=torch.float64), patches]).float()
 
 
+def trunc_normal_init(module: nn.Module, conv: bool = False) -> None:
+    """DeiT's `_init_weights`, which DINO and I-JEPA keep: truncated N(0, 0.02) weights of the
+    Linear layers and the attention's input projection (the patch projection's too with `conv`),
+    zero biases, unit LayerNorms."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear) or (conv and isinstance(m, nn.Conv2d)):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.MultiheadAttention):
+            nn.init.trunc_normal_(m.in_proj_weight, std=0.02)
+            nn.init.zeros_(m.in_proj_bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 def fix_position_embedding(backbone: ViTBackbone, rows_first: bool = False) -> None:
     """Fixed sine-cosine position embeddings (MAE, I-JEPA, MoCo v3) in place of torchvision's
     learnt ones (`requires_grad` off: the optimizer never sees them)."""
