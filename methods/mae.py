@@ -46,6 +46,7 @@ from networks.vit import (
     fix_position_embedding,
     sincos_position_embedding,
     transformer_blocks,
+    xavier_init,
 )
 from utils.misc import unit_float
 
@@ -104,26 +105,6 @@ def require_vit(backbone: nn.Module, method: str) -> ViTBackbone:
     return backbone
 
 
-def mae_init(module: nn.Module) -> None:
-    """MAE's `initialize_weights` / `_init_weights`: Xavier-uniform Linear weights (attention's
-    input projection included) and patch projection (as a Linear over its flattened kernel),
-    zero biases, unit LayerNorms."""
-    for m in module.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.xavier_uniform_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.MultiheadAttention):
-            nn.init.xavier_uniform_(m.in_proj_weight)
-            nn.init.zeros_(m.in_proj_bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Conv2d):  # the patch projection
-            nn.init.xavier_uniform_(m.weight.view(m.weight.shape[0], -1))
-            nn.init.zeros_(m.bias)
-
-
 @register("mae")
 class MAE(Method):
     """ViT encoder on the visible patches + light decoder predicting the hidden ones' pixels."""
@@ -163,10 +144,10 @@ class MAE(Method):
         self.decoder_norm = nn.LayerNorm(decoder_dim, eps=1e-6)
         self.decoder_pred = nn.Linear(decoder_dim, self.patch * self.patch * 3)
         for part in (self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred):
-            mae_init(part)
+            xavier_init(part)
         nn.init.normal_(self.mask_token, std=0.02)
         if not pretrained:  # --pretrained / --init_backbone: the backbone keeps its weights
-            mae_init(backbone)
+            xavier_init(backbone)
             nn.init.normal_(backbone.class_token, std=0.02)
             fix_position_embedding(backbone)
         backbone.encoder.pos_embedding.requires_grad_(False)

@@ -101,7 +101,7 @@ from methods.hparams import (
 from methods.momentum import cosine_momentum, ema_update, frozen_copy
 from networks import is_vit
 from networks.heads import build_mlp
-from networks.vit import ViTBackbone, fix_position_embedding
+from networks.vit import ViTBackbone, fix_position_embedding, xavier_init
 from utils.distributed import gather, rank
 from utils.misc import non_negative_int, unit_float
 
@@ -190,17 +190,7 @@ def mocov3_vit_init(backbone: ViTBackbone) -> None:
     """moco-v3 vits.py `VisionTransformerMoCo`: Xavier-uniform Linear weights, q, k and v each as
     its own [D, D] matrix, zero biases; the patch projection Xavier-uniform over its flattened
     kernel; the class token N(0, 1e-6); fixed sine-cosine positions, the row's half first."""
-    for m in backbone.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.xavier_uniform_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.MultiheadAttention):
-            for weight in m.in_proj_weight.chunk(3):  # views of q, k, v: initialised in place
-                nn.init.xavier_uniform_(weight)
-            nn.init.zeros_(m.in_proj_bias)
-    conv = backbone.conv_proj
-    nn.init.xavier_uniform_(conv.weight.view(conv.weight.shape[0], -1))
-    nn.init.zeros_(conv.bias)
+    xavier_init(backbone, split_qkv=True)
     nn.init.normal_(backbone.class_token, std=1e-6)
     fix_position_embedding(backbone, rows_first=True)
 

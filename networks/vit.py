@@ -222,6 +222,28 @@ def trunc_normal_init(module: nn.Module, conv: bool = False) -> None:
             nn.init.zeros_(m.bias)
 
 
+def xavier_init(module: nn.Module, split_qkv: bool = False) -> None:
+    """MAE's `initialize_weights` / `_init_weights`: Xavier-uniform Linear weights, attention
+    input projection (q, k and v each as its own [D, D] matrix with `split_qkv`, as MoCo v3's
+    vits.py) and patch projection (as a Linear over its flattened kernel), zero biases, unit
+    LayerNorms."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.MultiheadAttention):
+            for weight in m.in_proj_weight.chunk(3 if split_qkv else 1):  # views: in place
+                nn.init.xavier_uniform_(weight)
+            nn.init.zeros_(m.in_proj_bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Conv2d):  # the patch projection
+            nn.init.xavier_uniform_(m.weight.view(m.weight.shape[0], -1))
+            nn.init.zeros_(m.bias)
+
+
 def fix_position_embedding(backbone: ViTBackbone, rows_first: bool = False) -> None:
     """Fixed sine-cosine position embeddings (MAE, I-JEPA, MoCo v3) in place of torchvision's
     learnt ones (`requires_grad` off: the optimizer never sees them)."""
