@@ -29,8 +29,8 @@ from flags import (
 )
 from methods import METHODS
 from networks import check_input_sizes
-from networks.vit import ViTBackbone, set_last_blocks, set_pool
-from pretrained import evaluated_backbone, load_pretrained, load_resumed
+from networks.vit import ViTBackbone, set_avgpool_patchtokens, set_last_blocks, set_pool
+from pretrained import evaluated_backbone, load_pretrained, load_resumed, resumed_values
 from probe import linear_evaluation
 from transformations import eval_transform, linear_train_transform
 from utils.checkpoint import run_name_of
@@ -136,6 +136,13 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
         help="a ViT's features (vit_tiny, vit_small): those of its last N blocks (class token "
         "or --pool mean), each after the final norm, concatenated (DINO's eval_linear.py) "
         "(default: DINO's linear probe 4, as there; 1 otherwise, and for kNN and --finetune)",
+    )
+    add_bool_flag(
+        group,
+        "--avgpool_patchtokens",
+        "a ViT's features (vit_tiny, vit_small) followed by the mean of its last block's patch "
+        "tokens after the final norm (DINO's eval_linear.py: its ViT-B setting, with "
+        "--n_last_blocks 1) (default: false, DINO's ViT-S setting)",
     )
     add_bool_flag(
         group,
@@ -331,9 +338,15 @@ def main(args) -> dict:
 
     # ============ pretrained backbone (and this run's own checkpoint with --resume) ============
     resumed_path, resumed = load_resumed(args)
+    if resumed:  # flags left to the method: the stopped run's values
+        args = with_values(args, **resumed_values(args, resumed))
     # a resumed evaluation continues with the pretraining checkpoint it started from
     ckpt = args.ckpt or (resumed and resumed["args"].get("ckpt"))
     weights, pretrained, ckpt = load_pretrained(args, ckpt)  # a checkpoint or an exported file
+    # recorded as evaluated (None: the method's choice), so that --resume needs no flag for it
+    args = with_values(
+        args, momentum_backbone=pretrained.momentum_backbone if pretrained else False
+    )
     mode = "finetune" if args.finetune else args.eval
     prefix = f"{mode}_{'random_' if args.random_init else ''}"
     run_name = run_name_of(resumed_path) if resumed else args.run_name
@@ -373,6 +386,7 @@ def main(args) -> dict:
     if last_blocks is None:
         probe = args.eval == "linear" and not args.finetune and isinstance(backbone, ViTBackbone)
         last_blocks = METHODS[args.model_name].eval_last_blocks if probe else 1
+    width = feat_dim
     feat_dim *= set_last_blocks(backbone, last_blocks, args.backbone)
     args = with_values(args, n_last_blocks=last_blocks)
     if args.fc_norm:
@@ -382,6 +396,7 @@ def main(args) -> dict:
                 "and drop --n_last_blocks"
             )
         backbone.set_fc_norm()
+    feat_dim += width * set_avgpool_patchtokens(backbone, args.avgpool_patchtokens, args.backbone)
     backbone.requires_grad_(args.finetune)
     backbone.eval().to(device)
     if args.channels_last:

@@ -28,6 +28,11 @@ from utils.misc import UserError
 # flags that a resumed evaluation must share with the stopped one
 RESUME_KEYS = ("model_name", "backbone", "dataset_name", "image_size", "random_init")
 RESUME_KEYS += ("precompute_features", "probe_bn", "momentum_backbone", "data_fraction")
+RESUME_KEYS += ("n_last_blocks", "avgpool_patchtokens")
+# unset (None: the method's choice), these take the stopped run's value on --resume
+RESUME_ADOPTED = ("momentum_backbone", "n_last_blocks")
+# the values of runs whose checkpoints were written before the flag existed
+RESUME_DEFAULTS = {"n_last_blocks": 1, "avgpool_patchtokens": False}
 # the EMA copies of the backbone in a method's state dict: BYOL's and MoCo's target, DINO's teacher
 MOMENTUM_PREFIXES = ("target_backbone.", "teacher_backbone.")
 EXPORT_TAG = "ssl_toolkit_export"  # in the JSON beside an exported file (export.py)
@@ -244,12 +249,23 @@ def load_resumed(args) -> tuple[str | None, dict | None]:
         )
     saved = checkpoint["args"]
     for key in RESUME_KEYS:
-        if saved.get(key) != getattr(args, key):
+        if key in RESUME_ADOPTED and getattr(args, key) is None:
+            continue  # resumed_values
+        if saved.get(key, RESUME_DEFAULTS.get(key)) != getattr(args, key):
             raise UserError(
-                f"--resume {path}: that run had --{key} {saved.get(key)}, but --{key} is "
+                f"--resume {path}: that run had --{key} "
+                f"{saved.get(key, RESUME_DEFAULTS.get(key))}, but --{key} is "
                 f"{getattr(args, key)}: use the stopped run's flags"
             )
     return path, checkpoint
+
+
+def resumed_values(args, checkpoint: dict) -> dict:
+    """The flags of RESUME_ADOPTED left unset, with the values of the stopped run whose
+    `checkpoint` is resumed."""
+    saved = checkpoint["args"]
+    unset = [key for key in RESUME_ADOPTED if getattr(args, key) is None]
+    return {key: saved.get(key, RESUME_DEFAULTS.get(key)) for key in unset}
 
 
 def evaluated_backbone(args, weights: dict | None) -> tuple[nn.Module, int]:

@@ -73,7 +73,9 @@ class ViTBackbone(VisionTransformer):
     class token after the final norm (`pool` "token"), or the mean of the patch tokens after it
     (`pool` "mean", I-JEPA's evaluation), for any input size of at least one patch; with
     `last_blocks` n > 1, those of each of the last n blocks (each after the final norm),
-    concatenated: n x D features (DINO's linear probe, eval_linear.py `--n_last_blocks`).
+    concatenated: n x D features (DINO's linear probe, eval_linear.py `--n_last_blocks`); with
+    `avgpool_patchtokens`, followed by the mean of the last block's patch tokens (its
+    `--avgpool_patchtokens`).
 
     `forward_tokens` is the encoder on a subset of the patches (MAE's visible ones, I-JEPA's
     context), with or without the class token. The blocks are `Block`s: `set_drop_path(rate)`
@@ -81,6 +83,7 @@ class ViTBackbone(VisionTransformer):
 
     pool = "token"
     last_blocks = 1
+    avgpool_patchtokens = False  # set_avgpool_patchtokens
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -109,11 +112,15 @@ class ViTBackbone(VisionTransformer):
 
     def forward(self, x: Tensor) -> Tensor:
         native = x.shape[-2:] == (self.image_size, self.image_size)
-        if self.pool == "token" and self.last_blocks == 1 and native:
+        plain = self.pool == "token" and self.last_blocks == 1 and not self.avgpool_patchtokens
+        if plain and native:
             return super().forward(x)  # torchvision's own path
         blocks = self.block_outputs(x, last=self.last_blocks)
         pick = (lambda t: t[:, 0]) if self.pool == "token" else (lambda t: t[:, 1:].mean(dim=1))
-        pooled = torch.cat([pick(tokens) for tokens in blocks], dim=-1)
+        pooled = [pick(tokens) for tokens in blocks]
+        if self.avgpool_patchtokens:
+            pooled.append(blocks[-1][:, 1:].mean(dim=1))
+        pooled = torch.cat(pooled, dim=-1)
         if self.fc_norm is not None:
             pooled = self.fc_norm(pooled)
         return self.heads(pooled)
@@ -279,6 +286,28 @@ def set_last_blocks(backbone: nn.Module, last: int, name: str) -> int:
         )
     backbone.last_blocks = last
     return last
+
+
+def set_avgpool_patchtokens(backbone: nn.Module, on: bool, name: str) -> int:
+    """--avgpool_patchtokens: the mean of a ViT's last-block patch tokens (after the final norm)
+    concatenated to its class tokens, as DINO's eval_linear.py (its ViT-B setting, with
+    n_last_blocks 1; it concatenates the two feature by feature, an order a linear head does not
+    see). Returns the number of D-wide features it adds; refused, in one line, for anything but
+    this toolkit's ViTs reading their class token."""
+    if not on:
+        return 0
+    if not isinstance(backbone, ViTBackbone):
+        raise UserError(
+            f"--avgpool_patchtokens: {name} is not one of this toolkit's Vision Transformers "
+            "(vit_tiny, vit_small): drop it"
+        )
+    if backbone.pool != "token" or backbone.fc_norm is not None:
+        raise UserError(
+            "--avgpool_patchtokens adds the patch tokens' mean to the class token: drop --pool "
+            "mean and --fc_norm, or drop --avgpool_patchtokens"
+        )
+    backbone.avgpool_patchtokens = True
+    return 1
 
 
 def set_pool(backbone: nn.Module, pool: str | None, name: str) -> None:

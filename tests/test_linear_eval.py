@@ -172,6 +172,9 @@ def test_dino_probes_a_vit_on_its_last_4_blocks_and_knn_on_the_last(run_dirs):
         assert run("--model_name", "dino", "--eval", "knn", "--run_name", "knn") == 1
         assert run("--model_name", "simclr", "--run_name", "simclr") == 1
         assert run("--model_name", "simclr", "--n_last_blocks", "2", "--run_name", "two") == 2
+        run("--model_name", "dino", "--avgpool_patchtokens", "--run_name", "avg")
+        head = load_checkpoint(os.path.join(run_dirs[3], "avg", "last.pt"))["model"]["fc.weight"]
+        assert head.shape == (10, 5 * 192)  # 4 class tokens and the patch tokens' mean
 
 
 def test_class_balanced_fraction_is_balanced_and_deterministic():
@@ -228,6 +231,11 @@ def test_plot_tsne_writes_a_png(tmp_path):
             "not one of this toolkit's Vision Transformers",
         ),
         (["--random_init", "--n_last_blocks", "13", "--backbone", "vit_tiny"], "has 12 blocks"),
+        (["--random_init", "--avgpool_patchtokens"], "not one of this toolkit's Vision"),
+        (
+            ["--random_init", "--avgpool_patchtokens", "--backbone", "vit_tiny", "--pool", "mean"],
+            "drop --pool mean",
+        ),
     ],
 )
 def test_bad_combinations_exit_with_code_2_and_one_line(argv, message, run_dirs, capsys):

@@ -116,6 +116,12 @@ def test_last_blocks_concatenate_the_normed_tokens_of_each_block_as_dinos_probe(
         assert model(torch.randn(1, 3, 16, 16)).shape == (1, 4 * 192)  # any input size
         with pytest.raises(ValueError, match="last 13 of 12"):
             model.block_outputs(x, last=13)
+        # --avgpool_patchtokens (DINO's ViT-B probe, n = 1): the class token, then the mean of
+        # the last block's normed patch tokens
+        model.pool, model.last_blocks, model.avgpool_patchtokens = "token", 1, True
+        both = model(x)
+        assert both.shape == (2, 2 * 192) and torch.allclose(both[:, :192], last, atol=1e-5)
+        assert torch.allclose(both[:, 192:], normed[-1][:, 1:].mean(dim=1), atol=1e-5)
 
 
 def test_registered():
