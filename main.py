@@ -151,6 +151,14 @@ def resumed_checkpoint(args) -> tuple[str | None, dict | None]:
     return ckpt_path, checkpoint
 
 
+def online_probe_bn(args, checkpoint: dict | None) -> bool:
+    """--online_probe_bn: as given; unset, on, but a resumed run keeps its own probe (off for
+    runs from before the flag)."""
+    if args.online_probe_bn is not None:
+        return args.online_probe_bn
+    return checkpoint["args"].get("online_probe_bn", False) if checkpoint else True
+
+
 def check_data(args) -> tuple[bool, bool]:
     """Whether a labelled evaluation set exists (the data set's test split, or an unlabelled
     folder's --eval_data_dir: said in one line when there is none) and whether the online probe
@@ -211,7 +219,9 @@ def build_monitors(args, model, feat_dim: int, dataset, device, probe_on: bool) 
     probe = None
     if probe_on:
         classes = num_classes_of(dataset)
-        probe = OnlineProbe(feat_dim, classes, args.online_probe_lr, args.seed).to(device)
+        probe = OnlineProbe(
+            feat_dim, classes, args.online_probe_lr, args.seed, args.online_probe_bn
+        ).to(device)
     tap = FeatureTap(model.backbone) if not args.compile else None
     return Monitors(tap, probe, args.model_name)
 
@@ -312,7 +322,8 @@ def main(args) -> dict:
     run_name, log_dir, ckpt_dir = check_run_dirs(
         args.logs_dir, args.ckpt_dir, run_name, resuming=checkpoint is not None
     )
-    args = with_values(args, run_name=run_name)  # what args.json and the checkpoints record
+    # what args.json and the checkpoints record
+    args = with_values(args, run_name=run_name, online_probe_bn=online_probe_bn(args, checkpoint))
     print_args(args)
 
     # ============ data ============

@@ -106,10 +106,19 @@ class FeatureTap:
 class OnlineProbe(nn.Module):
     """A linear classifier trained alongside pretraining on detached features, with its own SGD
     (solo-learn's online classifier: lr 0.1, momentum 0.9, no weight decay, no schedule). Its
-    initial weights come from a generator of their own, so the run's random state is untouched."""
+    initial weights come from a generator of their own, so the run's random state is untouched.
 
-    def __init__(self, feat_dim: int, num_classes: int, lr: float, seed: int) -> None:
+    `batch_norm`: a BatchNorm without affine parameters before the linear layer, as MAE's linear
+    probe. Features whose shared component dwarfs their spread (an I-JEPA ViT-Tiny's mean-pooled
+    tokens after 234 CIFAR-10 steps: norm 13.1, of which the mean vector 12.9, per-dimension std
+    0.14) send plain SGD at lr 0.1 astray (chance, where a probe on normalised features gets 28 %
+    in as many steps); normalised, the probe reads the spread whatever its scale."""
+
+    def __init__(
+        self, feat_dim: int, num_classes: int, lr: float, seed: int, batch_norm: bool = True
+    ) -> None:
         super().__init__()
+        self.bn = nn.BatchNorm1d(feat_dim, affine=False) if batch_norm else nn.Identity()
         with torch.random.fork_rng(devices=[]):  # nn.Linear's own draws leave no trace
             self.fc = nn.Linear(feat_dim, num_classes)
         generator = torch.Generator().manual_seed(seed + 1)
@@ -121,19 +130,24 @@ class OnlineProbe(nn.Module):
 
     def train_step(self, features: Tensor, labels: Tensor) -> Tensor:
         """One update on a batch; returns its correct predictions x 100 (a tensor: no sync)."""
-        logits = self.fc(features.detach().float())
+        self.train()
+        logits = self.fc(self.bn(features.detach().float()))
         loss = F.cross_entropy(logits, labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if world_size() > 1:  # one head for all processes: the mean of their gradients
             for p in self.parameters():
                 p.grad = all_reduce_sum(p.grad) / world_size()
+            for name, b in self.bn.named_buffers():  # and of their BatchNorm statistics
+                if name != "num_batches_tracked":
+                    b.copy_(all_reduce_sum(b) / world_size())
         self.optimizer.step()
         return 100.0 * (logits.argmax(dim=1) == labels).sum()
 
     @torch.no_grad()
     def evaluate(self, features: Tensor, labels: Tensor) -> dict[str, float]:
-        logits = self.fc(features.float().to(self.fc.weight.device))
+        self.eval()
+        logits = self.fc(self.bn(features.float().to(self.fc.weight.device)))
         labels = labels.to(logits.device)
         top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
         acc1 = 100.0 * (top5[:, 0] == labels).float().mean().item()

@@ -27,7 +27,7 @@ VIEW_OPTIONS = (*VIEW_FLAGS, "interpolation")
 # flags of main.py that shape pretraining only (besides the view and method flags)
 PRETRAINING_ONLY = ("compile", "gpu_augment", "pretrained", "zero_init_residual")
 PRETRAINING_ONLY += ("eval_data_dir", "init_backbone", "online_probe", "online_probe_lr")
-PRETRAINING_ONLY += ("rankme_images",)
+PRETRAINING_ONLY += ("online_probe_bn", "rankme_images")
 
 
 def add_pretraining_flags(parser: argparse.ArgumentParser) -> None:
@@ -54,6 +54,15 @@ def add_pretraining_flags(parser: argparse.ArgumentParser) -> None:
         "train a linear classifier on the detached features of each batch's first view alongside "
         "pretraining (its own SGD; no gradient into the backbone), its test accuracy measured "
         "with the kNN monitor and at the end (default: on when the data set has labels)",
+        default=None,
+    )
+    add_bool_flag(
+        group,
+        "--online_probe_bn",
+        "a BatchNorm without affine parameters before the online probe's linear layer, as MAE's "
+        "linear probe: it reads features whatever their scale (without it, a ViT's mean-pooled "
+        "tokens left it at chance) (default: on; false: solo-learn's plain linear layer, the "
+        "earlier default; a resumed run keeps its own)",
         default=None,
     )
     group.add_argument(
