@@ -32,18 +32,17 @@ MoCo v2: Chen, Fan, Girshick, He, "Improved Baselines with Momentum Contrastive 
         short runs on small data want a faster key encoder: --ema_momentum 0.99);
       - K = 65536 exceeds CIFAR's 50,000 images (the queue would hold keys of the same image
         from an earlier epoch): use --queue_size 4096 to 16384 there.
-    Shuffle-BN is not implemented. A query and its positive key are normalised by BatchNorm
-    with statistics of the same images while the queued negatives had other batches', which
-    can leak which key is the positive; MoCo shuffles the keys across GPUs so that each key's
-    statistics come from other images. Here the key encoder normalises a batch of the same
-    images as the query encoder's, so the leak exists in principle, and the CIFAR demo
-    measures it: without its one-GPU emulation (BatchNorm over 8 splits of the batch, keys
-    shuffled between splits) it loses 4 points of kNN accuracy at 800 epochs. It is left out
-    because it is undefined without several GPUs or split BatchNorm layers, and because with a
-    few hundred images per BatchNorm the statistics differ little between batches, which
-    weakens the leak; under DDP, --sync_bn takes them over the global batch, as MoCo v3 and
-    solo-learn (which have no Shuffle-BN either) do. Emulating it here would mean forwarding
-    the shuffled key batch in chunks.
+    Shuffle-BN (on by default, --shuffle_bn). A query and its positive key normalised by
+    BatchNorm with statistics of the same images, while the queued negatives had other
+    batches', can tell the positive apart by those statistics ("cheat" the pretext task, paper
+    Sec. 3.3). MoCo trains on 8 GPUs, each normalising its own share of the batch, and gives the
+    key encoder a batch shuffled across them (moco/builder.py `_batch_shuffle_ddp`, keys put
+    back in order after it): under torchrun this does the same. On one process its CIFAR demo
+    (colab/moco_cifar10_demo.ipynb) emulates the GPUs: BatchNorm statistics over 8 interleaved
+    splits of each batch in both encoders (`SplitBatchNorm`, --bn_splits) and the key batch
+    shuffled between them; without it the demo lost 4 points of kNN accuracy at 800 epochs.
+    --shuffle_bn false gives plain BatchNorm over each encoder's whole batch and no shuffle, the
+    toolkit's form until 2026-12-04, solo-learn's (no Shuffle-BN) and that of the short recipes.
 
 MoCo v3: Chen, Xie, He, "An Empirical Study of Training Self-Supervised Vision Transformers",
 ICCV 2021 (https://arxiv.org/abs/2104.02057).
@@ -81,6 +80,10 @@ ICCV 2021 (https://arxiv.org/abs/2104.02057).
     batch 256, LARS lr 0.3, m 0.99 -> 1.
 """
 
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
 from typing import Annotated
 
 import torch
@@ -102,8 +105,8 @@ from methods.momentum import cosine_momentum, ema_update, frozen_copy
 from networks import is_vit
 from networks.heads import build_mlp
 from networks.vit import ViTBackbone, fix_position_embedding, xavier_init
-from utils.distributed import gather, rank
-from utils.misc import non_negative_int, unit_float
+from utils.distributed import broadcast, gather, rank, world_size
+from utils.misc import non_negative_int, positive_int, unit_float
 
 
 def moco_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float = 0.2) -> Tensor:
@@ -172,6 +175,57 @@ def enqueue(queue: Tensor, queue_ptr: Tensor, keys: Tensor) -> None:
     queue_ptr.fill_((start + keys.shape[-2]) % size)
 
 
+class SplitBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training-mode statistics are taken over `num_splits` interleaved parts of
+    the batch (part s: the images n with n mod S = s), each part as one GPU's share: the
+    one-process emulation of MoCo's CIFAR demo (`SplitBatchNorm`). The running statistics move
+    by the mean of the parts'. With one split, or in eval mode, it is BatchNorm2d; its
+    parameters and buffers are BatchNorm2d's, so its state dict is too. A batch that S does not
+    divide is split into gcd(N, S) parts."""
+
+    num_splits = 1
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        splits = math.gcd(n, self.num_splits)
+        if splits == 1 or not self.training or not self.track_running_stats:
+            return super().forward(x)
+        mean = self.running_mean.repeat(splits)
+        var = self.running_var.repeat(splits)
+        weight = self.weight.repeat(splits) if self.weight is not None else None
+        bias = self.bias.repeat(splits) if self.bias is not None else None
+        # image n = r * S + s becomes row r, channels of part s: one BatchNorm call for all parts
+        out = F.batch_norm(
+            x.reshape(n // splits, c * splits, h, w), mean, var, weight, bias, True,
+            self.momentum if self.momentum is not None else 0.1, self.eps,
+        )  # fmt: skip
+        with torch.no_grad():
+            self.running_mean.copy_(mean.view(splits, c).mean(dim=0))
+            self.running_var.copy_(var.view(splits, c).mean(dim=0))
+            self.num_batches_tracked.add_(1)
+        return out.reshape(n, c, h, w)
+
+
+def split_batchnorm_layers(module: nn.Module) -> None:
+    """The module's BatchNorm2d layers made SplitBatchNorm2d (one split until set), in place."""
+    for layer in module.modules():
+        if type(layer) is nn.BatchNorm2d:
+            layer.__class__ = SplitBatchNorm2d
+
+
+@torch.no_grad()
+def shuffled_forward(encode: Callable[[Tensor], Tensor], images: Tensor) -> Tensor:
+    """`encode` of a batch shuffled across all processes' images, its rows put back in the order
+    of `images`: MoCo's Shuffle-BN (moco/builder.py `_batch_shuffle_ddp` and
+    `_batch_unshuffle_ddp`; on one process the demo's `_batch_shuffle_single_gpu`). Each
+    process encodes as many images as it holds, drawn from everyone's by rank 0's permutation."""
+    everyone = gather(images)
+    order = broadcast(torch.randperm(everyone.shape[0], device=images.device))
+    back = torch.argsort(order)
+    mine = order.view(world_size(), -1)[rank()]
+    return gather(encode(everyone[mine]))[back.view(world_size(), -1)[rank()]]
+
+
 NEGATIVES = Flag(
     "negatives kept in a queue (an ImageNet value, over CIFAR's 50,000 images: use 4096-16384 "
     "there)",
@@ -204,6 +258,17 @@ SYMMETRIC = Flag(
     "symmetrised loss, 1/2 (L(q1, k2) + L(q2, k1)), one queue per direction (solo-learn's MoCo "
     "v2+; moco/builder.py: L(q1, k2) only)"
 )
+SHUFFLE_BN = Flag(
+    "Shuffle-BN: the key encoder's batch shuffled across processes, or on one process across "
+    "--bn_splits BatchNorm splits, so that no key shares its query's BatchNorm statistics "
+    "(moco/builder.py; false: plain BatchNorm, solo-learn's)"
+)
+BN_SPLITS = Flag(
+    "with --shuffle_bn, BatchNorm statistics over this many interleaved splits of each "
+    "process's batch in both encoders (the CIFAR demo's SplitBatchNorm)",
+    positive_int,
+    none="8 on one process, as the demo; 1 under torchrun, whose processes are the splits",
+)
 EMA_COSINE = Flag(
     "raise the key encoder's EMA momentum to 1 on a cosine (solo-learn's MoCo v2+; "
     "moco/builder.py: constant)"
@@ -229,11 +294,15 @@ class MoCoV2(Method):
         ema_momentum: Annotated[float, KEY_EMA_MOMENTUM] = 0.999,
         symmetric: Annotated[bool, SYMMETRIC] = False,
         ema_cosine: Annotated[bool, EMA_COSINE] = False,
+        shuffle_bn: Annotated[bool, SHUFFLE_BN] = True,
+        bn_splits: Annotated[int | None, BN_SPLITS] = None,
         concat_views: Annotated[bool, CONCAT_VIEWS] = False,
     ) -> None:
         super().__init__()
         if not 0 <= ema_momentum <= 1:
             raise ValueError(f"ema_momentum must be in [0, 1], got {ema_momentum}")
+        if bn_splits is not None and not shuffle_bn:
+            raise ValueError("bn_splits splits BatchNorm for Shuffle-BN: drop it or shuffle_bn")
         if queue_size < 1:
             raise ValueError(
                 f"mocov2 needs a queue of negatives: queue_size >= 1, got {queue_size}"
@@ -243,6 +312,10 @@ class MoCoV2(Method):
         # the backbone's feature size
         hidden = proj_hidden_dim or feat_dim
         self.projector = build_mlp(2, feat_dim, hidden, proj_dim, batch_norm=False)
+        self.shuffle_bn = shuffle_bn
+        self.bn_splits = bn_splits or (8 if world_size() == 1 else 1)
+        if shuffle_bn:  # split only inside forward: elsewhere (evaluation) plain BatchNorm
+            split_batchnorm_layers(backbone)
         self.target_backbone = frozen_copy(backbone)
         self.target_projector = frozen_copy(self.projector)
         self.temperature = temperature
@@ -262,11 +335,14 @@ class MoCoV2(Method):
         x1, x2 = views[:2]
         query_images = [x1, x2] if self.symmetric else [x1]
         key_images = [x2, x1] if self.symmetric else [x2]
-        # each view in its own call (official: encoder_q(im_q), encoder_k(im_k))
-        qs = self.per_view(lambda x: self.projector(self.backbone(x)), query_images)
-        with torch.no_grad():
-            key = lambda x: F.normalize(self.target_projector(self.target_backbone(x)), dim=1)
-            ks = self.per_view(key, key_images)
+        with self.split_batchnorm():
+            # each view in its own call (official: encoder_q(im_q), encoder_k(im_k))
+            qs = self.per_view(lambda x: self.projector(self.backbone(x)), query_images)
+            with torch.no_grad():
+                key = lambda x: F.normalize(self.target_projector(self.target_backbone(x)), dim=1)
+                if self.shuffle_bn and self.training:
+                    key = partial(shuffled_forward, key)
+                ks = self.per_view(key, key_images)
         # direction d: queries of view d against keys of the other view and queue d
         loss = sum(
             moco_loss(qd, kd, self.queue[d], self.temperature)
@@ -279,6 +355,19 @@ class MoCoV2(Method):
         # the monitors' pair (monitors.py): the two queries, or (one direction) the query and its
         # positive key
         return {"loss": loss, "z1": qs[0], "z2": qs[1] if self.symmetric else ks[0]}
+
+    @contextmanager
+    def split_batchnorm(self) -> Iterator[None]:
+        """Both encoders' BatchNorm in --bn_splits splits for this forward (with --shuffle_bn)."""
+        encoders = (self.backbone, self.target_backbone)
+        layers = [m for e in encoders for m in e.modules() if isinstance(m, SplitBatchNorm2d)]
+        for layer in layers:
+            layer.num_splits = self.bn_splits
+        try:
+            yield
+        finally:
+            for layer in layers:
+                layer.num_splits = 1
 
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
         if self.ema_cosine:

@@ -75,7 +75,9 @@ def features_of_view1(model, backbone_name, x1, x2):
 def test_per_view_methods_normalise_each_view_with_its_own_batch_statistics(name):
     """In train mode (BatchNorm on batch statistics) the features of view 1, in the online and
     the target network, do not depend on view 2, as with the official one call per view."""
-    both = {"symmetric": True} if name == "mocov2" else {}  # both encoders see both views
+    # MoCo v2: both encoders see both views; its key batch shuffled (Shuffle-BN) would hide the
+    # call on view 1 alone (tests/test_moco.py checks the shuffle)
+    both = {"symmetric": True, "shuffle_bn": False} if name == "mocov2" else {}
     model = tiny(name, **both)
     x1, x2 = views()
     before = features_of_view1(model, name, x1, x2)

@@ -3,6 +3,7 @@
 a real optimizer step, both losses (and NNCLR's) under two gloo processes, and main.py end to
 end."""
 
+import copy
 import math
 import os
 
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from processes import run_processes
 
 from methods import METHODS, build_method
-from methods.moco import enqueue, moco_loss, mocov3_loss
+from methods.moco import SplitBatchNorm2d, enqueue, moco_loss, mocov3_loss, shuffled_forward
 from methods.nnclr import nnclr_loss
 from networks import build_backbone
 from utils.checkpoint import load_checkpoint
@@ -108,7 +109,7 @@ def train_step(model, optimizer, views, step=0, total=100):
 
 def test_mocov2_enqueues_the_normalised_keys_of_the_step_after_it():
     # a fixed key encoder: keys are reproducible
-    model = tiny("mocov2", ema_momentum=1.0, symmetric=True)
+    model = tiny("mocov2", ema_momentum=1.0, symmetric=True, shuffle_bn=False)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     initial = model.queue.clone()
     assert model.queue.shape == (2, 12, 16)  # symmetric: one queue per direction
@@ -191,6 +192,80 @@ def test_mocov2_head_has_no_batchnorm_and_paper_defaults():
     assert METHODS["mocov2"].augmentation == "simclr"
     with pytest.raises(ValueError, match="queue_size"):
         build_method("mocov2", backbone, feat_dim, queue_size=0)
+
+
+def test_split_batchnorm_normalises_each_interleaved_part_as_a_batch_of_its_own():
+    """The CIFAR demo's SplitBatchNorm: part s holds the images n with n mod S = s; running
+    statistics move by the parts' mean; eval mode and the state dict are BatchNorm2d's."""
+    torch.manual_seed(0)
+    plain = torch.nn.BatchNorm2d(3)
+    with torch.no_grad():
+        plain.weight.uniform_(0.5, 1.5)
+        plain.bias.uniform_(-1, 1)
+    split = copy.deepcopy(plain)
+    split.__class__ = SplitBatchNorm2d
+    split.num_splits = 4
+    x = torch.randn(8, 3, 5, 5) * 3 + 1
+    out = split(x)
+    w, b = plain.weight, plain.bias
+    for s in range(4):
+        part = F.batch_norm(x[s::4], None, None, w, b, training=True, eps=plain.eps)
+        assert torch.allclose(out[s::4], part, atol=1e-5)
+    parts = torch.stack([x[s::4] for s in range(4)])  # [S, N / S, C, H, W]
+    mean = parts.mean(dim=(1, 3, 4)).mean(dim=0)
+    var = parts.transpose(1, 2).reshape(4, 3, -1).var(dim=2).mean(dim=0)  # unbiased, per part
+    assert torch.allclose(split.running_mean, 0.1 * mean, atol=1e-5)
+    assert torch.allclose(split.running_var, 0.9 + 0.1 * var, atol=1e-5)
+    assert split.state_dict().keys() == plain.state_dict().keys()
+    plain.load_state_dict(split.state_dict())
+    split.eval(), plain.eval()
+    assert torch.allclose(split(x), plain(x))
+    split.train()
+    six = torch.randn(6, 3, 5, 5)  # 4 does not divide 6: gcd(6, 4) = 2 parts
+    part = F.batch_norm(six[0::2], None, None, w, b, training=True, eps=plain.eps)
+    assert torch.allclose(split(six)[0::2], part, atol=1e-5)
+
+
+def test_shuffled_forward_encodes_a_permutation_and_puts_the_rows_back():
+    torch.manual_seed(0)
+    images, seen = torch.randn(16, 5), []
+
+    def encode(x):
+        seen.append(x)
+        return 2 * x
+
+    assert torch.equal(shuffled_forward(encode, images), 2 * images)
+    assert not torch.equal(seen[0], images)  # shuffled ...
+    assert torch.equal(seen[0].sort(dim=0).values, images.sort(dim=0).values)  # ... the same rows
+
+
+def test_mocov2_keys_are_the_demos_shuffled_split_batchnorm_keys():
+    """Shuffle-BN by default (moco/builder.py; on one process the CIFAR demo's emulation): the
+    keys are the key encoder's output on the shuffled batch with BatchNorm over 8 splits, put
+    back in order; the splits hold only inside the training forward; --shuffle_bn false gives
+    plain BatchNorm."""
+    model = tiny("mocov2", ema_momentum=1.0)
+    assert model.bn_splits == 8
+    layers = [m for m in model.target_backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert layers and all(type(m) is SplitBatchNorm2d for m in layers)
+    seen = []
+    layers[0].register_forward_hook(lambda m, i, o: seen.append(m.num_splits))
+    views = two_views(n=16)
+    reference = copy.deepcopy(model)
+    torch.manual_seed(3)
+    model(views)
+    assert seen == [8] and layers[0].num_splits == 1  # split inside the forward only
+    torch.manual_seed(3)
+    order = torch.randperm(16)
+    with torch.no_grad(), reference.split_batchnorm():
+        k = reference.target_projector(reference.target_backbone(views[1][order]))
+    expected = F.normalize(k, dim=1)[torch.argsort(order)]
+    assert torch.allclose(model._pending[0], expected, atol=1e-5)
+    plain = tiny("mocov2", shuffle_bn=False)
+    norms = [m for m in plain.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(type(m) is torch.nn.BatchNorm2d for m in norms)
+    with pytest.raises(ValueError, match="bn_splits"):
+        tiny("mocov2", shuffle_bn=False, bn_splits=4)
 
 
 @pytest.mark.parametrize("name", ["mocov2", "mocov3"])
@@ -365,6 +440,8 @@ def worker(rank: int, results: dict) -> None:
     queue, ptr = torch.zeros(1, 3 * N, D), torch.zeros((), dtype=torch.long)
     enqueue(queue, ptr, gather(K[part])[None])  # as MoCoV2.forward / after_optimizer_step
     out["queue"] = queue
+    seen = []  # Shuffle-BN across processes: each encodes N of everyone's keys, put back after
+    out["shuffled"] = shuffled_forward(lambda x: seen.append(x) or 2 * x, K[part]), seen[0]
     results[rank] = out
 
 
@@ -393,6 +470,11 @@ def test_two_processes_equal_one_on_the_whole_batch():
         assert torch.allclose(grad / WORLD, q.grad[r * N : (r + 1) * N], atol=1e-6)
     for r in range(WORLD):  # every process queues the keys of both
         assert torch.equal(results[r]["queue"][0, : WORLD * N], K)
+    encoded = torch.cat([results[r]["shuffled"][1] for r in range(WORLD)])
+    assert not torch.equal(encoded, K)  # MoCo's _batch_shuffle_ddp: a permutation of all ...
+    assert torch.equal(encoded.sort(dim=0).values, K.sort(dim=0).values)
+    for r in range(WORLD):  # ... whose outputs come back to the process of their image
+        assert torch.equal(results[r]["shuffled"][0], 2 * K[r * N : (r + 1) * N])
 
 
 # ---------------------------------------------------------------- main.py

@@ -119,6 +119,14 @@ def close_distributed() -> None:
         dist.destroy_process_group()
 
 
+@torch.no_grad()
+def broadcast(x: Tensor) -> Tensor:
+    """Rank 0's `x` on every process, in place (a random permutation drawn there)."""
+    if world_size() > 1:
+        dist.broadcast(x, src=0)
+    return x
+
+
 def broadcast_object(obj):
     """Rank 0's `obj` on every process (a run name drawn from the clock, say)."""
     if world_size() == 1:
