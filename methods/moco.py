@@ -181,14 +181,15 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
     one-process emulation of MoCo's CIFAR demo (`SplitBatchNorm`). The running statistics move
     by the mean of the parts'. With one split, or in eval mode, it is BatchNorm2d; its
     parameters and buffers are BatchNorm2d's, so its state dict is too. A batch that S does not
-    divide is split into gcd(N, S) parts."""
+    divide is split into gcd(N, S) parts; parts of one value per channel, not at all."""
 
     num_splits = 1
 
     def forward(self, x: Tensor) -> Tensor:
         n, c, h, w = x.shape
         splits = math.gcd(n, self.num_splits)
-        if splits == 1 or not self.training or not self.track_running_stats:
+        one_value = n // splits * h * w == 1  # no statistics: one value per channel and part
+        if splits == 1 or one_value or not self.training or not self.track_running_stats:
             return super().forward(x)
         mean = self.running_mean.repeat(splits)
         var = self.running_var.repeat(splits)
