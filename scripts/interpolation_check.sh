@@ -3,11 +3,14 @@
 # with bicubic resizes, as the methods evaluated bicubically (SimCLR, BYOL, DINO, MAE) are probed,
 # beside the table's bilinear one: at 16 px the resize of the synthetic images alone moves it.
 #
-#   bash scripts/interpolation_check.sh [OUT_DIR]   (default: results/interpolation_check)
+# The methods table (scripts/methods_table.py) shows it beside the rows probed bicubically, from
+# the same folder as theirs.
+#
+#   bash scripts/interpolation_check.sh [OUT_DIR]   (default: results/methods)
 #   SEEDS="123" ...                                 one seed only (default 123 124 125)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:-results/interpolation_check}
+OUT=${1:-results/methods}
 read -r -a SEEDS <<< "${SEEDS:-123 124 125}"
 for seed in "${SEEDS[@]}"; do
     name=linear_random_bicubic_s$seed

@@ -101,6 +101,7 @@ def method_rows(root: str) -> dict[str, list[dict]]:
                     "after": after,
                     "steps": steps,
                     "linear": load_json(linear),
+                    "probe_interpolation": probe_interpolation(os.path.dirname(linear)),
                     "seconds": summary.get("wall_time_s"),
                     "online": summary.get("online_acc1"),  # runs since the online probe
                 }
@@ -114,15 +115,32 @@ def online_probe(rows: list[dict]) -> str:
     return spread(found) if found else "–"
 
 
-def own_baseline(root: str, method: str, key: str) -> str:
+def probe_interpolation(run_dir: str) -> str:
+    """The resampling of a probe's crops and test resize (args.json; bilinear before the flag)."""
+    path = os.path.join(run_dir, "args.json")
+    return (load_json(path) if os.path.exists(path) else {}).get("interpolation") or "bilinear"
+
+
+def own_baseline(root: str, method: str, key: str, interpolation: str = "bilinear") -> str:
     """A method's own untrained-backbone probe, when it trains another backbone than the rest
-    (MAE and I-JEPA: a ViT; `linear_random_<method>_s<seed>`): " (untrained: X)"; else ""."""
-    found = [
-        load_json(os.path.join(d, "results.json"))[key]
-        for d in seeds_of(root, f"linear_random_{method}").values()
-        if os.path.exists(os.path.join(d, "results.json"))
-    ]
-    return f" (untrained: {spread(found)})" if found else ""
+    (MAE and I-JEPA: a ViT; `linear_random_<method>_s<seed>`): " (untrained: X)"; or when its
+    probe resampled otherwise than the shared baseline (bilinear), that baseline's probe so
+    resampled (`linear_random_<interpolation>_s<seed>`, scripts/interpolation_check.sh):
+    " (untrained, bicubic resizes: X)"; else ""."""
+    for prefix, label in (
+        (method, "untrained"),
+        (interpolation, f"untrained, {interpolation} resizes"),
+    ):
+        if prefix == "bilinear":
+            continue
+        found = [
+            load_json(os.path.join(d, "results.json"))[key]
+            for d in seeds_of(root, f"linear_random_{prefix}").values()
+            if os.path.exists(os.path.join(d, "results.json"))
+        ]
+        if found:
+            return f" ({label}: {spread(found)})"
+    return ""
 
 
 def table(root: str) -> str:
@@ -164,14 +182,15 @@ def table(root: str) -> str:
         gains = [r["after"] - r["before"] for r in rows]
         above = sum(g > 0 for g in gains)
         acc1, acc5 = ([r["linear"][k] for r in rows] for k in ("acc1", "acc5"))
+        resampled = Counter(r["probe_interpolation"] for r in rows).most_common(1)[0][0]
         lines.append(
             f"| `{method}` | {METHODS[method].augmentation} | {METHODS[method].loss_summary} | "
             f"{flags or '(paper defaults)'} | {rows[0]['steps']} | {len(rows)} | "
             f"{spread([r['before'] for r in rows])} → {spread([r['after'] for r in rows])} | "
             f"{spread(gains)} | {above}/{len(rows)} | "
             + (f"{online_probe(rows)} | " if online else "")
-            + f"{spread(acc1)}{own_baseline(root, method, 'acc1')} | "
-            f"{spread(acc5)}{own_baseline(root, method, 'acc5')} |"
+            + f"{spread(acc1)}{own_baseline(root, method, 'acc1', resampled)} | "
+            f"{spread(acc5)}{own_baseline(root, method, 'acc5', resampled)} |"
             + (f" {minutes(statistics.fmean(r['seconds'] for r in rows))} |" if timed else "")
         )
     common = ", ".join(f"`--{k} {v}`" for k, v in usual.items() if v is not None)

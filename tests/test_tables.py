@@ -163,6 +163,9 @@ def test_methods_table_rows_from_result_files(tmp_path):
             os.makedirs(tmp_path / f"linear_{method}_s{seed}")
             result = {"acc1": acc, "acc5": 90.0}
             (tmp_path / f"linear_{method}_s{seed}" / "results.json").write_text(json.dumps(result))
+            if method == "simsiam":  # a probe with bicubic resizes
+                probe_args = json.dumps({"interpolation": "bicubic"})
+                (tmp_path / f"linear_{method}_s{seed}" / "args.json").write_text(probe_args)
     os.makedirs(tmp_path / "pretrain_vicreg_s1")  # unfinished row (no probe): left out
     for seed, acc1 in ((1, 16.0), (2, 17.0)):
         os.makedirs(tmp_path / f"linear_random_s{seed}")
@@ -171,6 +174,11 @@ def test_methods_table_rows_from_result_files(tmp_path):
         os.makedirs(tmp_path / f"linear_random_mae_s{seed}")
         random = {"acc1": acc1 + 10, "acc5": 70.0}
         (tmp_path / f"linear_random_mae_s{seed}" / "results.json").write_text(json.dumps(random))
+        os.makedirs(tmp_path / f"linear_random_bicubic_s{seed}")  # scripts/interpolation_check.sh
+        random = {"acc1": acc1 + 2, "acc5": 68.0}
+        (tmp_path / f"linear_random_bicubic_s{seed}" / "results.json").write_text(
+            json.dumps(random)
+        )
     (tmp_path / "wall_seconds.txt").write_text("100 simclr supcon\n20 simsiam\n")
 
     text = methods_table.table(str(tmp_path))
@@ -201,6 +209,8 @@ def test_methods_table_rows_from_result_files(tmp_path):
         in (row["mae"])
     )
     assert "(untrained" not in row["simclr"]
+    # probed with bicubic resizes: beside the baseline so resampled (18.5 ± 0.71)
+    assert "| 33.00 ± 1.41 (untrained, bicubic resizes: 18.50 ± 0.71) |" in row["simsiam"]
     assert lines[-1].startswith("Mean ± standard deviation over the seeds 1, 2 ")
     assert lines[-1].endswith(
         "Shared by the runs unless their row says otherwise: `--backbone small_cnn`, "
