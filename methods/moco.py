@@ -195,15 +195,24 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
         var = self.running_var.repeat(splits)
         weight = self.weight.repeat(splits) if self.weight is not None else None
         bias = self.bias.repeat(splits) if self.bias is not None else None
+        self.num_batches_tracked.add_(1)
+        factor = self.momentum  # None: BatchNorm's cumulative average
+        if factor is None:
+            factor = 1.0 / float(self.num_batches_tracked)
         # image n = r * S + s becomes row r, channels of part s: one BatchNorm call for all parts
         out = F.batch_norm(
-            x.reshape(n // splits, c * splits, h, w), mean, var, weight, bias, True,
-            self.momentum if self.momentum is not None else 0.1, self.eps,
-        )  # fmt: skip
+            x.reshape(n // splits, c * splits, h, w),
+            mean,
+            var,
+            weight,
+            bias,
+            True,
+            factor,
+            self.eps,
+        )
         with torch.no_grad():
             self.running_mean.copy_(mean.view(splits, c).mean(dim=0))
             self.running_var.copy_(var.view(splits, c).mean(dim=0))
-            self.num_batches_tracked.add_(1)
         return out.reshape(n, c, h, w)
 
 
