@@ -90,12 +90,13 @@ def init_linears(module: nn.Module, scheme: str) -> None:
 
 class LinearClassifier(nn.Module):
     """The linear probe: one fully connected layer on frozen features, optionally after a
-    BatchNorm without affine parameters (MAE's probe), which makes the probe indifferent to the
-    scale of the features; at test time it is a fixed affine map, so the probe stays linear."""
+    BatchNorm without affine parameters (MAE's probe, main_linprobe.py, with its eps 1e-6; 1e-5,
+    BatchNorm's default, until 2026-12-04), which makes the probe indifferent to the scale of the
+    features; at test time it is a fixed affine map, so the probe stays linear."""
 
     def __init__(self, feat_dim: int, num_classes: int, batch_norm: bool = False) -> None:
         super().__init__()
-        self.bn = nn.BatchNorm1d(feat_dim, affine=False) if batch_norm else nn.Identity()
+        self.bn = nn.BatchNorm1d(feat_dim, affine=False, eps=1e-6) if batch_norm else nn.Identity()
         self.fc = nn.Linear(feat_dim, num_classes)
         self.fc.weight.data.normal_(mean=0.0, std=0.01)
         self.fc.bias.data.zero_()

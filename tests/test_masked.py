@@ -258,6 +258,18 @@ def test_layer_decay_gives_each_block_its_lr():
     assert all(scale_of[id(p)] == 1.0 for p in head.parameters())
 
 
+def test_probe_batch_norm_is_maes_with_its_eps():
+    # main_linprobe.py: BatchNorm1d(affine=False, eps=1e-6) before the head; features this small
+    # tell eps 1e-6 (unit variance) from BatchNorm's default 1e-5 (variance 1e-6 / 1.1e-5)
+    head = LinearClassifier(4, 3, batch_norm=True).train()
+    x = torch.randn(64, 4, dtype=torch.float64)
+    x = 1e-3 * (x - x.mean(0)) / x.std(0, unbiased=False)
+    head = head.double()
+    normed = head.bn(x)
+    assert torch.allclose(normed, x / math.sqrt(1e-6 + 1e-6), atol=1e-9)
+    assert not any(True for _ in head.bn.parameters())
+
+
 def test_fc_norm_normalises_the_mean_of_the_unnormed_patch_tokens():
     """MAE's global pooling for fine-tuning (models_vit.py): the blocks' output without the final
     norm, averaged over the patch tokens, then a fresh LayerNorm; at the head's lr."""
