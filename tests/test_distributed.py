@@ -212,3 +212,37 @@ def test_torchrun_two_processes_write_one_run(tmp_path):
             json.loads((tmp_path / "logs" / f"knn{len(results)}" / "results.json").read_text())
         )
     assert results[0]["acc1"] == results[1]["acc1"] and results[0]["acc5"] == results[1]["acc5"]
+
+
+@pytest.mark.full
+@pytest.mark.parametrize("method", ["mae", "ijepa"])
+def test_torchrun_trains_and_resumes_the_masked_methods(method, tmp_path):
+    """MAE and I-JEPA under `torchrun --nproc_per_node=2` (gloo): each process masks its own 8
+    images of the global batch of 16; the run writes one set of files, and a second torchrun
+    continues it from its checkpoint to the third epoch."""
+    flags = ["--model_name", method, "--backbone", "vit_tiny", "--image_size", "32",
+             "--dataset_name", "synthetic", "--device", "cpu", "--limit", "32",
+             "--batch_size", "16", "--num_workers", "0", "--warmup_epochs", "0",
+             "--online_probe", "false", "--rankme_images", "0",
+             "--logs_dir", str(tmp_path / "logs"), "--ckpt_dir", str(tmp_path / "ckpts"),
+             "--run_name", "ddp"]  # fmt: skip
+    flags += {"mae": ["--decoder_depth", "1"], "ijepa": ["--pred_depth", "1"]}[method]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for epochs, extra in (("2", []), ("3", ["--resume", "auto"])):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                   "--master_port", str(free_port()), "main.py", *flags,
+                   "--num_epochs", epochs, *extra]  # fmt: skip
+        done = subprocess.run(
+            command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "logs" / "ddp"
+    with open(run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    epochs = [r for r in rows if r["kind"] == "epoch"]
+    assert [r["step"] for r in epochs] == ["2", "4", "6"]  # 32 images / 16 global = 2 steps
+    steps = [float(r["loss"]) for r in rows if r["kind"] == "step"]
+    assert steps and all(torch.isfinite(torch.tensor(steps)))
+    assert json.loads((run / "args.json").read_text())["world_size"] == 2
+    state = torch.load(tmp_path / "ckpts" / "ddp" / "last.pt", weights_only=False)
+    assert state["epoch"] == 3 and not any(k.startswith("module.") for k in state["model"])
