@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.distributed as dist
+from tests.conftest import backbone_for
 from processes import free_port, run_processes
 
 from methods.barlowtwins import barlow_twins_loss
@@ -215,18 +216,21 @@ def test_torchrun_two_processes_write_one_run(tmp_path):
 
 
 @pytest.mark.full
-@pytest.mark.parametrize("method", ["mae", "ijepa"])
-def test_torchrun_trains_and_resumes_the_masked_methods(method, tmp_path):
-    """MAE and I-JEPA under `torchrun --nproc_per_node=2` (gloo): each process masks its own 8
-    images of the global batch of 16; the run writes one set of files, and a second torchrun
+@pytest.mark.parametrize("method", ["mae", "ijepa", "mocov2"])
+def test_torchrun_trains_and_resumes_the_methods_with_per_process_parts(method, tmp_path):
+    """Under `torchrun --nproc_per_node=2` (gloo), MAE and I-JEPA each mask their own 8 images of
+    the global batch of 16, and MoCo v2 shuffles its keys across the processes (Shuffle-BN, one
+    BatchNorm split per process); the run writes one set of files, and a second torchrun
     continues it from its checkpoint to the third epoch."""
-    flags = ["--model_name", method, "--backbone", "vit_tiny", "--image_size", "32",
+    backbone, size = backbone_for(method)
+    flags = ["--model_name", method, "--backbone", backbone, "--image_size", str(size),
              "--dataset_name", "synthetic", "--device", "cpu", "--limit", "32",
              "--batch_size", "16", "--num_workers", "0", "--warmup_epochs", "0",
              "--online_probe", "false", "--rankme_images", "0",
              "--logs_dir", str(tmp_path / "logs"), "--ckpt_dir", str(tmp_path / "ckpts"),
              "--run_name", "ddp"]  # fmt: skip
-    flags += {"mae": ["--decoder_depth", "1"], "ijepa": ["--pred_depth", "1"]}[method]
+    flags += {"mae": ["--decoder_depth", "1"], "ijepa": ["--pred_depth", "1"],
+              "mocov2": ["--queue_size", "64"]}[method]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for epochs, extra in (("2", []), ("3", ["--resume", "auto"])):
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
