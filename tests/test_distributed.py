@@ -14,7 +14,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.distributed as dist
-from tests.conftest import backbone_for
 from processes import free_port, run_processes
 
 from methods.barlowtwins import barlow_twins_loss
@@ -23,6 +22,7 @@ from methods.supcon import supcon_loss
 from methods.swav import swav_loss
 from methods.vicreg import vicreg_loss
 from probe import classifier_step
+from tests.conftest import backbone_for
 from utils.data import EpochSampler, ShardSampler
 from utils.distributed import gather, gather_with_grad, sum_over_processes
 from utils.knn import extract_features
