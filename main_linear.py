@@ -119,8 +119,9 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
         group,
         "--momentum_backbone",
         "evaluate the checkpoint's momentum (EMA) backbone instead of the trained one: BYOL's "
-        "and MoCo's target, DINO's teacher (default: the method's official evaluation's: "
-        "DINO's teacher, the trained backbone of the others)",
+        "and MoCo's target, DINO's teacher, I-JEPA's target encoder (default: the method's "
+        "official evaluation's: DINO's teacher, I-JEPA's target encoder, the trained backbone "
+        "of the others)",
         default=None,
     )
     add_bool_flag(

@@ -89,7 +89,7 @@ def momentum_prefix(checkpoint: dict) -> str:
             return prefix
     raise UserError(
         f"--momentum_backbone: {checkpoint['args']['model_name']} keeps no momentum backbone "
-        "(BYOL, MoCo v2/v3 and DINO do): drop --momentum_backbone"
+        "(BYOL, MoCo v2/v3, DINO and I-JEPA do): drop --momentum_backbone"
     )
 
 
@@ -104,9 +104,9 @@ def read_backbone(
 ) -> tuple[dict[str, Tensor], BackboneInfo]:
     """The backbone weights in `path`, a main.py checkpoint or an export.py file, and what they
     are: the online backbone or (`momentum`) its EMA copy; None, the one its method's official
-    evaluation reads (DINO's teacher). A checkpoint of main_linear.py, or `momentum` with an
-    exported file (which holds one backbone, chosen at export), is one line saying what to pass
-    instead."""
+    evaluation reads (DINO's teacher, I-JEPA's target encoder). A checkpoint of main_linear.py,
+    or `momentum` with an exported file (which holds one backbone, chosen at export), is one line
+    saying what to pass instead."""
     if is_export(path):
         with open(export_json(path)) as f:
             meta = json.load(f)
@@ -189,7 +189,8 @@ def load_backbone(
     """The pretrained backbone in `path` (a main.py checkpoint or an export.py file) in eval mode
     on `device`, and its BackboneInfo (`info.transform` prepares a PIL image for it).
     `momentum`: a checkpoint's EMA backbone (BYOL's and MoCo's target, DINO's teacher) or the
-    online one; None: the one its method's official evaluation reads (DINO's teacher)."""
+    online one; None: the one its method's official evaluation reads (DINO's teacher,
+    I-JEPA's target encoder)."""
     weights, info = read_backbone(path, momentum)
     return build_pretrained(weights, info, path).eval().to(device), info
 

@@ -33,7 +33,8 @@ class Method(nn.Module):
       pool                a ViT's features for evaluation: None, the class token; "mean", the
                           mean of the patch tokens (I-JEPA, which trains no class token);
       eval_last_blocks    a ViT's linear probe reads its last n blocks, concatenated (DINO: 4);
-      eval_momentum_backbone  its evaluation reads the EMA copy of the backbone (DINO's teacher);
+      eval_momentum_backbone  its evaluation reads the EMA copy of the backbone (DINO's teacher,
+                              I-JEPA's target encoder);
       zero_init_residual  whether its official code zero-initialises the last BatchNorm of each
                           residual block (`build_method` applies it; --zero_init_residual);
                           "bottleneck": of Bottleneck blocks only (BYOL's haiku ResNet).

@@ -186,6 +186,9 @@ class IJEPA(Method):
     augmentation = "ijepa"
     requires_vit = True
     pool = "mean"  # its features: the mean of the patch tokens (no class token is trained)
+    # Appendix A.1 of the paper (the official repository has no evaluation code): "We use the
+    # target-encoder for evaluation and average pool its output"
+    eval_momentum_backbone = True
 
     def __init__(
         self,

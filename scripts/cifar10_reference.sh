@@ -117,8 +117,9 @@ for method in "${SELECTED[@]}"; do
     run python main.py --config "$RECIPES/$method.args" "${BACKBONE[@]}" "${COMMON[@]}" --model_name "$method" \
         --run_name "pretrain_$method" --resume auto --knn_freq 50 --save_freq 100
     # the trained (student, online) backbone, as solo-learn's online classifier
-    # (recipes/cifar10/linear*.args: --momentum_backbone false; DINO's own evaluation reads the
-    # teacher, main_linear's default for DINO)
+    # (recipes/cifar10/linear.args: --momentum_backbone false; DINO's own evaluation reads the
+    # teacher, main_linear's default for DINO); the ViTs' probe (linear_vit.args) reads what
+    # their evaluations read: MAE's encoder, I-JEPA's target encoder
     echo "== $method: linear probe of the frozen backbone =="
     set_aside_partial "linear_$method"
     probe=$RECIPES/linear.args

@@ -155,12 +155,18 @@ def test_load_backbone_round_trip(small_ckpt, tmp_path):
     assert x.shape == (3, 32, 32) and torch.allclose(x[0], torch.full((32, 32), red))
 
 
-def test_dino_gives_its_teacher_by_default_as_its_official_evaluation(tmp_path):
-    """DINO's eval_linear.py and eval_knn.py read `--checkpoint_key teacher`: so do
-    load_backbone, main_linear.py and export.py unless told otherwise (BYOL: the online one,
-    test_load_backbone_round_trip)."""
-    state = make_checkpoint(tmp_path / "last.pt", image_size=16, method="dino")
-    for momentum, prefix in ((None, "teacher_backbone."), (False, "backbone.")):
+@pytest.mark.parametrize(
+    "method, backbone, size, ema",
+    [("dino", "resnet18", 16, "teacher_backbone."), ("ijepa", "vit_tiny", 32, "target_backbone.")],
+)
+def test_dino_and_ijepa_give_their_ema_copy_by_default_as_their_official_evaluation(
+    method, backbone, size, ema, tmp_path
+):
+    """DINO's eval_linear.py and eval_knn.py read `--checkpoint_key teacher`, I-JEPA's paper
+    "the target-encoder for evaluation" (Appendix A.1): so do load_backbone, main_linear.py and
+    export.py unless told otherwise (BYOL: the online one, test_load_backbone_round_trip)."""
+    state = make_checkpoint(tmp_path / "last.pt", backbone, size, method)
+    for momentum, prefix in ((None, ema), (False, "backbone.")):
         backbone, info = load_backbone(str(tmp_path / "last.pt"), momentum=momentum)
         assert info.momentum_backbone == (momentum is None)
         for key, value in backbone.state_dict().items():
