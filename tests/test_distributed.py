@@ -174,6 +174,12 @@ def test_shard_sampler_blocks_cover_the_set_in_order():
     assert sum(blocks, [])[:7] == list(range(7))
 
 
+def torchrun() -> list[str]:
+    """The command prefix of `torchrun --nproc_per_node=2` on a free port."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+            "--master_port", str(free_port())]  # fmt: skip
+
+
 def test_torchrun_two_processes_write_one_run(tmp_path):
     """`torchrun --nproc_per_node=2 main.py ...` on the CPU (gloo): --batch_size is the global
     batch, rank 0 alone writes one metrics.csv, args.json and set of checkpoints."""
@@ -182,8 +188,7 @@ def test_torchrun_two_processes_write_one_run(tmp_path):
              "--num_epochs", "2", "--batch_size", "64", "--num_workers", "0", "--knn_freq", "2",
              "--knn_k", "20", "--logs_dir", str(tmp_path / "logs"),
              "--ckpt_dir", str(tmp_path / "ckpts"), "--run_name", "ddp"]  # fmt: skip
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-               "--master_port", str(free_port()), "main.py", *flags]  # fmt: skip
+    command = [*torchrun(), "main.py", *flags]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -202,8 +207,7 @@ def test_torchrun_two_processes_write_one_run(tmp_path):
     # kNN evaluation of that checkpoint: 2 processes (features gathered) == 1 process
     knn = ["--eval", "knn", "--ckpt", str(tmp_path / "ckpts" / "ddp" / "last.pt")]
     results = []
-    torchrun = [*command[:4], "--master_port", str(free_port())]
-    for launcher in (torchrun, [sys.executable]):
+    for launcher in (torchrun(), [sys.executable]):
         done = subprocess.run(
             [*launcher, "main_linear.py", *flags[:-2], *knn, "--run_name", f"knn{len(results)}"],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
@@ -233,9 +237,7 @@ def test_torchrun_trains_and_resumes_the_methods_with_per_process_parts(method, 
               "mocov2": ["--queue_size", "64"]}[method]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for epochs, extra in (("2", []), ("3", ["--resume", "auto"])):
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                   "--master_port", str(free_port()), "main.py", *flags,
-                   "--num_epochs", epochs, *extra]  # fmt: skip
+        command = [*torchrun(), "main.py", *flags, "--num_epochs", epochs, *extra]
         done = subprocess.run(
             command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
         )

@@ -261,13 +261,11 @@ def test_layer_decay_gives_each_block_its_lr():
 def test_probe_batch_norm_is_maes_with_its_eps():
     # main_linprobe.py: BatchNorm1d(affine=False, eps=1e-6) before the head; features this small
     # tell eps 1e-6 (unit variance) from BatchNorm's default 1e-5 (variance 1e-6 / 1.1e-5)
-    head = LinearClassifier(4, 3, batch_norm=True).train()
+    head = LinearClassifier(4, 3, batch_norm=True).double().train()
     x = torch.randn(64, 4, dtype=torch.float64)
     x = 1e-3 * (x - x.mean(0)) / x.std(0, unbiased=False)
-    head = head.double()
-    normed = head.bn(x)
-    assert torch.allclose(normed, x / math.sqrt(1e-6 + 1e-6), atol=1e-9)
-    assert not any(True for _ in head.bn.parameters())
+    assert torch.allclose(head.bn(x), x / math.sqrt(1e-6 + 1e-6), atol=1e-9)
+    assert not list(head.bn.parameters())  # no affine
 
 
 def test_fc_norm_normalises_the_mean_of_the_unnormed_patch_tokens():
