@@ -29,7 +29,13 @@ from flags import (
 )
 from methods import METHODS
 from networks import check_input_sizes
-from networks.vit import ViTBackbone, set_avgpool_patchtokens, set_last_blocks, set_pool
+from networks.vit import (
+    MaskableViT,
+    ViTBackbone,
+    set_avgpool_patchtokens,
+    set_last_blocks,
+    set_pool,
+)
 from pretrained import evaluated_backbone, load_pretrained, load_resumed, resumed_values
 from probe import linear_evaluation
 from transformations import eval_transform, linear_train_transform
@@ -373,11 +379,11 @@ def main(args) -> dict:
     pool = args.pool or (pretrained.pool if pretrained else METHODS[args.model_name].pool)
     set_pool(backbone, pool, args.backbone)
     if (args.drop_path or args.layer_decay or args.fc_norm) and not isinstance(
-        backbone, ViTBackbone
+        backbone, MaskableViT
     ):
         raise UserError(
             f"--drop_path, --layer_decay and --fc_norm need a Vision Transformer (vit_tiny, "
-            f"vit_small), not {args.backbone}: drop them"
+            f"vit_small, or a timm ViT with one class token), not {args.backbone}: drop them"
         )
     if args.drop_path:
         backbone.set_drop_path(args.drop_path)

@@ -22,7 +22,7 @@ from utils.run import TrainingGuard, build_lr_schedule, make_loader, save_args
 
 def layer_scales(backbone: nn.Module, decay: float) -> dict[str, float]:
     """--layer_decay (MAE's `param_groups_lrd`): each parameter's lr multiplier decay^(d + 1 -
-    its layer), the layers of ViTBackbone.layer_id (embeddings 0, blocks 1..d, final norm d + 1,
+    its layer), the layers of MaskableViT.layer_id (embeddings 0, blocks 1..d, final norm d + 1,
     which the head shares at 1)."""
     top = backbone.depth + 1
     return {n: decay ** (top - backbone.layer_id(n)) for n, _ in backbone.named_parameters()}

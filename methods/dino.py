@@ -41,8 +41,9 @@ solo-learn's CIFAR setting: `--out_dim 4096`, recipes/cifar10/dino.args; 65536 m
 last layer 16.8 M parameters). As in main_dino.py, each student parameter's gradient is
 clipped to norm 3 on its own (`clip_gradients`, --clip_grad; solo-learn's CIFAR configs: 0, off)
 and a ViT student (vit_tiny, vit_small), initialised as DINO's own ViT (`dino_vit_init`), trains
-with stochastic depth 0.1 (--drop_path_rate; none for CNNs and timm models: the official code
-gives it to its own ViTs only). The weight-decay rise is the shared `--weight_decay 0.04
+with stochastic depth 0.1 (--drop_path_rate; also plain timm ViTs, which keep timm's own
+initialisation; none for CNNs: main_dino.py gives it to its ViTs and XCiTs, not to torchvision's
+CNNs). The weight-decay rise is the shared `--weight_decay 0.04
 --final_weight_decay 0.4`.
 
 Flags: the constructor's annotated arguments (methods/hparams.py), listed with their defaults
@@ -64,7 +65,7 @@ from torch.nn.utils.parametrizations import weight_norm
 from methods import Method, register
 from methods.hparams import EMA_MOMENTUM, Flag
 from methods.momentum import cosine_momentum, ema_update, frozen_copy
-from networks.vit import ViTBackbone, trunc_normal_init
+from networks.vit import MaskableViT, ViTBackbone, trunc_normal_init
 from utils.distributed import all_reduce_sum, world_size
 from utils.misc import non_negative_float, non_negative_int, unit_float
 
@@ -199,8 +200,8 @@ CLIP_GRAD = Flag(
     non_negative_float,
 )
 DROP_PATH = Flag(
-    "stochastic depth of a ViT student (this toolkit's vit_*; the teacher has none), rising with "
-    "depth to this rate (the official name; main_linear's fine-tuning calls it --drop_path)",
+    "stochastic depth of a ViT student (vit_*, plain timm ViTs; the teacher has none), rising "
+    "with depth to this rate (the official name; main_linear's fine-tuning calls it --drop_path)",
     unit_float,
 )
 
@@ -262,7 +263,7 @@ class DINO(Method):
         )
         self.teacher_backbone = frozen_copy(backbone)
         self.teacher_head = frozen_copy(self.head)
-        if isinstance(backbone, ViTBackbone):  # main_dino.py: its ViT students only
+        if isinstance(backbone, MaskableViT):  # main_dino.py: its ViT students only
             backbone.set_drop_path(drop_path_rate)
         self.clip_grad = clip_grad
         self.temperature = temperature

@@ -53,6 +53,7 @@ from methods.mae import require_vit
 from methods.momentum import ema_update, frozen_copy
 from networks.vit import (
     fix_position_embedding,
+    residual_projections,
     sincos_position_embedding,
     transformer_blocks,
     trunc_normal_init,
@@ -140,15 +141,16 @@ def ijepa_loss(pred: Tensor, target: Tensor) -> Tensor:
     return F.smooth_l1_loss(pred, target.detach())
 
 
-def ijepa_init(module: nn.Module, blocks: nn.Sequential) -> None:
+def ijepa_init(module: nn.Module, projections: list[tuple[Tensor, Tensor]]) -> None:
     """I-JEPA's `_init_weights` and `fix_init_weight`: truncated N(0, 0.02) weights (Linear,
     attention input, patch projection), zero biases, unit LayerNorms; then block i's attention
-    output projection and second MLP layer divided by sqrt(2 i), i from 1."""
+    output projection and second MLP layer (its `projections`, `attn.proj` and `mlp.fc2` in
+    the official code) divided by sqrt(2 i), i from 1."""
     trunc_normal_init(module, conv=True)
     with torch.no_grad():
-        for depth, block in enumerate(blocks, start=1):
-            block.self_attention.out_proj.weight.div_(math.sqrt(2.0 * depth))
-            block.mlp[3].weight.div_(math.sqrt(2.0 * depth))
+        for depth, branch_ends in enumerate(projections, start=1):
+            for weight in branch_ends:
+                weight.div_(math.sqrt(2.0 * depth))
 
 
 class Predictor(nn.Module):
@@ -163,7 +165,7 @@ class Predictor(nn.Module):
         self.blocks = transformer_blocks(depth, width, heads)
         self.norm = nn.LayerNorm(width, eps=1e-6)
         self.proj = nn.Linear(width, dim)
-        ijepa_init(self, self.blocks)
+        ijepa_init(self, residual_projections(self.blocks))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
 
     def forward(self, context: Tensor, context_idx: Tensor, target_idx: Tensor) -> Tensor:
@@ -205,7 +207,7 @@ class IJEPA(Method):
     ) -> None:
         super().__init__()
         self.backbone = require_vit(backbone, "I-JEPA")
-        heads = backbone.encoder.layers[0].num_heads
+        heads = backbone.num_heads
         if pred_emb_dim % heads or pred_emb_dim % 4:
             raise ValueError(f"pred_emb_dim {pred_emb_dim} must divide by 4 and by {heads} heads")
         self.side = backbone.image_size // backbone.patch_size
@@ -218,9 +220,9 @@ class IJEPA(Method):
                 f"larger --image_size (32 px gives 8x8 patches of 4 px)"
             )
         if not pretrained:  # --pretrained / --init_backbone: the backbone keeps its weights
-            ijepa_init(backbone, backbone.encoder.layers)
+            ijepa_init(backbone, backbone.residual_projections())
             fix_position_embedding(backbone)
-        backbone.encoder.pos_embedding.requires_grad_(False)
+        backbone.position_parameter.requires_grad_(False)
         backbone.class_token.requires_grad_(False)  # unused: no gradient, no DDP reduction
         self.predictor = Predictor(feat_dim, pred_emb_dim, pred_depth, heads, self.side)
         self.target_backbone = frozen_copy(backbone)

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from methods import Method, register
 from methods.hparams import Flag
 from networks.vit import (
-    ViTBackbone,
+    MaskableViT,
     fix_position_embedding,
     sincos_position_embedding,
     transformer_blocks,
@@ -97,10 +97,12 @@ def mae_loss(pred: Tensor, target: Tensor, mask: Tensor, norm_pix: bool = True) 
     return (per_patch * mask).sum() / mask.sum()
 
 
-def require_vit(backbone: nn.Module, method: str) -> ViTBackbone:
-    if not isinstance(backbone, ViTBackbone):
+def require_vit(backbone: nn.Module, method: str) -> MaskableViT:
+    """The backbone, if its encoder can run on a subset of its patches (MaskableViT)."""
+    if not isinstance(backbone, MaskableViT):
         raise ValueError(
-            f"{method} masks patches of a Vision Transformer: use --backbone vit_tiny or vit_small"
+            f"{method} masks patches of a Vision Transformer: use --backbone vit_tiny, vit_small "
+            "or a timm ViT with one class token (timm:vit_*, timm:deit_*; networks/timm_vit.py)"
         )
     return backbone
 
@@ -150,7 +152,7 @@ class MAE(Method):
             xavier_init(backbone)
             nn.init.normal_(backbone.class_token, std=0.02)
             fix_position_embedding(backbone)
-        backbone.encoder.pos_embedding.requires_grad_(False)
+        backbone.position_parameter.requires_grad_(False)
 
     def decode(self, latent: Tensor, keep: Tensor) -> Tensor:
         """Pixels [N, L, p·p·3] of every patch from the encoded class token and visible patches

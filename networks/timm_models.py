@@ -20,7 +20,9 @@ Small images (<= 64 px) get the adaptations of this toolkit's own backbones, per
 
 Vision Transformers are built for `img_size=image_size` at every size, with
 `dynamic_img_size=True`: other inputs (multi-crop's local crops) go through with the position
-embeddings interpolated, as networks/vit.py does.
+embeddings interpolated, as networks/vit.py does. The plain ones (one class token, learnt
+absolute positions) also get the interface MAE and I-JEPA mask patches through, and MAE's
+fine-tuning protocol uses (networks/timm_vit.py).
 
 Zero-init is the method's decision (methods.build_method, networks.zero_init_residual), as for
 the torchvision backbones: timm's ResNets zero the last BatchNorm of each block by default
@@ -36,6 +38,7 @@ from types import ModuleType
 from torch import nn
 
 from networks import SMALL_IMAGE_SIZE
+from networks.timm_vit import add_interface
 from networks.vit import patch_size_for
 from utils.misc import UserError
 
@@ -92,6 +95,7 @@ def build_timm_backbone(name: str, image_size: int, pretrained: bool) -> tuple[n
         model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
     if vit:
         _check_patches(name, image_size, model.patch_embed.patch_size[0])
+        add_interface(model)  # MAE, I-JEPA, MAE's fine-tuning: plain ViTs (networks/timm_vit.py)
     elif small and isinstance(model, timm.models.resnet.ResNet):
         _small_resnet_stem(model)
     elif small and isinstance(model, timm.models.convnext.ConvNeXt):

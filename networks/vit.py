@@ -68,7 +68,71 @@ class Block(EncoderBlock):
         return x + self.drop_path(self.mlp(self.ln_2(x)))
 
 
-class ViTBackbone(VisionTransformer):
+class MaskableViT:
+    """What MAE, I-JEPA and MAE's fine-tuning protocol need of a Vision Transformer, shared by
+    this toolkit's ViTs (`ViTBackbone`) and timm's (networks/timm_vit.py): the encoder on a
+    subset of the patches (`forward_tokens`, `block_outputs`), its position embeddings
+    (`position_parameter`, [1, 1 + L, D], the class token's first), drop path, fc_norm and the
+    layers of layer-wise lr decay. A subclass gives the parts that differ by library:
+    `embed_patches`, `run_blocks`, `position_parameter`, `class_token`, `image_size`,
+    `patch_size`, `depth`, `num_heads`, `residual_projections`, `set_drop_path`, `set_fc_norm`
+    and `layer_id`."""
+
+    image_size: int
+    patch_size: int
+    class_token: nn.Parameter  # [1, 1, D]
+
+    def patch_tokens(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The embedded patches [N, L, D] with their position embeddings added, and the class
+        token's position embedding [1, 1, D]."""
+        n, _, h, w = x.shape
+        if h < self.patch_size or w < self.patch_size:
+            raise ValueError(f"input {h}x{w} is smaller than one {self.patch_size} px patch")
+        grid = self.embed_patches(x)  # [N, h // p, w // p, D]
+        pos = self.position_embedding((grid.shape[1], grid.shape[2]))
+        return grid.flatten(1, 2) + pos[:, 1:], pos[:, :1]
+
+    def forward_tokens(self, x: Tensor, keep: Tensor | None = None, cls: bool = True) -> Tensor:
+        """The encoder's output tokens after the final norm: [N, 1 + K, D] with the class token
+        first (`cls`), where K is all L patches or the `keep` [N, K] indices of each image (in
+        row-major patch order), each with its own position embedding."""
+        return self.block_outputs(x, keep, cls)[-1]
+
+    def block_outputs(
+        self, x: Tensor, keep: Tensor | None = None, cls: bool = True, last: int = 1
+    ) -> list[Tensor]:
+        """The tokens of `forward_tokens` after each of the last `last` blocks, each through the
+        final norm (DINO's `get_intermediate_layers`), the last block's last."""
+        if not 1 <= last <= self.depth:
+            raise ValueError(f"last {last} of {self.depth} blocks")
+        patches, cls_pos = self.patch_tokens(x)
+        if keep is not None:
+            index = keep.unsqueeze(-1).expand(-1, -1, patches.shape[-1])
+            patches = torch.gather(patches, 1, index)
+        if cls:
+            token = (self.class_token + cls_pos).expand(patches.shape[0], -1, -1)
+            patches = torch.cat([token, patches], dim=1)
+        return self.run_blocks(patches, last)
+
+    def position_embedding(self, grid: tuple[int, int]) -> Tensor:
+        """[1, 1 + gh * gw, D]: the class token's embedding, then the patch embeddings resized
+        bicubically from the native square grid to `grid`."""
+        pos = self.position_parameter
+        side = self.image_size // self.patch_size
+        if tuple(grid) == (side, side):
+            return pos
+        dim = pos.shape[-1]
+        patches = pos[:, 1:].reshape(1, side, side, dim).permute(0, 3, 1, 2)
+        patches = F.interpolate(patches, size=grid, mode="bicubic", align_corners=False)
+        patches = patches.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], dim)
+        return torch.cat([pos[:, :1], patches], dim=1)
+
+    def drop_path_rates(self, rate: float) -> list[float]:
+        """Stochastic depth rising linearly with depth from 0 to `rate` (DeiT's, MAE's)."""
+        return [rate * i / max(self.depth - 1, 1) for i in range(self.depth)]
+
+
+class ViTBackbone(MaskableViT, VisionTransformer):
     """torchvision's VisionTransformer without its head (`heads` is the identity), returning the
     class token after the final norm (`pool` "token"), or the mean of the patch tokens after it
     (`pool` "mean", I-JEPA's evaluation), for any input size of at least one patch; with
@@ -96,9 +160,20 @@ class ViTBackbone(VisionTransformer):
     def depth(self) -> int:
         return len(self.encoder.layers)
 
+    @property
+    def num_heads(self) -> int:
+        return self.encoder.layers[0].num_heads
+
+    @property
+    def position_parameter(self) -> nn.Parameter:
+        return self.encoder.pos_embedding
+
+    def residual_projections(self) -> list[tuple[Tensor, Tensor]]:
+        return residual_projections(self.encoder.layers)
+
     def set_drop_path(self, rate: float) -> None:
-        for i, layer in enumerate(self.encoder.layers):
-            layer.drop_path.p = rate * i / max(self.depth - 1, 1)
+        for layer, p in zip(self.encoder.layers, self.drop_path_rates(rate), strict=True):
+            layer.drop_path.p = p
 
     def set_fc_norm(self) -> None:
         """MAE's fine-tuning with global pooling (models_vit.py, global_pool=True): the final norm
@@ -129,56 +204,19 @@ class ViTBackbone(VisionTransformer):
         """The class token of `forward_tokens`: torchvision's forward at any input size."""
         return self.heads(self.forward_tokens(x)[:, 0])
 
-    def patch_tokens(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """The embedded patches [N, L, D] with their position embeddings added, and the class
-        token's position embedding [1, 1, D]."""
-        n, _, h, w = x.shape
-        if h < self.patch_size or w < self.patch_size:
-            raise ValueError(f"input {h}x{w} is smaller than one {self.patch_size} px patch")
-        x = self.conv_proj(x)  # [N, D, h // p, w // p]
-        pos = self.position_embedding((x.shape[2], x.shape[3]))
-        return x.flatten(2).transpose(1, 2) + pos[:, 1:], pos[:, :1]
+    def embed_patches(self, x: Tensor) -> Tensor:
+        """[N, h // p, w // p, D]: the patch projection, channels last."""
+        return self.conv_proj(x).permute(0, 2, 3, 1)
 
-    def forward_tokens(self, x: Tensor, keep: Tensor | None = None, cls: bool = True) -> Tensor:
-        """The encoder's output tokens after the final norm: [N, 1 + K, D] with the class token
-        first (`cls`), where K is all L patches or the `keep` [N, K] indices of each image (in
-        row-major patch order), each with its own position embedding."""
-        return self.block_outputs(x, keep, cls)[-1]
-
-    def block_outputs(
-        self, x: Tensor, keep: Tensor | None = None, cls: bool = True, last: int = 1
-    ) -> list[Tensor]:
-        """The tokens of `forward_tokens` after each of the last `last` blocks, each through the
-        final norm (DINO's `get_intermediate_layers`), the last block's last."""
-        if not 1 <= last <= self.depth:
-            raise ValueError(f"last {last} of {self.depth} blocks")
-        patches, cls_pos = self.patch_tokens(x)
-        if keep is not None:
-            index = keep.unsqueeze(-1).expand(-1, -1, patches.shape[-1])
-            patches = torch.gather(patches, 1, index)
-        if cls:
-            token = (self.class_token + cls_pos).expand(patches.shape[0], -1, -1)
-            patches = torch.cat([token, patches], dim=1)
-        encoder = self.encoder
-        x, outputs = encoder.dropout(patches), []
-        for i, layer in enumerate(encoder.layers):
+    def run_blocks(self, tokens: Tensor, last: int) -> list[Tensor]:
+        """The blocks on the embedded tokens; the outputs of the last `last`, each through the
+        final norm."""
+        x, outputs = self.encoder.dropout(tokens), []
+        for i, layer in enumerate(self.encoder.layers):
             x = layer(x)
             if i >= self.depth - last:
-                outputs.append(encoder.ln(x))
+                outputs.append(self.encoder.ln(x))
         return outputs
-
-    def position_embedding(self, grid: tuple[int, int]) -> Tensor:
-        """[1, 1 + gh * gw, D]: the class token's embedding, then the patch embeddings resized
-        bicubically from the native square grid to `grid`."""
-        pos = self.encoder.pos_embedding
-        side = self.image_size // self.patch_size
-        if grid == (side, side):
-            return pos
-        dim = pos.shape[-1]
-        patches = pos[:, 1:].reshape(1, side, side, dim).permute(0, 3, 1, 2)
-        patches = F.interpolate(patches, size=grid, mode="bicubic", align_corners=False)
-        patches = patches.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], dim)
-        return torch.cat([pos[:, :1], patches], dim=1)
 
     def layer_id(self, name: str) -> int:
         """A parameter's depth for layer-wise lr decay, as MAE's `get_layer_id_for_vit`: 0 for
@@ -251,11 +289,11 @@ def xavier_init(module: nn.Module, split_qkv: bool = False) -> None:
             nn.init.zeros_(m.bias)
 
 
-def fix_position_embedding(backbone: ViTBackbone, rows_first: bool = False) -> None:
-    """Fixed sine-cosine position embeddings (MAE, I-JEPA, MoCo v3) in place of torchvision's
-    learnt ones (`requires_grad` off: the optimizer never sees them)."""
+def fix_position_embedding(backbone: MaskableViT, rows_first: bool = False) -> None:
+    """Fixed sine-cosine position embeddings (MAE, I-JEPA, MoCo v3) in place of the learnt ones
+    (`requires_grad` off: the optimizer never sees them)."""
     side = backbone.image_size // backbone.patch_size
-    pos = backbone.encoder.pos_embedding
+    pos = backbone.position_parameter
     with torch.no_grad():
         pos.copy_(sincos_position_embedding(pos.shape[-1], side, rows_first).unsqueeze(0))
     pos.requires_grad_(False)
@@ -266,6 +304,12 @@ def transformer_blocks(depth: int, dim: int, heads: int) -> nn.Sequential:
     eps 1e-6), as the ViT's own: MAE's decoder, I-JEPA's predictor."""
     norm = partial(nn.LayerNorm, eps=1e-6)
     return nn.Sequential(*(EncoderBlock(heads, dim, 4 * dim, 0.0, 0.0, norm) for _ in range(depth)))
+
+
+def residual_projections(blocks: nn.Sequential) -> list[tuple[Tensor, Tensor]]:
+    """Per torchvision encoder block, the weights that end its two residual branches: the
+    attention's output projection and the MLP's second layer (I-JEPA rescales them)."""
+    return [(block.self_attention.out_proj.weight, block.mlp[3].weight) for block in blocks]
 
 
 def set_last_blocks(backbone: nn.Module, last: int, name: str) -> int:

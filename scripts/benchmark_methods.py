@@ -26,6 +26,7 @@ from readme_block import publish  # noqa: E402
 
 from methods import METHODS  # noqa: E402
 
+VIT_NAMES = ("vit", "timm:vit", "timm:deit")  # the backbones MAE and I-JEPA train
 DEFAULTS = ["--dataset_name", "synthetic", "--image_size", "32", "--batch_size", "64"]
 DEFAULTS += ["--steps", "5", "--warmup_steps", "2", "--repeats", "1", "--data_batches", "8"]
 DEFAULTS += ["--num_workers", "0", "--device", "cpu", "--limit", "2000"]
@@ -88,7 +89,7 @@ def main() -> None:
     results = {}
     for backbone in args.backbones:
         for method in args.methods:
-            if METHODS[method].requires_vit and not backbone.startswith("vit"):
+            if METHODS[method].requires_vit and not backbone.startswith(VIT_NAMES):
                 continue
             path = os.path.join(args.out_dir, f"{method}_{backbone}.json")
             if args.table_only and not os.path.exists(path):

@@ -14,12 +14,23 @@ from methods import build_method
 from methods.ijepa import IJEPA, block_size, ijepa_loss, multiblock_masks, place_block
 from methods.mae import MAE, mae_loss, patchify, random_masking, unpatchify
 from networks.heads import LinearClassifier
-from networks.vit import ViTBackbone, sincos_position_embedding
+from networks.timm_vit import add_interface
+from networks.vit import MaskableViT, ViTBackbone, sincos_position_embedding
 from optimizers import build_optimizer
 from utils.synthetic import SyntheticShapes
 
 
-def tiny_vit(image_size: int = 16, depth: int = 2, dim: int = 32) -> ViTBackbone:
+def tiny_vit(image_size: int = 16, depth: int = 2, dim: int = 32, kind: str = "vit") -> MaskableViT:
+    """A small ViT of this toolkit ("vit") or of timm ("timm", as networks/timm_models.py builds
+    them, with the interface of networks/timm_vit.py), 4 px patches, 2 heads, 2x MLPs."""
+    if kind == "timm":
+        timm = pytest.importorskip("timm")
+        vit = timm.create_model(
+            "vit_tiny_patch16_224", img_size=image_size, patch_size=4, depth=depth,
+            embed_dim=dim, num_heads=2, mlp_ratio=2.0, num_classes=0, dynamic_img_size=True,
+        )  # fmt: skip
+        assert add_interface(vit)
+        return vit
     vit = ViTBackbone(
         image_size=image_size, patch_size=4, num_layers=depth, num_heads=2, hidden_dim=dim,
         mlp_dim=2 * dim,
@@ -28,9 +39,12 @@ def tiny_vit(image_size: int = 16, depth: int = 2, dim: int = 32) -> ViTBackbone
     return vit
 
 
-def tiny_mae(image_size: int = 16, **kwargs) -> MAE:
+KINDS = pytest.mark.parametrize("kind", ["vit", "timm"])  # this toolkit's ViTs and timm's
+
+
+def tiny_mae(image_size: int = 16, kind: str = "vit", **kwargs) -> MAE:
     options = dict(decoder_dim=32, decoder_depth=1, decoder_heads=2) | kwargs
-    return build_method("mae", tiny_vit(image_size), 32, **options)
+    return build_method("mae", tiny_vit(image_size, kind=kind), 32, **options)
 
 
 # ---------------- MAE ----------------
@@ -58,11 +72,12 @@ def test_patchify_round_trip_and_layout():
     assert torch.equal(unpatchify(patchify(square, 4), 4, 3), square)
 
 
-def test_the_encoder_sees_only_the_visible_patches():
+@KINDS
+def test_the_encoder_sees_only_the_visible_patches(kind):
     """Changing the hidden patches' pixels leaves the encoded tokens unchanged; the visible
     ones' do not."""
     torch.manual_seed(0)
-    vit = tiny_vit().eval()
+    vit = tiny_vit(kind=kind).eval()
     images = torch.randn(2, 3, 16, 16)
     keep, mask = random_masking(2, 16, 0.75)
     tokens = vit.forward_tokens(images, keep)
@@ -71,8 +86,10 @@ def test_the_encoder_sees_only_the_visible_patches():
     changed = images + 5.0 * hidden
     assert torch.allclose(vit.forward_tokens(changed, keep), tokens, atol=1e-6)
     assert not torch.allclose(vit.forward_tokens(images + 5.0 * ~hidden, keep), tokens)
-    # all patches, in order: torchvision's own forward
+    # all patches, in order: the library's own forward
     assert torch.allclose(vit.forward_tokens(images)[:, 0], vit(images), atol=1e-5)
+    if kind == "timm":  # every token as timm's forward_features
+        assert torch.allclose(vit.forward_tokens(images), vit.forward_features(images), atol=1e-5)
 
 
 def test_mae_loss_counts_the_hidden_patches_only_and_matches_hand_computed_values():
@@ -114,7 +131,7 @@ def test_mae_module_fixes_its_position_embeddings_and_reconstructs():
     assert out["pred"].shape == (3, 16, 48) and out["loss"].isfinite()
     masked, mixed = model.reconstruct(torch.randn(3, 3, 16, 16))
     assert masked.shape == mixed.shape == (3, 3, 16, 16)
-    with pytest.raises(ValueError, match="vit_tiny or vit_small"):
+    with pytest.raises(ValueError, match="vit_tiny, vit_small or a timm ViT"):
         build_method("mae", torch.nn.Conv2d(3, 8, 3), 8)
 
 
@@ -127,12 +144,13 @@ def synthetic_batches(size: int, count: int, batch: int):
 
 
 @pytest.mark.full
-def test_mae_learns_to_reconstruct_below_the_patch_mean():
+@KINDS
+def test_mae_learns_to_reconstruct_below_the_patch_mean(kind):
     """After a short training, the loss on held-out images is clearly below 1 - 1/P, what
     predicting each hidden patch's own mean scores against normalised targets (P = 48 values
     per patch)."""
     torch.manual_seed(0)
-    model = tiny_mae(decoder_depth=2)
+    model = tiny_mae(decoder_depth=2, kind=kind)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, betas=(0.9, 0.95))
     batches = synthetic_batches(16, 1024, 64)
     held_out, train = batches[-1], batches[:-1]
@@ -178,9 +196,10 @@ def test_targets_never_overlap_the_context():
         multiblock_masks(2, 4)
 
 
-def test_ijepa_target_gets_no_gradient_and_follows_the_ema():
+@KINDS
+def test_ijepa_target_gets_no_gradient_and_follows_the_ema(kind):
     torch.manual_seed(0)
-    model = build_method("ijepa", tiny_vit(32), 32, pred_depth=1, pred_emb_dim=32)
+    model = build_method("ijepa", tiny_vit(32, kind=kind), 32, pred_depth=1, pred_emb_dim=32)
     assert isinstance(model, IJEPA) and not model.backbone.class_token.requires_grad
     out = model([torch.randn(4, 3, 32, 32)])
     out["loss"].backward()
@@ -205,9 +224,10 @@ def test_ijepa_loss_is_smooth_l1_on_the_normalised_target():
 
 
 @pytest.mark.full
-def test_ijepa_loss_falls_in_a_short_run():
+@KINDS
+def test_ijepa_loss_falls_in_a_short_run(kind):
     torch.manual_seed(0)
-    model = build_method("ijepa", tiny_vit(32), 32, pred_depth=1, pred_emb_dim=32)
+    model = build_method("ijepa", tiny_vit(32, kind=kind), 32, pred_depth=1, pred_emb_dim=32)
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.04
     )

@@ -1,0 +1,126 @@
+"""timm's plain Vision Transformers (`--backbone timm:vit_*`, `timm:deit_*`) with the interface of
+networks/vit.MaskableViT, so that MAE, I-JEPA and MAE's fine-tuning protocol (drop path, fc_norm,
+layer-wise lr decay) take them as they take vit_tiny and vit_small.
+
+The model's class is swapped in place for a subclass of its own class that adds the interface:
+the module tree, the state-dict keys and timm's own forward stay as they were, so checkpoints
+load either way. MAE's official encoder is built of timm's blocks, and its names are timm's:
+
+    patch_embed.proj   the patch projection (a Conv2d; the grid comes out channels last, as
+                       networks/timm_models.py builds ViTs with dynamic_img_size)
+    cls_token          the class token; pos_embed [1, 1 + L, D], the class token's position first
+    pos_drop, norm_pre the dropout and (identity) norm before the blocks, as timm's forward
+    blocks[i]          attn.qkv, attn.proj, mlp.fc1, mlp.fc2; drop_path1 / drop_path2
+    norm, fc_norm      the final norm; the norm after global pooling (MAE's fine-tuning)
+
+Layer ids for lr decay are MAE's `get_layer_id_for_vit` on these names. Only plain models take
+the interface: one class token with its own position embedding and no other prefix tokens
+(no registers, no distillation token), learnt absolute position embeddings (no RoPE), no
+attention pooling; the others stay as timm builds them, and MAE / I-JEPA refuse them.
+"""
+
+from torch import Tensor, nn
+
+from networks.vit import MaskableViT
+
+_WITH_INTERFACE: dict[type, type] = {}  # timm class -> its subclass with the interface
+
+
+class TimmViT(MaskableViT):
+    """The interface on timm's module names (mixed into the model's own timm class)."""
+
+    @property
+    def image_size(self) -> int:
+        return self.patch_embed.img_size[0]
+
+    @property
+    def patch_size(self) -> int:
+        return self.patch_embed.patch_size[0]
+
+    @property
+    def depth(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def num_heads(self) -> int:
+        return self.blocks[0].attn.num_heads
+
+    @property
+    def class_token(self) -> nn.Parameter:
+        return self.cls_token
+
+    @property
+    def position_parameter(self) -> nn.Parameter:
+        return self.pos_embed
+
+    def embed_patches(self, x: Tensor) -> Tensor:
+        """[N, h // p, w // p, D]: timm's patch embedding (projection and its norm, if any)."""
+        grid = self.patch_embed(x)
+        if grid.ndim == 3:  # a model built with flattened output (not dynamic_img_size)
+            side = x.shape[-1] // self.patch_size
+            grid = grid.unflatten(1, (x.shape[-2] // self.patch_size, side))
+        return grid
+
+    def run_blocks(self, tokens: Tensor, last: int) -> list[Tensor]:
+        """timm's forward_features after the position embedding: the outputs of the last
+        `last` blocks, each through the final norm."""
+        x, outputs = self.norm_pre(self.pos_drop(tokens)), []
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i >= self.depth - last:
+                outputs.append(self.norm(x))
+        return outputs
+
+    def residual_projections(self) -> list[tuple[Tensor, Tensor]]:
+        return [(block.attn.proj.weight, block.mlp.fc2.weight) for block in self.blocks]
+
+    def set_drop_path(self, rate: float) -> None:
+        """timm's DropPath on both residual branches of each block (timm sets them only at
+        creation, with the same linear rise)."""
+        from timm.layers import DropPath
+
+        for block, p in zip(self.blocks, self.drop_path_rates(rate), strict=True):
+            block.drop_path1 = DropPath(p) if p > 0 else nn.Identity()
+            block.drop_path2 = DropPath(p) if p > 0 else nn.Identity()
+
+    def set_fc_norm(self) -> None:
+        """MAE's global pooling for fine-tuning (networks/vit.ViTBackbone.set_fc_norm): no final
+        norm, a fresh LayerNorm on the mean of the patch tokens (timm's fc_norm)."""
+        if self.global_pool != "avg":
+            raise ValueError("fc_norm normalises the mean of the patch tokens: set pool 'mean'")
+        self.norm = nn.Identity()
+        self.fc_norm = nn.LayerNorm(self.embed_dim, eps=1e-6)
+
+    def layer_id(self, name: str) -> int:
+        """MAE's `get_layer_id_for_vit`: 0 for the embeddings, i + 1 for block i, depth + 1 for
+        the rest (final norm, fc_norm)."""
+        if name.startswith("blocks."):
+            return int(name.split(".")[1]) + 1
+        if name.startswith(("patch_embed", "cls_token", "pos_embed")):
+            return 0
+        return self.depth + 1
+
+
+def not_plain(model: nn.Module) -> str | None:
+    """Why a timm VisionTransformer cannot take the interface, or None if it can."""
+    if getattr(model, "cls_token", None) is None or model.num_prefix_tokens != 1:
+        return "it needs one class token and no register or distillation tokens"
+    if getattr(model, "no_embed_class", False) or getattr(model, "pos_embed", None) is None:
+        return "it needs a learnt position embedding for the class token and every patch"
+    if getattr(model, "attn_pool", None) is not None or model.global_pool not in ("token", "avg"):
+        return "it needs class-token or mean pooling"
+    if len(set(model.patch_embed.img_size)) > 1 or len(set(model.patch_embed.patch_size)) > 1:
+        return "it needs square images and patches"
+    return None
+
+
+def add_interface(model: nn.Module) -> bool:
+    """Give a plain timm ViT the MaskableViT interface, in place; False (and the model as it
+    was) for the others."""
+    if not_plain(model):
+        return False
+    cls = type(model)
+    if cls not in _WITH_INTERFACE:
+        _WITH_INTERFACE[cls] = type(cls.__name__, (TimmViT, cls), {"__module__": __name__})
+    model.__class__ = _WITH_INTERFACE[cls]
+    return True

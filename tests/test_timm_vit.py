@@ -1,0 +1,182 @@
+"""timm's plain ViTs with the interface of networks/vit.MaskableViT (networks/timm_vit.py): built
+through --backbone timm:..., initialised as MAE's and I-JEPA's official code on timm's names,
+fine-tuned with MAE's protocol (layer-wise lr decay, drop path, fc_norm), and run end to end.
+The behaviour both kinds of ViT share (masked encoding, MAE's and I-JEPA's learning) is tested
+on both in tests/test_masked.py."""
+
+import copy
+import json
+import math
+import os
+
+import pytest
+import torch
+
+import main
+import main_linear
+import probe
+from methods import build_method
+from networks import build_backbone
+from networks.heads import LinearClassifier
+from networks.timm_vit import add_interface
+from networks.vit import MaskableViT, sincos_position_embedding
+from optimizers import build_optimizer
+from tests.test_masked import finetune_args, tiny_vit
+
+timm = pytest.importorskip("timm")
+
+NAME = "timm:vit_tiny_patch16_224"
+
+
+def test_plain_timm_vits_get_the_interface_and_keep_their_keys_and_forward():
+    torch.manual_seed(0)
+    vit, dim = build_backbone(NAME, 32)
+    assert isinstance(vit, MaskableViT) and isinstance(vit, timm.models.VisionTransformer)
+    assert (vit.image_size, vit.patch_size, vit.depth, vit.num_heads, dim) == (32, 4, 12, 3, 192)
+    plain = timm.create_model(
+        "vit_tiny_patch16_224", img_size=32, patch_size=4, num_classes=0, dynamic_img_size=True
+    )
+    assert list(vit.state_dict()) == list(plain.state_dict())  # checkpoints load either way
+    plain.load_state_dict(vit.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    vit.eval(), plain.eval()
+    with torch.no_grad():
+        assert torch.equal(vit(x), plain(x))  # timm's own forward, untouched
+        assert torch.allclose(vit.forward_tokens(x), plain.forward_features(x), atol=1e-5)
+    twin = copy.deepcopy(vit)  # EMA targets and teachers are deep copies
+    assert type(twin) is type(vit) and isinstance(twin, MaskableViT)
+
+
+def test_other_timm_vits_stay_as_built_and_masked_methods_refuse_them():
+    small = dict(img_size=16, patch_size=4, depth=1, embed_dim=32, num_heads=2, num_classes=0)
+    for options in (
+        {"reg_tokens": 2},
+        {"no_embed_class": True},
+        {"class_token": False, "global_pool": "avg"},
+    ):
+        vit = timm.create_model("vit_tiny_patch16_224", **small, **options)
+        kind = type(vit)
+        assert not add_interface(vit) and type(vit) is kind, options
+        with pytest.raises(ValueError, match="timm ViT with one class token"):
+            build_method("mae", vit, 32)
+
+
+def test_mae_initialises_a_timm_vit_as_models_mae():
+    """initialize_weights: fixed sin-cos positions, class token N(0, 0.02), Xavier-uniform
+    Linear layers (qkv as one [3D, D] matrix) and patch projection, zero biases."""
+    torch.manual_seed(0)
+    vit, dim = build_backbone(NAME, 32)
+    model = build_method("mae", vit, dim, decoder_dim=32, decoder_depth=1, decoder_heads=2)
+    pos = vit.pos_embed
+    assert not pos.requires_grad and torch.allclose(pos[0], sincos_position_embedding(dim, 8))
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert "backbone.pos_embed" not in trained and "backbone.cls_token" in trained
+    assert 0.015 < vit.cls_token.std() < 0.025
+    qkv = vit.blocks[0].attn.qkv.weight  # [3D, D]
+    bound = math.sqrt(6 / (dim + 3 * dim))
+    assert qkv.abs().max() <= bound and qkv.abs().max() > 0.95 * bound
+    assert torch.all(vit.blocks[0].attn.qkv.bias == 0) and torch.all(vit.patch_embed.proj.bias == 0)
+    proj = vit.patch_embed.proj.weight  # Xavier over the flattened kernel [D, 3 * 4 * 4]
+    assert proj.abs().max() <= math.sqrt(6 / (dim + 48))
+    out = model([torch.randn(2, 3, 32, 32)])
+    assert out["pred"].shape == (2, 64, 48) and out["loss"].isfinite()
+
+
+def test_ijepa_initialises_a_timm_vit_as_its_official_code():
+    """_init_weights then fix_init_weight: truncated N(0, 0.02), then block i's attn.proj and
+    mlp.fc2 divided by sqrt(2 i); the class token is not trained."""
+    torch.manual_seed(0)
+    vit, dim = build_backbone(NAME, 32)
+    model = build_method("ijepa", vit, dim, pred_depth=1)
+    assert not vit.pos_embed.requires_grad and not vit.cls_token.requires_grad
+    for i, block in enumerate(vit.blocks, start=1):
+        for weight in (block.attn.proj.weight, block.mlp.fc2.weight):
+            assert weight.std().item() == pytest.approx(0.02 / math.sqrt(2 * i), rel=0.12)
+        assert block.attn.qkv.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    assert model.predictor.blocks[0].num_heads == 3  # the encoder's heads
+    assert model([torch.randn(2, 3, 32, 32)])["loss"].isfinite()
+
+
+def test_layer_decay_drop_path_and_fc_norm_on_timm_names():
+    """MAE's get_layer_id_for_vit on timm's names; timm's DropPath rising with depth; fc_norm
+    on the mean of the unnormed patch tokens."""
+    torch.manual_seed(0)
+    vit = tiny_vit(depth=3, kind="timm")
+    scales = probe.layer_scales(vit, 0.5)
+    for name in ("patch_embed.proj.weight", "cls_token", "pos_embed"):
+        assert scales[name] == 0.5**4
+    for i in range(3):
+        assert scales[f"blocks.{i}.mlp.fc1.weight"] == 0.5 ** (3 - i)
+    assert scales["norm.weight"] == 1.0
+    optimizer = build_optimizer(finetune_args(layer_decay=0.5), LinearClassifier(32, 10), lr=1.0)
+    probe.add_backbone_groups(optimizer, vit, finetune_args(layer_decay=0.5), lr=1.0)
+    scale_of = {id(p): g.get("lr_scale", 1.0) for g in optimizer.param_groups for p in g["params"]}
+    named = dict(vit.named_parameters())
+    assert scale_of[id(named["pos_embed"])] == 0.5**4
+    assert scale_of[id(named["blocks.2.attn.qkv.weight"])] == 0.5
+    assert scale_of[id(named["norm.bias"])] == 1.0
+
+    vit.set_drop_path(0.2)
+    rates = [getattr(b.drop_path1, "drop_prob", 0.0) for b in vit.blocks]
+    assert rates == pytest.approx([0, 0.1, 0.2])
+    assert [getattr(b.drop_path2, "drop_prob", 0.0) for b in vit.blocks] == rates
+    x = torch.randn(4, 3, 16, 16)
+    vit.train()
+    assert not torch.allclose(vit(x), vit(x))
+    vit.set_drop_path(0.0)
+
+    vit.eval()
+    with torch.no_grad():
+        patches, cls_pos = vit.patch_tokens(x)
+        tokens = torch.cat([(vit.cls_token + cls_pos).expand(4, -1, -1), patches], dim=1)
+        mean = vit.blocks(tokens)[:, 1:].mean(dim=1)
+        expected = torch.nn.functional.layer_norm(mean, (32,), eps=1e-6)
+        with pytest.raises(ValueError, match="pool 'mean'"):
+            vit.set_fc_norm()
+        vit.global_pool = "avg"  # --pool mean
+        vit.set_fc_norm()
+        assert torch.allclose(vit(x), expected, atol=1e-5)
+
+
+TINY_RUN = ["--backbone", NAME, "--image_size", "32", "--dataset_name", "synthetic"]
+TINY_RUN += ["--device", "cpu", "--num_workers", "0", "--limit", "64", "--batch_size", "32"]
+TINY_RUN += ["--num_epochs", "1", "--warmup_epochs", "0"]
+
+
+@pytest.mark.usefixtures("small_test_set")  # files and formats, not accuracy
+@pytest.mark.parametrize(
+    "method, pretrain, evaluation",
+    [
+        # pretrained, then fine-tuned with MAE's protocol (recipes/cifar10/finetune_vit.args)
+        (
+            "mae",
+            ["--decoder_depth", "1"],
+            ["--finetune", "--optimizer", "adamw", "--base_lr", "1e-3", "--layer_decay", "0.75"]
+            + ["--drop_path", "0.1", "--pool", "mean", "--fc_norm"],
+        ),
+        # pretrained, then the linear probe of its target encoder's mean patch token
+        ("ijepa", ["--pred_depth", "1"], ["--probe_bn"]),
+    ],
+)
+def test_a_timm_vit_pretrains_and_evaluates_end_to_end(method, pretrain, evaluation, run_dirs):
+    flags = [*TINY_RUN, *run_dirs, "--model_name", method, "--optimizer", "adamw"]
+    flags += ["--base_lr", "1e-3", "--online_probe", "false", "--rankme_images", "0", *pretrain]
+    out = main.main(main.get_args_parser().parse_args([*flags, "--run_name", "pre"]))
+    assert math.isfinite(out["loss"])
+    ckpt = os.path.join(out["ckpt_dir"], "last.pt")
+    flags = [*TINY_RUN, *run_dirs, "--model_name", method, "--ckpt", ckpt, *evaluation]
+    result = main_linear.main(
+        main_linear.get_args_parser().parse_args([*flags, "--run_name", "ev"])
+    )
+    with open(os.path.join(run_dirs[1], "ev", "results.json")) as f:
+        assert json.load(f)["acc1"] == pytest.approx(result["acc1"])
+    assert 0 <= result["acc1"] <= 100
+
+
+def test_dino_gives_a_timm_vit_student_its_drop_path_and_the_teacher_none():
+    """main_dino.py: drop_path_rate 0.1 for its ViT students (the teacher is built without)."""
+    model = build_method("dino", tiny_vit(depth=3, kind="timm"), 32, out_dim=10)
+    assert [getattr(b.drop_path1, "drop_prob", 0.0) for b in model.backbone.blocks] == (
+        pytest.approx([0, 0.05, 0.1])
+    )
+    assert all(isinstance(b.drop_path1, torch.nn.Identity) for b in model.teacher_backbone.blocks)
