@@ -40,11 +40,10 @@ momentum 0.9995 for batches of 256. K is the official 65536 by default (4096 unt
 solo-learn's CIFAR setting: `--out_dim 4096`, recipes/cifar10/dino.args; 65536 makes the head's
 last layer 16.8 M parameters). As in main_dino.py, each student parameter's gradient is
 clipped to norm 3 on its own (`clip_gradients`, --clip_grad; solo-learn's CIFAR configs: 0, off)
-and a ViT student (vit_tiny, vit_small), initialised as DINO's own ViT (`dino_vit_init`), trains
-with stochastic depth 0.1 (--drop_path_rate; also plain timm ViTs, which keep timm's own
-initialisation; none for CNNs: main_dino.py gives it to its ViTs and XCiTs, not to torchvision's
-CNNs). The weight-decay rise is the shared `--weight_decay 0.04
---final_weight_decay 0.4`.
+and a ViT student (vit_tiny, vit_small, or a plain timm ViT), initialised as DINO's own ViT
+(`dino_vit_init`), trains with stochastic depth 0.1 (--drop_path_rate; none for CNNs:
+main_dino.py gives it to its ViTs and XCiTs, not to torchvision's CNNs). The weight-decay rise
+is the shared `--weight_decay 0.04 --final_weight_decay 0.4`.
 
 Flags: the constructor's annotated arguments (methods/hparams.py), listed with their defaults
 by `python main.py --help` and the README; the view flags --num_crops (local crops, 8) and
@@ -65,7 +64,7 @@ from torch.nn.utils.parametrizations import weight_norm
 from methods import Method, register
 from methods.hparams import EMA_MOMENTUM, Flag
 from methods.momentum import cosine_momentum, ema_update, frozen_copy
-from networks.vit import MaskableViT, ViTBackbone, trunc_normal_init
+from networks.vit import MaskableViT, trunc_normal_init
 from utils.distributed import all_reduce_sum, world_size
 from utils.misc import non_negative_float, non_negative_int, unit_float
 
@@ -206,14 +205,14 @@ DROP_PATH = Flag(
 )
 
 
-def dino_vit_init(backbone: ViTBackbone) -> None:
+def dino_vit_init(backbone: MaskableViT) -> None:
     """DINO's vision_transformer.py `VisionTransformer`: truncated N(0, 0.02) Linear weights (the
     attention's qkv too), zero biases, unit LayerNorms, class token and position embeddings
     truncated N(0, 0.02); the patch projection keeps nn.Conv2d's own initialisation."""
     trunc_normal_init(backbone)
-    backbone.conv_proj.reset_parameters()
+    backbone.patch_projection.reset_parameters()
     nn.init.trunc_normal_(backbone.class_token, std=0.02)
-    nn.init.trunc_normal_(backbone.encoder.pos_embedding, std=0.02)
+    nn.init.trunc_normal_(backbone.position_parameter, std=0.02)
 
 
 @register("dino")
@@ -255,7 +254,7 @@ class DINO(Method):
         for name, value in (("ema_momentum", ema_momentum), ("center_momentum", center_momentum)):
             if not 0 <= value <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
-        if isinstance(backbone, ViTBackbone) and not pretrained:  # before the teacher's copy
+        if isinstance(backbone, MaskableViT) and not pretrained:  # before the teacher's copy
             dino_vit_init(backbone)
         self.backbone = backbone
         self.head = DINOHead(

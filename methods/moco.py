@@ -66,11 +66,12 @@ ICCV 2021 (https://arxiv.org/abs/2104.02057).
     BatchNorm after every hidden layer, a last BatchNorm without affine parameters; each view
     through both encoders in its own call (`--concat_views`: one pass of 2N); the last
     BatchNorm of each residual block starts at zero (`zero_init_residual=True`). `proj_layers`
-    (--proj_layers 3: the paper's 3-layer projector on a CNN) and --temperature override. A
-    vit_tiny or vit_small is built as vits.py's `VisionTransformerMoCo` (`mocov3_vit_init`:
-    fixed sine-cosine positions, its initialisation) with a frozen random patch projection, the
-    paper's fix for its training instability (`--stop-grad-conv1` in CONFIG.md's ViT commands;
-    --stop_grad_conv1 false trains it); timm ViTs keep timm's initialisation.
+    (--proj_layers 3: the paper's 3-layer projector on a CNN) and --temperature override. A ViT
+    (vit_tiny, vit_small, or a plain timm ViT: vits.py subclasses timm's) is built as vits.py's
+    `VisionTransformerMoCo` (`mocov3_vit_init`: fixed sine-cosine positions, its
+    initialisation) with a frozen random patch projection, the paper's fix for its training
+    instability (`--stop-grad-conv1` in CONFIG.md's ViT commands; --stop_grad_conv1 false trains
+    it).
 
     Default recipe (CONFIG.md): ResNet-50 with LARS (biases and norms excluded), lr 0.6 x B/256
     (0.3 for 300 and 1000 epochs), weight decay 1e-6 (1.5e-6 for 1000 epochs), batch 4096, m
@@ -104,7 +105,7 @@ from methods.hparams import (
 from methods.momentum import cosine_momentum, ema_update, frozen_copy
 from networks import is_vit
 from networks.heads import build_mlp
-from networks.vit import ViTBackbone, fix_position_embedding, xavier_init
+from networks.vit import MaskableViT, fix_position_embedding, xavier_init
 from utils.distributed import broadcast, gather, rank, world_size
 from utils.misc import non_negative_int, positive_int, unit_float
 
@@ -246,11 +247,11 @@ PROJ_LAYERS = Flag("projector layers", none="2 for CNNs, 3 for ViTs, as official
 STOP_GRAD_CONV1 = Flag(
     "a ViT's patch projection stays at its random initialisation (MoCo v3's random patch "
     "projection, --stop-grad-conv1)",
-    none="on for vit_tiny and vit_small, as CONFIG.md's ViT commands",
+    none="on for ViTs (vit_*, plain timm ViTs), as CONFIG.md's ViT commands",
 )
 
 
-def mocov3_vit_init(backbone: ViTBackbone) -> None:
+def mocov3_vit_init(backbone: MaskableViT) -> None:
     """moco-v3 vits.py `VisionTransformerMoCo`: Xavier-uniform Linear weights, q, k and v each as
     its own [D, D] matrix, zero biases; the patch projection Xavier-uniform over its flattened
     kernel; the class token N(0, 1e-6); fixed sine-cosine positions, the row's half first."""
@@ -414,15 +415,15 @@ class MoCoV3(Method):
         super().__init__()
         if not 0 <= ema_momentum <= 1:
             raise ValueError(f"ema_momentum must be in [0, 1], got {ema_momentum}")
-        if isinstance(backbone, ViTBackbone):  # official vits.py, before the momentum copy
+        if isinstance(backbone, MaskableViT):  # official vits.py, before the momentum copy
             if not pretrained:  # --pretrained / --init_backbone: the backbone keeps its weights
                 mocov3_vit_init(backbone)
-            backbone.encoder.pos_embedding.requires_grad_(False)
-            backbone.conv_proj.requires_grad_(stop_grad_conv1 is False)
+            backbone.position_parameter.requires_grad_(False)
+            backbone.patch_projection.requires_grad_(stop_grad_conv1 is False)
         elif stop_grad_conv1:
             raise ValueError(
-                "stop_grad_conv1 freezes the patch projection of vit_tiny or vit_small: drop it "
-                "for this backbone"
+                "stop_grad_conv1 freezes the patch projection of a ViT (vit_tiny, vit_small, a "
+                "plain timm ViT): drop it for this backbone"
             )
         self.backbone = backbone
         # official builder.py: MoCo_ResNet a 2-layer projector and a predictor without a last

@@ -53,6 +53,10 @@ class TimmViT(MaskableViT):
     def position_parameter(self) -> nn.Parameter:
         return self.pos_embed
 
+    @property
+    def patch_projection(self) -> nn.Conv2d:
+        return self.patch_embed.proj
+
     def embed_patches(self, x: Tensor) -> Tensor:
         """[N, h // p, w // p, D]: timm's patch embedding (projection and its norm, if any)."""
         grid = self.patch_embed(x)

@@ -74,13 +74,14 @@ class MaskableViT:
     subset of the patches (`forward_tokens`, `block_outputs`), its position embeddings
     (`position_parameter`, [1, 1 + L, D], the class token's first), drop path, fc_norm and the
     layers of layer-wise lr decay. A subclass gives the parts that differ by library:
-    `embed_patches`, `run_blocks`, `position_parameter`, `class_token`, `image_size`,
-    `patch_size`, `depth`, `num_heads`, `residual_projections`, `set_drop_path`, `set_fc_norm`
-    and `layer_id`."""
+    `embed_patches`, `run_blocks`, `position_parameter`, `class_token`, `patch_projection`,
+    `image_size`, `patch_size`, `depth`, `num_heads`, `residual_projections`, `set_drop_path`,
+    `set_fc_norm` and `layer_id`."""
 
     image_size: int
     patch_size: int
     class_token: nn.Parameter  # [1, 1, D]
+    patch_projection: nn.Conv2d  # p x p kernel, stride p
 
     def patch_tokens(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """The embedded patches [N, L, D] with their position embeddings added, and the class
@@ -167,6 +168,10 @@ class ViTBackbone(MaskableViT, VisionTransformer):
     @property
     def position_parameter(self) -> nn.Parameter:
         return self.encoder.pos_embedding
+
+    @property
+    def patch_projection(self) -> nn.Conv2d:
+        return self.conv_proj
 
     def residual_projections(self) -> list[tuple[Tensor, Tensor]]:
         return residual_projections(self.encoder.layers)
@@ -269,12 +274,14 @@ def trunc_normal_init(module: nn.Module, conv: bool = False) -> None:
 
 def xavier_init(module: nn.Module, split_qkv: bool = False) -> None:
     """MAE's `initialize_weights` / `_init_weights`: Xavier-uniform Linear weights, attention
-    input projection (q, k and v each as its own [D, D] matrix with `split_qkv`, as MoCo v3's
-    vits.py) and patch projection (as a Linear over its flattened kernel), zero biases, unit
-    LayerNorms."""
-    for m in module.modules():
+    input projection (torchvision's `in_proj_weight`, timm's `qkv`; q, k and v each as its own
+    [D, D] matrix with `split_qkv`, as MoCo v3's vits.py) and patch projection (as a Linear over
+    its flattened kernel), zero biases, unit LayerNorms."""
+    for name, m in module.named_modules():
         if isinstance(m, nn.Linear):
-            nn.init.xavier_uniform_(m.weight)
+            parts = 3 if split_qkv and name.endswith("qkv") else 1
+            for weight in m.weight.chunk(parts):  # views: in place
+                nn.init.xavier_uniform_(weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.MultiheadAttention):

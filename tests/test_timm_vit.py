@@ -180,3 +180,29 @@ def test_dino_gives_a_timm_vit_student_its_drop_path_and_the_teacher_none():
         pytest.approx([0, 0.05, 0.1])
     )
     assert all(isinstance(b.drop_path1, torch.nn.Identity) for b in model.teacher_backbone.blocks)
+
+
+def test_mocov3_builds_a_timm_vit_as_vits_py():
+    """VisionTransformerMoCo (a subclass of timm's): q, k, v each Xavier-uniform as a [D, D]
+    matrix (bound sqrt(6 / 2D), above the whole [3D, D] matrix's sqrt(6 / 4D)), class token
+    N(0, 1e-6), fixed sin-cos positions with the row's half first, frozen patch projection."""
+    torch.manual_seed(0)
+    vit, dim = build_backbone(NAME, 32)
+    model = build_method("mocov3", vit, dim, proj_hidden_dim=64, proj_dim=32, pred_hidden_dim=64)
+    qkv = vit.blocks[0].attn.qkv.weight
+    assert math.sqrt(6 / (4 * dim)) < qkv.abs().max() <= math.sqrt(6 / (2 * dim))
+    assert vit.cls_token.abs().max() < 1e-5
+    rows_first = sincos_position_embedding(dim, 8, rows_first=True)
+    assert torch.allclose(vit.pos_embed[0], rows_first) and not vit.pos_embed.requires_grad
+    assert not vit.patch_embed.proj.weight.requires_grad
+    assert model.target_backbone.blocks[0].attn.qkv.weight.equal(qkv)
+
+
+def test_dino_initialises_a_timm_vit_as_its_own_vit():
+    torch.manual_seed(0)
+    vit, dim = build_backbone(NAME, 32)
+    build_method("dino", vit, dim, out_dim=10)
+    assert vit.cls_token.std().item() == pytest.approx(0.02, rel=0.2)  # timm's: N(0, 1e-6)
+    assert (
+        vit.pos_embed.std().item() == pytest.approx(0.02, rel=0.1) and vit.pos_embed.requires_grad
+    )
