@@ -31,7 +31,6 @@ from methods import METHODS
 from networks import check_input_sizes
 from networks.vit import (
     MaskableViT,
-    ViTBackbone,
     set_avgpool_patchtokens,
     set_last_blocks,
     set_pool,
@@ -391,7 +390,7 @@ def main(args) -> dict:
     # every fine-tuning read the last block alone
     last_blocks = args.n_last_blocks
     if last_blocks is None:
-        probe = args.eval == "linear" and not args.finetune and isinstance(backbone, ViTBackbone)
+        probe = args.eval == "linear" and not args.finetune and isinstance(backbone, MaskableViT)
         last_blocks = METHODS[args.model_name].eval_last_blocks if probe else 1
     width = feat_dim
     feat_dim *= set_last_blocks(backbone, last_blocks, args.backbone)

@@ -57,6 +57,17 @@ class TimmViT(MaskableViT):
     def patch_projection(self) -> nn.Conv2d:
         return self.patch_embed.proj
 
+    @property
+    def pools_class_token(self) -> bool:
+        return self.global_pool == "token"
+
+    def forward(self, x: Tensor) -> Tensor:
+        """timm's own forward (its pooling, fc_norm, any input size), or with set_last_blocks /
+        set_avgpool_patchtokens the pooled tokens of several blocks (MaskableViT.pooled_blocks)."""
+        if self.last_blocks == 1 and not self.avgpool_patchtokens:
+            return super().forward(x)
+        return self.pooled_blocks(x)
+
     def embed_patches(self, x: Tensor) -> Tensor:
         """[N, h // p, w // p, D]: timm's patch embedding (projection and its norm, if any)."""
         grid = self.patch_embed(x)

@@ -82,6 +82,9 @@ class MaskableViT:
     patch_size: int
     class_token: nn.Parameter  # [1, 1, D]
     patch_projection: nn.Conv2d  # p x p kernel, stride p
+    pools_class_token: bool  # its features: the class token (else the patch tokens' mean)
+    last_blocks = 1  # set_last_blocks
+    avgpool_patchtokens = False  # set_avgpool_patchtokens
 
     def patch_tokens(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """The embedded patches [N, L, D] with their position embeddings added, and the class
@@ -128,6 +131,18 @@ class MaskableViT:
         patches = patches.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], dim)
         return torch.cat([pos[:, :1], patches], dim=1)
 
+    def pooled_blocks(self, x: Tensor) -> Tensor:
+        """The last `last_blocks` blocks' outputs (each after the final norm), each pooled as
+        the model pools, concatenated (DINO's eval_linear.py `--n_last_blocks`); with
+        `avgpool_patchtokens`, followed by the mean of the last block's patch tokens (its
+        `--avgpool_patchtokens`)."""
+        blocks = self.block_outputs(x, last=self.last_blocks)
+        token = self.pools_class_token
+        pooled = [tokens[:, 0] if token else tokens[:, 1:].mean(dim=1) for tokens in blocks]
+        if self.avgpool_patchtokens:
+            pooled.append(blocks[-1][:, 1:].mean(dim=1))
+        return torch.cat(pooled, dim=-1)
+
     def drop_path_rates(self, rate: float) -> list[float]:
         """Stochastic depth rising linearly with depth from 0 to `rate` (DeiT's, MAE's)."""
         return [rate * i / max(self.depth - 1, 1) for i in range(self.depth)]
@@ -147,8 +162,6 @@ class ViTBackbone(MaskableViT, VisionTransformer):
     turns on stochastic depth (rates rising linearly with depth to `rate`, as DeiT and MAE)."""
 
     pool = "token"
-    last_blocks = 1
-    avgpool_patchtokens = False  # set_avgpool_patchtokens
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -173,6 +186,10 @@ class ViTBackbone(MaskableViT, VisionTransformer):
     def patch_projection(self) -> nn.Conv2d:
         return self.conv_proj
 
+    @property
+    def pools_class_token(self) -> bool:
+        return self.pool == "token"
+
     def residual_projections(self) -> list[tuple[Tensor, Tensor]]:
         return residual_projections(self.encoder.layers)
 
@@ -195,12 +212,7 @@ class ViTBackbone(MaskableViT, VisionTransformer):
         plain = self.pool == "token" and self.last_blocks == 1 and not self.avgpool_patchtokens
         if plain and native:
             return super().forward(x)  # torchvision's own path
-        blocks = self.block_outputs(x, last=self.last_blocks)
-        pick = (lambda t: t[:, 0]) if self.pool == "token" else (lambda t: t[:, 1:].mean(dim=1))
-        pooled = [pick(tokens) for tokens in blocks]
-        if self.avgpool_patchtokens:
-            pooled.append(blocks[-1][:, 1:].mean(dim=1))
-        pooled = torch.cat(pooled, dim=-1)
+        pooled = self.pooled_blocks(x)
         if self.fc_norm is not None:
             pooled = self.fc_norm(pooled)
         return self.heads(pooled)
@@ -322,13 +334,13 @@ def residual_projections(blocks: nn.Sequential) -> list[tuple[Tensor, Tensor]]:
 def set_last_blocks(backbone: nn.Module, last: int, name: str) -> int:
     """--n_last_blocks: a ViT's features from its last `last` blocks, concatenated (DINO's
     linear probe); returns the factor on its feature width. 1 changes nothing; more is refused,
-    in one line, for backbones other than vit_tiny and vit_small."""
+    in one line, for backbones other than vit_tiny, vit_small and plain timm ViTs."""
     if last == 1:
         return 1
-    if not isinstance(backbone, ViTBackbone):
+    if not isinstance(backbone, MaskableViT):
         raise UserError(
-            f"--n_last_blocks {last}: {name} is not one of this toolkit's Vision Transformers "
-            "(vit_tiny, vit_small): drop it"
+            f"--n_last_blocks {last}: {name} is not a Vision Transformer with one class token "
+            "(vit_tiny, vit_small, a plain timm ViT): drop it"
         )
     if last > backbone.depth:
         raise UserError(
@@ -344,15 +356,16 @@ def set_avgpool_patchtokens(backbone: nn.Module, on: bool, name: str) -> int:
     concatenated to its class tokens, as DINO's eval_linear.py (its ViT-B setting, with
     n_last_blocks 1; it concatenates the two feature by feature, an order a linear head does not
     see). Returns the number of D-wide features it adds; refused, in one line, for anything but
-    this toolkit's ViTs reading their class token."""
+    a ViT with one class token, reading it."""
     if not on:
         return 0
-    if not isinstance(backbone, ViTBackbone):
+    if not isinstance(backbone, MaskableViT):
         raise UserError(
-            f"--avgpool_patchtokens: {name} is not one of this toolkit's Vision Transformers "
-            "(vit_tiny, vit_small): drop it"
+            f"--avgpool_patchtokens: {name} is not a Vision Transformer with one class token "
+            "(vit_tiny, vit_small, a plain timm ViT): drop it"
         )
-    if backbone.pool != "token" or backbone.fc_norm is not None:
+    fc_norm = getattr(backbone, "fc_norm", None)  # timm's is the identity until set_fc_norm
+    if not backbone.pools_class_token or not isinstance(fc_norm, (type(None), nn.Identity)):
         raise UserError(
             "--avgpool_patchtokens adds the patch tokens' mean to the class token: drop --pool "
             "mean and --fc_norm, or drop --avgpool_patchtokens"

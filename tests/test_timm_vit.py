@@ -19,7 +19,12 @@ from methods import build_method
 from networks import build_backbone
 from networks.heads import LinearClassifier
 from networks.timm_vit import add_interface
-from networks.vit import MaskableViT, sincos_position_embedding
+from networks.vit import (
+    MaskableViT,
+    set_avgpool_patchtokens,
+    set_last_blocks,
+    sincos_position_embedding,
+)
 from optimizers import build_optimizer
 from tests.test_masked import finetune_args, tiny_vit
 
@@ -206,3 +211,22 @@ def test_dino_initialises_a_timm_vit_as_its_own_vit():
     assert (
         vit.pos_embed.std().item() == pytest.approx(0.02, rel=0.1) and vit.pos_embed.requires_grad
     )
+
+
+def test_dinos_probe_reads_a_timm_vits_last_blocks_class_tokens():
+    """eval_linear.py --n_last_blocks / --avgpool_patchtokens on timm's blocks: each block's
+    tokens through the final norm, as timm's own forward_features computes the last one."""
+    torch.manual_seed(0)
+    vit = tiny_vit(depth=3, kind="timm").eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        tokens, outs = vit.norm_pre(vit._pos_embed(vit.patch_embed(x))), []
+        for block in vit.blocks:
+            tokens = block(tokens)
+            outs.append(vit.norm(tokens))
+        assert torch.allclose(outs[-1], vit.forward_features(x))
+        assert set_last_blocks(vit, 2, "timm") == 2
+        assert torch.allclose(vit(x), torch.cat([outs[1][:, 0], outs[2][:, 0]], -1), atol=1e-5)
+        assert set_avgpool_patchtokens(vit, True, "timm") == 1
+        both = torch.cat([outs[1][:, 0], outs[2][:, 0], outs[2][:, 1:].mean(1)], -1)
+        assert torch.allclose(vit(x), both, atol=1e-5)
