@@ -139,14 +139,14 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
         "--n_last_blocks",
         type=positive_int,
         default=None,
-        help="a ViT's features (vit_tiny, vit_small): those of its last N blocks (class token "
+        help="a ViT's features (vit_*, plain timm ViTs): those of its last N blocks (class token "
         "or --pool mean), each after the final norm, concatenated (DINO's eval_linear.py) "
         "(default: DINO's linear probe 4, as there; 1 otherwise, and for kNN and --finetune)",
     )
     add_bool_flag(
         group,
         "--avgpool_patchtokens",
-        "a ViT's features (vit_tiny, vit_small) followed by the mean of its last block's patch "
+        "a ViT's features (vit_*, plain timm ViTs) followed by the mean of its last block's patch "
         "tokens after the final norm (DINO's eval_linear.py: its ViT-B setting, with "
         "--n_last_blocks 1) (default: false, DINO's ViT-S setting)",
     )
