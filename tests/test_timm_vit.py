@@ -230,3 +230,33 @@ def test_dinos_probe_reads_a_timm_vits_last_blocks_class_tokens():
         assert set_avgpool_patchtokens(vit, True, "timm") == 1
         both = torch.cat([outs[1][:, 0], outs[2][:, 0], outs[2][:, 1:].mean(1)], -1)
         assert torch.allclose(vit(x), both, atol=1e-5)
+
+
+def test_vit_tiny_and_timms_vit_tiny_are_one_function():
+    """With the same weights, this toolkit's vit_tiny (torchvision's blocks) and timm's
+    vit_tiny_patch16_224 (the blocks of MAE's official encoder) encode the same visible patches
+    to the same tokens: the two backbones differ in module names only."""
+    torch.manual_seed(0)
+    ours, _ = build_backbone("vit_tiny", 32)
+    theirs, _ = build_backbone(NAME, 32)
+    names = {
+        "conv_proj": "patch_embed.proj", "class_token": "cls_token",
+        "encoder.pos_embedding": "pos_embed", "encoder.ln": "norm", "ln_1": "norm1",
+        "ln_2": "norm2", "self_attention.in_proj_weight": "attn.qkv.weight",
+        "self_attention.in_proj_bias": "attn.qkv.bias", "self_attention.out_proj": "attn.proj",
+        "mlp.0": "mlp.fc1", "mlp.3": "mlp.fc2",
+    }  # fmt: skip
+    state = {}
+    for key, value in ours.state_dict().items():
+        key = key.replace("encoder.layers.encoder_layer_", "blocks.")
+        for a, b in names.items():
+            key = key.replace(a, b)
+        state[key] = value
+    theirs.load_state_dict(state)  # strict: every weight has its counterpart
+    ours.eval(), theirs.eval()
+    x, keep = torch.randn(2, 3, 32, 32), torch.randperm(64)[:16].expand(2, -1)
+    with torch.no_grad():
+        assert torch.allclose(
+            ours.forward_tokens(x, keep), theirs.forward_tokens(x, keep), atol=1e-5
+        )
+        assert torch.allclose(ours(x), theirs(x), atol=1e-5)
