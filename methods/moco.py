@@ -82,9 +82,10 @@ ICCV 2021 (https://arxiv.org/abs/2104.02057).
 """
 
 import math
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import partial
+from functools import cache, partial
 from typing import Annotated
 
 import torch
@@ -214,14 +215,34 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
         with torch.no_grad():
             self.running_mean.copy_(mean.view(splits, c).mean(dim=0))
             self.running_var.copy_(var.view(splits, c).mean(dim=0))
-        return out.reshape(n, c, h, w)
+        return self.after_norm(out.reshape(n, c, h, w))
+
+    def after_norm(self, x: Tensor) -> Tensor:
+        return x  # timm's BatchNormAct2d: its dropout and activation (split_batchnorm_act2d)
+
+
+@cache
+def split_batchnorm_act2d() -> type:
+    """SplitBatchNorm2d for timm's BatchNormAct2d (EfficientNet, MobileNet, RegNet, DenseNet,
+    ...): the split BatchNorm, then the layer's own dropout and activation."""
+    from timm.layers import BatchNormAct2d
+
+    class SplitBatchNormAct2d(SplitBatchNorm2d, BatchNormAct2d):
+        def after_norm(self, x: Tensor) -> Tensor:
+            return self.act(self.drop(x))
+
+    return SplitBatchNormAct2d
 
 
 def split_batchnorm_layers(module: nn.Module) -> None:
-    """The module's BatchNorm2d layers made SplitBatchNorm2d (one split until set), in place."""
+    """The module's BatchNorm2d layers, and timm's BatchNormAct2d, made SplitBatchNorm2d (one
+    split until set), in place."""
+    timm_layers = sys.modules.get("timm.layers")  # no timm model exists without it loaded
     for layer in module.modules():
         if type(layer) is nn.BatchNorm2d:
             layer.__class__ = SplitBatchNorm2d
+        elif timm_layers is not None and type(layer) is timm_layers.BatchNormAct2d:
+            layer.__class__ = split_batchnorm_act2d()
 
 
 @torch.no_grad()

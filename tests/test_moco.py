@@ -13,7 +13,14 @@ import torch.nn.functional as F
 from processes import run_processes
 
 from methods import METHODS, build_method
-from methods.moco import SplitBatchNorm2d, enqueue, moco_loss, mocov3_loss, shuffled_forward
+from methods.moco import (
+    SplitBatchNorm2d,
+    enqueue,
+    moco_loss,
+    mocov3_loss,
+    shuffled_forward,
+    split_batchnorm_layers,
+)
 from methods.nnclr import nnclr_loss
 from networks import build_backbone
 from utils.checkpoint import load_checkpoint
@@ -512,3 +519,23 @@ def test_main_pretrains_and_resumes_with_the_queue(name, run_dirs, capsys):
         # rows 64..99 were written in epoch 2, after the resume; rows 0..27 overwritten
         assert torch.equal(state2["queue"][:, 28:64], state["queue"][:, 28:64])
         assert not torch.equal(state2["queue"][:, 64:], state["queue"][:, 64:])
+
+
+def test_split_batchnorm_covers_timms_batchnorm_act_layers():
+    """timm's BatchNormAct2d (EfficientNet, MobileNet, ...) splits too, then applies its own
+    activation: each part as a BatchNormAct2d of its own in training mode."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(timm.layers.BatchNormAct2d(3, act_layer=torch.nn.ReLU))
+    reference = copy.deepcopy(net[0])
+    split_batchnorm_layers(net)
+    layer = net[0]
+    assert isinstance(layer, SplitBatchNorm2d) and isinstance(layer, timm.layers.BatchNormAct2d)
+    layer.num_splits = 2
+    x = torch.randn(8, 3, 4, 4) * 2 + 1
+    out = net(x)
+    for s in range(2):
+        assert torch.allclose(out[s::2], copy.deepcopy(reference)(x[s::2]), atol=1e-5)
+    assert (out >= 0).all()  # the activation was applied
+    layer.num_splits = 1
+    assert torch.allclose(net(x), reference(x), atol=1e-5)  # one split: the layer itself
