@@ -41,6 +41,8 @@ from torch import Tensor, nn
 
 from methods import Method, register
 from methods.hparams import Flag
+from networks import is_vit
+from networks.timm_vit import not_plain
 from networks.vit import (
     MaskableViT,
     fix_position_embedding,
@@ -98,13 +100,17 @@ def mae_loss(pred: Tensor, target: Tensor, mask: Tensor, norm_pix: bool = True) 
 
 
 def require_vit(backbone: nn.Module, method: str) -> MaskableViT:
-    """The backbone, if its encoder can run on a subset of its patches (MaskableViT)."""
-    if not isinstance(backbone, MaskableViT):
-        raise ValueError(
-            f"{method} masks patches of a Vision Transformer: use --backbone vit_tiny, vit_small "
-            "or a timm ViT with one class token (timm:vit_*, timm:deit_*; networks/timm_vit.py)"
-        )
-    return backbone
+    """The backbone, if its encoder can run on a subset of its patches (MaskableViT); the error
+    names what a timm ViT lacks (register or distillation tokens, no class position, ...)."""
+    if isinstance(backbone, MaskableViT):
+        return backbone
+    timm_vit = is_vit(backbone) and hasattr(backbone, "num_prefix_tokens")
+    reason = not_plain(backbone) if timm_vit else None
+    raise ValueError(
+        f"{method} masks patches of a Vision Transformer: use --backbone vit_tiny, vit_small "
+        "or a timm ViT with one class token (timm:vit_*, timm:deit_*; networks/timm_vit.py)"
+        + (f"; this {type(backbone).__name__} does not fit: {reason}" if reason else "")
+    )
 
 
 @register("mae")

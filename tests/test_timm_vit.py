@@ -5,6 +5,7 @@ The behaviour both kinds of ViT share (masked encoding, MAE's and I-JEPA's learn
 on both in tests/test_masked.py."""
 
 import copy
+import csv
 import json
 import math
 import os
@@ -52,18 +53,38 @@ def test_plain_timm_vits_get_the_interface_and_keep_their_keys_and_forward():
     assert type(twin) is type(vit) and isinstance(twin, MaskableViT)
 
 
+def test_masked_encoding_equals_timms_own_embedding_gathered_then_its_blocks():
+    """forward_tokens(x, keep) against timm's path by hand: its `_pos_embed` (class token and
+    its position first), the kept patches gathered from that, the blocks and the final norm;
+    without the class token (I-JEPA's context), the kept patches alone."""
+    torch.manual_seed(0)
+    vit = tiny_vit(depth=2, kind="timm").eval()
+    x = torch.randn(3, 3, 16, 16)
+    keep = torch.stack([torch.randperm(16)[:5] for _ in range(3)])  # 5 of 16 patches, any order
+    with torch.no_grad():
+        full = vit._pos_embed(vit.patch_embed(x))  # [3, 1 + 16, 32]
+        kept = torch.gather(full[:, 1:], 1, keep.unsqueeze(-1).expand(-1, -1, 32))
+        with_cls = vit.norm(vit.blocks(vit.norm_pre(torch.cat([full[:, :1], kept], dim=1))))
+        without = vit.norm(vit.blocks(vit.norm_pre(kept)))
+        assert vit.forward_tokens(x, keep).shape == (3, 1 + 5, 32)
+        assert torch.allclose(vit.forward_tokens(x, keep), with_cls, atol=1e-5)
+        assert torch.allclose(vit.forward_tokens(x, keep, cls=False), without, atol=1e-5)
+
+
 def test_other_timm_vits_stay_as_built_and_masked_methods_refuse_them():
     small = dict(img_size=16, patch_size=4, depth=1, embed_dim=32, num_heads=2, num_classes=0)
-    for options in (
-        {"reg_tokens": 2},
-        {"no_embed_class": True},
-        {"class_token": False, "global_pool": "avg"},
+    for options, reason in (
+        ({"reg_tokens": 2}, "no register or distillation tokens"),
+        ({"no_embed_class": True}, "position embedding for the class token"),
+        ({"class_token": False, "global_pool": "avg"}, "one class token"),
     ):
         vit = timm.create_model("vit_tiny_patch16_224", **small, **options)
         kind = type(vit)
         assert not add_interface(vit) and type(vit) is kind, options
-        with pytest.raises(ValueError, match="timm ViT with one class token"):
-            build_method("mae", vit, 32)
+        for method in ("mae", "ijepa"):
+            with pytest.raises(ValueError, match="timm ViT with one class token") as error:
+                build_method(method, vit, 32)
+            assert reason in str(error.value) and "\n" not in str(error.value)
 
 
 def test_mae_initialises_a_timm_vit_as_models_mae():
@@ -94,6 +115,7 @@ def test_ijepa_initialises_a_timm_vit_as_its_official_code():
     vit, dim = build_backbone(NAME, 32)
     model = build_method("ijepa", vit, dim, pred_depth=1)
     assert not vit.pos_embed.requires_grad and not vit.cls_token.requires_grad
+    assert torch.allclose(vit.pos_embed[0], sincos_position_embedding(dim, 8))
     for i, block in enumerate(vit.blocks, start=1):
         for weight in (block.attn.proj.weight, block.mlp.fc2.weight):
             assert weight.std().item() == pytest.approx(0.02 / math.sqrt(2 * i), rel=0.12)
@@ -144,8 +166,13 @@ def test_layer_decay_drop_path_and_fc_norm_on_timm_names():
 
 
 TINY_RUN = ["--backbone", NAME, "--image_size", "32", "--dataset_name", "synthetic"]
-TINY_RUN += ["--device", "cpu", "--num_workers", "0", "--limit", "64", "--batch_size", "32"]
+TINY_RUN += ["--device", "cpu", "--num_workers", "0", "--limit", "32", "--batch_size", "8"]
 TINY_RUN += ["--num_epochs", "1", "--warmup_epochs", "0"]
+
+
+def step_losses(log_dir: str) -> list[float]:
+    with open(os.path.join(log_dir, "metrics.csv")) as f:
+        return [float(row["loss"]) for row in csv.DictReader(f) if row["kind"] == "step"]
 
 
 @pytest.mark.usefixtures("small_test_set")  # files and formats, not accuracy
@@ -164,10 +191,16 @@ TINY_RUN += ["--num_epochs", "1", "--warmup_epochs", "0"]
     ],
 )
 def test_a_timm_vit_pretrains_and_evaluates_end_to_end(method, pretrain, evaluation, run_dirs):
+    """main.py on the whole vit_tiny_patch16_224 (4 steps of 8 images): every step's loss
+    finite, the last clearly below the first (MAE 3.1 -> 1.7, I-JEPA 0.50 -> 0.12); then
+    main_linear.py on its checkpoint."""
     flags = [*TINY_RUN, *run_dirs, "--model_name", method, "--optimizer", "adamw"]
-    flags += ["--base_lr", "1e-3", "--online_probe", "false", "--rankme_images", "0", *pretrain]
+    flags += ["--base_lr", "1e-3", "--lr_scaling", "none", "--print_freq", "1"]
+    flags += ["--online_probe", "false", "--rankme_images", "0", *pretrain]
     out = main.main(main.get_args_parser().parse_args([*flags, "--run_name", "pre"]))
-    assert math.isfinite(out["loss"])
+    losses = step_losses(out["log_dir"])
+    assert len(losses) == 4 and all(map(math.isfinite, losses)), losses
+    assert losses[-1] < 0.7 * losses[0], losses
     ckpt = os.path.join(out["ckpt_dir"], "last.pt")
     flags = [*TINY_RUN, *run_dirs, "--model_name", method, "--ckpt", ckpt, *evaluation]
     result = main_linear.main(
