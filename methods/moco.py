@@ -231,7 +231,15 @@ def split_batchnorm_act2d() -> type:
         def after_norm(self, x: Tensor) -> Tensor:
             return self.act(self.drop(x))
 
+    SplitBatchNormAct2d.__qualname__ = "SplitBatchNormAct2d"  # pickle: this module's __getattr__
     return SplitBatchNormAct2d
+
+
+def __getattr__(name: str) -> type:
+    """SplitBatchNormAct2d, made on first use (it needs timm), for pickle."""
+    if name == "SplitBatchNormAct2d":
+        return split_batchnorm_act2d()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def split_batchnorm_layers(module: nn.Module) -> None:

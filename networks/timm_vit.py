@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from networks.vit import MaskableViT
 
 _WITH_INTERFACE: dict[type, type] = {}  # timm class -> its subclass with the interface
+PREFIX = "Maskable"  # the subclasses' names: MaskableVisionTransformer, ...
 
 
 class TimmViT(MaskableViT):
@@ -134,8 +135,28 @@ def add_interface(model: nn.Module) -> bool:
     was) for the others."""
     if not_plain(model):
         return False
-    cls = type(model)
-    if cls not in _WITH_INTERFACE:
-        _WITH_INTERFACE[cls] = type(cls.__name__, (TimmViT, cls), {"__module__": __name__})
-    model.__class__ = _WITH_INTERFACE[cls]
+    model.__class__ = with_interface(type(model))
     return True
+
+
+def with_interface(cls: type) -> type:
+    """timm's class `cls` with the interface mixed in: one class per timm class, named
+    Maskable<name> in this module, where pickle finds it again (`__getattr__`)."""
+    if cls not in _WITH_INTERFACE:
+        name = PREFIX + cls.__name__
+        attrs = {"__module__": __name__, "__qualname__": name}
+        _WITH_INTERFACE[cls] = type(name, (TimmViT, cls), attrs)
+    return _WITH_INTERFACE[cls]
+
+
+def __getattr__(name: str) -> type:
+    """Maskable<name>: the class of a pickled model (torch.save of a whole module), made again
+    from timm's class of that name."""
+    if name.startswith(PREFIX):
+        from timm.models import deit, vision_transformer
+
+        for module in (vision_transformer, deit):
+            cls = getattr(module, name[len(PREFIX) :], None)
+            if isinstance(cls, type):
+                return with_interface(cls)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

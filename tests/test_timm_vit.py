@@ -9,6 +9,7 @@ import csv
 import json
 import math
 import os
+import pickle
 
 import pytest
 import torch
@@ -51,6 +52,10 @@ def test_plain_timm_vits_get_the_interface_and_keep_their_keys_and_forward():
         assert torch.allclose(vit.forward_tokens(x), plain.forward_features(x), atol=1e-5)
     twin = copy.deepcopy(vit)  # EMA targets and teachers are deep copies
     assert type(twin) is type(vit) and isinstance(twin, MaskableViT)
+    # a whole pickled module finds its class again by name (networks.timm_vit.__getattr__)
+    assert type(vit).__name__ == "MaskableVisionTransformer"
+    loaded = pickle.loads(pickle.dumps(vit)).eval()
+    assert type(loaded) is type(vit) and torch.equal(loaded(x), vit(x))
 
 
 def test_masked_encoding_equals_timms_own_embedding_gathered_then_its_blocks():
