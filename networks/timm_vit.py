@@ -2,9 +2,10 @@
 networks/vit.MaskableViT, so that MAE, I-JEPA and MAE's fine-tuning protocol (drop path, fc_norm,
 layer-wise lr decay) take them as they take vit_tiny and vit_small.
 
-The model's class is swapped in place for a subclass of its own class that adds the interface:
-the module tree, the state-dict keys and timm's own forward stay as they were, so checkpoints
-load either way. MAE's official encoder is built of timm's blocks, and its names are timm's:
+The model's class is swapped in place for a subclass of its own class that adds the interface
+(named Maskable<its name>, e.g. MaskableVisionTransformer): the module tree, the state-dict keys
+and timm's own forward stay as they were, so checkpoints load either way. MAE's official
+encoder is built of timm's blocks, and its names are timm's:
 
     patch_embed.proj   the patch projection (a Conv2d; the grid comes out channels last, as
                        networks/timm_models.py builds ViTs with dynamic_img_size)
