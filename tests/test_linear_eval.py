@@ -228,10 +228,10 @@ def test_plot_tsne_writes_a_png(tmp_path):
         (["--finetune", "--random_init", "--fc_norm", "--backbone", "vit_tiny"], "--pool mean"),
         (
             ["--random_init", "--n_last_blocks", "2"],
-            "not one of this toolkit's Vision Transformers",
+            "not a Vision Transformer with one class token",
         ),
         (["--random_init", "--n_last_blocks", "13", "--backbone", "vit_tiny"], "has 12 blocks"),
-        (["--random_init", "--avgpool_patchtokens"], "not one of this toolkit's Vision"),
+        (["--random_init", "--avgpool_patchtokens"], "not a Vision Transformer"),
         (
             ["--random_init", "--avgpool_patchtokens", "--backbone", "vit_tiny", "--pool", "mean"],
             "drop --pool mean",
