@@ -13,7 +13,8 @@
 #   DATA_DIR=path/to/cifar10 bash scripts/gpu_convergence.sh [OUT_DIR]
 #       DATA_DIR holds train/ and test/ class folders (default ../shared/data/cifar10);
 #       OUT_DIR defaults to runs/gpu_convergence. EPOCHS, WARMUP, KNN_FREQ, SEED (123),
-#       DEVICE (cuda), AMP (bf16), EXTRA (more main.py flags) as environment variables.
+#       DEVICE (cuda), AMP (bf16), NUM_WORKERS (8: the kNN passes decode JPEGs), EXTRA
+#       (more main.py flags) as environment variables.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/gpu_convergence}
@@ -27,7 +28,8 @@ run_name=simclr_resnet18_e${EPOCHS}_s${SEED:-123}
 # shellcheck disable=SC2206  # EXTRA holds flags
 extra=(${EXTRA:-})
 python main.py --config recipes/cifar10/simclr.args --backbone resnet18 --image_size 32 \
-    --dataset_name imagefolder --data_dir "$DATA_DIR" --gpu_augment --num_workers 2 \
+    --dataset_name imagefolder --data_dir "$DATA_DIR" --gpu_augment \
+    --num_workers "${NUM_WORKERS:-8}" \
     --device "${DEVICE:-cuda}" --amp "${AMP:-bf16}" --channels_last \
     --num_epochs "$EPOCHS" --warmup_epochs "${WARMUP:-2}" --seed "${SEED:-123}" \
     --knn_freq "${KNN_FREQ:-5}" --knn_k 200 --save_freq 1000 \

@@ -2,7 +2,7 @@
 # Everything a short GPU loan should measure, in one command of about 9 minutes on an H100/H200
 # class GPU: the speed table (scripts/gpu_benchmarks.sh: fp32, bf16/fp16 with channels_last,
 # --gpu_augment, --compile), a SimCLR CIFAR-10 convergence run with the reference recipe
-# (scripts/gpu_convergence.sh, as many epochs as about 190 s allow at the measured rate), then the
+# (scripts/gpu_convergence.sh, as many epochs as about 160 s allow at the measured rate), then the
 # per-method speed table in whatever time is left. Each stage is time-boxed, and everything lands
 # in OUT_DIR/results.tgz after each stage, so that a stage that fails or runs out of time costs
 # only itself. Figures go into the README from those files (scripts/benchmark.py --from_json,
@@ -52,9 +52,10 @@ echo "== [$(elapsed) s] speed =="
 METHODS=0 WORKERS=8 timeout "$SPEED_S" bash scripts/gpu_benchmarks.sh "$R/bench" 2>&1 | tee "$R/bench.log"
 pack
 
-# about 190 s of training at 0.6 x the batch-512 rate (batch 256, LARC, kNN, probe): 5-60 epochs
+# about 160 s of training at 0.6 x the batch-512 rate (batch 256, LARC, probe), leaving ~100 s
+# of the stage for start-up and the kNN passes: 5-60 epochs
 rate=$(python -c "import json; print(json.load(open('$R/bench/bf16_cl_gpu_augment.json'))['with_data_images_per_s'])" 2>/dev/null || echo 5000)
-EPOCHS=${EPOCHS:-$(python -c "print(max(5, min(60, int(0.6 * 190 * $rate / 50000))))")}
+EPOCHS=${EPOCHS:-$(python -c "print(max(5, min(60, int(0.6 * 160 * $rate / 50000))))")}
 echo "== [$(elapsed) s] convergence: $EPOCHS epochs (fed rate $rate images/s) =="
 DATA_DIR=$DATA_DIR EPOCHS=$EPOCHS timeout "$CONV_S" bash scripts/gpu_convergence.sh "$R/conv" 2>&1 |
     tee "$R/conv.log" | tr '\r' '\n' | grep -v 'it/s'
