@@ -1,5 +1,5 @@
 """scripts/benchmark.py: its JSON figures are consistent, and its README table has one column per
-configuration."""
+configuration; the GPU session's convergence script refuses bad input in one line."""
 
 import json
 import os
@@ -62,3 +62,17 @@ def test_a_tiny_benchmark_writes_consistent_figures(tmp_path):
         abs(r["loader_to_model_ratio"] * r["ours_images_per_s"] - r["loader_images_per_s"]) < 1e-6
     )
     assert "| ratio ours / bare |" in proc.stdout
+
+
+def test_the_gpu_convergence_script_refuses_a_data_dir_without_splits(tmp_path):
+    """scripts/gpu_convergence.sh (run by scripts/gpu_session.sh on a GPU loan): a DATA_DIR
+    without train/ and test/ is one line and exit 2, before anything starts or is written."""
+    out = tmp_path / "conv"
+    env = dict(os.environ, DATA_DIR=str(tmp_path / "missing"))
+    proc = subprocess.run(
+        ["bash", "scripts/gpu_convergence.sh", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "train/ and test/" in proc.stderr
+    assert not out.exists()
