@@ -75,8 +75,8 @@ class MaskableViT:
     (`position_parameter`, [1, 1 + L, D], the class token's first), drop path, fc_norm and the
     layers of layer-wise lr decay. A subclass gives the parts that differ by library:
     `embed_patches`, `run_blocks`, `position_parameter`, `class_token`, `patch_projection`,
-    `image_size`, `patch_size`, `depth`, `num_heads`, `residual_projections`, `set_drop_path`,
-    `set_fc_norm` and `layer_id`."""
+    `pools_class_token`, `image_size`, `patch_size`, `depth`, `num_heads`,
+    `residual_projections`, `set_drop_path`, `set_fc_norm` and `layer_id`."""
 
     image_size: int
     patch_size: int
