@@ -31,7 +31,13 @@ from tqdm import tqdm
 
 from optimizers.cosine_decay_warmup import adjust_learning_rate
 from utils.checkpoint import rng_state, save_checkpoint
-from utils.distributed import barrier, is_main_process, mean_over_processes, sum_over_processes
+from utils.distributed import (
+    barrier,
+    gather_objects,
+    is_main_process,
+    mean_over_processes,
+    sum_over_processes,
+)
 from utils.logging import MetricsLogger, NullLogger
 from utils.run import TrainingGuard, seed_epoch
 
@@ -92,15 +98,24 @@ class Engine:
         return loss_value
 
     def train_epoch(
-        self, loader, epoch: int, step_fn: Callable[..., StepOutput], first_step: int = 0
+        self,
+        loader,
+        epoch: int,
+        step_fn: Callable[..., StepOutput],
+        first_step: int = 0,
+        carried: dict | None = None,
     ) -> dict[str, float]:
         """Steps `first_step` .. steps_per_epoch - 1 of `epoch` (the loader skips the ones
-        before); returns as soon as a stop signal arrives, `steps_done` telling where."""
+        before); returns as soon as a stop signal arrives, `steps_done` telling where and
+        `partial` holding the epoch's running sums, which a checkpoint keeps so that the epoch's
+        averages after a resume (`carried`) are those of a run never stopped."""
         steps = self.steps_per_epoch
         last_step = steps if not self.debug else min(steps, first_step + 5)
-        total_loss, seen, sums, window_sums = 0.0, 0, {}, {}
+        carried = carried or {}
+        total_loss, seen = carried.get("loss", 0.0), carried.get("images", 0)
+        sums, window_sums = dict(carried.get("sums", {})), dict(carried.get("window_sums", {}))
         start = window_start = fetch_start = time.time()
-        window_images, waited, window_waited = 0, 0.0, 0.0
+        window_images, waited, window_waited = carried.get("window_images", 0), 0.0, 0.0
         bar = tqdm(
             loader,
             total=last_step - first_step,
@@ -168,8 +183,26 @@ class Engine:
                 "data: more --num_workers, --in_memory (decode once) or --gpu_augment (views on "
                 "the GPU) would make it faster"
             )
+        partial = {"loss": total_loss, "images": seen, "sums": sums}
+        partial |= {"window_sums": window_sums, "window_images": window_images}
         stats |= {k: v / max(seen, 1) for k, v in sum_over_processes(sums).items()}
-        return {**stats, "steps_done": done}
+        return {**stats, "steps_done": done, "partial": partial}
+
+
+def global_sums(partial: dict) -> dict:
+    """An epoch's running sums as a checkpoint keeps them: summed over the DDP processes (the
+    monitors' sums are each process's; loss and image count are global already), as floats."""
+    sums, window = sum_over_processes(partial["sums"]), sum_over_processes(partial["window_sums"])
+    return {**partial, "sums": sums, "window_sums": window}
+
+
+def carried_here(partial: dict | None) -> dict | None:
+    """The running sums this process carries into a resumed epoch: all of them on rank 0; the
+    global loss and image count, but none of the monitors' sums, on the others (summed over the
+    processes at the epoch's end, they are counted once)."""
+    if partial is None or is_main_process():
+        return partial
+    return {**partial, "sums": {}, "window_sums": {}}
 
 
 def fit(
@@ -183,19 +216,23 @@ def fit(
     after_epoch: Callable[[int], dict] | None = None,
     save_freq: int | None = None,
     on_save: Callable[[], None] = lambda: None,
+    partial: dict | None = None,
 ) -> dict[str, float]:
     """Train from `start` = (epoch, step in that epoch) to the end; returns the last epoch's
     stats. `training_state(epoch, step_in_epoch)` is the checkpoint dict for that point (the
-    engine adds the RNG state); `after_epoch(epoch)` the epoch's evaluation (kNN, validation),
+    engine adds the RNG state, and mid-epoch the epoch's running sums, which a resumed run
+    passes back as `partial`); `after_epoch(epoch)` the epoch's evaluation (kNN, validation),
     merged into its stats; `on_save` runs with every epoch_NNNN.pt (plots)."""
     start_epoch, start_step = start
     last_path = os.path.join(ckpt_dir, "last.pt")
     main_rank = is_main_process()
     steps, stats = engine.steps_per_epoch, {}
 
-    def save(path: str, epoch: int, step: int) -> None:
+    def save(path: str, epoch: int, step: int, sums: dict | None = None) -> None:
+        states = gather_objects(rng_state())  # every process's: each draws its own views
         if main_rank:
-            save_checkpoint({**training_state(epoch, step), "rng": rng_state()}, path)
+            state = {**training_state(epoch, step), "rng": states[0], "rng_per_rank": states}
+            save_checkpoint({**state, **({"epoch_sums": sums} if sums else {})}, path)
 
     def stop(message: str) -> None:
         barrier()  # no process exits (and makes torchrun stop rank 0) before the save
@@ -208,10 +245,11 @@ def fit(
             first_step = start_step if epoch == start_epoch else 0
             seed_epoch(loader, epoch, skip_batches=first_step)
             before_epoch(epoch)
-            stats = engine.train_epoch(loader, epoch, step_fn, first_step)
-            done = stats.pop("steps_done")
+            carried = partial if epoch == start_epoch and first_step else None
+            stats = engine.train_epoch(loader, epoch, step_fn, first_step, carried_here(carried))
+            done, sums = stats.pop("steps_done"), stats.pop("partial")
             if engine.guard.signal is not None and done < steps:
-                save(last_path, epoch, done)
+                save(last_path, epoch, done, global_sums(sums))
                 stop(
                     f"stopped by {signal.Signals(engine.guard.signal).name} at epoch "
                     f"{epoch + 1}, step {done}/{steps}; saved {last_path}. Continue with the "

@@ -30,6 +30,7 @@ within TOLERANCE of the features' largest magnitude.
 import json
 import os
 import warnings
+import zipfile
 
 import torch
 from torch import nn
@@ -37,8 +38,9 @@ from torch import nn
 from networks import SMALL_IMAGE_SIZE
 from networks.vit import VIT_SIZES, patch_size_for
 from pretrained import EXPORT_TAG, build_pretrained, export_json, read_backbone
-from utils.checkpoint import atomic_file
+from utils.checkpoint import atomic_file, safe_load
 from utils.misc import ArgumentParser, UserError, add_bool_flag, git_sha, run_cli
+from utils.runfolder import RECORDS
 
 FORMATS = ("torchvision", "timm", "torchscript", "pt2", "onnx")
 TOLERANCE = 1e-4  # relative to the largest feature magnitude; float32 rounding is ~1e-6
@@ -63,9 +65,48 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
         default=None,
     )
     parser.add_argument(
-        "--overwrite", action="store_true", help="replace an existing --output (default: refuse)"
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --output written by export.py (never a run's checkpoint or "
+        "record) (default: refuse)",
+    )
+    add_bool_flag(
+        parser,
+        "--trust_pickle",
+        "load a --ckpt that needs Python's pickle (an older version's checkpoint): unpickling "
+        "runs whatever code the file holds, so only for files you made (default: false)",
     )
     return parser
+
+
+def is_checkpoint(path: str) -> bool:
+    """Whether `path` is a checkpoint of main.py or main_linear.py (read as data, mapped)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        state = safe_load(path, mmap=True)
+    except Exception:  # what cannot be read as data is no checkpoint of this toolkit's
+        return False
+    return isinstance(state, dict) and "kind" in state and "model" in state
+
+
+def check_output(path: str, overwrite: bool) -> None:
+    """--output must be a file name that replaces nothing but, with --overwrite, an earlier
+    export: never a folder, a run's checkpoint or record, or the JSON of either."""
+    for target in (path, export_json(path)):
+        if os.path.isdir(target):
+            raise UserError(f"--output {path}: {target} is a folder: give a file name")
+    name = os.path.basename(path)
+    record = name in ("last.pt", "args.json", "metrics.csv", *RECORDS) or (
+        name.startswith("epoch_") and name.endswith(".pt")
+    )
+    if os.path.exists(path) and (record or is_checkpoint(path)):
+        raise UserError(
+            f"--output {path}: that file is a run's checkpoint or record (main.py, "
+            "main_linear.py), which an export never replaces: choose another file name"
+        )
+    if os.path.exists(path) and not overwrite:
+        raise UserError(f"--output {path} exists: choose another file or pass --overwrite")
 
 
 def reference_model(backbone: str, image_size: int, fmt: str) -> tuple[nn.Module, str]:
@@ -202,9 +243,8 @@ def export_onnx(backbone: nn.Module, image_size: int, path: str) -> dict:
 
 
 def main(args) -> dict:
-    if os.path.exists(args.output) and not args.overwrite:
-        raise UserError(f"--output {args.output} exists: choose another file or pass --overwrite")
-    weights, info = read_backbone(args.ckpt, args.momentum_backbone)
+    check_output(args.output, args.overwrite)
+    weights, info = read_backbone(args.ckpt, args.momentum_backbone, args.trust_pickle)
     backbone = build_pretrained(weights, info, args.ckpt).eval()
     record = {EXPORT_TAG: 1, "format": args.format, **info.to_dict(), "git_sha": git_sha()}
     size = info.image_size

@@ -6,6 +6,7 @@ Writes <logs_dir>/<run_name>/{args.json, metrics.csv, loss.png, lr.png} and
 <ckpt_dir>/<run_name>/{last.pt, epoch_NNNN.pt}; `main_linear.py` then evaluates the backbone.
 """
 
+import json
 import os
 import time
 from contextlib import nullcontext
@@ -24,7 +25,14 @@ from optimizers import build_optimizer
 from pretrained import load_weights, read_backbone
 from transformations import BatchViews, eval_transform, pretrain_transform
 from utils.accel import autocast, grad_scaler, prepare_model, to_device
-from utils.checkpoint import load_checkpoint, restore, resume_path, run_name_of
+from utils.checkpoint import (
+    check_entries,
+    check_unchanged,
+    load_checkpoint,
+    restore,
+    restore_epoch_file,
+    resume_path,
+)
 from utils.data import (
     DATASETS,
     UNLABELLED,
@@ -39,7 +47,7 @@ from utils.distributed import (
     rank,
     world_size,
 )
-from utils.logging import MetricsLogger, NullLogger, write_json
+from utils.logging import MetricsLogger, NullLogger, read_metrics, write_json
 from utils.misc import (
     ArgumentParser,
     UserError,
@@ -51,16 +59,17 @@ from utils.run import (
     TrainingGuard,
     build_lr_schedule,
     build_wd_schedule,
-    check_run_dirs,
     default_run_name,
     fit_batch_size,
     make_loader,
     make_run_dirs,
     print_args,
+    run_folders,
     save_args,
     start_process,
     with_values,
 )
+from utils.runfolder import releases_locks
 
 # the columns of a pretraining's metrics.csv (monitors.py says what each is)
 METRICS = ["loss", "lr", "images_per_s", "data_wait", "knn_acc1", "online_train_acc1"]
@@ -99,12 +108,16 @@ def pretraining_step(
     return step
 
 
-def training_state(args, model, optimizer, probe, epoch: int, step_in_epoch: int, steps: int):
+def training_state(
+    args, model, optimizer, probe, epoch: int, step_in_epoch: int, steps: int, images: int
+):
     """What `--resume` needs (engine.fit adds the RNG state): `epoch` epochs completed plus
-    `step_in_epoch` steps of the next; the online probe's head and optimizer."""
+    `step_in_epoch` steps of the next; the online probe's head and optimizer; the number of
+    training images, which a resumed run must find again."""
     return {
         **({"online_probe": probe.state()} if probe is not None else {}),
         "args": vars(args),
+        "data": {"train_images": images},
         "kind": "pretrain",
         "epoch": epoch,
         "step_in_epoch": step_in_epoch,
@@ -135,11 +148,20 @@ def training_set(args) -> tuple:
 
 
 def resumed_checkpoint(args) -> tuple[str | None, dict | None]:
-    """--resume: the checkpoint to continue and its path, checked against the flags (its run
-    folder is the run's: utils.checkpoint.run_name_of)."""
+    """--resume: the checkpoint to continue and its path, checked against the flags: a
+    pretraining checkpoint (not main_linear.py's) of the same method, backbone and data set,
+    with everything resuming reads."""
     ckpt_path = resume_path(args)
-    checkpoint = load_checkpoint(ckpt_path) if ckpt_path else None
+    checkpoint = load_checkpoint(ckpt_path, args.trust_pickle) if ckpt_path else None
     if checkpoint is not None:
+        if checkpoint.get("kind") != "pretrain":
+            what = {"linear": "a linear probe's", "finetune": "a fine-tuning run's"}
+            raise UserError(
+                f"--resume {ckpt_path} is {what.get(checkpoint.get('kind'), 'not a')} "
+                "checkpoint (main_linear.py), not a pretraining one: pass the last.pt of a "
+                "main.py run"
+            )
+        check_entries(checkpoint, ckpt_path)
         for key in ("model_name", "backbone", "dataset_name"):
             if checkpoint["args"][key] != getattr(args, key):
                 raise UserError(
@@ -147,8 +169,20 @@ def resumed_checkpoint(args) -> tuple[str | None, dict | None]:
                     f"{checkpoint['args'][key]}, but --{key} is {getattr(args, key)}"
                 )
     elif args.resume is not None:
-        print("--resume auto: no checkpoint found, starting a new run")
+        where = f"run {args.run_name}" if args.run_name else "a matching run"
+        print(f"--resume auto: no checkpoint of {where} under {args.ckpt_dir}; a new run starts")
     return ckpt_path, checkpoint
+
+
+def check_same_data(checkpoint: dict, images: int, ckpt_path: str, args) -> None:
+    """A resumed run must train on the data it started on (--data_dir may move, not change)."""
+    before = checkpoint.get("data", {}).get("train_images")
+    if before is not None and before != images:
+        raise UserError(
+            f"--resume {ckpt_path}: the run trained on {before} images of "
+            f"{args.dataset_name}, and --data_dir {args.data_dir} holds {images}: point "
+            "--data_dir at the run's data"
+        )
 
 
 def online_probe_bn(args, checkpoint: dict | None) -> bool:
@@ -231,7 +265,8 @@ def build_model(args, device, train_transform) -> tuple[nn.Module, nn.Module, in
     module to call for the forward pass (DDP / torch.compile wrappers), and the feature size."""
     backbone, feat_dim = build_backbone(args.backbone, args.image_size, args.pretrained)
     if args.init_backbone:  # before the method copies it (EMA targets), not zero-initialised
-        weights, info = read_backbone(args.init_backbone, momentum=False)  # the online one
+        # the online backbone
+        weights, info = read_backbone(args.init_backbone, False, args.trust_pickle)
         if info.backbone != args.backbone:
             raise UserError(
                 f"--init_backbone {args.init_backbone} holds a {info.backbone} backbone, but "
@@ -308,6 +343,26 @@ def write_summary(args, log_dir: str, last_path: str, stats: dict, steps: int, s
     print(f"done in {seconds:.0f} s; checkpoint {last_path}")
 
 
+def finished(args, checkpoint: dict, ckpt_path: str, log_dir: str, ckpt_dir: str, fork: bool):
+    """--resume of a run that has trained all its epochs: nothing to train and nothing rewritten;
+    in its own folder, the epoch_NNNN.pt and summary.json that a run stopped while writing them
+    lacks are completed (the summary from metrics.csv's last epoch row)."""
+    print(f"--resume {ckpt_path}: the run has trained all its {args.num_epochs} epochs already")
+    summary_path = os.path.join(log_dir, "summary.json")
+    if fork or not is_main_process():
+        return {"run_name": args.run_name, "log_dir": log_dir, "ckpt_dir": ckpt_dir}
+    make_run_dirs(log_dir, ckpt_dir, resume_step=checkpoint["step"], metrics_from=log_dir)
+    restore_epoch_file(ckpt_path, ckpt_dir, checkpoint["epoch"], due=args.save_freq is not None)
+    if not os.path.isfile(summary_path):
+        rows = [r for r in read_metrics(log_dir) if r["kind"] == "epoch"]
+        stats = {k: float(v) for k, v in (rows[-1] if rows else {}).items() if k in METRICS and v}
+        steps = checkpoint["step"] // max(checkpoint["epoch"], 1)
+        write_summary(args, log_dir, os.path.join(ckpt_dir, "last.pt"), stats, steps, 0.0)
+    with open(summary_path) as f:
+        return {"run_name": args.run_name, "log_dir": log_dir, "ckpt_dir": ckpt_dir, **json.load(f)}
+
+
+@releases_locks
 def main(args) -> dict:
     check_method_flags(args)
     labelled, probe_on = check_data(args)
@@ -317,18 +372,26 @@ def main(args) -> dict:
 
     # ============ resume: the run folder comes from the checkpoint ============
     ckpt_path, checkpoint = resumed_checkpoint(args)
-    run_name = run_name_of(ckpt_path) if checkpoint else args.run_name or default_run_name(args)
-    # checked now, created once the run can start: a failed start leaves nothing behind
-    run_name, log_dir, ckpt_dir = check_run_dirs(
-        args.logs_dir, args.ckpt_dir, run_name, resuming=checkpoint is not None
+    # checked (and locked) now, created once the run can start: a failed start leaves nothing
+    run_name, log_dir, ckpt_dir, metrics_from = run_folders(
+        args, ckpt_path, checkpoint, args.run_name or default_run_name(args)
     )
     # what args.json and the checkpoints record
     args = with_values(args, run_name=run_name, online_probe_bn=online_probe_bn(args, checkpoint))
+    if checkpoint is not None:
+        check_unchanged(checkpoint["args"], args, ckpt_path)
+        if checkpoint["epoch"] >= args.num_epochs:
+            fork = metrics_from != log_dir
+            done = finished(args, checkpoint, ckpt_path, log_dir, ckpt_dir, fork)
+            close_distributed()
+            return done
     print_args(args)
 
     # ============ data ============
     dataset, train_transform = training_set(args)
-    batch_size = fit_batch_size(args.batch_size, len(dataset), args.limit)  # the global batch
+    if checkpoint is not None:
+        check_same_data(checkpoint, len(dataset), ckpt_path, args)
+    batch_size = fit_batch_size(args.batch_size, len(dataset), args.limit, 2)  # the global batch
     loader = make_loader(dataset, args, device, train=True, batch_size=batch_size)
     augment = BatchViews(train_transform).to(device) if args.gpu_augment else None
     print(
@@ -349,23 +412,29 @@ def main(args) -> dict:
     lr_schedule, lr = build_lr_schedule(args, len(loader), batch_size)
     optimizer = build_optimizer(args, model, lr)
     main_rank = is_main_process()
-    make_run_dirs(log_dir, ckpt_dir)
+    resume_step = checkpoint["step"] if checkpoint is not None else None
+    make_run_dirs(log_dir, ckpt_dir, resume_step, metrics_from)
     if main_rank:
         save_args(log_dir, args, lr=lr, batch_size=batch_size)
 
     start_epoch, start_step = 0, 0
     if checkpoint is not None:
-        # the random state restored is rank 0's; the other ranks draw their own below
+        # each process its own random state (a checkpoint of another number of processes: rank
+        # 0's, the other ranks seeded below)
         start_epoch, start_step = restore(checkpoint, optimizer, model=model)
         if probe is not None and "online_probe" in checkpoint:
             probe.restore(checkpoint["online_probe"])
         print(f"resumed from {ckpt_path} at epoch {start_epoch}, step {start_step} of the epoch")
-    if not main_rank:  # different augmentations per process (when loading in this process)
+        if main_rank and start_step == 0 and start_epoch > 0:  # killed writing epoch_NNNN.pt?
+            restore_epoch_file(ckpt_path, ckpt_dir, start_epoch, start_epoch % args.save_freq == 0)
+    per_rank = checkpoint is not None and len(checkpoint.get("rng_per_rank", [])) == world_size()
+    if not main_rank and not per_rank:  # different augmentations per process
         set_seed(args.seed + 7919 * rank() + start_epoch * 100_003 + start_step)
 
     # ============ training ============
     steps_per_epoch = len(loader)
-    logger = MetricsLogger(log_dir, METRICS) if main_rank else NullLogger()
+    purge = resume_step + 1 if resume_step is not None else None  # TensorBoard: logged again
+    logger = MetricsLogger(log_dir, METRICS, purge_step=purge) if main_rank else NullLogger()
     title = f"{args.model_name} / {args.backbone} / {args.dataset_name}"
     start_time = time.time()
     tsne_path = os.path.join(log_dir, "tsne.png") if main_rank else None
@@ -387,7 +456,7 @@ def main(args) -> dict:
         loader,
         pretraining_step(forward, device, args, augment, monitors, model.backbone),
         lambda epoch, step: training_state(
-            args, model, optimizer, probe, epoch, step, steps_per_epoch
+            args, model, optimizer, probe, epoch, step, steps_per_epoch, len(dataset)
         ),
         ckpt_dir,
         start=(start_epoch, start_step),
@@ -395,6 +464,7 @@ def main(args) -> dict:
         after_epoch=after_epoch,
         save_freq=args.save_freq,
         on_save=lambda: plot_run(log_dir, title),
+        partial=checkpoint.get("epoch_sums") if checkpoint is not None else None,
     )
     last_path = os.path.join(ckpt_dir, "last.pt")
     close_distributed()

@@ -15,6 +15,7 @@ Variants (docs/evaluation.md): `--precompute_features` trains the head on featur
 """
 
 import argparse
+import json
 import os
 import time
 
@@ -38,7 +39,7 @@ from networks.vit import (
 from pretrained import evaluated_backbone, load_pretrained, load_resumed, resumed_values
 from probe import linear_evaluation
 from transformations import eval_transform, linear_train_transform
-from utils.checkpoint import run_name_of
+from utils.checkpoint import check_unchanged, restore_epoch_file
 from utils.data import (
     DATASETS,
     UNLABELLED,
@@ -62,16 +63,17 @@ from utils.misc import (
     unit_float,
 )
 from utils.run import (
-    check_run_dirs,
     default_run_name,
     fit_batch_size,
     make_loader,
     make_run_dirs,
     print_args,
+    run_folders,
     save_args,
     start_process,
     with_values,
 )
+from utils.runfolder import releases_locks
 from utils.subsets import class_balanced_fraction
 from utils.tsne import plot_tsne
 
@@ -255,6 +257,15 @@ def check_args(args) -> None:
         )
     if args.finetune and args.eval == "knn":
         raise UserError("--finetune trains a classifier, --eval knn has none: drop one of them")
+    if args.random_init and args.ckpt:
+        raise UserError(
+            "--random_init evaluates an untrained backbone, --ckpt a pretrained one: drop one"
+        )
+    if args.random_init and args.momentum_backbone:
+        raise UserError(
+            "--momentum_backbone picks a checkpoint's EMA backbone, and --random_init evaluates "
+            "none: drop --momentum_backbone"
+        )
     if args.backbone_lr is not None and not args.finetune:
         raise UserError("--backbone_lr is the lr of --finetune: add --finetune or drop it")
     given = sorted(set(vars(args)) & set(pretraining_flags()))  # present only when given
@@ -337,6 +348,7 @@ def results_of(args, train_images: int, pretrained, acc1: float, acc5: float, se
     }
 
 
+@releases_locks
 def main(args) -> dict:
     check_args(args)
     device = start_process(args)  # under torchrun: one process per GPU
@@ -355,13 +367,10 @@ def main(args) -> dict:
     )
     mode = "finetune" if args.finetune else args.eval
     prefix = f"{mode}_{'random_' if args.random_init else ''}"
-    run_name = run_name_of(resumed_path) if resumed else args.run_name
-    # checked now, created once the evaluation can start: a failed start leaves nothing behind
-    run_name, log_dir, ckpt_dir = check_run_dirs(
-        args.logs_dir,
-        args.ckpt_dir,
-        run_name or default_run_name(args, prefix=prefix),
-        resuming=resumed is not None,
+    # checked (and locked) now, created once the evaluation can start: a failed start leaves
+    # nothing behind
+    run_name, log_dir, ckpt_dir, metrics_from = run_folders(
+        args, resumed_path, resumed, args.run_name or default_run_name(args, prefix=prefix)
     )
     backbone_lr = args.backbone_lr
     if args.finetune and backbone_lr is None:
@@ -395,6 +404,13 @@ def main(args) -> dict:
     width = feat_dim
     feat_dim *= set_last_blocks(backbone, last_blocks, args.backbone)
     args = with_values(args, n_last_blocks=last_blocks)
+    if resumed:
+        check_unchanged(resumed["args"], args, resumed_path)
+        results_path = os.path.join(log_dir, "results.json")
+        if resumed["epoch"] >= args.num_epochs and os.path.isfile(results_path):
+            print(f"--resume {resumed_path}: the evaluation has finished; results {results_path}")
+            with open(results_path) as f:
+                return json.load(f)
     if args.fc_norm:
         if pool != "mean" or last_blocks > 1:
             raise UserError(
@@ -415,11 +431,16 @@ def main(args) -> dict:
     train = args.eval == "linear"  # a kNN memory bank is read in order, every image
     batch_size = args.batch_size
     if train:
-        batch_size = fit_batch_size(batch_size, len(train_set), args.limit)
+        batch_norm = args.finetune or args.probe_bn  # normalises over the training batch
+        batch_size = fit_batch_size(batch_size, len(train_set), args.limit, 1 + batch_norm)
     train_loader = make_loader(train_set, args, device, train=train, batch_size=batch_size)
     test_loader = make_loader(test_set, args, device, train=False, batch_size=batch_size)
     check_input_sizes(backbone, args.backbone, {args.image_size}, args.image_size, device)
-    make_run_dirs(log_dir, ckpt_dir)
+    make_run_dirs(log_dir, ckpt_dir, resumed["step"] if resumed else None, metrics_from)
+    if resumed and is_main_process() and resumed.get("step_in_epoch", 0) == 0:
+        epoch = resumed["epoch"]  # killed while writing its epoch_NNNN.pt?
+        due = epoch > 0 and (epoch % args.save_freq == 0 or epoch == args.num_epochs)
+        restore_epoch_file(resumed_path, ckpt_dir, epoch, due)
     start_time = time.time()
     test_features = None  # (features, labels) of the test set, when computed anyway
     if args.eval == "knn":

@@ -12,7 +12,9 @@ feature size, the checkpoint it came from, and `transform`, the preprocessing it
 
 import json
 import os
-from dataclasses import asdict, dataclass
+import pickle
+import zipfile
+from dataclasses import MISSING, asdict, dataclass
 
 import torch
 from torch import Tensor, nn
@@ -21,14 +23,16 @@ from methods import METHODS, build_method
 from networks import build_backbone
 from networks.vit import set_pool
 from transformations import eval_transform
-from utils.checkpoint import find_checkpoint, load_checkpoint, resume_path
+from utils.checkpoint import (
+    check_entries,
+    find_checkpoint,
+    load_checkpoint,
+    resume_path,
+    safe_load,
+)
 from utils.data import DATASETS, IMAGENET_MEAN_STD
 from utils.misc import UserError
 
-# flags that a resumed evaluation must share with the stopped one
-RESUME_KEYS = ("model_name", "backbone", "dataset_name", "image_size", "random_init")
-RESUME_KEYS += ("precompute_features", "probe_bn", "momentum_backbone", "data_fraction")
-RESUME_KEYS += ("n_last_blocks", "avgpool_patchtokens")
 # unset (None: the method's choice), these take the stopped run's value on --resume
 RESUME_ADOPTED = ("momentum_backbone", "n_last_blocks")
 # the values of runs whose checkpoints were written before the flag existed
@@ -99,8 +103,51 @@ def backbone_weights(checkpoint: dict, momentum: bool = False) -> dict[str, Tens
     return {k[len(prefix) :]: v for k, v in checkpoint["model"].items() if k.startswith(prefix)}
 
 
+def read_export(path: str, momentum: bool | None) -> tuple[dict[str, Tensor], BackboneInfo]:
+    """An export.py file of the torchvision or timm format (a state dict, data only) and its
+    JSON; each fault of either is one line."""
+    with open(export_json(path)) as f:
+        meta = json.load(f)
+    fields = BackboneInfo.__dataclass_fields__
+    if meta.get("format", "torchvision") not in ("torchvision", "timm"):
+        raise UserError(
+            f"{path} is an export in the {meta['format']} format, which runs without this "
+            "toolkit's code: pass the checkpoint it came from, or a torchvision or timm export"
+        )
+    required = ["format"] + [k for k, f in fields.items() if f.default is MISSING]
+    missing = [key for key in required if key not in meta]
+    if missing:
+        raise UserError(
+            f"{export_json(path)} lacks {', '.join(missing)}: not a complete record of "
+            "export.py; export the checkpoint again"
+        )
+    if momentum:
+        raise UserError(
+            f"{path} is an exported backbone (export.py), the "
+            f"{'momentum' if meta['momentum_backbone'] else 'online'} one: drop "
+            "--momentum_backbone (choose it when exporting)"
+        )
+    try:
+        weights = safe_load(path)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        raise UserError(f"{path} is unreadable (truncated or not an export): {err}") from None
+    state_dict = isinstance(weights, dict) and all(
+        isinstance(k, str) and isinstance(v, Tensor) for k, v in weights.items()
+    )
+    if not state_dict or not weights:
+        raise UserError(
+            f"{path} is not a state dict (names to tensors), which its JSON says export.py "
+            "wrote: export the checkpoint again"
+        )
+    info = BackboneInfo(**{k: v for k, v in meta.items() if k in fields})
+    info.mean, info.std = tuple(info.mean), tuple(info.std)
+    if "interpolation" not in meta and info.model_name in METHODS:  # exported before it
+        info.interpolation = METHODS[info.model_name].eval_interpolation
+    return weights, info
+
+
 def read_backbone(
-    path: str, momentum: bool | None = None
+    path: str, momentum: bool | None = None, trust_pickle: bool = False
 ) -> tuple[dict[str, Tensor], BackboneInfo]:
     """The backbone weights in `path`, a main.py checkpoint or an export.py file, and what they
     are: the online backbone or (`momentum`) its EMA copy; None, the one its method's official
@@ -108,27 +155,8 @@ def read_backbone(
     or `momentum` with an exported file (which holds one backbone, chosen at export), is one line
     saying what to pass instead."""
     if is_export(path):
-        with open(export_json(path)) as f:
-            meta = json.load(f)
-        if meta["format"] not in ("torchvision", "timm"):
-            raise UserError(
-                f"{path} is an export in the {meta['format']} format, which runs without this "
-                "toolkit's code: pass the checkpoint it came from, or a torchvision or timm export"
-            )
-        if momentum:
-            raise UserError(
-                f"{path} is an exported backbone (export.py), the "
-                f"{'momentum' if meta['momentum_backbone'] else 'online'} one: drop "
-                "--momentum_backbone (choose it when exporting)"
-            )
-        weights = torch.load(path, map_location="cpu", weights_only=True)
-        fields = BackboneInfo.__dataclass_fields__
-        info = BackboneInfo(**{k: v for k, v in meta.items() if k in fields})
-        info.mean, info.std = tuple(info.mean), tuple(info.std)
-        if "interpolation" not in meta and info.model_name in METHODS:  # exported before it
-            info.interpolation = METHODS[info.model_name].eval_interpolation
-        return weights, info
-    checkpoint = load_checkpoint(path)
+        return read_export(path, momentum)
+    checkpoint = load_checkpoint(path, trust_pickle)
     kind = checkpoint.get("kind")
     if kind != "pretrain":
         what = {"linear": "a linear probe's", "finetune": "a fine-tuning run's"}.get(kind, "not a")
@@ -136,7 +164,13 @@ def read_backbone(
             f"{path} is {what} checkpoint (main_linear.py), not a pretraining one: "
             "pass the last.pt of a main.py run, or a file of export.py"
         )
+    check_entries(checkpoint, path, ("args", "epoch", "model"))
     args = checkpoint["args"]
+    missing = [k for k in ("model_name", "backbone", "image_size", "dataset_name") if k not in args]
+    if missing or args["model_name"] not in METHODS:
+        what = f"no {', '.join(missing)}" if missing else f"unknown method {args['model_name']!r}"
+        raise UserError(f"{path}: its record of the run is incomplete ({what}): not a checkpoint "
+                        "of main.py")  # fmt: skip
     if momentum is None:
         momentum = METHODS[args["model_name"]].eval_momentum_backbone
     mean, std = IMAGENET_MEAN_STD
@@ -184,14 +218,19 @@ def build_pretrained(weights: dict[str, Tensor], info: BackboneInfo, path: str) 
 
 
 def load_backbone(
-    path: str, momentum: bool | None = None, device: str | torch.device = "cpu"
+    path: str,
+    momentum: bool | None = None,
+    device: str | torch.device = "cpu",
+    trust_pickle: bool = False,
 ) -> tuple[nn.Module, BackboneInfo]:
     """The pretrained backbone in `path` (a main.py checkpoint or an export.py file) in eval mode
-    on `device`, and its BackboneInfo (`info.transform` prepares a PIL image for it).
+    on `device`, and its BackboneInfo (`info.transform` prepares a PIL image for it). Files are
+    read as data only; `trust_pickle` loads an older checkpoint that needs a pickle (only one you
+    made: unpickling runs the code a file holds).
     `momentum`: a checkpoint's EMA backbone (BYOL's and MoCo's target, DINO's teacher) or the
     online one; None: the one its method's official evaluation reads (DINO's teacher,
     I-JEPA's target encoder)."""
-    weights, info = read_backbone(path, momentum)
+    weights, info = read_backbone(path, momentum, trust_pickle)
     return build_pretrained(weights, info, path).eval().to(device), info
 
 
@@ -211,7 +250,7 @@ def load_pretrained(args, path: str | None) -> tuple[dict | None, BackboneInfo |
             f"{args.dataset_name} under {args.ckpt_dir}: pass --ckpt PATH, run main.py "
             f"first, or use --random_init for the untrained baseline"
         )
-    weights, info = read_backbone(path, args.momentum_backbone)
+    weights, info = read_backbone(path, args.momentum_backbone, args.trust_pickle)
     for key in ("model_name", "backbone", "image_size"):
         if getattr(info, key) != getattr(args, key):
             raise UserError(
@@ -228,9 +267,9 @@ def load_pretrained(args, path: str | None) -> tuple[dict | None, BackboneInfo |
 
 def load_resumed(args) -> tuple[str | None, dict | None]:
     """--resume: this evaluation's own last.pt (of a main_linear.py run with the same mode) and
-    its path, checked against the flags; the run folder (and, unless given, the pretraining
-    checkpoint) are the stopped run's. `auto`: --run_name's, or the newest of the same method,
-    backbone and data set."""
+    its path; the run folder (and, unless given, the pretraining checkpoint) are the stopped
+    run's, and its flags must be the stopped run's (main_linear.main: check_unchanged).
+    `auto`: --run_name's, or the newest of the same method, backbone and data set."""
     if args.resume is None:
         return None, None
     kind = "finetune" if args.finetune else "linear"
@@ -240,7 +279,7 @@ def load_resumed(args) -> tuple[str | None, dict | None]:
     if path is None:
         print("--resume auto: no checkpoint found, starting a new run")
         return None, None
-    checkpoint = load_checkpoint(path)
+    checkpoint = load_checkpoint(path, args.trust_pickle)
     if checkpoint.get("kind") != kind:
         what = {"pretrain": "a pretraining", "linear": "a linear probe's"}
         what = what.get(checkpoint.get("kind"), "a fine-tuning run's")
@@ -248,16 +287,7 @@ def load_resumed(args) -> tuple[str | None, dict | None]:
             f"--resume {path} is {what} checkpoint, not one of a {kind} run of "
             "main_linear.py: pass the last.pt of the run to continue"
         )
-    saved = checkpoint["args"]
-    for key in RESUME_KEYS:
-        if key in RESUME_ADOPTED and getattr(args, key) is None:
-            continue  # resumed_values
-        if saved.get(key, RESUME_DEFAULTS.get(key)) != getattr(args, key):
-            raise UserError(
-                f"--resume {path}: that run had --{key} "
-                f"{saved.get(key, RESUME_DEFAULTS.get(key))}, but --{key} is "
-                f"{getattr(args, key)}: use the stopped run's flags"
-            )
+    check_entries(checkpoint, path)
     return path, checkpoint
 
 

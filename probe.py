@@ -134,16 +134,16 @@ def train_classifier(
         head = DistributedDataParallel(classifier, device_ids=device_ids(device))
         if args.finetune:
             body = DistributedDataParallel(backbone, device_ids=device_ids(device))
-    start = (0, 0)
+    start, purge, main_rank = (0, 0), None, is_main_process()
     if resumed is not None:
         modules = {"model": classifier, **({"backbone": backbone} if args.finetune else {})}
         start = restore(resumed, optimizer, **modules)
+        purge = resumed["step"] + 1  # TensorBoard: the steps logged again
         print(f"resumed at epoch {start[0]}, step {start[1]} of the epoch")
-    main_rank = is_main_process()
     if main_rank:
         save_args(log_dir, args, lr=lr, batch_size=batch_size)
     columns = ["loss", "lr", "images_per_s", "train_acc1", "val_loss", "val_acc1", "val_acc5"]
-    logger = MetricsLogger(log_dir, columns) if main_rank else NullLogger()
+    logger = MetricsLogger(log_dir, columns, purge_step=purge) if main_rank else NullLogger()
     steps = len(train_loader)
 
     def before_epoch(epoch: int) -> None:
@@ -178,6 +178,7 @@ def train_classifier(
         after_epoch=lambda epoch: evaluate(classifier, backbone, test_loader, device, args),
         save_freq=args.save_freq,
         on_save=lambda: plot_run(log_dir, title),
+        partial=resumed.get("epoch_sums") if resumed is not None else None,
     )
     if main_rank:
         print("plots: " + " ".join(plot_run(log_dir, title)))

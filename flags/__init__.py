@@ -22,6 +22,7 @@ from utils.misc import (
     non_negative_int,
     positive_float,
     positive_int,
+    seed_int,
     unit_float,
 )
 
@@ -61,7 +62,9 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
         default="cuda",
         help="cuda, cuda:N or cpu; cuda falls back to cpu (default: cuda)",
     )
-    group.add_argument("--seed", type=int, default=123, help="random seed (default: 123)")
+    group.add_argument(
+        "--seed", type=seed_int, default=123, help="random seed, 0 to 2^32 - 1 (default: 123)"
+    )
     group.add_argument(
         "--save_freq",
         type=positive_int,
@@ -88,6 +91,13 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="a recipe file (recipes/): flags as on the command line, # comments; they set the "
         "defaults, so flags given here win; may be repeated, later files win (default: none)",
+    )
+    add_bool_flag(
+        group,
+        "--trust_pickle",
+        "load a checkpoint that needs Python's pickle (one written by an older version of this "
+        "toolkit): unpickling runs whatever code the file holds, so only for files you made; "
+        "never used by the searches of --ckpt_dir (default: false, tensors and plain values only)",
     )
     group.add_argument(
         "--resume",
@@ -354,7 +364,10 @@ def add_monitoring_flags(parser: argparse.ArgumentParser) -> None:
         "(with --knn_freq), or after main_linear.py's evaluation (default: false)",
     )
     group.add_argument(
-        "--knn_temperature", type=float, default=0.1, help="kNN vote temperature (default: 0.1)"
+        "--knn_temperature",
+        type=positive_float,
+        default=0.1,
+        help="kNN vote temperature, > 0 (default: 0.1)",
     )
 
 

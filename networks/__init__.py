@@ -146,9 +146,25 @@ def _runs(backbone: nn.Module, size: int, device: torch.device) -> bool:
     try:
         backbone(torch.zeros(2, 3, size, size, device=device))
     # pooling or convolution below one pixel, patches, timm's asserts of a fixed input size, ...
-    except (RuntimeError, ValueError, AssertionError):
+    except (RuntimeError, ValueError, AssertionError) as err:
+        if out_of_memory(err):  # too large, not too small
+            raise UserError(
+                f"--image_size {size}: two images of {size} x {size} px do not fit in the "
+                f"memory of {device} for this backbone: use a smaller --image_size"
+            ) from None
         return False
     return True
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """An allocation failure: CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError."""
+    text = str(err)
+    cuda_oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+    return (
+        isinstance(err, cuda_oom)
+        or "can't allocate memory" in text
+        or ("out of memory" in text.lower())
+    )
 
 
 def convert_sync_batchnorm(model: nn.Module) -> nn.Module:

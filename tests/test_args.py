@@ -195,6 +195,19 @@ def test_a_recipe_sets_defaults_and_the_command_line_wins(tmp_path):
     assert args.temperature == 0.4  # a later file wins
 
 
+def test_a_recipe_includes_another_applied_first(tmp_path):
+    """`--config base.args` inside a recipe applies base first (beside the including file), so
+    the including recipe's own flags win, then the command line's; args.config lists both."""
+    (tmp_path / "base.args").write_text("--num_epochs 3\n--temperature 0.3\n--seed 5\n")
+    recipe = tmp_path / "r.args"
+    recipe.write_text("--config base.args\n--model_name simclr --temperature 0.4\n")
+    args = recipe_args(main.get_args_parser(), "--config", str(recipe), "--seed", "6")
+    assert (args.model_name, args.temperature, args.num_epochs, args.seed) == (
+        "simclr", 0.4, 3, 6,
+    )  # fmt: skip
+    assert args.config == [str(tmp_path / "base.args"), str(recipe)]
+
+
 @pytest.mark.parametrize(
     "text, needle",
     [

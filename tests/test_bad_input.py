@@ -45,6 +45,13 @@ def files(tmp_path_factory):
     open(paths["text"], "w").write("epoch 10: loss 3.2\n")
     paths["empty_file"] = str(root / "empty.pt")
     open(paths["empty_file"], "w").close()
+    paths["no_rng"] = str(root / "no_rng.pt")
+    save_checkpoint({k: v for k, v in state.items() if k != "rng"}, paths["no_rng"])
+    paths["binary"] = str(root / "binary.args")
+    open(paths["binary"], "wb").write(bytes(range(256)))
+    for name, other in (("a", "b"), ("b", "a")):  # recipes that include each other
+        paths[f"cycle_{name}"] = str(root / f"{name}.args")
+        open(paths[f"cycle_{name}"], "w").write(f"--config {other}.args\n--base_lr 0.1\n")
 
     def image(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -76,6 +83,24 @@ def cases(files) -> dict[str, tuple[object, list[str], str]]:
         "zero_epochs": (pre, ["--num_epochs", "0"], "positive integer"),
         "nan_lr": (pre, ["--base_lr", "nan"], ">= 0"),
         "bool_typo": (pre, ["--in_memory", "maybe"], "boolean"),
+        "negative_seed": (pre, ["--seed", "-1"], "0 to 2^32 - 1"),
+        "seed_beyond_2_32": (pre, ["--seed", str(2**32)], "0 to 2^32 - 1"),
+        "knn_temperature_zero": (pre, ["--knn_temperature", "0"], "> 0"),
+        "knn_temperature_nan": (lin, [rand, "--knn_temperature", "nan"], "> 0"),
+        "knn_temperature_negative": (pre, ["--knn_temperature", "-0.1"], "> 0"),
+        "billion_epochs": (pre, ["--num_epochs", "1000000000"], "lower --num_epochs"),
+        "batch_of_one": (pre, ["--batch_size", "1"], "2 or more"),
+        "limit_of_one": (pre, ["--limit", "1"], "2 or more"),
+        "finetune_batch_of_one": (lin, [rand, "--finetune", "--batch_size", "1"], "2 or more"),
+        # recipes
+        "binary_config": (pre, ["--config", files["binary"]], "not a text file of flags"),
+        "recipes_in_a_cycle": (pre, ["--config", files["cycle_a"]], "include each other"),
+        # run names that would leave --logs_dir and --ckpt_dir
+        "run_name_up": (pre, ["--run_name", "../../x"], "plain folder name"),
+        "run_name_absolute": (pre, ["--run_name", os.path.join(r, "x")], "plain folder name"),
+        "run_name_hidden": (pre, ["--run_name", ".x"], "plain folder name"),
+        "linear_run_name_up": (lin, [rand, "--run_name", "../x"], "plain folder name"),
+        "meta_device": (pre, ["--device", "meta"], "not a device to train on"),
         # flags the method does not take
         "foreign_flag": (pre, ["--model_name", "barlowtwins", "--temperature", "0.3"], "lambd"),
         "foreign_view_flag": (pre, ["--num_crops", "4"], "--num_crops"),
@@ -100,6 +125,14 @@ def cases(files) -> dict[str, tuple[object, list[str], str]]:
         "resume_other_method": (pre, ["--resume", files["barlow"]], "model_name"),
         "resume_truncated": (pre, ["--resume", files["truncated"]], "truncated"),
         "resume_text_file": (pre, ["--resume", files["text"]], "a text file"),
+        "resume_without_rng": (pre, ["--resume", files["no_rng"]], "(no rng)"),
+        "resume_a_probe": (pre, ["--resume", files["linear"]], "linear probe's checkpoint"),
+        # a resume must keep every setting that shapes the training
+        "resume_other_batch": (pre, ["--resume", good, "--batch_size", "16"],
+                               "--batch_size 32 there, 16 here"),
+        "resume_other_lr_and_seed": (pre, ["--resume", good, "--base_lr", "0.5", "--seed", "9"],
+                                     "--base_lr 0.03 there, 0.5 here; --seed 123 there, 9 here"),
+        "resume_other_size": (pre, ["--resume", good, "--image_size", "24"], "--image_size 16"),
         # checkpoints given to main_linear.py
         "ckpt_text_file": (lin, ["--ckpt", files["text"]], "a text file"),
         "ckpt_empty_file": (lin, ["--ckpt", files["empty_file"]], "an empty file"),
@@ -112,6 +145,7 @@ def cases(files) -> dict[str, tuple[object, list[str], str]]:
         "ckpt_of_a_probe": (lin, ["--ckpt", files["linear"]], "linear probe's checkpoint"),
         "no_checkpoint_found": (lin, ["--ckpt_dir", os.path.join(r, "nodata")], "no pretraining"),
         "momentum_of_simclr": (lin, ["--ckpt", good, "--momentum_backbone"], "momentum"),
+        "random_init_and_ckpt": (lin, [rand, "--ckpt", good], "drop one"),
         # combinations main_linear.py cannot do
         "linear_gpu_augment": (lin, [rand, "--gpu_augment"], "pretraining option"),
         "linear_compile": (lin, [rand, "--compile"], "pretraining option"),

@@ -201,7 +201,7 @@ def test_torchrun_two_processes_write_one_run(tmp_path):
     assert all(float(r["knn_acc1"]) > 0 for r in epochs[::2])
     assert json.loads((run / "args.json").read_text())["world_size"] == 2
     assert sorted(os.listdir(tmp_path / "ckpts" / "ddp")) == ["epoch_0002.pt", "last.pt"]
-    state = torch.load(tmp_path / "ckpts" / "ddp" / "last.pt", weights_only=False)
+    state = torch.load(tmp_path / "ckpts" / "ddp2" / "last.pt", weights_only=True)
     assert state["epoch"] == 2 and not any(k.startswith("module.") for k in state["model"])
 
     # kNN evaluation of that checkpoint: 2 processes (features gathered) == 1 process
@@ -219,13 +219,18 @@ def test_torchrun_two_processes_write_one_run(tmp_path):
     assert results[0]["acc1"] == results[1]["acc1"] and results[0]["acc5"] == results[1]["acc5"]
 
 
+TIMED = ("images_per_s", "data_wait")  # metrics.csv's wall-clock columns
+
+
 @pytest.mark.full
 @pytest.mark.parametrize("method", ["mae", "ijepa", "mocov2"])
 def test_torchrun_trains_and_resumes_the_methods_with_per_process_parts(method, tmp_path):
     """Under `torchrun --nproc_per_node=2` (gloo), MAE and I-JEPA each mask their own 8 images of
     the global batch of 16, and MoCo v2 shuffles its keys across the processes (Shuffle-BN, one
     BatchNorm split per process); the run writes one set of files, and a second torchrun
-    continues it from its checkpoint to the third epoch."""
+    continues it from its epoch-2 checkpoint to the third epoch, in a new run folder (resuming
+    in place would overwrite the later checkpoints) that starts with the first run's metrics up
+    to that checkpoint."""
     backbone, size = backbone_for(method)
     flags = ["--model_name", method, "--backbone", backbone, "--image_size", str(size),
              "--dataset_name", "synthetic", "--device", "cpu", "--limit", "32",
@@ -236,13 +241,14 @@ def test_torchrun_trains_and_resumes_the_methods_with_per_process_parts(method, 
     flags += {"mae": ["--decoder_depth", "1"], "ijepa": ["--pred_depth", "1"],
               "mocov2": ["--queue_size", "64"]}[method]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for epochs, extra in (("2", []), ("3", ["--resume", "auto"])):
-        command = [*torchrun(), "main.py", *flags, "--num_epochs", epochs, *extra]
+    resume = ["--resume", str(tmp_path / "ckpts" / "ddp" / "epoch_0002.pt"), "--run_name", "ddp2"]
+    for extra in ([], resume):
+        command = [*torchrun(), "main.py", *flags, "--num_epochs", "3", "--save_freq", "1", *extra]
         done = subprocess.run(
             command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
         )
         assert done.returncode == 0, done.stderr[-3000:]
-    run = tmp_path / "logs" / "ddp"
+    run = tmp_path / "logs" / "ddp2"
     with open(run / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     epochs = [r for r in rows if r["kind"] == "epoch"]
@@ -250,5 +256,12 @@ def test_torchrun_trains_and_resumes_the_methods_with_per_process_parts(method, 
     steps = [float(r["loss"]) for r in rows if r["kind"] == "step"]
     assert steps and all(torch.isfinite(torch.tensor(steps)))
     assert json.loads((run / "args.json").read_text())["world_size"] == 2
-    state = torch.load(tmp_path / "ckpts" / "ddp" / "last.pt", weights_only=False)
+    state = torch.load(tmp_path / "ckpts" / "ddp2" / "last.pt", weights_only=True)
     assert state["epoch"] == 3 and not any(k.startswith("module.") for k in state["model"])
+    # each process's random state was saved and restored: the weights of a run never stopped
+    straight = torch.load(tmp_path / "ckpts" / "ddp" / "last.pt", weights_only=True)["model"]
+    for key, value in state["model"].items():
+        assert torch.allclose(value.float(), straight[key].float(), atol=1e-6), key
+    with open(tmp_path / "logs" / "ddp" / "metrics.csv") as f:
+        untimed = lambda row: {k: v for k, v in row.items() if k not in TIMED}  # noqa: E731
+        assert [untimed(r) for r in csv.DictReader(f)] == [untimed(r) for r in rows]

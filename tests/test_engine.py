@@ -81,7 +81,8 @@ def test_resume_refuses_a_checkpoint_of_another_kind(run_dirs):
 def test_resume_without_momentum_backbone_takes_the_stopped_runs(run_dirs, monkeypatch):
     """--momentum_backbone unset (None: the method's choice) is recorded as evaluated, and a
     resumed run without the flag continues with the stopped run's; a contrary flag is still
-    refused. A checkpoint from before --n_last_blocks and --avgpool_patchtokens resumes."""
+    refused, and so is a changed lr. A checkpoint from before --n_last_blocks and
+    --avgpool_patchtokens resumes."""
     stop_at_call(monkeypatch, 3)
     with pytest.raises(SystemExit):
         evaluate(run_dirs, "stopped")
@@ -92,8 +93,10 @@ def test_resume_without_momentum_backbone_takes_the_stopped_runs(run_dirs, monke
     for key in ("n_last_blocks", "avgpool_patchtokens"):  # as a checkpoint written before them
         del state["args"][key]
     save_checkpoint(state, path)
-    with pytest.raises(UserError, match="that run had --momentum_backbone False"):
+    with pytest.raises(UserError, match="--random_init evaluates none"):
         evaluate(run_dirs, "stopped", "--momentum_backbone", "true", "--resume", path)
+    with pytest.raises(UserError, match="--base_lr 0.5 there, 0.2 here"):
+        evaluate(run_dirs, "stopped", "--base_lr", "0.2", "--resume", path)
     evaluate(run_dirs, "stopped", "--resume", path)
     assert last(run_dirs[3], "stopped")["args"]["momentum_backbone"] is False
 

@@ -18,7 +18,7 @@ from methods import METHODS, build_method
 from networks import build_backbone
 from pretrained import export_json, load_backbone, read_backbone
 from transformations import pretrain_transform
-from utils.checkpoint import save_checkpoint
+from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.data import DATASETS
 from utils.misc import UserError, run_cli
 
@@ -230,13 +230,20 @@ def test_main_linear_and_init_backbone_take_an_exported_file(tmp_path, run_dirs)
         ("onnx_file", "runs without this toolkit's code"),
         ("momentum_of_export", "drop --momentum_backbone"),
         ("wrong_backbone", "holds a resnet18 backbone, but --backbone is resnet34"),
+        # files that are not what they claim, outputs that would replace a run's files
+        ("output_is_a_folder", "is a folder: give a file name"),
+        ("onto_a_checkpoint", "a run's checkpoint or record"),
+        ("onto_a_record", "a run's checkpoint or record"),
+        ("json_without_format", "lacks format"),
+        ("export_not_a_state_dict", "not a state dict"),
+        ("args_without_image_size", "incomplete (no image_size)"),
     ],
 )
 def test_bad_exports_are_one_line_errors(case, message, small_ckpt, tmp_path, monkeypatch, capsys):
     ckpt, output, fmt, extra = small_ckpt, tmp_path / "out.pth", "torchvision", []
     entry = export
     if case == "linear_checkpoint":
-        state = torch.load(small_ckpt, weights_only=False)
+        state = torch.load(small_ckpt, weights_only=True)
         save_checkpoint({**state, "kind": "linear"}, str(tmp_path / "linear.pt"))
         ckpt = tmp_path / "linear.pt"
     elif case == "exists":
@@ -255,6 +262,28 @@ def test_bad_exports_are_one_line_errors(case, message, small_ckpt, tmp_path, mo
     elif case == "momentum_of_export":
         run_export(small_ckpt, tmp_path / "first", fmt)
         ckpt, extra = tmp_path / "first", ["--momentum_backbone"]
+    elif case == "output_is_a_folder":
+        output.mkdir()
+    elif case in ("onto_a_checkpoint", "onto_a_record"):  # even with --overwrite
+        make_checkpoint(tmp_path / "run" / "last.pt")
+        (tmp_path / "run" / "metrics.csv").write_text("kind,epoch,step\n")
+        ckpt = tmp_path / "run" / "last.pt"
+        output = ckpt if case == "onto_a_checkpoint" else tmp_path / "run" / "metrics.csv"
+        extra = ["--overwrite"]
+    elif case in ("json_without_format", "export_not_a_state_dict"):
+        run_export(small_ckpt, tmp_path / "first", fmt)
+        ckpt = tmp_path / "first"
+        if case == "json_without_format":
+            record = json.loads((tmp_path / "first.json").read_text())
+            del record["format"]
+            (tmp_path / "first.json").write_text(json.dumps(record))
+        else:
+            torch.save([torch.zeros(2)], ckpt)
+    elif case == "args_without_image_size":
+        state = torch.load(small_ckpt, weights_only=True)
+        del state["args"]["image_size"]
+        save_checkpoint(state, str(tmp_path / "partial.pt"))
+        ckpt = tmp_path / "partial.pt"
     argv = ["--ckpt", str(ckpt), "--format", fmt, "--output", str(output), *extra]
     if case == "wrong_backbone":
         entry = main
@@ -266,6 +295,11 @@ def test_bad_exports_are_one_line_errors(case, message, small_ckpt, tmp_path, mo
     assert exit_.value.code == 2 and len(err) == 1 and message in err[0], err
     if case == "exists":
         assert output.read_text() == "keep me"
+    elif case in ("onto_a_checkpoint", "onto_a_record"):
+        assert load_checkpoint(str(tmp_path / "run" / "last.pt"))["kind"] == "pretrain"
+        assert (tmp_path / "run" / "metrics.csv").read_text() == "kind,epoch,step\n"
+    elif case == "output_is_a_folder":
+        assert output.is_dir() and not list(output.iterdir())
     elif case != "wrong_backbone":
         assert not output.exists()
 

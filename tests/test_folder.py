@@ -85,6 +85,80 @@ def test_the_listing_is_cached_and_refreshed_when_a_folder_changes(tmp_path, mon
     assert os.path.isfile(elsewhere)
 
 
+def test_symbolic_links_are_followed_once_and_a_loop_lists_nothing_twice(tmp_path):
+    """A link back up the tree (a loop) and a second link to a folder already walked: the
+    images under it are listed once, for `folder` and for an `imagefolder` class."""
+    root = tmp_path / "photos"
+    paths = make_photos(root, count=6)
+    os.symlink(root, root / "a" / "loop")  # photos/a/loop -> photos
+    os.symlink(root / "a" / "b", root / "again")  # a second path to photos/a/b
+    files = ImageFiles(str(root), cache=None)
+    assert len(files) == len(paths) + 1  # and broken.jpg; nothing through the links
+    (tmp_path / "set" / "train").mkdir(parents=True)
+    os.symlink(root, tmp_path / "set" / "train" / "cat")
+    os.symlink(tmp_path / "set" / "train", root / "up")  # up the tree from inside the class
+    classes = build_dataset("imagefolder", str(tmp_path / "set"), True)
+    assert len(classes) == len(paths) + 1 and classes.classes == ["cat"]
+
+
+def test_a_folder_it_may_not_read_is_named_and_found_after_a_chmod(tmp_path, monkeypatch, capsys):
+    """A sub-folder without read permission (os.scandir refused, as for a user without the
+    permission: root reads everything) leaves its images out with a warning naming it, and the
+    listing is not cached, so that the next start finds them once it is readable."""
+    root = tmp_path / "photos"
+    make_photos(root, count=6)
+    refused, scandir = str(root / "a" / "b"), os.scandir
+
+    def no_permission(path="."):
+        if os.fspath(path) == refused:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "scandir", no_permission)
+        partial = ImageFiles(str(root))
+    captured = capsys.readouterr()
+    assert "1 folder(s) under" in captured.err and os.path.join("a", "b") in captured.err
+    assert "not cached: unreadable folders" in captured.out
+    whole = ImageFiles(str(root))  # readable again: walked, not taken from a cache
+    assert len(whole) == len(partial) + 2 and "walked" in capsys.readouterr().out
+
+
+def test_an_image_too_large_to_decode_safely_is_skipped_with_a_warning(
+    tmp_path, monkeypatch, capsys
+):
+    """PIL refuses an image of more than 2 x MAX_IMAGE_PIXELS (a decompression bomb): the file
+    is skipped as an unreadable one (here the limit is lowered so that a 64 x 64 image is one)."""
+    root = tmp_path / "photos"
+    root.mkdir()
+    Image.new("RGB", (8, 8)).save(root / "a.png")
+    Image.new("RGB", (64, 64)).save(root / "b.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 > 2 x 1000
+    files = ImageFiles(str(root), T.ToTensor(), cache=None)
+    assert files[1][0].shape == (3, 8, 8)  # b.png's place taken by the next readable image
+    err = capsys.readouterr().err
+    assert "skipping unreadable image" in err and "DecompressionBombError" in err
+
+
+@pytest.mark.full  # a loader worker process
+def test_no_readable_image_is_one_line_from_a_loader_worker(tmp_path, run_dirs, capsys):
+    """The error a loader worker raises reaches the user as its one line, without the
+    worker's traceback that the DataLoader wraps around it."""
+    root = tmp_path / "photos"
+    root.mkdir()
+    for i in range(8):
+        (root / f"{i}.png").write_bytes(b"not a png")
+    argv = ["--dataset_name", "folder", "--data_dir", str(root), "--backbone", "small_cnn"]
+    argv += ["--image_size", "16", "--device", "cpu", "--batch_size", "4", "--num_workers", "1"]
+    argv += ["--model_name", "simclr", "--num_epochs", "1", "--rankme_images", "0", *run_dirs]
+    with pytest.raises(SystemExit) as stop:
+        run_cli(main.main, main.get_args_parser(), argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if ": error: " in line]
+    assert stop.value.code == 2 and "Traceback" not in err, err[-3000:]
+    assert len(lines) == 1 and lines[0].endswith(f"no readable image in {root}"), err[-3000:]
+
+
 def test_missing_or_empty_folders_are_one_line_errors(tmp_path):
     with pytest.raises(UserError, match="no such folder"):
         ImageFiles(str(tmp_path / "nowhere"))

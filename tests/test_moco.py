@@ -504,16 +504,20 @@ def test_main_pretrains_and_resumes_with_the_queue(name, run_dirs, capsys):
         ]
         return main.main(main.get_args_parser().parse_args(argv))
 
-    out = run("--num_epochs", "1")
-    assert math.isfinite(out["loss"])
-    state = load_checkpoint(os.path.join(out["ckpt_dir"], "last.pt"))["model"]
+    straight = run("--num_epochs", "2", "--save_freq", "1")
+    assert math.isfinite(straight["loss"])
+    epoch_1 = os.path.join(straight["ckpt_dir"], "epoch_0001.pt")
+    state = load_checkpoint(epoch_1)["model"]
     if name == "mocov2":
         assert state["queue"].shape == (1, 100, 128) and state["queue_ptr"].item() == 64
     else:
         assert "queue" not in state and "target_projector.0.weight" in state
-    out = run("--num_epochs", "2", "--resume", "auto")
+    # continued from epoch 1 in a new folder: the run never stopped's queue and weights
+    out = run("--num_epochs", "2", "--resume", epoch_1, "--run_name", f"{name}-resumed")
     assert "resumed from" in capsys.readouterr().out
     state2 = load_checkpoint(os.path.join(out["ckpt_dir"], "last.pt"))["model"]
+    reference = load_checkpoint(os.path.join(straight["ckpt_dir"], "last.pt"))["model"]
+    assert all(torch.equal(state2[k], reference[k]) for k in reference)
     if name == "mocov2":
         assert state2["queue_ptr"].item() == 128 % 100
         # rows 64..99 were written in epoch 2, after the resume; rows 0..27 overwritten

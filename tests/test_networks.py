@@ -221,3 +221,29 @@ def test_probe_batch_norm_makes_the_linear_probe_scale_free():
     assert torch.allclose(probe.train()(x), probe(x * 50.0), atol=1e-4)
     assert not any(p.requires_grad for p in probe.bn.parameters())  # no affine: still linear
     assert isinstance(LinearClassifier(8, 3).bn, torch.nn.Identity)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"
+        ),
+        torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 29.80 GiB"),
+    ],
+)
+def test_an_image_size_too_large_for_memory_is_said_so_not_too_small(error):
+    """The size probe's out-of-memory error means too large (--image_size 10000): one line
+    saying so, with no search for a larger size that would work."""
+    from networks import check_input_sizes
+
+    calls = []
+
+    class Hungry(torch.nn.Module):
+        def forward(self, x):
+            calls.append(x.shape[-1])
+            raise error
+
+    with pytest.raises(UserError, match="do not fit in the memory of cpu.*smaller --image_size"):
+        check_input_sizes(Hungry(), "resnet18", {3000}, 3000, torch.device("cpu"))
+    assert calls == [3000]

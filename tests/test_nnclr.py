@@ -196,13 +196,17 @@ def test_main_pretrains_and_resumes_with_the_support_set(run_dirs, capsys):
         ]
         return main.main(main.get_args_parser().parse_args(argv))
 
-    out = run("--num_epochs", "1")
-    assert math.isfinite(out["loss"])
-    state = load_checkpoint(os.path.join(out["ckpt_dir"], "last.pt"))["model"]
+    straight = run("--num_epochs", "2", "--save_freq", "1")
+    assert math.isfinite(straight["loss"])
+    epoch_1 = os.path.join(straight["ckpt_dir"], "epoch_0001.pt")
+    state = load_checkpoint(epoch_1)["model"]
     assert state["queue"].shape == (100, 256)
     assert (state["queue_ptr"].item(), state["queue_filled"].item()) == (64, 64)
-    out = run("--num_epochs", "2", "--resume", "auto")
+    # continued from epoch 1 in a new folder: the run never stopped's support set and weights
+    out = run("--num_epochs", "2", "--resume", epoch_1, "--run_name", "nnclr-resumed")
     assert "resumed from" in capsys.readouterr().out
     resumed = load_checkpoint(os.path.join(out["ckpt_dir"], "last.pt"))["model"]
+    reference = load_checkpoint(os.path.join(straight["ckpt_dir"], "last.pt"))["model"]
+    assert all(torch.equal(resumed[k], reference[k]) for k in reference)
     assert (resumed["queue_ptr"].item(), resumed["queue_filled"].item()) == (28, 100)
     assert torch.equal(resumed["queue"][28:64], state["queue"][28:64])  # kept from epoch 1

@@ -168,13 +168,23 @@ def test_linear_probe_keeps_the_backbone_frozen(tmp_path):
     assert not torch.equal(classifier.fc.weight, weight_before)
 
 
-def test_resume_continues_from_the_last_epoch(run_dirs, capsys):
-    pretrain(run_dirs, "--num_epochs", "1")
-    result = pretrain(run_dirs, "--resume", "auto")
-    assert "resumed from" in capsys.readouterr().out
-    rows = read_csv(os.path.join(result["log_dir"], "metrics.csv"))
-    # epoch 0 (the untrained network's monitors), 1, then 2 appended: nothing redone
-    assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == ["0", "1", "2"]
+def test_resume_refuses_a_longer_schedule_and_leaves_a_finished_run_as_it_was(run_dirs, capsys):
+    """--num_epochs shapes the lr schedule: a finished 1-epoch run resumed with 2 is refused,
+    naming the flag and both values; resumed as it was, it trains nothing and rewrites
+    nothing (its summary keeps its figures)."""
+    from utils.misc import UserError
+
+    first = pretrain(run_dirs, "--num_epochs", "1")
+    summary = os.path.join(first["log_dir"], "summary.json")
+    before = {
+        p: os.path.getmtime(p) for p in (summary, os.path.join(first["log_dir"], "metrics.csv"))
+    }
+    with pytest.raises(UserError, match="--num_epochs 1 there, 2 here"):
+        pretrain(run_dirs, "--resume", "auto")
+    again = pretrain(run_dirs, "--resume", "auto", "--num_epochs", "1")
+    assert "trained all its 1 epochs already" in capsys.readouterr().out
+    assert again["loss"] == first["loss"] and again["online_acc1"] == first["online_acc1"]
+    assert {p: os.path.getmtime(p) for p in before} == before
 
 
 def test_existing_run_folder_is_not_overwritten(run_dirs):

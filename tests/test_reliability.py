@@ -2,6 +2,7 @@
 of a run that never stopped; SIGTERM saves a resumable checkpoint; a NaN loss stops the run (or is
 skipped with --skip_nonfinite) and keeps the last good checkpoint."""
 
+import csv
 import os
 import signal
 import subprocess
@@ -10,10 +11,12 @@ import time
 
 import pytest
 import torch
+from PIL import Image
 
 import engine
 import main
 from utils.checkpoint import load_checkpoint
+from utils.misc import UserError, run_cli
 
 # whole runs: the full suite only (conftest --fast); exact resumption is tested here, not
 # accuracy: 200 test images, not 2,000
@@ -44,12 +47,21 @@ def assert_same_weights(a, b):
         assert torch.allclose(a[key].float(), b[key].float(), atol=1e-6), key
 
 
+TIMED = ("images_per_s", "data_wait")  # metrics.csv's wall-clock columns
+
+
+def metrics(log_dir) -> list[dict]:
+    with open(os.path.join(log_dir, "metrics.csv"), newline="") as f:
+        return [{k: v for k, v in r.items() if k not in TIMED} for r in csv.DictReader(f)]
+
+
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
-    """The reference: 2 epochs without a stop."""
+    """The reference: 2 epochs without a stop (a checkpoint file after each)."""
     root = tmp_path_factory.mktemp("straight")
-    out = run(["--logs_dir", str(root / "logs"), "--ckpt_dir", str(root / "ckpts")], "straight")
-    return weights(out["ckpt_dir"])
+    dirs = ["--logs_dir", str(root / "logs"), "--ckpt_dir", str(root / "ckpts")]
+    out = run(dirs, "straight", "--save_freq", "1")
+    return {"weights": weights(out["ckpt_dir"]), "metrics": metrics(out["log_dir"]), "out": out}
 
 
 def stop_at_call(monkeypatch, n):
@@ -82,11 +94,10 @@ def test_stopped_and_resumed_run_equals_a_straight_run(
     monkeypatch.undo()
 
     out = run(run_dirs, "stopped", "--resume", "auto")
-    assert_same_weights(weights(out["ckpt_dir"]), straight)
-    # metrics.csv continues: every step logged once
-    with open(os.path.join(out["log_dir"], "metrics.csv")) as f:
-        steps = [line.split(",")[2] for line in f if line.startswith("step,")]
-    assert steps == [str(i) for i in range(1, 9)]
+    assert_same_weights(weights(out["ckpt_dir"]), straight["weights"])
+    # metrics.csv continues: every step logged once, and the interrupted epoch's averages
+    # (its running sums were in the checkpoint) are those of the run never stopped
+    assert metrics(out["log_dir"]) == straight["metrics"]
 
 
 def test_sigterm_in_a_subprocess_saves_and_resumes(straight, run_dirs, tmp_path):
@@ -109,7 +120,68 @@ def test_sigterm_in_a_subprocess_saves_and_resumes(straight, run_dirs, tmp_path)
     assert "stopped by SIGTERM" in output and "--resume" in output
 
     out = run(run_dirs, "killed", "--resume", "auto")
-    assert_same_weights(weights(out["ckpt_dir"]), straight)
+    assert_same_weights(weights(out["ckpt_dir"]), straight["weights"])
+
+
+def test_a_second_sigterm_stops_at_once_with_one_line(run_dirs, monkeypatch, capsys):
+    """Asked twice, the run stops without a checkpoint: one line, exit code 130, and the last
+    checkpoint (epoch 1's) intact for --resume."""
+    calls, original = {"n": 0}, engine.adjust_learning_rate
+
+    def twice(optimizer, lr):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(optimizer, lr)
+
+    monkeypatch.setattr(engine, "adjust_learning_rate", twice)
+    argv = [*FLAGS, *run_dirs, "--run_name", "twice"]
+    with pytest.raises(SystemExit) as stopped:
+        run_cli(main.main, main.get_args_parser(), argv)
+    err = [line for line in capsys.readouterr().err.splitlines() if "interrupted" in line]
+    assert stopped.value.code == 130 and len(err) == 1 and "stopped without saving" in err[0]
+    assert load_checkpoint(os.path.join(run_dirs[3], "twice", "last.pt"))["epoch"] == 1
+
+
+def test_resuming_from_an_older_checkpoint_continues_in_a_new_folder_only(
+    straight, run_dirs, capsys
+):
+    """epoch_0001.pt of a finished 2-epoch run: resuming in its folder would overwrite
+    epoch_0002.pt and last.pt, so it is refused; with --run_name it continues in a new folder,
+    whose metrics.csv starts with the rows up to that checkpoint: it ends as the run did."""
+    source = straight["out"]
+    epoch_1 = os.path.join(source["ckpt_dir"], "epoch_0001.pt")
+    dirs = ["--logs_dir", os.path.dirname(source["log_dir"])]
+    dirs += ["--ckpt_dir", os.path.dirname(source["ckpt_dir"])]
+    before = {name: os.path.getmtime(os.path.join(source["ckpt_dir"], name))
+              for name in os.listdir(source["ckpt_dir"])}  # fmt: skip
+    with pytest.raises(UserError, match="later checkpoints \\(last.pt, epoch_0002.pt\\)"):
+        run(dirs, "straight", "--resume", epoch_1, "--save_freq", "1")
+    out = run(dirs, "branch", "--resume", epoch_1)
+    assert out["log_dir"] != source["log_dir"]
+    assert_same_weights(weights(out["ckpt_dir"]), straight["weights"])
+    assert metrics(out["log_dir"]) == straight["metrics"]
+    assert before == {name: os.path.getmtime(os.path.join(source["ckpt_dir"], name))
+                      for name in os.listdir(source["ckpt_dir"])}  # fmt: skip
+
+
+def test_resume_on_other_data_is_refused(run_dirs, tmp_path, monkeypatch):
+    """--data_dir may move (a node's local disk), not change: a run stopped on 8 images and
+    resumed on a folder of 12 is refused, naming both counts."""
+    for count, name in ((8, "a"), (12, "b")):
+        for split in ("train", "test"):
+            os.makedirs(tmp_path / name / split / "cat")
+            for i in range(count):
+                path = tmp_path / name / split / "cat" / f"{i}.png"
+                Image.new("RGB", (16, 16), (i * 20, 0, 0)).save(path)
+    flags = ["--dataset_name", "imagefolder", "--batch_size", "4", "--rankme_images", "0"]
+    stop_at_call(monkeypatch, 3)
+    with pytest.raises(SystemExit):
+        run(run_dirs, "moved", *flags, "--data_dir", str(tmp_path / "a"))
+    monkeypatch.undo()
+    with pytest.raises(UserError, match="trained on 8 images .* holds 12"):
+        run(run_dirs, "moved", *flags, "--data_dir", str(tmp_path / "b"), "--resume", "auto")
 
 
 def nan_at_call(monkeypatch, n):

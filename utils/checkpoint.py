@@ -1,13 +1,20 @@
 """Checkpoints: atomic writes, clear errors on bad files, the newest matching run for main_linear.
 
 A checkpoint is a plain dict: format_version, args, epoch (epochs completed), step, model,
-optimizer, rng, plus whatever a method needs to resume exactly.
+optimizer, rng, plus whatever a method needs to resume exactly. It holds tensors and plain Python
+values only, and every load uses `torch.load(weights_only=True)`: unpickling arbitrary objects can
+run code, so a file that needs it (a crafted one, or a checkpoint of format 1, whose numpy random
+state was pickled) is refused in one line, and loaded the old way only with `trust_pickle`
+(--trust_pickle), never by the scans of a --ckpt_dir that others may write to.
 """
 
+import errno
 import glob
 import os
 import pickle
 import random
+import re
+import shutil
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,9 +22,13 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+from utils.distributed import rank, world_size
 from utils.misc import UserError
+from utils.runfolder import checkpoints_in
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: data only (the numpy random state as a tensor); 1 needed a pickle
+# what --resume reads from a training checkpoint
+RESUME_ENTRIES = ("args", "kind", "epoch", "model", "optimizer", "rng")
 
 
 @contextmanager
@@ -36,14 +47,56 @@ def atomic_file(path: str) -> Iterator[str]:
             os.remove(tmp)
 
 
+FULL_BELOW = 16 * 2**20  # bytes free after a failed write that mean the disk is full
+
+
 def save_checkpoint(state: dict, path: str) -> None:
-    """Write the checkpoint atomically (atomic_file)."""
+    """Write the checkpoint atomically (atomic_file). torch.save reports a full disk as a
+    RuntimeError of its zip writer: raised here as the OSError (ENOSPC) it is."""
     with atomic_file(path) as tmp:
-        torch.save({"format_version": FORMAT_VERSION, **state}, tmp)
+        try:
+            torch.save({"format_version": FORMAT_VERSION, **state}, tmp)
+        except RuntimeError as err:
+            if shutil.disk_usage(os.path.dirname(os.path.abspath(tmp))).free < FULL_BELOW:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path) from err
+            raise
 
 
-def load_checkpoint(path: str) -> dict:
-    """Read a checkpoint on the CPU; a missing, truncated or too-new file is a UserError."""
+class NeedsPickle(UserError):
+    """A file that only unpickling arbitrary objects can read: refused unless trusted."""
+
+
+def pickled_global(err: Exception) -> str:
+    """The object a weights-only load refused (`numpy.core.multiarray._reconstruct`), from the
+    error torch raises, or '' when it does not name one."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(err))
+    return found.group(1) if found else ""
+
+
+def safe_load(path: str, trust_pickle: bool = False, **kwargs):
+    """torch.load of tensors and plain values only; a file that needs more is a NeedsPickle
+    naming the file and the object it asks for, unless `trust_pickle` (then loaded the old way,
+    which runs whatever code the file holds)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, **kwargs)
+    except pickle.UnpicklingError as err:
+        needed = pickled_global(err)
+        if not needed and "weights_only" not in str(err).lower().replace(" ", "_"):
+            raise
+        if trust_pickle:
+            print(f"note: --trust_pickle: loading {path} with pickle (it needs {needed})")
+            return torch.load(path, map_location="cpu", weights_only=False, **kwargs)
+        raise NeedsPickle(
+            f"{path} holds more than tensors and plain values (it needs "
+            f"{needed or 'a pickled object'}), and unpickling it could run code: refused. If you "
+            "made it yourself (a checkpoint of an older version of this toolkit), pass "
+            "--trust_pickle to load it"
+        ) from None
+
+
+def load_checkpoint(path: str, trust_pickle: bool = False) -> dict:
+    """Read a checkpoint on the CPU, data only (safe_load); a missing, truncated, too-new or
+    code-carrying file is a UserError."""
     if not os.path.isfile(path):
         raise UserError(f"checkpoint not found: {path}")
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
@@ -52,7 +105,7 @@ def load_checkpoint(path: str) -> dict:
                 raise UserError(f"checkpoint {path} is unreadable (truncated or damaged)")
         raise UserError(f"{path} is {describe_file(path)}, not a checkpoint of this toolkit")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = safe_load(path, trust_pickle)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
         message = f"checkpoint {path} is unreadable (truncated or not a checkpoint): {err}"
         raise UserError(message) from err
@@ -80,17 +133,31 @@ def describe_file(path: str) -> str:
     return "a text file"
 
 
+def check_entries(state: dict, path: str, entries: tuple[str, ...] = RESUME_ENTRIES) -> None:
+    """Refuse, in one line, a checkpoint that lacks what the caller reads from it."""
+    missing = [key for key in entries if key not in state]
+    if missing:
+        raise UserError(
+            f"{path} is not a complete checkpoint of this toolkit (no {', '.join(missing)}): "
+            "pass the last.pt or epoch_NNNN.pt of a run"
+        )
+
+
 def find_checkpoint(
     ckpt_dir: str, model_name: str, backbone: str, dataset_name: str, kind: str = "pretrain"
 ) -> str | None:
     """The most recently written `last.pt` of `kind` (pretrain, linear, finetune) under
     `ckpt_dir` whose run used the same method, backbone and data set (read from the args stored
-    inside, memory-mapped, so cheap)."""
+    inside, memory-mapped, so cheap). Data only, always: a file that needs a pickle is skipped
+    with a note naming it (pass it by name, with --trust_pickle if you made it)."""
     candidates = glob.glob(os.path.join(ckpt_dir, "*", "last.pt"))
     for path in sorted(candidates, key=os.path.getmtime, reverse=True):
         try:
-            state = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+            state = safe_load(path, mmap=True)
             args = state["args"]
+        except NeedsPickle:
+            print(f"note: skipped {path}: it needs a pickle to load (pass it by name to use it)")
+            continue
         except Exception:  # a broken file is skipped here; loading it explicitly reports why
             continue
         if state.get("kind") == kind and (
@@ -107,17 +174,37 @@ def find_checkpoint(
 
 
 def rng_state() -> dict:
+    """The random state of Python, numpy and torch, as tensors and plain values (numpy's
+    Mersenne Twister keys as an int64 tensor, so that no numpy object needs a pickle)."""
+    name, keys, position, has_gauss, gauss = np.random.get_state()
     return {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": {
+            "name": name,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "position": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(gauss),
+        },
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore rng_state(); also the pickled numpy tuple of format 1 (--trust_pickle)."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    saved = state["numpy"]
+    if isinstance(saved, dict):
+        keys = saved["keys"].numpy().astype(np.uint32)
+        saved = (
+            saved["name"],
+            keys,
+            saved["position"],
+            saved["has_gauss"],
+            saved["cached_gaussian"],
+        )
+    np.random.set_state(saved)
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -125,12 +212,21 @@ def set_rng_state(state: dict) -> None:
 
 def restore(checkpoint: dict, optimizer, **modules) -> tuple[int, int]:
     """Continue a run from its checkpoint: each module's weights (stored under its keyword's
-    name), the optimizer, the random state; returns the (epoch, step in epoch) to start at."""
+    name), the optimizer, the random state (under DDP each process its own, when the
+    checkpoint holds one per process of the same number); returns the (epoch, step in epoch)
+    to start at."""
     for key, module in modules.items():
         module.load_state_dict(checkpoint[key])
     optimizer.load_state_dict(checkpoint["optimizer"])
-    set_rng_state(checkpoint["rng"])
+    set_rng_state(own_rng_state(checkpoint))
     return checkpoint["epoch"], checkpoint.get("step_in_epoch", 0)
+
+
+def own_rng_state(checkpoint: dict) -> dict:
+    """This process's random state in `checkpoint`: its own of `rng_per_rank` when that was
+    saved by as many processes, else rank 0's (`rng`)."""
+    states = checkpoint.get("rng_per_rank", [])
+    return states[rank()] if len(states) == world_size() else checkpoint["rng"]
 
 
 def run_name_of(path: str) -> str:
@@ -144,9 +240,68 @@ def resume_path(args, kind: str = "pretrain") -> str | None:
     when there is none: a new run starts)."""
     if args.resume is None or args.resume != "auto":
         return args.resume
-    if args.run_name:
-        path = os.path.join(args.ckpt_dir, args.run_name, "last.pt")
-        return path if os.path.isfile(path) else None
+    if args.run_name:  # its last.pt, else its newest epoch_NNNN.pt (last.pt deleted by hand)
+        folder = os.path.join(args.ckpt_dir, args.run_name)
+        names = checkpoints_in(folder) if os.path.isdir(folder) else []
+        if not names:
+            return None
+        return os.path.join(folder, "last.pt" if "last.pt" in names else names[-1])
     return find_checkpoint(
         args.ckpt_dir, args.model_name, args.backbone, args.dataset_name, kind=kind
     )
+
+
+# flags that may differ on --resume: where files go, how fast and how often things happen, what
+# is watched; every other recorded flag shapes the training and must equal the run's
+RESUME_FREE = ("resume", "run_name", "logs_dir", "ckpt_dir", "config", "trust_pickle")
+RESUME_FREE += ("device", "num_workers", "compile", "channels_last", "in_memory", "download")
+RESUME_FREE += ("print_freq", "save_freq", "skip_nonfinite", "knn_freq", "knn_k")
+RESUME_FREE += ("knn_temperature", "tsne", "rankme_images", "eval_data_dir")
+RESUME_FREE += ("data_dir",)  # the data may move (a node's local disk); its size is checked
+
+
+def shown(value) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, list | tuple):
+        return " ".join(str(v) for v in value)
+    return str(value)
+
+
+def check_unchanged(saved: dict, args, path: str) -> None:
+    """Refuse, in one line naming each flag and its two values, a resumed run whose settings
+    differ from those its checkpoint recorded (RESUME_FREE may differ). A flag the checkpoint
+    does not record (added to the toolkit since) is not compared."""
+    current = vars(args)
+    differ = [
+        key
+        for key in sorted(saved)
+        if key in current and key not in RESUME_FREE and saved[key] != current[key]
+    ]
+    if differ:
+        listed = "; ".join(
+            f"--{k} {shown(saved[k])} there, {shown(current[k])} here" for k in differ
+        )
+        raise UserError(
+            f"--resume {path}: the run was trained with other settings: {listed}. Give the run's "
+            "values (its args.json), or start a new run"
+        )
+
+
+def global_step(path: str) -> int:
+    """A checkpoint's global step, read memory-mapped (-1 when it cannot be read as data)."""
+    try:
+        return int(safe_load(path, mmap=True)["step"])
+    except Exception:  # a broken or foreign file: no checkpoint to protect
+        return -1
+
+
+def restore_epoch_file(ckpt_path: str, ckpt_dir: str, epoch: int, due: bool) -> None:
+    """Write epoch_NNNN.pt of `epoch` from `ckpt_path` (its state at the end of that epoch) when
+    it is `due` (--save_freq, or the last epoch) and missing: a run killed while writing it."""
+    target = os.path.join(ckpt_dir, f"epoch_{epoch:04d}.pt")
+    if not due or os.path.isfile(target):
+        return
+    with atomic_file(target) as tmp:
+        shutil.copyfile(ckpt_path, tmp)
+    print(f"note: wrote the missing {target} (a run stopped while writing it)")

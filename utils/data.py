@@ -21,7 +21,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader
 from torchvision.transforms import functional as TF
 from tqdm import tqdm
 
-from utils.folder import cache_path, list_images
+from utils.folder import cache_path, list_images, walk_images
 from utils.misc import UserError
 from utils.synthetic import SyntheticShapes
 
@@ -110,7 +110,8 @@ class SkipsUnreadable:
                 continue
             try:
                 return self.read(i)
-            except (OSError, ValueError, SyntaxError) as err:  # what PIL raises on bad files
+            # what PIL raises on bad files, and on images too large to be safe to decode
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
                 self.unreadable.add(path)
                 warn_above_progress_bar(
                     f"warning: skipping unreadable image {path} ({type(err).__name__}: {err}); "
@@ -120,11 +121,30 @@ class SkipsUnreadable:
 
 
 class TolerantImageFolder(SkipsUnreadable, datasets.ImageFolder):
-    """ImageFolder that skips unreadable files (SkipsUnreadable)."""
+    """ImageFolder that skips unreadable files (SkipsUnreadable), and lists each class folder
+    as `folder` does (utils.folder.walk_images): symbolic links followed once each (no loop
+    listing the same images again), folders it may not read named in a warning."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.unreadable = set()
+
+    @staticmethod
+    def make_dataset(directory, class_to_idx, *args, **kwargs) -> list[tuple[str, int]]:
+        samples, unreadable = [], []
+        for name in sorted(class_to_idx):
+            files, _, refused = walk_images(os.path.join(directory, name))
+            if not files:
+                raise FileNotFoundError(f"no image in its class folder {name}")
+            samples += [(os.path.join(directory, name, f), class_to_idx[name]) for f in files]
+            unreadable += [os.path.join(name, f) for f in refused]
+        if unreadable:
+            print(
+                f"warning: {len(unreadable)} folder(s) under {directory} could not be read, "
+                f"their images left out: {', '.join(unreadable[:3])}",
+                file=sys.stderr,
+            )
+        return samples
 
     def path_of(self, index: int) -> str:
         return self.samples[index][0]

@@ -11,6 +11,7 @@ changed, which is what adding, removing or renaming a file or folder does.
 import hashlib
 import json
 import os
+import sys
 
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
@@ -34,16 +35,28 @@ def is_image(name: str) -> bool:
     return name.lower().endswith(IMG_EXTENSIONS) and not name.startswith(".")
 
 
-def walk_images(root: str) -> tuple[list[str], dict[str, int]]:
-    """The image paths under `root` (relative, sorted) and the modification time (ns) of every
-    folder walked (relative; "." is root), hidden ones skipped."""
-    files, folders = [], {}
-    for folder, subfolders, names in os.walk(root, followlinks=True):
+def walk_images(root: str) -> tuple[list[str], dict[str, int], list[str]]:
+    """The image paths under `root` (relative, sorted), the modification time (ns) of every
+    folder walked (relative; "." is root), hidden ones skipped, and the folders that could not
+    be read (permissions), whose images are left out. Symbolic links to folders are followed,
+    each folder once: a link back up the tree (a loop) or to a folder already walked would list
+    the same images again."""
+    files, folders, unreadable, seen = [], {}, [], set()
+
+    def refused(err: OSError) -> None:
+        unreadable.append(os.path.relpath(err.filename, root))
+
+    for folder, subfolders, names in os.walk(root, followlinks=True, onerror=refused):
+        stat = os.stat(folder)
+        if (stat.st_dev, stat.st_ino) in seen:
+            subfolders[:] = []  # walked already, under another path
+            continue
+        seen.add((stat.st_dev, stat.st_ino))
         subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
         rel = os.path.relpath(folder, root)
-        folders[rel] = os.stat(folder).st_mtime_ns
+        folders[rel] = stat.st_mtime_ns
         files.extend(os.path.normpath(os.path.join(rel, n)) for n in sorted(names) if is_image(n))
-    return sorted(files), folders
+    return sorted(files), folders, sorted(unreadable)
 
 
 def read_cache(path: str, root: str) -> list[str] | None:
@@ -83,7 +96,15 @@ def list_images(root: str, cache: str | None) -> tuple[list[str], str]:
                 os.makedirs(os.path.dirname(cache), exist_ok=True)
             except OSError:
                 cache = None
-    files, folders = walk_images(root)
+    files, folders, unreadable = walk_images(root)
+    if unreadable:  # not cached: a later start, after a chmod, walks again and finds them
+        shown = ", ".join(unreadable[:3]) + (" ..." if len(unreadable) > 3 else "")
+        print(
+            f"warning: {len(unreadable)} folder(s) under {root} could not be read, their images "
+            f"left out: {shown}",
+            file=sys.stderr,
+        )
+        return files, f"listed ({len(folders)} folders walked; not cached: unreadable folders)"
     if cache is None or not is_main_process():
         return files, f"listed ({len(folders)} folders walked)"
     try:

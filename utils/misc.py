@@ -1,6 +1,7 @@
 """Small helpers shared by the entry points: clear user errors, flags, seeding, device choice."""
 
 import argparse
+import errno
 import inspect
 import os
 import random
@@ -78,37 +79,115 @@ def read_recipe(path: str) -> list[str]:
     """The command-line words of a recipe file (recipes/): flags as typed on a command line,
     any number per line, `#` starting a comment."""
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
     except OSError as err:
         raise UserError(f"--config {path}: cannot read it ({err.strerror})") from None
+    except UnicodeDecodeError:
+        raise UserError(
+            f"--config {path}: not a text file of flags (recipes/ has examples)"
+        ) from None
+    if any("\0" in line for line in lines):
+        raise UserError(f"--config {path}: not a text file of flags (recipes/ has examples)")
     try:
         return [word for line in lines for word in shlex.split(line, comments=True)]
     except ValueError as err:
         raise UserError(f"--config {path}: {err}") from None
 
 
-def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None = None):
-    """Parse `argv`; each `--config FILE` (a recipe, in order) first sets the defaults of the
-    flags it gives, so that the command line wins. A flag the parser does not know, or a bad
-    value, in a recipe ends in one line naming the file."""
+def config_paths(argv: list[str] | None) -> list[str]:
+    """The --config files of a command line (or of a recipe's words), in order."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", action="append", default=[])
     known, _ = pre.parse_known_args(argv)
-    for path in known.config:
-        words = read_recipe(path)
+    return known.config
+
+
+def expand_recipes(paths: list[str], chain: tuple[str, ...] = ()) -> list[str]:
+    """Every recipe to apply, in order: a recipe that gives `--config OTHER` includes it, OTHER
+    applied first so that the including file's own flags win (a relative path is looked for
+    beside the including file, then from the working folder); a file that includes itself,
+    directly or not, is refused."""
+    order = []
+    for path in paths:
+        beside = os.path.join(os.path.dirname(chain[-1]), path) if chain else path
+        if chain and not os.path.isabs(path) and os.path.isfile(beside):
+            path = beside
+        key = os.path.realpath(path)
+        if key in (os.path.realpath(p) for p in chain):
+            cycle = " -> ".join([*chain, path])
+            raise UserError(f"--config {chain[0]}: the recipes include each other ({cycle})")
+        order += expand_recipes(config_paths(read_recipe(path)), (*chain, path))
+        order.append(path)
+    return order
+
+
+def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None = None):
+    """Parse `argv`; each `--config FILE` (a recipe, in order, the ones it includes first:
+    expand_recipes) sets the defaults of the flags it gives, so that the command line wins. A
+    flag the parser does not know, or a bad value, in a recipe ends in one line naming the file;
+    the recipes applied are what args.config records."""
+    paths = expand_recipes(config_paths(argv))
+    for path in paths:
+        words = strip_config(read_recipe(path))
         recipe = ArgumentParser(parents=[parser], add_help=False, conflict_handler="resolve")
         recipe.error = lambda message, path=path: parser.exit(  # type: ignore[method-assign]
             2, f"{parser.prog}: error: --config {path}: {message}\n"
         )
         values = recipe.parse_args(words)
-        parser.set_defaults(**{k: v for k, v in vars(values).items() if v != parser.get_default(k)})
-    return parser.parse_args(argv)
+        given = {k: v for k, v in vars(values).items() if v != parser.get_default(k)}
+        parser.set_defaults(**{k: v for k, v in given.items() if k != "config"})
+    args = parser.parse_args(argv)
+    if hasattr(args, "config"):
+        args.config = paths
+    return args
+
+
+def strip_config(words: list[str]) -> list[str]:
+    """A recipe's words without its `--config FILE` includes (expand_recipes applies them)."""
+    kept, skip = [], False
+    for word in words:
+        if skip:
+            skip = False
+        elif word == "--config":
+            skip = True
+        elif not word.startswith("--config="):
+            kept.append(word)
+    return kept
+
+
+# a full disk or quota: the run stops with one line, its last checkpoint intact (atomic writes)
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def user_message(err: Exception) -> str:
+    """The one line of a UserError, also when a loader worker raised it: the DataLoader re-raises
+    it in the main process with the worker's traceback inside the message."""
+    text = str(err)
+    if "Traceback (most recent call last)" in text:
+        last = [line for line in text.strip().splitlines() if line.strip()][-1]
+        text = (
+            last.split(": ", 1)[1]
+            if last.startswith(("utils.misc.UserError", "UserError"))
+            else last
+        )
+    return text
+
+
+def disk_full(err: BaseException) -> bool:
+    """An error of a write that found the disk (or the quota) full: an OSError, or the
+    RuntimeError that torch.save raises for it."""
+    if isinstance(err, OSError):
+        return err.errno in DISK_FULL
+    text = str(err)
+    return isinstance(err, RuntimeError) and ("write failed" in text or "No space left" in text)
 
 
 def run_cli(main, parser: argparse.ArgumentParser, argv: list[str] | None = None) -> None:
-    """Run `main(args)` (after any --config recipe, parse_with_config); a UserError ends the
-    program with one line on stderr and exit code 2."""
+    """Run `main(args)` (after any --config recipe, parse_with_config). A UserError ends the
+    program with one line on stderr and exit code 2; so does a full disk (the run's last
+    checkpoint stays whole: every write is atomic); a second Ctrl-C or SIGTERM (TrainingGuard)
+    with one line and exit code 130."""
     try:
         args = parse_with_config(parser, argv)
     except UserError as err:
@@ -117,7 +196,24 @@ def run_cli(main, parser: argparse.ArgumentParser, argv: list[str] | None = None
     try:
         main(args)
     except UserError as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        print(f"{parser.prog}: error: {user_message(err)}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(
+            f"{parser.prog}: interrupted: stopped without saving; the last checkpoint, if any, "
+            "is intact (--resume auto continues from it)",
+            file=sys.stderr,
+        )
+        sys.exit(130)
+    except (OSError, RuntimeError) as err:
+        if not disk_full(err):
+            raise
+        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        print(
+            f"{parser.prog}: error: no space left on the device{where}: free some space, then "
+            "continue with the same command plus --resume auto (the last checkpoint is intact)",
+            file=sys.stderr,
+        )
         sys.exit(2)
 
 
@@ -128,7 +224,21 @@ def given_kwargs(fn, kwargs: dict, exclude: tuple[str, ...] = ()) -> dict:
     return {k: v for k, v in kwargs.items() if k in accepted and v is not None}
 
 
+SEED_RANGE = 2**32  # numpy's seeds; --seed is checked against it (seed_int)
+
+
+def seed_int(value: str) -> int:
+    """--seed: an integer that every generator takes (numpy's are 0 .. 2^32 - 1)."""
+    number = int(value)
+    if not 0 <= number < SEED_RANGE:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2^32 - 1, got {value!r}")
+    return number
+
+
 def set_seed(seed: int) -> None:
+    """Seed Python, numpy and torch; seeds derived from --seed (per process, per resume point)
+    are taken modulo 2^32, as numpy requires."""
+    seed %= SEED_RANGE
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -140,11 +250,14 @@ def resolve_device(name: str) -> torch.device:
         warnings.warn("CUDA is not available: running on the CPU instead", stacklevel=2)
         return torch.device("cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError as err:
         raise UserError(
             f"--device {name!r} is not a device name (use cuda, cuda:N or cpu)"
         ) from err
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name}: not a device to train on (use cuda, cuda:N or cpu)")
+    return device
 
 
 def git_sha() -> str:

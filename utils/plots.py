@@ -7,7 +7,18 @@ import matplotlib
 matplotlib.use("Agg")  # no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 
+from utils.checkpoint import atomic_file  # noqa: E402
 from utils.logging import read_metrics  # noqa: E402
+
+
+def save_figure(fig, path: str) -> None:
+    """Write `fig` to `path` atomically (a full disk leaves the old plot, never half a PNG) and
+    close it."""
+    try:
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
 
 
 def _series(rows: list[dict], kind: str, key: str) -> tuple[list[float], list[float]]:
@@ -27,8 +38,7 @@ def _plot(path: str, title: str, ylabel: str, curves: list[tuple[str, list, list
     if len(curves) > 1:
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_run(run_dir: str, title: str) -> list[str]:
@@ -114,8 +124,7 @@ def _plot_monitors(path: str, title: str, rows: list[dict]) -> None:
     axes[-1].set_xlabel("epoch")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # (metrics.csv column, axis label, preferred row kind) of the curves `plot_compare` overlays
@@ -161,8 +170,7 @@ def plot_compare(runs: dict[str, list[dict]], path: str, title: str = "") -> lis
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
     return [key for key, _, _ in panels]
 
 
@@ -187,6 +195,5 @@ def plot_reconstructions(rows: dict, mean, std, path: str, title: str) -> str:
                 ax.set_ylabel(name, fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
     return path

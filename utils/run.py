@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from optimizers import scale_lr
 from optimizers.cosine_decay_warmup import cosine_scheduler
 from utils.accel import check_options
+from utils.checkpoint import global_step, run_name_of
 from utils.data import EpochSampler, ShardSampler
 from utils.distributed import (
     all_reduce_sum,
@@ -23,8 +24,17 @@ from utils.distributed import (
     rank,
     world_size,
 )
-from utils.logging import write_json
+from utils.logging import truncate_metrics, write_json
 from utils.misc import UserError, git_sha, resolve_device
+from utils.runfolder import (
+    TEMPORARY,
+    check_run_name,
+    holds_a_run,
+    later_checkpoints,
+    lock,
+    remove_matching,
+    start_afresh,
+)
 
 
 def default_run_name(args: Namespace, prefix: str = "") -> str:
@@ -39,20 +49,6 @@ def default_run_name(args: Namespace, prefix: str = "") -> str:
         count += 1
         name = f"{base}-{count}"
     return name
-
-
-# what makes a folder a run worth protecting; an empty one (a failed start) is not
-RUN_FILES = ("metrics.csv", "results.json", "summary.json", "last.pt")
-
-
-def holds_a_run(folder: str) -> bool:
-    """Whether `folder` holds a checkpoint or metrics of a run (not just empty folders)."""
-    if not os.path.isdir(folder):
-        return os.path.exists(folder)  # a file of that name is in the way
-    for _, _, files in os.walk(folder):
-        if any(f in RUN_FILES or f.endswith(".pt") for f in files):
-            return True
-    return False
 
 
 def writable_parent(path: str) -> str | None:
@@ -77,14 +73,16 @@ def check_run_dirs(
 ) -> tuple[str, str, str]:
     """The run name and its folders `<logs_dir>/<run_name>` and `<ckpt_dir>/<run_name>`, checked
     but not created (see `make_run_dirs`), so that a start which fails later leaves nothing
-    behind: a folder holding a run (a checkpoint or metrics) is not reused unless resuming, and
-    both must be writable. Under DDP every process takes rank 0's run name (a default one comes
-    from the clock)."""
+    behind: the name stays inside both folders, an existing run folder is locked for this
+    process (utils.runfolder: a second process is refused), one holding a run (a checkpoint, a
+    final record) is not reused unless resuming, and both must be writable. Under DDP every
+    process takes rank 0's run name (a default one comes from the clock)."""
     run_name = broadcast_object(run_name)
     log_dir = os.path.join(logs_dir, run_name)
     ckpt_dir = os.path.join(ckpt_dir, run_name)
     if not is_main_process():
         return run_name, log_dir, ckpt_dir
+    check_run_name(run_name)
     for flag, folder in (("--logs_dir", log_dir), ("--ckpt_dir", ckpt_dir)):
         blocked = writable_parent(folder)
         if blocked is not None:
@@ -92,6 +90,9 @@ def check_run_dirs(
                 f"{flag}: cannot create {folder} ({blocked} is not a writable folder): "
                 f"pass a {flag} you can write to"
             )
+    for folder in (log_dir, ckpt_dir):
+        if os.path.isdir(folder):
+            lock(folder)
     existing = [d for d in (log_dir, ckpt_dir) if holds_a_run(d)]
     if existing and not resuming:
         raise UserError(
@@ -101,8 +102,45 @@ def check_run_dirs(
     return run_name, log_dir, ckpt_dir
 
 
-def make_run_dirs(log_dir: str, ckpt_dir: str) -> None:
-    """Create the run folders (rank 0), once everything before training has worked."""
+def run_folders(
+    args: Namespace, ckpt_path: str | None, checkpoint: dict | None, new_name: str
+) -> tuple[str, str, str, str | None]:
+    """The run's name and folders, checked and locked (check_run_dirs), and where a resumed
+    run's metrics come from (None: a new run, named `new_name`). A run resumes in its own
+    folder, unless --run_name names another: then it continues there, in a new folder, from the
+    checkpoint and the metrics up to it. Resuming in place from a checkpoint older than others
+    of its folder (`--resume .../epoch_0002.pt` of a run at epoch 5) would overwrite them:
+    refused."""
+    source = run_name_of(ckpt_path) if checkpoint else None
+    run_name = args.run_name or source or new_name
+    in_place = checkpoint is not None and os.path.realpath(
+        os.path.dirname(ckpt_path)
+    ) == os.path.realpath(os.path.join(args.ckpt_dir, run_name))
+    run_name, log_dir, ckpt_dir = check_run_dirs(
+        args.logs_dir, args.ckpt_dir, run_name, resuming=in_place
+    )
+    if checkpoint is None:
+        return run_name, log_dir, ckpt_dir, None
+    if in_place:
+        later = later_checkpoints(ckpt_dir, checkpoint["epoch"], checkpoint["step"], global_step)
+        if later:
+            raise UserError(
+                f"--resume {ckpt_path}: its run folder holds later checkpoints "
+                f"({', '.join(later)}), which continuing there would overwrite: pass "
+                "--run_name NEW to continue from it in a new run folder"
+            )
+        return run_name, log_dir, ckpt_dir, log_dir
+    return run_name, log_dir, ckpt_dir, os.path.join(args.logs_dir, source)
+
+
+def make_run_dirs(
+    log_dir: str, ckpt_dir: str, resume_step: int | None = None, metrics_from: str | None = None
+) -> None:
+    """Create and lock the run folders (rank 0), once everything before training has worked.
+    A new run clears what a start that never reached a checkpoint left there; a resumed one
+    (`resume_step`, its checkpoint's global step) removes the temporary files of an interrupted
+    write and cuts metrics.csv back to that step, copied from `metrics_from` (the log folder of
+    the run it continues, when that is another: a run continued into a new folder)."""
     if not is_main_process():
         return
     for folder in (log_dir, ckpt_dir):
@@ -110,6 +148,20 @@ def make_run_dirs(log_dir: str, ckpt_dir: str) -> None:
             os.makedirs(folder, exist_ok=True)
         except OSError as err:
             raise UserError(f"cannot create the run folder {folder}: {err}") from err
+        lock(folder)
+    if resume_step is None:
+        start_afresh((log_dir, ckpt_dir))
+        return
+    for folder in (log_dir, ckpt_dir):
+        removed = remove_matching(folder, TEMPORARY)
+        if removed:
+            print(f"note: removed {', '.join(removed)} from {folder}: an interrupted write")
+    dropped = truncate_metrics(metrics_from or log_dir, log_dir, resume_step)
+    if dropped:
+        print(
+            f"note: metrics.csv cut back to step {resume_step}, the checkpoint's: {dropped} "
+            "row(s) logged after it are logged again"
+        )
 
 
 def start_process(args: Namespace) -> torch.device:
@@ -131,21 +183,29 @@ def usable_workers(num_workers: int) -> int:
     return min(num_workers, cores or num_workers)
 
 
-def fit_batch_size(batch_size: int, num_images: int, limit: int | None) -> int:
+def fit_batch_size(batch_size: int, num_images: int, limit: int | None, at_least: int = 1) -> int:
     """The global training batch: --batch_size, or for a smoke run (--limit) of a recipe whose
-    batch exceeds the images left, one batch of (nearly) all of them, the lr scaled to match."""
-    if batch_size <= num_images:
-        return batch_size
-    if not limit:
+    batch exceeds the images left, one batch of (nearly) all of them, the lr scaled to match.
+    Each process's share must hold `at_least` images (2 where BatchNorm normalises over the
+    batch in training, or a loss compares its images)."""
+    if batch_size > num_images and not limit:
         raise UserError(
             f"--batch_size {batch_size} is larger than the training set ({num_images} images): "
             "lower --batch_size"
         )
-    print(
-        f"note: --batch_size {batch_size} > {num_images} images after --limit; "
-        f"using batches of {num_images}"
-    )
-    return num_images - num_images % world_size()
+    if batch_size > num_images:
+        print(
+            f"note: --batch_size {batch_size} > {num_images} images after --limit; "
+            f"using batches of {num_images}"
+        )
+        batch_size = num_images - num_images % world_size()
+    if batch_size // world_size() < at_least:
+        raise UserError(
+            f"batches of {batch_size // world_size()} image(s) per process: training needs "
+            f"{at_least} or more (BatchNorm, and losses that compare the images of a batch): "
+            f"raise --batch_size{' and --limit' if limit else ''}"
+        )
+    return batch_size
 
 
 def save_args(log_dir: str, args: Namespace, **derived) -> None:
@@ -200,11 +260,23 @@ def seed_epoch(loader, epoch: int, skip_batches: int = 0) -> None:
     loader.generator.manual_seed(sampler.seed * 100_003 + epoch + 7919 * sampler.rank)
 
 
+# the most steps a run may take: its per-step schedules (lr, weight decay, EMA) hold one float64
+# each, 0.8 GB apiece at this bound; ImageNet at batch 32 for 1000 epochs takes 40 M
+MAX_STEPS = 100_000_000
+
+
 def build_lr_schedule(
     args: Namespace, steps_per_epoch: int, batch_size: int
 ) -> tuple[np.ndarray, float]:
     """Scale base/warmup/final lr by the global batch once (DESIGN §2), print it; return the
     per-step cosine schedule with linear warmup (DESIGN §6) and the scaled base lr."""
+    total = args.num_epochs * steps_per_epoch
+    if total > MAX_STEPS:
+        raise UserError(
+            f"--num_epochs {args.num_epochs} x {steps_per_epoch} steps per epoch = {total:,} "
+            f"steps, more than {MAX_STEPS:,} (each per-step schedule would take "
+            f"{total * 8 / 2**30:.1f} GiB): lower --num_epochs"
+        )
     scale = lambda lr: scale_lr(lr, batch_size, args.lr_scaling)  # noqa: E731
     lr = scale(args.base_lr)
     warmup_epochs = args.warmup_epochs

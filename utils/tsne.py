@@ -12,6 +12,8 @@ from torch import Tensor
 matplotlib.use("Agg")  # no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 
+from utils.plots import save_figure  # noqa: E402
+
 # More classes than this get a colour bar instead of a legend (CIFAR-100 would fill the figure)
 MAX_LEGEND_CLASSES = 20
 PCA_DIM = 50  # the usual reduction before t-SNE: faster, and it drops the noisiest directions
@@ -73,6 +75,5 @@ def plot_tsne(
     ax.set_xticks([])
     ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
