@@ -201,7 +201,7 @@ def test_torchrun_two_processes_write_one_run(tmp_path):
     assert all(float(r["knn_acc1"]) > 0 for r in epochs[::2])
     assert json.loads((run / "args.json").read_text())["world_size"] == 2
     assert sorted(os.listdir(tmp_path / "ckpts" / "ddp")) == ["epoch_0002.pt", "last.pt"]
-    state = torch.load(tmp_path / "ckpts" / "ddp2" / "last.pt", weights_only=True)
+    state = torch.load(tmp_path / "ckpts" / "ddp" / "last.pt", weights_only=True)
     assert state["epoch"] == 2 and not any(k.startswith("module.") for k in state["model"])
 
     # kNN evaluation of that checkpoint: 2 processes (features gathered) == 1 process
