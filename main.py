@@ -27,6 +27,7 @@ from transformations import BatchViews, eval_transform, pretrain_transform
 from utils.accel import autocast, grad_scaler, prepare_model, to_device
 from utils.checkpoint import (
     check_entries,
+    check_same_data,
     check_unchanged,
     load_checkpoint,
     restore,
@@ -172,17 +173,6 @@ def resumed_checkpoint(args) -> tuple[str | None, dict | None]:
         where = f"run {args.run_name}" if args.run_name else "a matching run"
         print(f"--resume auto: no checkpoint of {where} under {args.ckpt_dir}; a new run starts")
     return ckpt_path, checkpoint
-
-
-def check_same_data(checkpoint: dict, images: int, ckpt_path: str, args) -> None:
-    """A resumed run must train on the data it started on (--data_dir may move, not change)."""
-    before = checkpoint.get("data", {}).get("train_images")
-    if before is not None and before != images:
-        raise UserError(
-            f"--resume {ckpt_path}: the run trained on {before} images of "
-            f"{args.dataset_name}, and --data_dir {args.data_dir} holds {images}: point "
-            "--data_dir at the run's data"
-        )
 
 
 def online_probe_bn(args, checkpoint: dict | None) -> bool:

@@ -39,7 +39,7 @@ from networks.vit import (
 from pretrained import evaluated_backbone, load_pretrained, load_resumed, resumed_values
 from probe import linear_evaluation
 from transformations import eval_transform, linear_train_transform
-from utils.checkpoint import check_unchanged, restore_epoch_file
+from utils.checkpoint import check_same_data, check_unchanged, restore_epoch_file
 from utils.data import (
     DATASETS,
     UNLABELLED,
@@ -427,6 +427,8 @@ def main(args) -> dict:
 
     # ============ data ============
     train_set, test_set = build_datasets(args)
+    if resumed:
+        check_same_data(resumed, len(train_set), resumed_path, args)
     num_classes = args.num_classes or num_classes_of(train_set)
     train = args.eval == "linear"  # a kNN memory bank is read in order, every image
     batch_size = args.batch_size

@@ -114,13 +114,14 @@ def evaluate(classifier, backbone, loader, device, args) -> dict[str, float]:
 
 def train_classifier(
     args, classifier, backbone, train_loader, test_loader, device, log_dir, ckpt_dir, title,
-    batch_size: int, resumed: dict | None = None,
+    batch_size: int, resumed: dict | None = None, train_images: int = 0,
 ) -> tuple[float, float]:  # fmt: skip
     """Train the head (and the backbone with --finetune) for --num_epochs, validating every
     epoch; returns the last epoch's Acc@1 and Acc@5. The loaders yield images, or cached
     features with `backbone` an nn.Identity (then every DDP process trains the same head on
     all the features; on images each process takes its share of every batch). `resumed`: a
-    checkpoint of this run to continue (--resume); `batch_size` the global batch."""
+    checkpoint of this run to continue (--resume); `batch_size` the global batch;
+    `train_images` the training set's size, recorded for a resume to check."""
     lr_schedule, lr = build_lr_schedule(args, len(train_loader), batch_size)
     optimizer = build_optimizer(args, classifier, lr)
     if args.finetune:
@@ -154,6 +155,7 @@ def train_classifier(
         saved = {
             "args": vars(args),
             "kind": "finetune" if args.finetune else "linear",
+            "data": {"train_images": train_images},
             "epoch": epoch,
             "step_in_epoch": step_in_epoch,
             "step": epoch * steps + step_in_epoch,
@@ -213,6 +215,6 @@ def linear_evaluation(
     title = f"{label} / {args.model_name} / {args.backbone} / {args.dataset_name}"
     acc1, acc5 = train_classifier(
         args, classifier, head_input, train_batches, test_batches, device, log_dir, ckpt_dir,
-        title, batch_size, resumed,
+        title, batch_size, resumed, len(train_set),
     )  # fmt: skip
     return acc1, acc5, test_features

@@ -31,15 +31,15 @@ from utils.misc import UserError, run_cli
 pytestmark = [pytest.mark.full, pytest.mark.usefixtures("small_test_set")]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# 4 steps per epoch, 3 epochs: 12 steps, a checkpoint (and an epoch file) after each epoch
+# 4 steps per epoch, 2 epochs: 8 steps, a checkpoint (and an epoch file) after each epoch
 FLAGS = [
     "--dataset_name", "synthetic", "--backbone", "small_cnn", "--image_size", "16",
     "--device", "cpu", "--num_workers", "0", "--limit", "64", "--batch_size", "16",
     "--model_name", "simclr", "--optimizer", "sgd", "--base_lr", "0.1", "--warmup_epochs", "1",
-    "--num_epochs", "3", "--print_freq", "1", "--save_freq", "1", "--seed", "7",
+    "--num_epochs", "2", "--print_freq", "1", "--save_freq", "1", "--seed", "7",
     "--knn_freq", "1", "--rankme_images", "64",
 ]  # fmt: skip
-STEPS = 12
+STEPS = 8
 TIMED = ("images_per_s", "data_wait", "wall_time_s")  # the wall clock's figures
 
 
@@ -119,7 +119,7 @@ RANDOM_STEP = random.randint(1, STEPS)  # one more point each session, named in 
         "step:2",  # before the first checkpoint: the folder holds no checkpoint
         "step:7",  # in the middle of epoch 2: rows logged after epoch 1's checkpoint
         "save:last.pt:2",  # writing epoch 2's last.pt: a half temporary file
-        "save:epoch_0002.pt:1",  # writing epoch_0002.pt, after last.pt of epoch 2
+        "save:epoch_0002.pt:1",  # writing the last epoch_NNNN.pt, after last.pt
         "summary",  # after the last checkpoint, before summary.json
         f"step:{RANDOM_STEP}",
     ],

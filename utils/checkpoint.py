@@ -288,6 +288,18 @@ def check_unchanged(saved: dict, args, path: str) -> None:
         )
 
 
+def check_same_data(checkpoint: dict, images: int, ckpt_path: str, args) -> None:
+    """A resumed run must train on the data it started on (--data_dir may move, not change):
+    as many training images as its checkpoint recorded."""
+    before = checkpoint.get("data", {}).get("train_images")
+    if before is not None and before != images:
+        raise UserError(
+            f"--resume {ckpt_path}: the run trained on {before} images of "
+            f"{args.dataset_name}, and --data_dir {args.data_dir} holds {images}: point "
+            "--data_dir at the run's data"
+        )
+
+
 def global_step(path: str) -> int:
     """A checkpoint's global step, read memory-mapped (-1 when it cannot be read as data)."""
     try:
