@@ -112,8 +112,8 @@ for method in "${SELECTED[@]}"; do
     fi
     echo "== $method: pretraining ($RECIPES/$method.args) =="
     read -r -a BACKBONE <<< "${BACKBONE_OF[$method]}"
-    # a folder without last.pt (stopped during its first epoch) cannot be resumed
-    [ -f "$OUT/ckpts/pretrain_$method/last.pt" ] || set_aside_partial "pretrain_$method"
+    # --resume auto continues the run from its last checkpoint, or starts afresh a folder left
+    # without one (a run stopped during its first epoch)
     run python main.py --config "$RECIPES/$method.args" "${BACKBONE[@]}" "${COMMON[@]}" --model_name "$method" \
         --run_name "pretrain_$method" --resume auto --knn_freq 50 --save_freq 100
     # the trained (student, online) backbone, as solo-learn's online classifier
