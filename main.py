@@ -23,7 +23,7 @@ from networks import build_backbone, check_input_sizes
 from networks.vit import set_pool
 from optimizers import build_optimizer
 from pretrained import load_weights, read_backbone
-from transformations import BatchViews, eval_transform, pretrain_transform
+from transformations import BatchViews, eval_transform, pretrain_transform, recipe_name
 from utils.accel import autocast, grad_scaler, prepare_model, to_device
 from utils.checkpoint import (
     check_entries,
@@ -388,7 +388,7 @@ def main(args) -> dict:
         f"data: {len(dataset)} training images of {args.dataset_name}, "
         f"{len(loader)} steps of {batch_size} per epoch, "
         f"{len(train_transform.view_transforms)} views each "
-        f"({METHODS[args.model_name].augmentation} recipe"
+        f"({recipe_name(METHODS[args.model_name].augmentation)} recipe"
         f"{', drawn on the ' + device.type + ' by kornia' if augment else ''})"
     )
     monitor_loaders = monitor_data(args, device, batch_size, labelled)

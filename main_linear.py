@@ -28,6 +28,7 @@ from flags import (
     pretraining_flags,
     refused_flags,
 )
+from flags.method_help import last_blocks_help, momentum_backbone_help
 from methods import METHODS
 from networks import check_input_sizes
 from networks.vit import (
@@ -125,10 +126,7 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
     add_bool_flag(
         group,
         "--momentum_backbone",
-        "evaluate the checkpoint's momentum (EMA) backbone instead of the trained one: BYOL's "
-        "and MoCo's target, DINO's teacher, I-JEPA's target encoder (default: the method's "
-        "official evaluation's: DINO's teacher, I-JEPA's target encoder, the trained backbone "
-        "of the others)",
+        momentum_backbone_help(),
         default=None,
     )
     add_bool_flag(
@@ -141,9 +139,7 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
         "--n_last_blocks",
         type=positive_int,
         default=None,
-        help="a ViT's features (vit_*, plain timm ViTs): those of its last N blocks (class token "
-        "or --pool mean), each after the final norm, concatenated (DINO's eval_linear.py) "
-        "(default: DINO's linear probe 4, as there; 1 otherwise, and for kNN and --finetune)",
+        help=last_blocks_help(),
     )
     add_bool_flag(
         group,

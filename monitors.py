@@ -24,7 +24,7 @@ Collapse monitors, label-free:
                   (1024) test images: one forward pass of them, none at kNN epochs (the test
                   features are there).
 A one-line warning when `collapse_std` stays below COLLAPSE_STD for COLLAPSE_LOGS logged windows in
-a row, with what usually causes it for the method.
+a row, with what usually causes it for the method (its `collapse_hint`).
 """
 
 import math
@@ -33,23 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from methods import METHODS
 from utils.distributed import all_reduce_sum, world_size
 
 COLLAPSE_STD = 0.1  # collapse_std (std x sqrt(d)) below this ...
 COLLAPSE_LOGS = 3  # ... for this many logged windows in a row: warn
-
-# what usually makes each method collapse, for the warning
-CAUSES = {
-    "simsiam": "a missing stop-gradient or predictor, or too high a weight decay or predictor lr",
-    "byol": "too low an EMA momentum (--ema_momentum) or too high an lr",
-    "dino": "too little centering or sharpening (--teacher_temp, --center_momentum), or lr",
-    "swav": "too few prototypes or too small an epsilon for the batch (--epsilon)",
-    "barlowtwins": "too large a --lambd or too narrow a projector",
-    "vicreg": "too weak a variance term (--std_coeff) against the invariance term",
-    "mocov3": "too high an lr without warmup (the paper's instability)",
-    "ijepa": "too low an EMA momentum (--ema_momentum) or too high an lr",
-}
-CONTRASTIVE = "too high a --temperature or too small a batch of negatives"
 
 
 def embedding_std(z: Tensor) -> Tensor:
@@ -207,7 +195,7 @@ class Monitors:
         if self.low_logs < COLLAPSE_LOGS:
             return None
         self.warned = True
-        cause = CAUSES.get(self.method, CONTRASTIVE)
+        cause = METHODS[self.method].collapse_hint
         return (
             f"warning: the embeddings are collapsing (collapse_std {std:.3g} < {COLLAPSE_STD} "
             f"for {COLLAPSE_LOGS} logs; 1 is healthy): for {self.method} this usually means {cause}"

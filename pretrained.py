@@ -37,8 +37,6 @@ from utils.misc import UserError
 RESUME_ADOPTED = ("momentum_backbone", "n_last_blocks")
 # the values of runs whose checkpoints were written before the flag existed
 RESUME_DEFAULTS = {"n_last_blocks": 1, "avgpool_patchtokens": False}
-# the EMA copies of the backbone in a method's state dict: BYOL's and MoCo's target, DINO's teacher
-MOMENTUM_PREFIXES = ("target_backbone.", "teacher_backbone.")
 EXPORT_TAG = "ssl_toolkit_export"  # in the JSON beside an exported file (export.py)
 
 
@@ -87,14 +85,17 @@ def is_export(path: str) -> bool:
 
 
 def momentum_prefix(checkpoint: dict) -> str:
-    """Where the EMA copy of the backbone lies in a checkpoint (methods/momentum.py)."""
-    for prefix in MOMENTUM_PREFIXES:
-        if any(key.startswith(prefix) for key in checkpoint["model"]):
-            return prefix
-    raise UserError(
-        f"--momentum_backbone: {checkpoint['args']['model_name']} keeps no momentum backbone "
-        "(BYOL, MoCo v2/v3, DINO and I-JEPA do): drop --momentum_backbone"
-    )
+    """Where the EMA copy of the backbone lies in a checkpoint: its method's `momentum_backbone`
+    (methods/momentum.py)."""
+    name = checkpoint["args"]["model_name"]
+    attribute = METHODS[name].momentum_backbone
+    if attribute is None:
+        keeping = ", ".join(m for m, cls in sorted(METHODS.items()) if cls.momentum_backbone)
+        raise UserError(
+            f"--momentum_backbone: {name} keeps no momentum backbone ({keeping} do): drop "
+            "--momentum_backbone"
+        )
+    return f"{attribute}."
 
 
 def backbone_weights(checkpoint: dict, momentum: bool = False) -> dict[str, Tensor]:

@@ -326,10 +326,23 @@ PRETRAIN_TRANSFORMS: dict[str, Callable[..., MultiView]] = {
 }
 
 
-def pretrain_transform(recipe: str, *, image_size: int, mean, std, **options) -> MultiView:
-    """The views of `recipe`; options that are None or that the recipe does not take (such as
-    `num_crops` for a two-view recipe) are dropped, so the recipe keeps its own defaults."""
-    build = PRETRAIN_TRANSFORMS[recipe]
+def view_builder(recipe: str | Callable[..., MultiView]) -> Callable[..., MultiView]:
+    """A method's `augmentation`: a recipe of PRETRAIN_TRANSFORMS by name, or its own function."""
+    return PRETRAIN_TRANSFORMS[recipe] if isinstance(recipe, str) else recipe
+
+
+def recipe_name(recipe: str | Callable[..., MultiView]) -> str:
+    """How the logs and tables name a method's views: the recipe's name, or its function's."""
+    return recipe if isinstance(recipe, str) else recipe.__name__
+
+
+def pretrain_transform(
+    recipe: str | Callable[..., MultiView], *, image_size: int, mean, std, **options
+) -> MultiView:
+    """The views of `recipe` (view_builder); options that are None or that the recipe does not
+    take (such as `num_crops` for a two-view recipe) are dropped, so the recipe keeps its own
+    defaults."""
+    build = view_builder(recipe)
     return build(image_size=image_size, mean=mean, std=std, **given_kwargs(build, options))
 
 

@@ -9,6 +9,7 @@ evaluation group); flags keep the names of DESIGN.md and the original commands.
 
 import argparse
 
+from flags.method_help import interpolation_help, pool_help, zero_init_help
 from methods import METHODS
 from networks import BACKBONES, TIMM_PREFIX
 from networks.timm_models import check_timm_name
@@ -158,11 +159,7 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
         "--interpolation",
         choices=["bilinear", "bicubic"],
         default=None,
-        help="resampling of crops and resizes: main.py's views (default: the method's official "
-        "code's: bicubic for SimCLR, BYOL, Barlow Twins, VICReg, DINO, MAE, NNCLR (solo-learn's), "
-        "bilinear, torchvision's default, for SupCon, SimSiam, MoCo v2/v3, SwAV, I-JEPA); "
-        "main_linear.py's training crops and test resize (default: the pretraining method's "
-        "official evaluation: bicubic for SimCLR, BYOL, DINO, MAE, bilinear for the others)",
+        help=interpolation_help(),
     )
     group.add_argument(
         "--batch_size",
@@ -228,16 +225,12 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
         "--pool",
         choices=["token", "mean"],
         default=None,
-        help="a Vision Transformer's features: its class token, or the mean of its patch tokens "
-        "(default: the method's: the class token, the mean for I-JEPA)",
+        help=pool_help(),
     )
     add_bool_flag(
         group,
         "--zero_init_residual",
-        "zero the last BatchNorm of each residual block at the start (ResNet, EfficientNet, "
-        "timm blocks with a zero_init_last), as the official SimCLR, SimSiam, Barlow Twins, "
-        "VICReg and MoCo v3 do (BYOL: of Bottleneck blocks only); never with --pretrained "
-        "(default: the method's own)",
+        zero_init_help(),
         default=None,
     )
 
@@ -371,10 +364,9 @@ def add_monitoring_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+from flags.method_help import VIEW_FLAGS, VIEW_OPTIONS  # noqa: E402
 from flags.pretraining import (  # noqa: E402  (main.py's and main_linear.py's one import)
     PRETRAINING_ONLY,
-    VIEW_FLAGS,
-    VIEW_OPTIONS,
     add_pretraining_flags,
     check_method_flags,
     pretraining_flags,

@@ -7,9 +7,10 @@ them with one line (`refused_flags`), and main.py refuses those the chosen metho
 import argparse
 import inspect
 
+from flags.method_help import VIEW_FLAGS, view_default_help
 from methods import METHODS, method_options
 from methods.hparams import add_method_flags
-from transformations import PRETRAIN_TRANSFORMS
+from transformations import view_builder
 from utils.misc import (
     UserError,
     add_bool_flag,
@@ -19,11 +20,6 @@ from utils.misc import (
     positive_int,
 )
 
-# the view flags: each recipe takes some of them (transformations.PRETRAIN_TRANSFORMS)
-VIEW_FLAGS = ("crop_min_scale", "jitter_strength", "num_crops", "small_crop_size")
-# what the recipes take from the command line: the view flags and --interpolation, a shared flag
-# (main_linear.py resamples its evaluation with it), so not refused there as the view flags are
-VIEW_OPTIONS = (*VIEW_FLAGS, "interpolation")
 # flags of main.py that shape pretraining only (besides the view and method flags)
 PRETRAINING_ONLY = ("compile", "gpu_augment", "pretrained", "zero_init_residual")
 PRETRAINING_ONLY += ("eval_data_dir", "init_backbone", "online_probe", "online_probe_lr")
@@ -83,21 +79,22 @@ def add_pretraining_flags(parser: argparse.ArgumentParser) -> None:
         "--crop_min_scale",
         type=positive_float,
         default=None,
-        help="smallest area fraction of a (high-resolution) random resized crop "
-        "(default: the method's recipe: 0.08; SupCon, SimSiam, MoCo v2 0.2; SwAV 0.14; DINO 0.4)",
+        help="smallest area fraction of a (high-resolution) random resized crop (default: the "
+        f"method's recipe: {view_default_help('crop_min_scale')})",
     )
     group.add_argument(
         "--jitter_strength",
         type=non_negative_float,
         default=None,
-        help="colour jitter strength s (default: the method's recipe: SimCLR, SupCon, SimSiam, "
-        "MoCo v2 0.5 as SimCLR's CIFAR setting, i.e. jitter (0.4, 0.4, 0.4, 0.1); the others 1.0)",
+        help="colour jitter strength s: jitter (0.8s, 0.8s, 0.8s, 0.2s) (default: the method's "
+        f"recipe: {view_default_help('jitter_strength')})",
     )
     group.add_argument(
         "--num_crops",
         type=non_negative_int,
         default=None,
-        help="low-resolution crops besides the two high-resolution ones (SwAV: 6)",
+        help="low-resolution crops besides the two high-resolution ones (default: the method's "
+        f"recipe: {view_default_help('num_crops')})",
     )
     group.add_argument(
         "--small_crop_size",
@@ -130,7 +127,7 @@ def check_method_flags(args) -> None:
     barlowtwins --temperature 0.3`), naming the ones it does take: such flags are None unless
     given, and would otherwise be dropped without a word."""
     name = args.model_name
-    recipe = inspect.signature(PRETRAIN_TRANSFORMS[METHODS[name].augmentation]).parameters
+    recipe = inspect.signature(view_builder(METHODS[name].augmentation)).parameters
     taken = method_options(name) | (set(recipe) & set(VIEW_FLAGS))
     every = set(VIEW_FLAGS).union(*(method_options(m) for m in METHODS))
     given = sorted(k for k in every - taken if getattr(args, k, None) is not None)

@@ -3,7 +3,8 @@
 A method class subclasses `Method`, takes `(backbone, feat_dim, **hyper_parameters)`, and its
 `forward(views, labels=None)` returns a dict with at least "loss". Adding a method means one new
 file with `@register("name")` on its class (its hyper-parameters declared in its constructor,
-methods/hparams.py) plus one import line below.
+methods/hparams.py; everything else the toolkit needs to know of it in its class attributes,
+below) plus one import line below; tests/test_new_method.py does it from a test file.
 """
 
 from collections.abc import Callable, Sequence
@@ -22,7 +23,10 @@ class Method(nn.Module):
     Its hyper-parameters are its constructor's keyword arguments annotated with a
     `methods.hparams.Flag`: the command-line flags and their help come from there.
     Class attributes a method may set (docs/fidelity.md says where each comes from):
-      augmentation        its pretraining views in `transformations.PRETRAIN_TRANSFORMS`;
+      augmentation        its pretraining views: a recipe of `transformations.PRETRAIN_TRANSFORMS`
+                          by name, or a function of its own taking the same keywords
+                          (image_size, mean, std and the view flags it accepts) and returning
+                          a `transformations.MultiView`;
       loss_summary        its loss functions in a few words, for the tables;
       view_options        its own defaults for that recipe (e.g. crop_min_scale 0.2, bicubic
                           crops), which the view flags (--crop_min_scale, ...) override;
@@ -37,13 +41,16 @@ class Method(nn.Module):
                               I-JEPA's target encoder);
       zero_init_residual  whether its official code zero-initialises the last BatchNorm of each
                           residual block (`build_method` applies it; --zero_init_residual);
-                          "bottleneck": of Bottleneck blocks only (BYOL's haiku ResNet).
+                          "bottleneck": of Bottleneck blocks only (BYOL's haiku ResNet);
+      momentum_backbone   the attribute holding its EMA copy of the backbone (BYOL's and MoCo's
+                          target, DINO's teacher), which --momentum_backbone evaluates;
+      collapse_hint       what usually makes it collapse, for the collapse monitor's warning.
     The hooks run once per step or epoch; methods with state outside autograd override them (BYOL's
     EMA target, SwAV's prototypes and queue). `param_group` gives a parameter's own optimizer
     options (Barlow Twins' bias lr, SimSiam's fixed predictor lr).
     """
 
-    augmentation = "simclr"
+    augmentation: str | Callable = "simclr"
     loss_summary = ""  # its loss functions, for the tables (scripts/methods_table.py)
     view_options: dict = {}
     zero_init_residual: bool | str = False
@@ -53,6 +60,8 @@ class Method(nn.Module):
     eval_momentum_backbone = False
     eval_interpolation = "bilinear"
     requires_vit = False
+    momentum_backbone: str | None = None
+    collapse_hint = "too high a --temperature or too small a batch of negatives"
     concat_views = False  # per-view methods: one pass over both views (see `per_view`)
     epoch = 0
 

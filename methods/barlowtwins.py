@@ -77,6 +77,7 @@ class BarlowTwins(Method):
 
     loss_summary = "`barlow_twins_loss`"
     augmentation = "byol"  # the paper uses BYOL's asymmetric views
+    collapse_hint = "too large a --lambd or too narrow a projector"
     # official main.py: RandomResizedCrop(224, interpolation=Image.BICUBIC); evaluate.py bilinear
     view_options = {"interpolation": "bicubic"}
     zero_init_residual = True

@@ -221,6 +221,8 @@ class DINO(Method):
 
     loss_summary = "`dino_loss`, EMA teacher"
     augmentation = "dino"
+    momentum_backbone = "teacher_backbone"
+    collapse_hint = "too little centering or sharpening (--teacher_temp, --center_momentum), or lr"
     # official main_dino.py: every crop BICUBIC; eval_linear.py: Resize(256, interpolation=3)
     # (its linear training crop is bilinear: main_linear --interpolation bilinear at 224 px)
     view_options = {"interpolation": "bicubic"}

@@ -186,6 +186,8 @@ class IJEPA(Method):
 
     loss_summary = "`ijepa_loss` (smooth L1 on target blocks), EMA target"
     augmentation = "ijepa"
+    momentum_backbone = "target_backbone"
+    collapse_hint = "too low an EMA momentum (--ema_momentum) or too high an lr"
     requires_vit = True
     pool = "mean"  # its features: the mean of the patch tokens (no class token is trained)
     # Appendix A.1 of the paper (the official repository has no evaluation code): "We use the

@@ -321,6 +321,7 @@ class MoCoV2(Method):
 
     loss_summary = "`moco_loss`, queue, EMA keys"
     augmentation = "simclr"  # the paper's views: SimCLR's, with blur
+    momentum_backbone = "target_backbone"
     view_options = {"crop_min_scale": 0.2}  # official main_moco.py --aug-plus: scale=(0.2, 1.)
 
     def __init__(
@@ -425,6 +426,8 @@ class MoCoV3(Method):
 
     loss_summary = "`mocov3_loss`, EMA keys"
     augmentation = "byol"
+    momentum_backbone = "target_backbone"
+    collapse_hint = "too high an lr without warmup (the paper's instability)"
     zero_init_residual = True  # official main_moco.py: zero_init_residual=True
 
     def __init__(

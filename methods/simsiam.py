@@ -52,6 +52,9 @@ class SimSiam(Method):
 
     loss_summary = "`negative_cosine_similarity`"
     view_options = {"crop_min_scale": 0.2}  # official: RandomResizedCrop(224, scale=(0.2, 1.))
+    collapse_hint = (
+        "a missing stop-gradient or predictor, or too high a weight decay or predictor lr"
+    )
     zero_init_residual = True
 
     def __init__(

@@ -113,6 +113,7 @@ class SwAV(Method):
 
     loss_summary = "`swav_loss`, `sinkhorn`"
     augmentation = "multicrop"
+    collapse_hint = "too few prototypes or too small an epsilon for the batch (--epsilon)"
 
     def __init__(
         self,

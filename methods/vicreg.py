@@ -88,6 +88,7 @@ class VICReg(Method):
 
     loss_summary = "`vicreg_loss`"
     augmentation = "byol"  # the paper uses BYOL's asymmetric views
+    collapse_hint = "too weak a variance term (--std_coeff) against the invariance term"
     # official augmentations.py: RandomResizedCrop(..., InterpolationMode.BICUBIC); evaluate.py
     # bilinear
     view_options = {"interpolation": "bicubic"}

@@ -13,11 +13,11 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from flags import VIEW_OPTIONS  # noqa: E402
+from flags.method_help import view_defaults  # noqa: E402
 from methods import METHODS  # noqa: E402
 from methods.hparams import HyperParameter, hyper_parameters  # noqa: E402
 from scripts.readme_block import replace_block  # noqa: E402
-from transformations import PRETRAIN_TRANSFORMS  # noqa: E402
+from transformations import recipe_name  # noqa: E402
 
 BLOCK = "method_flags"
 
@@ -33,14 +33,6 @@ def shown_value(value) -> str:
     return value if isinstance(value, str) else f"{value:g}"
 
 
-def view_defaults(method: str) -> dict:
-    """The view flags the method's recipe takes, with its defaults (the method's own first)."""
-    cls = METHODS[method]
-    params = inspect.signature(PRETRAIN_TRANSFORMS[cls.augmentation]).parameters
-    found = {k: p.default for k, p in params.items() if k in VIEW_OPTIONS}
-    return {**found, **{k: v for k, v in cls.view_options.items() if k in found}}
-
-
 def table() -> str:
     lines = [
         "| `--model_name` | loss | hyper-parameters (flag and default) | views: recipe and flags |",
@@ -53,7 +45,8 @@ def table() -> str:
             f"`--{k}`" if v is inspect.Parameter.empty or v is None else f"`--{k} {shown_value(v)}`"
             for k, v in view_defaults(method).items()
         )
-        lines.append(f"| `{method}` | {cls.loss_summary} | {flags} | {cls.augmentation}: {views} |")
+        recipe = recipe_name(cls.augmentation)
+        lines.append(f"| `{method}` | {cls.loss_summary} | {flags} | {recipe}: {views} |")
     return "\n".join(lines)
 
 

@@ -30,6 +30,7 @@ from flags import VIEW_OPTIONS  # noqa: E402
 from main import get_args_parser  # noqa: E402
 from methods import METHODS  # noqa: E402
 from methods.hparams import hyper_parameters, resolve_aliases  # noqa: E402
+from transformations import recipe_name  # noqa: E402
 
 # flags every run sets; a row lists them only where it departs from the value most runs use
 SHARED_FLAGS = ("backbone", "image_size", "optimizer", "base_lr", "weight_decay", "num_epochs")
@@ -184,7 +185,8 @@ def table(root: str) -> str:
         acc1, acc5 = ([r["linear"][k] for r in rows] for k in ("acc1", "acc5"))
         resampled = Counter(r["probe_interpolation"] for r in rows).most_common(1)[0][0]
         lines.append(
-            f"| `{method}` | {METHODS[method].augmentation} | {METHODS[method].loss_summary} | "
+            f"| `{method}` | {recipe_name(METHODS[method].augmentation)} | "
+            f"{METHODS[method].loss_summary} | "
             f"{flags or '(paper defaults)'} | {rows[0]['steps']} | {len(rows)} | "
             f"{spread([r['before'] for r in rows])} → {spread([r['after'] for r in rows])} | "
             f"{spread(gains)} | {above}/{len(rows)} | "
