@@ -12,21 +12,22 @@ that a 32 px image still gives an 8x8 grid of tokens (as in the CIFAR ViTs of th
 literature); `image_size` must be a multiple of the patch size.
 
 Other input sizes (multi-crop's local crops) go through the same network with the position
-embeddings resized by bicubic interpolation, as DINO's `interpolate_pos_encoding` does; a border
+embeddings resized by bicubic interpolation, as DINO's `interpolate_pos_encoding` does (its scale
+factors, `position_embedding`); a border
 narrower than a patch is dropped by the patch convolution, so choose crop sizes that are
 multiples of the patch (e.g. `--small_crop_size 16` at `--image_size 32`).
 
 torchvision publishes no weights for these two sizes (its ViTs start at vit_b_16), so
-`pretrained=True` is an error. Not included: stochastic depth (DINO trains its student with
-drop-path 0.1; torchvision's blocks have none).
+`pretrained=True` is an error. Stochastic depth is added to every block (`set_drop_path`: the
+rate rising linearly over the blocks, as DINO's and MAE's `drop_path_rate`; off by default).
 
 Recommended optimisation (ViTs train poorly with the toolkit's default SGD): AdamW with a linear
 warmup and a cosine decay, e.g. DINO's `--optimizer adamw --base_lr 5e-4 --weight_decay 0.04
---warmup_epochs 10 --final_lr 1e-6` (lr scaled by batch/256; DINO also raises the weight decay to
-0.4 on a cosine and clips gradients at norm 3, which this toolkit does not do), or DeiT's
-lr 5e-4 x B/512 with weight decay 0.05 and 5 warmup epochs. With `--optimizer adamw` the factory
-exempts biases and LayerNorm weights (1-D parameters) from weight decay, as DINO does; the class
-token and position embeddings (3-D) are decayed, as in DINO, whereas timm and MAE exempt them.
+--final_weight_decay 0.4 --warmup_epochs 10 --final_lr 1e-6 --clip_grad 3` (lr scaled by
+batch/256), or DeiT's lr 5e-4 x B/512 with weight decay 0.05 and 5 warmup epochs. With
+`--optimizer adamw` the factory exempts biases and LayerNorm weights (1-D parameters) from weight
+decay, as DINO does; the class token and position embeddings (3-D) are decayed, as in DINO,
+whereas timm and MAE exempt them.
 """
 
 from functools import partial
@@ -120,14 +121,18 @@ class MaskableViT:
 
     def position_embedding(self, grid: tuple[int, int]) -> Tensor:
         """[1, 1 + gh * gw, D]: the class token's embedding, then the patch embeddings resized
-        bicubically from the native square grid to `grid`."""
+        bicubically from the native square grid to `grid` as DINO's `interpolate_pos_encoding`
+        (vision_transformer.py) does: by the scale factors (g + 0.1) / side, which `interpolate`
+        uses as given to place its samples (not the sizes' ratio g / side: a 2x2 grid from 8x8
+        samples other positions)."""
         pos = self.position_parameter
         side = self.image_size // self.patch_size
         if tuple(grid) == (side, side):
             return pos
         dim = pos.shape[-1]
         patches = pos[:, 1:].reshape(1, side, side, dim).permute(0, 3, 1, 2)
-        patches = F.interpolate(patches, size=grid, mode="bicubic", align_corners=False)
+        scale = ((grid[0] + 0.1) / side, (grid[1] + 0.1) / side)  # + 0.1: DINO's rounding guard
+        patches = F.interpolate(patches, scale_factor=scale, mode="bicubic", align_corners=False)
         patches = patches.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], dim)
         return torch.cat([pos[:, :1], patches], dim=1)
 

@@ -91,6 +91,32 @@ def test_other_input_sizes_interpolate_the_position_embeddings():
             model(torch.randn(1, 3, 3, 3))
 
 
+def dino_interpolate_pos_encoding(pos_embed: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """facebookresearch/dino vision_transformer.py `interpolate_pos_encoding`, its steps for
+    a grid of rows x cols patches: bicubic `interpolate` with scale_factor (g + 0.1) / sqrt(N)."""
+    n = pos_embed.shape[1] - 1
+    side, dim = int(math.sqrt(n)), pos_embed.shape[-1]
+    grid = pos_embed[:, 1:].reshape(1, side, side, dim).permute(0, 3, 1, 2)
+    scale = ((rows + 0.1) / math.sqrt(n), (cols + 0.1) / math.sqrt(n))
+    grid = torch.nn.functional.interpolate(grid, scale_factor=scale, mode="bicubic")
+    assert grid.shape[-2:] == (rows, cols)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, -1, dim)
+    return torch.cat((pos_embed[:, 0].unsqueeze(0), grid), dim=1)
+
+
+@pytest.mark.parametrize("grid", [(2, 2), (3, 3), (4, 4), (3, 5), (12, 12)])
+def test_local_crops_position_embeddings_are_dinos(grid):
+    """The position embeddings of a grid other than the native 8x8 (DINO's local crops) equal
+    the official computation's (its scale factors, not the sizes' ratio, which differ by tens
+    of percent at 2x2)."""
+    torch.manual_seed(0)
+    model, _ = build_backbone("vit_tiny", 32)
+    pos = model.position_parameter.detach()
+    got = model.position_embedding(grid).detach()
+    expected = dino_interpolate_pos_encoding(pos, *grid)
+    assert torch.allclose(got, expected, atol=1e-6)
+
+
 def test_last_blocks_concatenate_the_normed_tokens_of_each_block_as_dinos_probe():
     """DINO's eval_linear.py on a ViT: `get_intermediate_layers(x, n)` (each of the last n blocks'
     output through the final norm), their class tokens concatenated."""
