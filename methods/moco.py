@@ -485,6 +485,9 @@ class MoCoV3(Method):
         return {"loss": loss, "z1": z1, "z2": z2}
 
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
-        self.current_momentum = cosine_momentum(step, total_steps, self.ema_momentum)
+        # official builder.py updates the momentum encoder at the start of the next step's
+        # forward, with that step's momentum m(step + 1) (main_moco.py adjust_moco_momentum):
+        # the same update, done here after the optimizer step
+        self.current_momentum = cosine_momentum(step + 1, total_steps, self.ema_momentum)
         ema_update(self.target_backbone, self.backbone, self.current_momentum)
         ema_update(self.target_projector, self.projector, self.current_momentum)

@@ -21,6 +21,7 @@ from methods.moco import (
     shuffled_forward,
     split_batchnorm_layers,
 )
+from methods.momentum import cosine_momentum, ema_update
 from methods.nnclr import nnclr_loss
 from networks import build_backbone
 from utils.checkpoint import load_checkpoint
@@ -290,13 +291,50 @@ def test_key_encoder_follows_the_query_encoder_by_ema_after_a_step(name):
     assert next(model.backbone.parameters()).grad.abs().sum() > 0
     assert all(p.grad is None for p in target)
     optimizer.step()
-    model.after_optimizer_step(0, 100)  # step 0 of the cosine: momentum = 0.9
-
+    model.after_optimizer_step(0, 100)  # MoCo v2: m(0) = 0.9; MoCo v3: m(1), the next step's
+    m = 0.9 if name == "mocov2" else cosine_momentum(1, 100, 0.9)
+    assert model.current_momentum == pytest.approx(m)
     for t, t0, o in zip(target, before, online, strict=True):
-        assert torch.allclose(t, 0.9 * t0 + 0.1 * o.detach(), atol=1e-6)
+        assert torch.allclose(t, m * t0 + (1 - m) * o.detach(), atol=1e-6)
     assert not torch.equal(target[0], before[0])
-    model.after_optimizer_step(100, 100)  # the last step: momentum 1, the target stays
+    # the end of the cosine, momentum 1: the target stays (MoCo v3: the last step's update, 99,
+    # uses m(100), the official loop's next step's)
+    model.after_optimizer_step(100 if name == "mocov2" else 99, 100)
     assert model.current_momentum == pytest.approx(1.0)
+
+
+def test_mocov3_updates_its_momentum_encoder_as_the_official_loop():
+    """main_moco.py / builder.py: at the start of step k, the momentum encoder takes the online
+    weights with momentum m(k), then gives the keys; ours updates after step k's optimizer step
+    with m(k + 1). Three steps of each from the same weights: the same losses, and the same
+    momentum encoder once the official loop has made step 3's update."""
+    torch.manual_seed(0)
+    ours = tiny("mocov3", ema_momentum=0.9)
+    official = copy.deepcopy(ours)
+    total, views = 10, two_views()
+    losses = []
+    for model, official_order in ((ours, False), (official, True)):
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+        run = []
+        for step in range(3):
+            if official_order:  # builder.py forward: self._update_momentum_encoder(m) first
+                m = cosine_momentum(step, total, 0.9)  # adjust_moco_momentum(epoch + i/iters)
+                ema_update(model.target_backbone, model.backbone, m)
+                ema_update(model.target_projector, model.projector, m)
+            loss = model(views)["loss"]
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if not official_order:
+                model.after_optimizer_step(step, total)
+            run.append(loss.item())
+        losses.append(run)
+    m = cosine_momentum(3, total, 0.9)  # the official step 3's update
+    ema_update(official.target_backbone, official.backbone, m)
+    ema_update(official.target_projector, official.projector, m)
+    assert losses[0] == pytest.approx(losses[1], abs=1e-6)
+    for (name, a), b in zip(ours.state_dict().items(), official.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), name
 
 
 def test_mocov2_momentum_is_constant_by_default_as_the_paper():
