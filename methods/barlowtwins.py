@@ -23,6 +23,12 @@ epochs then cosine to 0.001 of the peak, weight decay 1.5e-6 (1e-6 in main.py), 
 The projector is the official 8192-8192-8192 by default (2048 wide until 2026-12-04;
 solo-learn's CIFAR configuration, `--proj_hidden_dim 2048 --proj_dim 2048`, takes a quarter of
 the width: recipes/cifar10/barlowtwins.args).
+
+Under DDP the official main.py sums the processes' cross-correlations with an `all_reduce` that
+autograd does not see, so each process's gradient comes from its own images only and DDP's
+average of the parameter gradients is 1/W of the whole batch's (W processes): an lr W times
+smaller than one process on the whole batch. That is the default here (`--official_ddp_gradient`;
+false: the whole batch's gradient, as the other methods' gathered losses give).
 """
 
 from typing import Annotated
@@ -33,7 +39,7 @@ from torch import Tensor, nn
 from methods import Method, register
 from methods.hparams import CONCAT_VIEWS, PROJ_DIM, PROJ_HIDDEN_DIM, Flag
 from networks.heads import build_mlp
-from utils.distributed import gather_with_grad
+from utils.distributed import gather_with_grad, scale_gradient, world_size
 from utils.misc import non_negative_float
 
 
@@ -63,6 +69,12 @@ def barlow_twins_loss(z1: Tensor, z2: Tensor, lambd: float = 5e-3) -> Tensor:
 
 
 LAMBD = Flag("weight of the off-diagonal terms", non_negative_float)
+OFFICIAL_DDP_GRADIENT = Flag(
+    "under DDP (torchrun), the official gradient: main.py all-reduces the cross-correlation "
+    "outside autograd, so each process's gradient flows through its own images only and DDP's "
+    "average makes it 1/W of the whole batch's (W processes); false: the whole batch's, as one "
+    "process on it (one process: the same either way)"
+)
 BIAS_LR_SCALE = Flag(
     "lr of the biases and BatchNorm parameters as a fraction of the weights' (0.024 = 0.0048 / "
     "0.2: the official code; 1: the same lr)",
@@ -91,6 +103,7 @@ class BarlowTwins(Method):
         lambd: Annotated[float, LAMBD] = 0.0051,  # official main.py --lambd (the paper: 5e-3)
         bias_lr_scale: Annotated[float, BIAS_LR_SCALE] = 0.0048 / 0.2,
         concat_views: Annotated[bool, CONCAT_VIEWS] = False,
+        official_ddp_gradient: Annotated[bool, OFFICIAL_DDP_GRADIENT] = True,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -98,6 +111,7 @@ class BarlowTwins(Method):
         self.lambd = lambd
         self.bias_lr_scale = bias_lr_scale
         self.concat_views = concat_views
+        self.official_ddp_gradient = official_ddp_gradient
 
     def param_group(self, name: str, param: nn.Parameter) -> dict:
         # official main.py: `param.ndim == 1` (biases, BatchNorm) get learning_rate_biases
@@ -107,4 +121,6 @@ class BarlowTwins(Method):
         z1, z2 = self.per_view(lambda x: self.projector(self.backbone(x)), views[:2])
         # statistics over the global batch (with gradient): one process on the whole batch
         loss = barlow_twins_loss(gather_with_grad(z1), gather_with_grad(z2), self.lambd)
+        if self.official_ddp_gradient and world_size() > 1:  # the official main.py's gradient
+            loss = scale_gradient(loss, 1 / world_size())
         return {"loss": loss, "z1": z1, "z2": z2}

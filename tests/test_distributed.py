@@ -24,7 +24,7 @@ from methods.vicreg import vicreg_loss
 from probe import classifier_step
 from tests.conftest import backbone_for
 from utils.data import EpochSampler, ShardSampler
-from utils.distributed import gather, gather_with_grad, sum_over_processes
+from utils.distributed import gather, gather_with_grad, scale_gradient, sum_over_processes
 from utils.knn import extract_features
 
 pytestmark = pytest.mark.full  # whole runs: the full suite only (conftest --fast)
@@ -37,12 +37,15 @@ WORLD, N, D = 2, 6, 8  # each process holds N of the 2N samples
 def losses(z1, z2, labels, gathered: bool):
     """Each loss as its method's module calls it (with the gathers), on [n, D] embeddings."""
     g = gather_with_grad if gathered else (lambda x: x)
+    world = dist.get_world_size() if gathered else 1
     glabels = gather(labels) if gathered else labels
     scores = [torch.nn.functional.normalize(z, dim=1) @ PROTOTYPES.T for z in (z1, z2)]
     return {
         "nt_xent": nt_xent_loss(g(z1), g(z2), 0.5),
         "supcon": supcon_loss(g(torch.stack([z1, z2], dim=1)), glabels, 0.1),
         "barlow": barlow_twins_loss(g(z1), g(z2), 5e-3),
+        # the official main.py's gradient under DDP (BarlowTwins' official_ddp_gradient)
+        "barlow_official": scale_gradient(barlow_twins_loss(g(z1), g(z2), 5e-3), 1 / world),
         "vicreg": vicreg_loss(g(z1), g(z2)),
         "swav": swav_loss(scores, [], 0.1),  # Sinkhorn all-reduces inside
     }
@@ -122,6 +125,20 @@ def test_two_processes_equal_one_on_the_whole_batch(name, two_processes):
         _, g1, g2 = two_processes[r][name]
         assert torch.allclose(g1 / WORLD, single_g1[part], atol=1e-5), name
         assert torch.allclose(g2 / WORLD, single_g2[part], atol=1e-5), name
+
+
+def test_barlow_twins_official_ddp_gradient_is_each_process_own_images(two_processes):
+    """main.py's all_reduce of the cross-correlation is outside autograd: each process's
+    embedding gradient is the single process's on its own slice (no sum over processes), so
+    DDP's average of parameter gradients is 1/W of the whole batch's, as the official run's."""
+    single_loss, single_g1, single_g2 = grads_of(Z1, Z2, LABELS, gathered=False)["barlow"]
+    for r in range(WORLD):
+        part = slice(r * N, (r + 1) * N)
+        loss, g1, g2 = two_processes[r]["barlow_official"]
+        assert torch.allclose(loss, single_loss, atol=1e-5)  # the loss logged is the same
+        assert torch.allclose(g1, single_g1[part], atol=1e-5)
+        assert torch.allclose(g2, single_g2[part], atol=1e-5)
+        assert torch.allclose(g1, two_processes[r]["barlow"][1] / WORLD, atol=1e-6)
 
 
 def test_features_of_shards_gather_into_the_whole_set_in_order(two_processes):

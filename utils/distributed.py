@@ -43,6 +43,24 @@ class _GatherWithGrad(torch.autograd.Function):
         return grad[rank() * n : (rank() + 1) * n]
 
 
+class _ScaleGrad(torch.autograd.Function):
+    """The identity forward; the gradient times `scale` backward."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: float) -> Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        return grad * ctx.scale, None
+
+
+def scale_gradient(x: Tensor, scale: float) -> Tensor:
+    """`x` unchanged, its gradient multiplied by `scale` (the value logged stays the loss)."""
+    return _ScaleGrad.apply(x, scale)
+
+
 def gather_with_grad(x: Tensor) -> Tensor:
     """Concatenate `x` from all processes along dim 0, in rank order, keeping the autograd graph
     (every process must pass the same shape: training batches are equal, drop_last).
