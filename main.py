@@ -6,8 +6,10 @@ Writes <logs_dir>/<run_name>/{args.json, metrics.csv, loss.png, lr.png} and
 <ckpt_dir>/<run_name>/{last.pt, epoch_NNNN.pt}; `main_linear.py` then evaluates the backbone.
 """
 
+import contextlib
 import json
 import os
+import sys
 import time
 from contextlib import nullcontext
 
@@ -15,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
+from config import differences, flag_sources, pretraining_record, summary_lines, to_json
 from engine import Engine, fit
 from flags import VIEW_OPTIONS, add_pretraining_flags, add_shared_flags, check_method_flags
 from methods import METHODS, build_method
@@ -23,9 +26,10 @@ from networks import build_backbone, check_input_sizes
 from networks.vit import set_pool
 from optimizers import build_optimizer
 from pretrained import load_weights, read_backbone
-from transformations import BatchViews, eval_transform, pretrain_transform, recipe_name
+from transformations import BatchViews, eval_transform, pretrain_transform
 from utils.accel import autocast, grad_scaler, prepare_model, to_device
 from utils.checkpoint import (
+    RESUME_FREE,
     check_entries,
     check_same_data,
     check_unchanged,
@@ -52,6 +56,7 @@ from utils.logging import MetricsLogger, NullLogger, read_metrics, write_json
 from utils.misc import (
     ArgumentParser,
     UserError,
+    git_sha,
     run_cli,
     set_seed,
 )
@@ -64,10 +69,10 @@ from utils.run import (
     fit_batch_size,
     make_loader,
     make_run_dirs,
-    print_args,
     run_folders,
     save_args,
     start_process,
+    warmup_used,
     with_values,
 )
 from utils.runfolder import releases_locks
@@ -354,6 +359,19 @@ def finished(args, checkpoint: dict, ckpt_path: str, log_dir: str, ckpt_dir: str
 
 @releases_locks
 def main(args) -> dict:
+    """Pretrain (train); with --print_config, print the run's resolved configuration as JSON on
+    stdout (the start-up's other lines on stderr) and return it, writing nothing."""
+    if not args.print_config:
+        return train(args)
+    stdout = sys.stdout
+    with contextlib.redirect_stdout(sys.stderr):
+        record = train(args)["config"]
+    print(to_json(record), file=stdout)
+    return {"config": record}
+
+
+def train(args) -> dict:
+    sources = flag_sources(get_args_parser(), args)  # where each flag's value came from
     check_method_flags(args)
     labelled, probe_on = check_data(args)
     device = start_process(args)  # under torchrun: one process per GPU
@@ -371,11 +389,12 @@ def main(args) -> dict:
     if checkpoint is not None:
         check_unchanged(checkpoint["args"], args, ckpt_path)
         if checkpoint["epoch"] >= args.num_epochs:
+            if args.print_config:  # nothing to train: the run's own record
+                return {"config": checkpoint.get("config", {})}
             fork = metrics_from != log_dir
             done = finished(args, checkpoint, ckpt_path, log_dir, ckpt_dir, fork)
             close_distributed()
             return done
-    print_args(args)
 
     # ============ data ============
     dataset, train_transform = training_set(args)
@@ -384,13 +403,8 @@ def main(args) -> dict:
     batch_size = fit_batch_size(args.batch_size, len(dataset), args.limit, 2)  # the global batch
     loader = make_loader(dataset, args, device, train=True, batch_size=batch_size)
     augment = BatchViews(train_transform).to(device) if args.gpu_augment else None
-    print(
-        f"data: {len(dataset)} training images of {args.dataset_name}, "
-        f"{len(loader)} steps of {batch_size} per epoch, "
-        f"{len(train_transform.view_transforms)} views each "
-        f"({recipe_name(METHODS[args.model_name].augmentation)} recipe"
-        f"{', drawn on the ' + device.type + ' by kornia' if augment else ''})"
-    )
+    if augment is not None:
+        print(f"views: drawn on the {device.type} by kornia (--gpu_augment)")
     monitor_loaders = monitor_data(args, device, batch_size, labelled)
 
     # ============ model, and the monitors that watch it ============
@@ -401,11 +415,30 @@ def main(args) -> dict:
     # ============ optimizer and per-step schedule ============
     lr_schedule, lr = build_lr_schedule(args, len(loader), batch_size)
     optimizer = build_optimizer(args, model, lr)
+
+    # ============ the record of what runs: config.json, the checkpoints ============
+    record = pretraining_record(
+        args, sources, model=model, feat_dim=feat_dim, transform=train_transform,
+        train_images=len(dataset), batch_size=batch_size, steps_per_epoch=len(loader),
+        workers=loader.num_workers, lr=lr, warmup_epochs=warmup_used(args), optimizer=optimizer,
+        probe_on=probe_on, git_sha=git_sha(), world_size=world_size(),
+    )  # fmt: skip
+    if checkpoint is not None and "config" in checkpoint:  # the resolved values, defaults too
+        changed = differences(checkpoint["config"], record, RESUME_FREE, set(sources["defaults"]))
+        if changed:
+            raise UserError(
+                f"--resume {ckpt_path}: the run was trained with other settings: "
+                f"{'; '.join(changed)}. Give the run's values (its config.json)"
+            )
+    if args.print_config:
+        return {"config": record}
+    print("\n".join(summary_lines(record, log_dir, ckpt_dir)))
     main_rank = is_main_process()
     resume_step = checkpoint["step"] if checkpoint is not None else None
     make_run_dirs(log_dir, ckpt_dir, resume_step, metrics_from)
     if main_rank:
         save_args(log_dir, args, lr=lr, batch_size=batch_size)
+        write_json(os.path.join(log_dir, "config.json"), record)
 
     start_epoch, start_step = 0, 0
     if checkpoint is not None:
@@ -445,9 +478,12 @@ def main(args) -> dict:
         engine,
         loader,
         pretraining_step(forward, device, args, augment, monitors, model.backbone),
-        lambda epoch, step: training_state(
-            args, model, optimizer, probe, epoch, step, steps_per_epoch, len(dataset)
-        ),
+        lambda epoch, step: {
+            **training_state(
+                args, model, optimizer, probe, epoch, step, steps_per_epoch, len(dataset)
+            ),
+            "config": record,
+        },
         ckpt_dir,
         start=(start_epoch, start_step),
         before_epoch=model.set_epoch,

@@ -15,13 +15,16 @@ Variants (docs/evaluation.md): `--precompute_features` trains the head on featur
 """
 
 import argparse
+import contextlib
 import json
 import os
+import sys
 import time
 
 import torch
 from torch.utils.data import Dataset, Subset
 
+from config import evaluation_record, flag_sources, to_json
 from flags import (
     add_pretraining_flags,
     add_shared_flags,
@@ -37,6 +40,7 @@ from networks.vit import (
     set_last_blocks,
     set_pool,
 )
+from optimizers import scale_lr
 from pretrained import evaluated_backbone, load_pretrained, load_resumed, resumed_values
 from probe import linear_evaluation
 from transformations import eval_transform, linear_train_transform
@@ -50,13 +54,14 @@ from utils.data import (
     in_memory,
     num_classes_of,
 )
-from utils.distributed import close_distributed, is_main_process
+from utils.distributed import close_distributed, is_main_process, world_size
 from utils.knn import extract_features, knn_evaluate
 from utils.logging import write_json
 from utils.misc import (
     ArgumentParser,
     UserError,
     add_bool_flag,
+    git_sha,
     non_negative_float,
     positive_int,
     run_cli,
@@ -68,10 +73,10 @@ from utils.run import (
     fit_batch_size,
     make_loader,
     make_run_dirs,
-    print_args,
     run_folders,
     save_args,
     start_process,
+    warmup_used,
     with_values,
 )
 from utils.runfolder import releases_locks
@@ -346,6 +351,19 @@ def results_of(args, train_images: int, pretrained, acc1: float, acc5: float, se
 
 @releases_locks
 def main(args) -> dict:
+    """Evaluate (evaluate); with --print_config, print the evaluation's resolved configuration
+    as JSON on stdout (the start-up's other lines on stderr) and return it, writing nothing."""
+    if not args.print_config:
+        return evaluate(args)
+    stdout = sys.stdout
+    with contextlib.redirect_stdout(sys.stderr):
+        record = evaluate(args)["config"]
+    print(to_json(record), file=stdout)
+    return {"config": record}
+
+
+def evaluate(args) -> dict:
+    flags = flag_sources(get_args_parser(), args)  # where each flag's value came from
     check_args(args)
     device = start_process(args)  # under torchrun: one process per GPU
     set_seed(args.seed)
@@ -356,6 +374,7 @@ def main(args) -> dict:
         args = with_values(args, **resumed_values(args, resumed))
     # a resumed evaluation continues with the pretraining checkpoint it started from
     ckpt = args.ckpt or (resumed and resumed["args"].get("ckpt"))
+    ckpt_source = flags["sources"]["ckpt"] if args.ckpt else "checkpoint" if ckpt else "derived"
     weights, pretrained, ckpt = load_pretrained(args, ckpt)  # a checkpoint or an exported file
     # recorded as evaluated (None: the method's choice), so that --resume needs no flag for it
     args = with_values(
@@ -396,7 +415,10 @@ def main(args) -> dict:
     last_blocks = args.n_last_blocks
     if last_blocks is None:
         probe = args.eval == "linear" and not args.finetune and isinstance(backbone, MaskableViT)
-        last_blocks = METHODS[args.model_name].eval_last_blocks if probe else 1
+        official = (
+            pretrained.last_blocks if pretrained else METHODS[args.model_name].eval_last_blocks
+        )
+        last_blocks = official if probe else 1
     width = feat_dim
     feat_dim *= set_last_blocks(backbone, last_blocks, args.backbone)
     args = with_values(args, n_last_blocks=last_blocks)
@@ -419,7 +441,6 @@ def main(args) -> dict:
     backbone.eval().to(device)
     if args.channels_last:
         backbone.to(memory_format=torch.channels_last)
-    print_args(args)
 
     # ============ data ============
     train_set, test_set = build_datasets(args)
@@ -434,7 +455,20 @@ def main(args) -> dict:
     train_loader = make_loader(train_set, args, device, train=train, batch_size=batch_size)
     test_loader = make_loader(test_set, args, device, train=False, batch_size=batch_size)
     check_input_sizes(backbone, args.backbone, {args.image_size}, args.image_size, device)
+    record = evaluation_record(
+        args, flags, pretrained=pretrained, ckpt_source=ckpt_source,
+        train_images=len(train_set), test_images=len(test_set), num_classes=num_classes,
+        feat_dim=feat_dim, batch_size=batch_size, workers=train_loader.num_workers,
+        lr=scale_lr(args.base_lr, batch_size, args.lr_scaling) if train else None,
+        warmup_epochs=warmup_used(args), git_sha=git_sha(), world_size=world_size(),
+    )  # fmt: skip
+    if args.print_config:
+        return {"config": record}
+    print(f"run: {run_name} (logs {log_dir}; every setting and its source in "
+          f"{log_dir}/config.json)")  # fmt: skip
     make_run_dirs(log_dir, ckpt_dir, resumed["step"] if resumed else None, metrics_from)
+    if is_main_process():
+        write_json(os.path.join(log_dir, "config.json"), record)
     if resumed and is_main_process() and resumed.get("step_in_epoch", 0) == 0:
         epoch = resumed["epoch"]  # killed while writing its epoch_NNNN.pt?
         due = epoch > 0 and (epoch % args.save_freq == 0 or epoch == args.num_epochs)

@@ -56,6 +56,7 @@ class BackboneInfo:
     feat_dim: int | None = None  # known once built
     pool: str | None = None  # a ViT's features: class token (None, "token") or "mean"
     interpolation: str = "bilinear"  # its method's official evaluation resize (or bicubic)
+    last_blocks: int = 1  # a ViT's linear probe: the last blocks' tokens (DINO: 4)
 
     @property
     def transform(self):
@@ -172,8 +173,9 @@ def read_backbone(
         what = f"no {', '.join(missing)}" if missing else f"unknown method {args['model_name']!r}"
         raise UserError(f"{path}: its record of the run is incomplete ({what}): not a checkpoint "
                         "of main.py")  # fmt: skip
+    evaluation = evaluation_settings(checkpoint)
     if momentum is None:
-        momentum = METHODS[args["model_name"]].eval_momentum_backbone
+        momentum = evaluation["eval_momentum_backbone"]
     mean, std = IMAGENET_MEAN_STD
     if args["dataset_name"] in DATASETS:
         mean, std = DATASETS[args["dataset_name"]].mean, DATASETS[args["dataset_name"]].std
@@ -187,10 +189,32 @@ def read_backbone(
         epoch=checkpoint["epoch"],
         momentum_backbone=momentum,
         source=os.path.abspath(path),
-        pool=args.get("pool") or METHODS[args["model_name"]].pool,
-        interpolation=METHODS[args["model_name"]].eval_interpolation,
+        pool=evaluation["pool"],
+        interpolation=evaluation["eval_interpolation"],
+        last_blocks=evaluation["eval_last_blocks"],
     )
     return backbone_weights(checkpoint, momentum), info
+
+
+def evaluation_settings(checkpoint: dict) -> dict:
+    """How a pretraining checkpoint's backbone is evaluated, from its run's record (config.json
+    kept in the checkpoint: the values the run resolved), or for a checkpoint without one, from
+    its flags and its method's declarations: the resize (`eval_interpolation`), the EMA backbone
+    or not (`eval_momentum_backbone`), a ViT probe's last blocks (`eval_last_blocks`) and its
+    pooling (`pool`)."""
+    args, record = checkpoint["args"], checkpoint.get("config", {})
+    cls = METHODS[args["model_name"]]
+    found = {
+        "eval_interpolation": cls.eval_interpolation,
+        "eval_momentum_backbone": cls.eval_momentum_backbone,
+        "eval_last_blocks": cls.eval_last_blocks,
+        "pool": args.get("pool") or cls.pool,
+    }
+    for part, keys in (("evaluation", found), ("model", ("pool",))):
+        for key in keys:
+            if key in record.get(part, {}):
+                found[key] = record[part][key]["value"]
+    return found
 
 
 def load_weights(backbone: nn.Module, weights: dict[str, Tensor], path: str, name: str) -> None:

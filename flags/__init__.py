@@ -93,6 +93,12 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
         help="a recipe file (recipes/): flags as on the command line, # comments; they set the "
         "defaults, so flags given here win; may be repeated, later files win (default: none)",
     )
+    group.add_argument(
+        "--print_config",
+        action="store_true",
+        help="print the run's resolved configuration as JSON (every setting, its value and where "
+        "it came from: the record config.json would hold) and exit, writing nothing",
+    )
     add_bool_flag(
         group,
         "--trust_pickle",

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from methods.hparams import accepted_flags, resolve_aliases
+from methods.hparams import accepted_flags, hyper_parameters, resolve_aliases
 from networks import zero_init_residual
 from utils.misc import UserError, given_kwargs, registrar
 
@@ -129,6 +129,22 @@ def build_method(name: str, backbone: nn.Module, feat_dim: int, /, **kwargs) -> 
         zero_init_residual(backbone, bottleneck_only=zero_init == "bottleneck")
     kwargs = given_kwargs(cls, resolve_aliases(cls, kwargs), exclude=("backbone", "feat_dim"))
     return cls(backbone, feat_dim, **kwargs)
+
+
+def resolved_hparams(model: Method, kwargs: dict) -> dict[str, tuple[object, bool]]:
+    """Each hyper-parameter `model` declares, as (value, given): the value given in `kwargs`
+    (the flags passed to build_method; aliases under their own name) or the method's default,
+    and for a default of None the value the method chose (the attribute of that name it sets,
+    e.g. SimCLR's proj_hidden_dim, the backbone's width)."""
+    cls = type(model)
+    given = given_kwargs(cls, resolve_aliases(cls, kwargs), exclude=("backbone", "feat_dim"))
+    found = {}
+    for name, hp in hyper_parameters(cls).items():
+        value = given.get(name, hp.default)
+        if value is None:
+            value = getattr(model, name, None)
+        found[name] = (value, name in given)
+    return found
 
 
 def method_options(name: str) -> set[str]:

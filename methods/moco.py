@@ -352,6 +352,7 @@ class MoCoV2(Method):
         # MoCo v2's head (builder.py, --mlp): fc(d, d) - ReLU - fc(d, 128), no BatchNorm, with d
         # the backbone's feature size
         hidden = proj_hidden_dim or feat_dim
+        self.proj_hidden_dim = hidden  # resolved, for the run's record
         self.projector = build_mlp(2, feat_dim, hidden, proj_dim, batch_norm=False)
         self.shuffle_bn = shuffle_bn
         self.bn_splits = bn_splits or (8 if world_size() == 1 else 1)
@@ -463,6 +464,9 @@ class MoCoV3(Method):
         # hidden layer, the last one (where present) without affine parameters
         vit = is_vit(backbone)  # torchvision's or timm's
         layers = proj_layers or (3 if vit else 2)
+        # resolved, for the run's record
+        frozen = isinstance(backbone, MaskableViT) and stop_grad_conv1 is not False
+        self.proj_layers, self.stop_grad_conv1 = layers, frozen
         self.projector = build_mlp(
             layers, feat_dim, proj_hidden_dim, proj_dim, last_bn=True, bias=False
         )

@@ -89,6 +89,7 @@ class SimCLR(Method):
         super().__init__()
         self.backbone = backbone
         hidden = proj_hidden_dim or feat_dim  # official: the backbone's width
+        self.proj_hidden_dim = hidden  # resolved, for the run's record
         self.projector = build_mlp(2, feat_dim, hidden, proj_dim, last_bn=True, last_bn_scale=True)
         init_linears(self.projector, head_init)  # official linear_layer: N(0, 0.01)
         self.temperature = temperature

@@ -70,6 +70,7 @@ class SimSiam(Method):
         super().__init__()
         self.backbone = backbone
         hidden = proj_hidden_dim or feat_dim  # official: prev_dim, the backbone's width
+        self.proj_hidden_dim = hidden  # resolved, for the run's record
         self.projector = build_mlp(3, feat_dim, hidden, proj_dim, last_bn=True)
         self.predictor = build_mlp(2, proj_dim, pred_hidden_dim, proj_dim)
         self.fix_pred_lr = fix_pred_lr

@@ -98,6 +98,7 @@ class SupCon(Method):
         super().__init__()
         self.backbone = backbone
         hidden = proj_hidden_dim or feat_dim  # official: Linear(dim_in, dim_in)
+        self.proj_hidden_dim = hidden  # resolved, for the run's record
         self.projector = build_mlp(2, feat_dim, hidden, proj_dim, batch_norm=False)
         self.temperature = temperature
         self.base_temperature = base_temperature

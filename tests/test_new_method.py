@@ -90,7 +90,7 @@ def test_a_method_defined_outside_methods_trains_and_is_evaluated(toy, run_dirs,
         main.main(parser.parse_args([*FLAGS, *run_dirs, "--temperature", "0.3"]))
     argv = [*FLAGS, *run_dirs, "--run_name", "toy", "--num_epochs", "2", "--knn_freq", "1"]
     out = main.main(parser.parse_args([*argv, "--toy_dim", "16", "--crop_min_scale", "0.6"]))
-    assert "(toy_views recipe)" in capsys.readouterr().out
+    assert "views: toy_views recipe" in capsys.readouterr().out
     ckpt = os.path.join(out["ckpt_dir"], "last.pt")
     state = torch.load(ckpt, weights_only=True)
     assert state["model"]["projector.3.weight"].shape[0] == 16  # its flag reached it

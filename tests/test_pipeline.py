@@ -254,6 +254,11 @@ def test_every_method_pretrains_through_main(method, run_dirs):
     assert math.isfinite(out["loss"])
     ckpt = load_checkpoint(os.path.join(out["ckpt_dir"], "last.pt"))
     assert ckpt["args"]["model_name"] == method and ckpt["epoch"] == 1
+    # its record (config.json, kept in the checkpoint) resolves every setting the run used
+    with open(os.path.join(out["log_dir"], "config.json")) as f:
+        record = json.load(f)
+    assert ckpt["config"] == record
+    assert all(e["value"] is not None for part in record.values() for e in part.values())
 
 
 def test_method_flags_reach_the_modules():

@@ -265,6 +265,11 @@ def seed_epoch(loader, epoch: int, skip_batches: int = 0) -> None:
 MAX_STEPS = 100_000_000
 
 
+def warmup_used(args: Namespace) -> int:
+    """--warmup_epochs, less where it would leave no epoch of the cosine."""
+    return min(args.warmup_epochs, max(args.num_epochs - 1, 0))
+
+
 def build_lr_schedule(
     args: Namespace, steps_per_epoch: int, batch_size: int
 ) -> tuple[np.ndarray, float]:
@@ -279,9 +284,8 @@ def build_lr_schedule(
         )
     scale = lambda lr: scale_lr(lr, batch_size, args.lr_scaling)  # noqa: E731
     lr = scale(args.base_lr)
-    warmup_epochs = args.warmup_epochs
-    if warmup_epochs >= args.num_epochs:
-        warmup_epochs = max(args.num_epochs - 1, 0)
+    warmup_epochs = warmup_used(args)
+    if warmup_epochs != args.warmup_epochs:
         print(
             f"note: --warmup_epochs {args.warmup_epochs} >= --num_epochs {args.num_epochs}; "
             f"warming up for {warmup_epochs} epoch(s) instead"

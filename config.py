@@ -1,0 +1,381 @@
+"""The record of what a run used: every setting's resolved value and where it came from, in parts,
+written as `<logs_dir>/<run_name>/config.json`, kept in the checkpoints (`config`), printed by
+`--print_config`, and summed up in a few lines at start-up.
+
+    {"optimization": {"lr": {"value": 0.3, "source": "derived"}, ...}, "method": {...}, ...}
+
+Sources: `default` (the parser's), `recipe file <path>` (--config), `command line`, `method` (the
+method's own default: its hyper-parameters, views, initialisation and evaluation), `derived`
+(computed from the others: the scaled lr, the batch a --limit left, the feature size). The values
+are read back from what the run built (the method's resolved hyper-parameters, the views'
+transforms, the optimizer's parameter groups), so that the record cannot drift from the run. A
+resumed run's record must equal its checkpoint's where the training is concerned
+(`differences`); args.json beside it keeps the flags as they were given.
+"""
+
+import json
+from argparse import Namespace
+
+from flags.method_help import view_defaults
+from methods import METHODS, Method, resolved_hparams
+from networks import is_vit
+from utils.misc import expand_recipes, read_recipe, strip_config
+
+# the optimizer options each optimizer reads (optimizers/__init__.py)
+OPTIMIZER_OPTIONS = {
+    "sgd": ("momentum",),
+    "sgd_nesterov": ("momentum",),
+    "adam": ("betas",),
+    "adamw": ("betas",),
+    "lars": ("momentum", "lars_eta"),
+    "lars_simclr": ("momentum", "lars_eta"),
+    "larc": ("momentum", "larc_trust_coefficient", "larc_clip"),
+}
+# settings that may differ on --resume: the flags of utils.checkpoint.RESUME_FREE (where files
+# go, how fast, what is watched), the code's version and the number of processes
+FREE_KEYS = ("git_sha", "world_size")
+
+
+def flag_sources(fresh_parser, args: Namespace) -> dict[str, dict]:
+    """Where each flag's value came from (`sources`): the command line, a recipe file (--config,
+    the ones it includes), or the parser's default; and the parser's `defaults`.
+    `fresh_parser`: the entry point's parser as built (not the one a --config has already set
+    defaults on). A value given equal to its default counts as the default."""
+    defaults = vars(fresh_parser.parse_args([]))
+    from_recipe: dict[str, tuple[object, str]] = {}
+    for path in expand_recipes(getattr(args, "config", []) or []):
+        words = strip_config(read_recipe(path))
+        for key, value in vars(fresh_parser.parse_args(words)).items():
+            if value != defaults.get(key):
+                from_recipe[key] = (value, path)
+    sources = {}
+    for key, value in vars(args).items():
+        if key in from_recipe and from_recipe[key][0] == value:
+            sources[key] = f"recipe file {from_recipe[key][1]}"
+        elif key in defaults and defaults[key] == value:
+            sources[key] = "default"
+        else:
+            sources[key] = "command line"
+    return {"sources": sources, "defaults": defaults}
+
+
+class Record:
+    """Settings by part, each {"value", "source"}; a flag's source from `sources`."""
+
+    def __init__(self, args: Namespace, flags: dict[str, dict]) -> None:
+        self.args, self.parts = args, {}
+        self.sources, self.defaults = flags["sources"], flags["defaults"]
+
+    def add(self, part: str, key: str, value, source: str) -> None:
+        self.parts.setdefault(part, {})[key] = {"value": plain(value), "source": source}
+
+    def flag(self, part: str, *keys: str) -> None:
+        """Flags as they are in `args`, with their sources (None: not recorded, not used); a
+        value main() set in place of the default (a resolved `None`) is `derived`."""
+        for key in keys:
+            value = getattr(self.args, key, None)
+            if value is None:
+                continue
+            source = self.sources.get(key, "default")
+            if source == "default" and self.defaults.get(key) != value:
+                source = "derived"
+            self.add(part, key, value, source)
+
+    def given_or(self, part: str, key: str, value, otherwise: str) -> None:
+        """`value` with the flag's source where the flag was given, else `otherwise`."""
+        source = self.sources.get(key, "default")
+        self.add(part, key, value, source if source != "default" else otherwise)
+
+    def used(self, part: str, key: str, value) -> None:
+        """The value the run used for flag `key`: the flag's, or `derived` where the run had to
+        change it (the batch a --limit leaves, the loader workers the cores allow)."""
+        same = value == getattr(self.args, key)
+        self.add(part, key, value, self.sources.get(key, "default") if same else "derived")
+
+    def resolved(self, part: str, key: str, value, method_default: bool) -> None:
+        """A flag that the method resolves when unset: the flag's source if given, else
+        `method` (`method_default`) or `derived`."""
+        if getattr(self.args, key, None) is not None:
+            self.add(part, key, value, self.sources.get(key, "command line"))
+        else:
+            self.add(part, key, value, "method" if method_default else "derived")
+
+    def as_dict(self) -> dict:
+        return self.parts
+
+
+def plain(value):
+    """JSON's value of a setting: tuples as lists, everything else as it is."""
+    if isinstance(value, tuple | list):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return value
+
+
+def param_groups_of(optimizer) -> list[dict]:
+    """The optimizer's parameter groups as the run has them at the start: name, number of
+    tensors and of values, weight decay, lr scale, the fixed lr, LARS's exclusion."""
+    groups = []
+    for group in optimizer.param_groups:
+        entry = {
+            "name": group.get("name", "params"),
+            "tensors": len(group["params"]),
+            "values": sum(p.numel() for p in group["params"]),
+            "weight_decay": group.get("weight_decay", 0.0),
+        }
+        for key in ("lr_scale", "fix_lr", "exclude_bias_and_norm"):
+            if key in group:
+                entry[key] = group[key]
+        groups.append(entry)
+    return groups
+
+
+def views_of(transform) -> list[dict]:
+    """Each view's transform settings (transformations.View.options)."""
+    return [dict(view.options) for view in transform.view_transforms]
+
+
+def pretraining_record(
+    args: Namespace,
+    flags: dict[str, dict],
+    *,
+    model: Method,
+    feat_dim: int,
+    transform,
+    train_images: int,
+    batch_size: int,
+    steps_per_epoch: int,
+    workers: int,
+    lr: float,
+    warmup_epochs: int,
+    optimizer,
+    probe_on: bool,
+    git_sha: str,
+    world_size: int,
+) -> dict:
+    """main.py's record (module docstring), from the flags (`flags`: flag_sources) and what the
+    run built."""
+    record = Record(args, flags)
+    sources = flags["sources"]
+    cls = METHODS[args.model_name]
+    run = "run"
+    record.given_or(run, "run_name", args.run_name, "derived")
+    record.flag(run, "seed", "device", "logs_dir", "ckpt_dir", "save_freq", "print_freq")
+    record.flag(run, "skip_nonfinite", "debug", "resume", "init_backbone")
+    if args.config:
+        record.given_or(run, "config", list(args.config), "command line")
+    record.add(run, "world_size", world_size, "derived")
+    record.add(run, "git_sha", git_sha, "derived")
+
+    data = "data"
+    record.flag(data, "dataset_name", "data_dir", "image_size", "limit")
+    record.add(data, "train_images", train_images, "derived")
+    record.used(data, "batch_size", batch_size)
+    record.add(data, "steps_per_epoch", steps_per_epoch, "derived")
+    record.used(data, "num_workers", workers)
+    record.flag(data, "in_memory", "gpu_augment")
+
+    views = "views"
+    recipe = cls.augmentation
+    record.add(views, "recipe", recipe if isinstance(recipe, str) else recipe.__name__, "method")
+    built = views_of(transform)
+    for key, default in view_defaults(args.model_name).items():
+        given = getattr(args, key, None)
+        value = given if given is not None else default
+        if value is None and key == "small_crop_size":  # the recipe's: image_size x 96/224
+            small = [v["image_size"] for v in built if v["image_size"] != args.image_size]
+            value = small[0] if small else None
+        if value is not None:
+            record.resolved(views, key, value, True)
+    record.add(views, "views", built, "derived")
+
+    method = "method"
+    record.add(method, "model_name", args.model_name, sources.get("model_name", "default"))
+    kwargs = {k: v for k, v in vars(args).items() if v is not None}
+    for name, (value, given) in resolved_hparams(model, kwargs).items():
+        source = sources.get(name, "command line") if given else "method"
+        record.add(method, name, value, source)
+
+    arch = "model"
+    record.flag(arch, "backbone", "pretrained")
+    zero_init = args.zero_init_residual
+    record.resolved(arch, "zero_init_residual",
+                    cls.zero_init_residual if zero_init is None else zero_init, True)  # fmt: skip
+    if is_vit(model.backbone):
+        record.resolved(arch, "pool", args.pool or cls.pool or "token", True)
+    record.add(arch, "feat_dim", feat_dim, "derived")
+    record.add(arch, "parameters", sum(p.numel() for p in model.parameters()), "derived")
+
+    opt = "optimization"
+    record.flag(opt, "optimizer", "base_lr", "lr_scaling")
+    record.add(opt, "lr", lr, "derived")
+    record.flag(opt, "num_epochs", "warmup_lr", "final_lr")
+    record.used(opt, "warmup_epochs", warmup_epochs)
+    record.flag(opt, "weight_decay")
+    if args.final_weight_decay is None:
+        record.add(opt, "final_weight_decay", args.weight_decay, "derived")
+    else:
+        record.flag(opt, "final_weight_decay")
+    record.flag(opt, *OPTIMIZER_OPTIONS.get(args.optimizer, ()))
+    record.add(opt, "param_groups", param_groups_of(optimizer), "derived")
+
+    record.flag("speed", "amp", "channels_last", "compile", "sync_bn")
+
+    watch = "monitors"
+    record.flag(watch, "knn_freq")
+    if args.knn_freq:
+        record.flag(watch, "knn_k", "knn_temperature")
+    record.resolved(watch, "online_probe", probe_on, False)
+    if probe_on:
+        record.flag(watch, "online_probe_lr", "online_probe_bn")
+    record.flag(watch, "rankme_images", "tsne", "eval_data_dir")
+
+    record.add("evaluation", "eval_interpolation", cls.eval_interpolation, "method")
+    record.add("evaluation", "eval_momentum_backbone", cls.eval_momentum_backbone, "method")
+    record.add("evaluation", "eval_last_blocks", cls.eval_last_blocks, "method")
+    return record.as_dict()
+
+
+FINETUNE_OPTIONS = ("backbone_lr", "layer_decay", "drop_path", "label_smoothing", "mixup")
+FINETUNE_OPTIONS += ("cutmix", "randaugment", "random_erasing", "fc_norm")
+
+
+def evaluation_record(
+    args: Namespace,
+    flags: dict[str, dict],
+    *,
+    pretrained,
+    ckpt_source: str,
+    train_images: int,
+    test_images: int,
+    num_classes: int,
+    feat_dim: int,
+    batch_size: int,
+    workers: int,
+    lr: float | None,
+    warmup_epochs: int,
+    git_sha: str,
+    world_size: int,
+) -> dict:
+    """main_linear.py's record: the evaluated backbone, the data, the evaluation's settings
+    (each resolved from the flag, the pretraining checkpoint's record or the method), and for a
+    trained classifier its optimization. `pretrained`: the backbone's BackboneInfo (None with
+    --random_init); `ckpt_source`: where --ckpt came from."""
+    record = Record(args, flags)
+    run = "run"
+    record.given_or(run, "run_name", args.run_name, "derived")
+    record.flag(run, "seed", "device", "logs_dir", "ckpt_dir", "resume")
+    if args.eval == "linear":
+        record.flag(run, "save_freq", "print_freq", "skip_nonfinite", "debug")
+    if args.config:
+        record.given_or(run, "config", list(args.config), "command line")
+    record.add(run, "world_size", world_size, "derived")
+    record.add(run, "git_sha", git_sha, "derived")
+
+    backbone = "backbone"
+    record.flag(backbone, "model_name", "backbone", "random_init")
+    if pretrained is not None:
+        record.add(backbone, "ckpt", args.ckpt, ckpt_source)
+        record.add(backbone, "pretrain_epochs", pretrained.epoch, "checkpoint")
+        record.given_or(backbone, "momentum_backbone", pretrained.momentum_backbone, "checkpoint")
+    record.add(backbone, "feat_dim", feat_dim, "derived")
+
+    data = "data"
+    record.flag(data, "dataset_name", "data_dir", "image_size", "limit", "data_fraction")
+    record.add(data, "train_images", train_images, "derived")
+    record.add(data, "test_images", test_images, "derived")
+    record.given_or(data, "num_classes", num_classes, "derived")
+    record.used(data, "batch_size", batch_size)
+    record.used(data, "num_workers", workers)
+    record.flag(data, "in_memory")
+
+    evaluation = "evaluation"
+    record.flag(evaluation, "eval", "finetune", "precompute_features", "probe_bn")
+    official = "method" if pretrained is None else "checkpoint"
+    record.given_or(evaluation, "interpolation", args.interpolation, official)
+    if args.pool is not None or (pretrained is not None and pretrained.pool is not None):
+        record.resolved(evaluation, "pool", args.pool or pretrained.pool, True)
+    record.given_or(evaluation, "n_last_blocks", args.n_last_blocks, official)
+    record.flag(evaluation, "avgpool_patchtokens")
+    if args.eval == "knn":
+        record.flag(evaluation, "knn_k", "knn_temperature")
+    if args.finetune:
+        record.flag(evaluation, *FINETUNE_OPTIONS)
+    record.flag(evaluation, "tsne")
+
+    if args.eval == "linear":
+        opt = "optimization"
+        record.flag(opt, "optimizer", "base_lr", "lr_scaling")
+        record.add(opt, "lr", lr, "derived")
+        record.flag(opt, "num_epochs", "warmup_lr", "final_lr")
+        record.used(opt, "warmup_epochs", warmup_epochs)
+        record.flag(opt, "weight_decay", *OPTIMIZER_OPTIONS.get(args.optimizer, ()))
+    record.flag("speed", "amp", "channels_last")
+    return record.as_dict()
+
+
+def differences(
+    saved: dict, record: dict, free: tuple[str, ...], flags: set[str] = frozenset()
+) -> list[str]:
+    """`<key> <saved> there, <now> here` for each setting not in `free` (nor FREE_KEYS) whose
+    value differs between a checkpoint's record and this run's (a setting only one of them has,
+    of a version before or after the other, is not compared); `--<key>` for the `flags`."""
+    found = []
+    for part, settings in record.items():
+        for key, entry in settings.items():
+            if key in free or key in FREE_KEYS or key not in saved.get(part, {}):
+                continue
+            before = saved[part][key]["value"]
+            if before != entry["value"]:
+                name = f"--{key}" if key in flags else key
+                found.append(f"{name} {shown(before)} there, {shown(entry['value'])} here")
+    return found
+
+
+def to_json(record: dict) -> str:
+    """The record as JSON, one setting a line: `"lr": {"value": 0.3, "source": "derived"}`."""
+    parts = []
+    for part, settings in record.items():
+        lines = [f"  {json.dumps(key)}: {json.dumps(entry)}" for key, entry in settings.items()]
+        parts.append(f" {json.dumps(part)}: {{\n" + ",\n".join(lines) + "\n }")
+    return "{\n" + ",\n".join(parts) + "\n}"
+
+
+def shown(value) -> str:
+    if isinstance(value, list | dict):
+        return json.dumps(value, separators=(",", ":"))[:80]
+    return str(value)
+
+
+def values(record: dict) -> dict:
+    """The record without the sources: part -> key -> value."""
+    return {part: {k: v["value"] for k, v in settings.items()} for part, settings in record.items()}
+
+
+def summary_lines(record: dict, log_dir: str, ckpt_dir: str) -> list[str]:
+    """The start-up summary: what trains, on what, how, and where it is written."""
+    v = values(record)
+    opt, data, method, views = v["optimization"], v["data"], v["method"], v["views"]
+    extras = [f"{k} {x}" for k in OPTIMIZER_OPTIONS.get(opt["optimizer"], ()) for x in
+              [opt.get(k)] if x is not None]  # fmt: skip
+    hparams = ", ".join(f"{k} {x}" for k, x in method.items() if k != "model_name")
+    wd = opt["weight_decay"]
+    wd_text = (
+        f"{wd:g}" if opt["final_weight_decay"] == wd else f"{wd:g} -> {opt['final_weight_decay']:g}"
+    )
+    return [
+        f"run: {v['run']['run_name']} (logs {log_dir}, checkpoints {ckpt_dir}; every setting "
+        f"and its source in {log_dir}/config.json)",
+        f"method: {method['model_name']} on {v['model']['backbone']} "
+        f"({v['model']['feat_dim']}-d features, {v['model']['parameters'] / 1e6:.2f} M "
+        f"parameters); {hparams}",
+        f"data: {data['train_images']} images of {data['dataset_name']} at "
+        f"{data['image_size']} px, batches of {data['batch_size']}, {data['steps_per_epoch']} "
+        f"steps per epoch; views: {views['recipe']} recipe, {len(views['views'])} views",
+        f"optimization: {opt['optimizer']}{' (' + ', '.join(extras) + ')' if extras else ''}, "
+        f"lr {opt['lr']:.6g} ({opt['base_lr']:g} x {data['batch_size']}/256, "
+        f"{opt['lr_scaling']} scaling), {opt['warmup_epochs']} warmup epoch(s) from "
+        f"{opt['warmup_lr']:g}, cosine to {opt['final_lr']:g} (unscaled); weight decay {wd_text}; "
+        f"{opt['num_epochs']} epochs; {len(opt['param_groups'])} parameter group(s)",
+    ]

@@ -1,0 +1,135 @@
+"""The record of what a run used (config.py): every setting resolved, none null, each with where it
+came from (the parser's default, a recipe file, the command line, the method, derived); written as
+config.json and into the checkpoints, printed by --print_config without writing anything, read
+back by the evaluation, and compared by --resume."""
+
+import json
+import os
+
+import pytest
+
+import main
+import main_linear
+from pretrained import load_backbone
+from utils.checkpoint import load_checkpoint, save_checkpoint
+from utils.misc import UserError, parse_with_config, run_cli
+
+pytestmark = [pytest.mark.full, pytest.mark.usefixtures("small_test_set")]
+
+TINY = [
+    "--dataset_name", "synthetic", "--backbone", "small_cnn", "--image_size", "16",
+    "--device", "cpu", "--num_workers", "0", "--limit", "64", "--batch_size", "32",
+    "--num_epochs", "1", "--warmup_epochs", "0", "--model_name", "simclr",
+]  # fmt: skip
+
+
+def nulls(record: dict) -> list[str]:
+    return [f"{part}.{key}" for part, settings in record.items()
+            for key, entry in settings.items() if entry["value"] is None]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A run whose flags come from all three places: a recipe file (--temperature, --base_lr),
+    the command line (--seed, and --base_lr over the recipe's), the parser's defaults."""
+    root = tmp_path_factory.mktemp("record")
+    recipe = root / "r.args"
+    recipe.write_text("--temperature 0.3 --base_lr 0.5\n")
+    argv = [*TINY, "--config", str(recipe), "--seed", "5", "--base_lr", "0.2"]
+    argv += ["--logs_dir", str(root / "logs"), "--ckpt_dir", str(root / "ckpts"), "--run_name", "r"]
+    out = main.main(parse_with_config(main.get_args_parser(), argv))
+    with open(os.path.join(out["log_dir"], "config.json")) as f:
+        return {"record": json.load(f), "out": out, "argv": argv, "recipe": str(recipe)}
+
+
+def test_the_record_resolves_every_setting_and_names_its_source(run):
+    record = run["record"]
+    assert not nulls(record)
+    assert record["method"]["temperature"] == {
+        "value": 0.3, "source": f"recipe file {run['recipe']}"
+    }  # fmt: skip
+    assert record["optimization"]["base_lr"] == {"value": 0.2, "source": "command line"}
+    assert record["run"]["seed"] == {"value": 5, "source": "command line"}
+    assert record["optimization"]["optimizer"] == {"value": "sgd", "source": "default"}
+    # the method's own values, where no flag was given: SimCLR's projector is the backbone's width
+    assert record["method"]["proj_hidden_dim"] == {"value": 256, "source": "method"}
+    assert record["method"]["nt_xent_scale"] == {"value": 2.0, "source": "method"}
+    assert record["views"]["crop_min_scale"] == {"value": 0.08, "source": "method"}
+    assert record["views"]["interpolation"] == {"value": "bicubic", "source": "method"}
+    assert record["model"]["zero_init_residual"] == {"value": True, "source": "method"}
+    # derived from the others: the lr scaled by the batch, the schedule's constant decay
+    assert record["optimization"]["lr"] == {"value": 0.2 * 32 / 256, "source": "derived"}
+    assert record["optimization"]["final_weight_decay"]["value"] == 5e-4
+    assert record["monitors"]["online_probe"] == {"value": True, "source": "derived"}
+    views = record["views"]["views"]["value"]
+    assert len(views) == 2 and views[0]["crop_scale"] == [0.08, 1.0]
+    groups = record["optimization"]["param_groups"]["value"]  # SimCLR trains every parameter
+    assert sum(g["values"] for g in groups) == record["model"]["parameters"]["value"]
+    # the checkpoint keeps the same record
+    state = load_checkpoint(os.path.join(run["out"]["ckpt_dir"], "last.pt"))
+    assert state["config"] == record
+
+
+def test_print_config_prints_the_record_and_writes_nothing(run, tmp_path, capsys):
+    argv = [*run["argv"][:-6], "--logs_dir", str(tmp_path / "l"), "--ckpt_dir", str(tmp_path / "c")]
+    run_cli(main.main, main.get_args_parser(), [*argv, "--run_name", "r", "--print_config"])
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)  # stdout is the JSON alone; the start-up went to stderr
+    assert printed["method"] == run["record"]["method"]
+    assert printed["optimization"]["param_groups"] == run["record"]["optimization"]["param_groups"]
+    assert not os.path.exists(tmp_path / "l") and not os.path.exists(tmp_path / "c")
+    ckpt = os.path.join(run["out"]["ckpt_dir"], "last.pt")
+    probe = [*TINY, "--ckpt", ckpt, "--logs_dir", str(tmp_path / "l"), "--print_config"]
+    run_cli(main_linear.main, main_linear.get_args_parser(), probe)
+    printed = json.loads(capsys.readouterr().out)
+    assert not nulls(printed) and not os.path.exists(tmp_path / "l")
+    assert printed["evaluation"]["interpolation"] == {"value": "bicubic", "source": "checkpoint"}
+    assert printed["backbone"]["ckpt"] == {"value": ckpt, "source": "command line"}
+
+
+def test_evaluation_reads_the_checkpoints_record(run, tmp_path):
+    """load_backbone and main_linear take a checkpoint's evaluation settings from its record,
+    not from what the method declares today."""
+    state = load_checkpoint(os.path.join(run["out"]["ckpt_dir"], "last.pt"))
+    state["config"]["evaluation"]["eval_interpolation"]["value"] = "bilinear"
+    path = str(tmp_path / "recorded.pt")
+    save_checkpoint(state, path)
+    _, info = load_backbone(path)
+    assert info.interpolation == "bilinear"  # SimCLR declares bicubic
+    probe = [*TINY, "--ckpt", path, "--logs_dir", str(tmp_path / "l"), "--print_config"]
+    record = main_linear.main(main_linear.get_args_parser().parse_args(probe))["config"]
+    assert record["evaluation"]["interpolation"]["value"] == "bilinear"
+
+
+def test_resume_refuses_a_setting_whose_resolved_value_changed(run, tmp_path):
+    """A checkpoint whose record holds another resolved value than this code resolves (a
+    method default changed since, here SimCLR's nt_xent_scale) is refused, naming the flag."""
+    state = load_checkpoint(os.path.join(run["out"]["ckpt_dir"], "last.pt"))
+    state["config"]["method"]["nt_xent_scale"]["value"] = 1.0
+    state["epoch"], state["step"] = 0, 1  # not finished: something to continue
+    path = tmp_path / "ckpts" / "old" / "last.pt"
+    save_checkpoint(state, str(path))
+    argv = [*run["argv"][:-6], "--logs_dir", str(tmp_path / "logs"), "--ckpt_dir"]
+    argv += [str(tmp_path / "ckpts"), "--run_name", "old", "--resume", "auto"]
+    with pytest.raises(UserError, match="--nt_xent_scale 1.0 there, 2.0 here"):
+        main.main(parse_with_config(main.get_args_parser(), argv))
+    assert not os.path.exists(tmp_path / "logs")
+
+
+def test_every_methods_record_has_no_null(tmp_path):
+    """Each method's resolved hyper-parameters, on a CNN and on a ViT: none left None."""
+    from methods import METHODS, build_method, resolved_hparams
+    from networks import build_backbone
+
+    narrow = {"proj_hidden_dim": 32, "proj_dim": 32}
+    smaller = {"barlowtwins": narrow, "vicreg": narrow, "dino": {"out_dim": 32}}
+    smaller |= {"swav": {"num_prototypes": 8}, "mocov2": {"queue_size": 64}}
+    smaller |= {"nnclr": {"queue_size": 64}}
+    for name, cls in sorted(METHODS.items()):
+        for backbone, size in ([("vit_tiny", 32)] if cls.requires_vit else
+                               [("small_cnn", 16), ("vit_tiny", 32)]):  # fmt: skip
+            small = smaller.get(name, {})
+            model = build_method(name, *build_backbone(backbone, size), **small)
+            found = resolved_hparams(model, small)
+            assert all(v is not None for v, _ in found.values()), (name, backbone, found)
+            assert {k for k, (_, given) in found.items() if given} == set(small)
