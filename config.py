@@ -10,15 +10,18 @@ method's own default: its hyper-parameters, views, initialisation and evaluation
 are read back from what the run built (the method's resolved hyper-parameters, the views'
 transforms, the optimizer's parameter groups), so that the record cannot drift from the run. A
 resumed run's record must equal its checkpoint's where the training is concerned
-(`differences`); args.json beside it keeps the flags as they were given.
+(`differences`); args.json beside it holds the same values, flat.
 """
 
 import json
+import os
 from argparse import Namespace
 
 from flags.method_help import view_defaults
 from methods import METHODS, Method, resolved_hparams
 from networks import is_vit
+from utils.checkpoint import atomic_file
+from utils.logging import write_json
 from utils.misc import expand_recipes, read_recipe, strip_config
 
 # the optimizer options each optimizer reads (optimizers/__init__.py)
@@ -346,6 +349,32 @@ def shown(value) -> str:
     if isinstance(value, list | dict):
         return json.dumps(value, separators=(",", ":"))[:80]
     return str(value)
+
+
+def flat(record: dict) -> dict:
+    """The record's values under their keys, parts merged: args.json (every setting the run
+    used, resolved, none null; the keys are unique across parts)."""
+    return {key: entry["value"] for settings in record.values() for key, entry in settings.items()}
+
+
+def as_given(record: dict) -> dict:
+    """The flags as they were given: the values of the defaults, recipe files and command line,
+    and None where the method or the run resolved them (as an args.json of a run without a
+    record holds them: scripts/methods_table.py reads both)."""
+    given = ("default", "command line")
+    return {
+        key: entry["value"] if entry["source"] in given or entry["source"].startswith("recipe")
+        else None
+        for settings in record.values()
+        for key, entry in settings.items()
+    }  # fmt: skip
+
+
+def write_record(log_dir: str, record: dict) -> None:
+    """config.json (the record) and args.json (its values, flat) in the run's log folder."""
+    with atomic_file(os.path.join(log_dir, "config.json")) as tmp, open(tmp, "w") as f:
+        f.write(to_json(record) + "\n")
+    write_json(os.path.join(log_dir, "args.json"), flat(record))
 
 
 def values(record: dict) -> dict:

@@ -17,7 +17,14 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
-from config import differences, flag_sources, pretraining_record, summary_lines, to_json
+from config import (
+    differences,
+    flag_sources,
+    pretraining_record,
+    summary_lines,
+    to_json,
+    write_record,
+)
 from engine import Engine, fit
 from flags import VIEW_OPTIONS, add_pretraining_flags, add_shared_flags, check_method_flags
 from methods import METHODS, build_method
@@ -70,7 +77,6 @@ from utils.run import (
     make_loader,
     make_run_dirs,
     run_folders,
-    save_args,
     start_process,
     warmup_used,
     with_values,
@@ -437,8 +443,7 @@ def train(args) -> dict:
     resume_step = checkpoint["step"] if checkpoint is not None else None
     make_run_dirs(log_dir, ckpt_dir, resume_step, metrics_from)
     if main_rank:
-        save_args(log_dir, args, lr=lr, batch_size=batch_size)
-        write_json(os.path.join(log_dir, "config.json"), record)
+        write_record(log_dir, record)
 
     start_epoch, start_step = 0, 0
     if checkpoint is not None:

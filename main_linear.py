@@ -24,7 +24,7 @@ import time
 import torch
 from torch.utils.data import Dataset, Subset
 
-from config import evaluation_record, flag_sources, to_json
+from config import evaluation_record, flag_sources, to_json, write_record
 from flags import (
     add_pretraining_flags,
     add_shared_flags,
@@ -74,7 +74,6 @@ from utils.run import (
     make_loader,
     make_run_dirs,
     run_folders,
-    save_args,
     start_process,
     warmup_used,
     with_values,
@@ -468,7 +467,7 @@ def evaluate(args) -> dict:
           f"{log_dir}/config.json)")  # fmt: skip
     make_run_dirs(log_dir, ckpt_dir, resumed["step"] if resumed else None, metrics_from)
     if is_main_process():
-        write_json(os.path.join(log_dir, "config.json"), record)
+        write_record(log_dir, record)
     if resumed and is_main_process() and resumed.get("step_in_epoch", 0) == 0:
         epoch = resumed["epoch"]  # killed while writing its epoch_NNNN.pt?
         due = epoch > 0 and (epoch % args.save_freq == 0 or epoch == args.num_epochs)
@@ -476,8 +475,6 @@ def evaluate(args) -> dict:
     start_time = time.time()
     test_features = None  # (features, labels) of the test set, when computed anyway
     if args.eval == "knn":
-        if is_main_process():
-            save_args(log_dir, args)
         # ============ weighted kNN ============
         (acc1, acc5), test_features = knn_evaluate(
             backbone, train_loader, test_loader, device, args.knn_k, args.knn_temperature,

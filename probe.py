@@ -17,7 +17,7 @@ from utils.distributed import gather, is_main_process, world_size
 from utils.knn import FeatureLoader, extract_features, topk_accuracy
 from utils.logging import MetricsLogger, NullLogger
 from utils.plots import plot_run
-from utils.run import TrainingGuard, build_lr_schedule, make_loader, save_args
+from utils.run import TrainingGuard, build_lr_schedule, make_loader
 
 
 def layer_scales(backbone: nn.Module, decay: float) -> dict[str, float]:
@@ -141,8 +141,6 @@ def train_classifier(
         start = restore(resumed, optimizer, **modules)
         purge = resumed["step"] + 1  # TensorBoard: the steps logged again
         print(f"resumed at epoch {start[0]}, step {start[1]} of the epoch")
-    if main_rank:
-        save_args(log_dir, args, lr=lr, batch_size=batch_size)
     columns = ["loss", "lr", "images_per_s", "train_acc1", "val_loss", "val_acc1", "val_acc5"]
     logger = MetricsLogger(log_dir, columns, purge_step=purge) if main_rank else NullLogger()
     steps = len(train_loader)

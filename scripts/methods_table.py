@@ -26,6 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from readme_block import knn_first_last, load_json, publish  # noqa: E402
 
+from config import as_given  # noqa: E402
 from flags import VIEW_OPTIONS  # noqa: E402
 from main import get_args_parser  # noqa: E402
 from methods import METHODS  # noqa: E402
@@ -97,7 +98,7 @@ def method_rows(root: str) -> dict[str, list[dict]]:
             rows[method].append(
                 {
                     "seed": seed,
-                    "args": load_json(os.path.join(pretrain_dir, "args.json")),
+                    "args": flags_of(pretrain_dir),
                     "before": before,
                     "after": after,
                     "steps": steps,
@@ -108,6 +109,15 @@ def method_rows(root: str) -> dict[str, list[dict]]:
                 }
             )
     return dict(rows)
+
+
+def flags_of(run_dir: str) -> dict:
+    """A pretraining's flags as given (unset: None): from its config.json's sources, or from the
+    args.json of a run without one (which held the flags as given)."""
+    record = os.path.join(run_dir, "config.json")
+    if os.path.exists(record):
+        return as_given(load_json(record))
+    return load_json(os.path.join(run_dir, "args.json"))
 
 
 def online_probe(rows: list[dict]) -> str:

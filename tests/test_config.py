@@ -10,6 +10,7 @@ import pytest
 
 import main
 import main_linear
+from config import as_given
 from pretrained import load_backbone
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.misc import UserError, parse_with_config, run_cli
@@ -65,9 +66,17 @@ def test_the_record_resolves_every_setting_and_names_its_source(run):
     assert len(views) == 2 and views[0]["crop_scale"] == [0.08, 1.0]
     groups = record["optimization"]["param_groups"]["value"]  # SimCLR trains every parameter
     assert sum(g["values"] for g in groups) == record["model"]["parameters"]["value"]
-    # the checkpoint keeps the same record
+    # the checkpoint keeps the same record; args.json its values, flat (DESIGN §4: every setting
+    # the run used, resolved, none null)
     state = load_checkpoint(os.path.join(run["out"]["ckpt_dir"], "last.pt"))
     assert state["config"] == record
+    with open(os.path.join(run["out"]["log_dir"], "args.json")) as f:
+        args = json.load(f)
+    assert args["temperature"] == 0.3 and args["proj_hidden_dim"] == 256 and args["lr"] == 0.025
+    assert None not in args.values() and len(args) == sum(len(p) for p in record.values())
+    # the tables read the flags as given back from it: what the method resolved is unset
+    given = as_given(record)
+    assert given["temperature"] == 0.3 and given["proj_hidden_dim"] is None
 
 
 def test_print_config_prints_the_record_and_writes_nothing(run, tmp_path, capsys):

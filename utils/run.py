@@ -1,6 +1,5 @@
 """Plumbing shared by main.py and main_linear.py: run folders, data loaders, the lr schedule."""
 
-import json
 import os
 import signal
 import sys
@@ -24,8 +23,8 @@ from utils.distributed import (
     rank,
     world_size,
 )
-from utils.logging import truncate_metrics, write_json
-from utils.misc import UserError, git_sha, resolve_device
+from utils.logging import truncate_metrics
+from utils.misc import UserError, resolve_device
 from utils.runfolder import (
     TEMPORARY,
     check_run_name,
@@ -206,18 +205,6 @@ def fit_batch_size(batch_size: int, num_images: int, limit: int | None, at_least
             f"raise --batch_size{' and --limit' if limit else ''}"
         )
     return batch_size
-
-
-def save_args(log_dir: str, args: Namespace, **derived) -> None:
-    """args.json: every flag, the values derived from them (`derived`: the scaled lr, the batch
-    used, the number of processes) and the code version."""
-    record = {**vars(args), **derived, "world_size": world_size(), "git_sha": git_sha()}
-    write_json(os.path.join(log_dir, "args.json"), record)
-
-
-def print_args(args: Namespace) -> None:
-    print(f"git sha: {git_sha()}")
-    print(json.dumps(vars(args), indent=None, sort_keys=True, default=str))
 
 
 def make_loader(
