@@ -44,7 +44,12 @@ class Method(nn.Module):
                           "bottleneck": of Bottleneck blocks only (BYOL's haiku ResNet);
       momentum_backbone   the attribute holding its EMA copy of the backbone (BYOL's and MoCo's
                           target, DINO's teacher), which --momentum_backbone evaluates;
-      collapse_hint       what usually makes it collapse, for the collapse monitor's warning.
+      collapse_hint       what usually makes it collapse, for the collapse monitor's warning;
+      slow_start          how many times the short CPU tables' epochs its pretraining takes
+                          (scripts/short_recipes.sh): methods without negatives or an explicit
+                          variance term (BYOL, SwAV, DINO: 5) first lose kNN accuracy on the
+                          synthetic set, and in an 8-epoch schedule end below the random
+                          initialisation's.
     The hooks run once per step or epoch; methods with state outside autograd override them (BYOL's
     EMA target, SwAV's prototypes and queue). `param_group` gives a parameter's own optimizer
     options (Barlow Twins' bias lr, SimSiam's fixed predictor lr).
@@ -62,6 +67,7 @@ class Method(nn.Module):
     requires_vit = False
     momentum_backbone: str | None = None
     collapse_hint = "too high a --temperature or too small a batch of negatives"
+    slow_start = 1
     concat_views = False  # per-view methods: one pass over both views (see `per_view`)
     epoch = 0
 

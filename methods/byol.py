@@ -64,6 +64,7 @@ class BYOL(Method):
     loss_summary = "`byol_loss`, EMA target"
     augmentation = "byol"
     momentum_backbone = "target_backbone"
+    slow_start = 5  # scripts/short_recipes.sh: 5x the short tables' epochs
     collapse_hint = "too low an EMA momentum (--ema_momentum) or too high an lr"
     # official byol/utils/dataset.py: every crop (pretraining, linear, eval) resized BICUBIC
     view_options = {"interpolation": "bicubic"}

@@ -222,6 +222,7 @@ class DINO(Method):
     loss_summary = "`dino_loss`, EMA teacher"
     augmentation = "dino"
     momentum_backbone = "teacher_backbone"
+    slow_start = 5  # scripts/short_recipes.sh: 5x the short tables' epochs
     collapse_hint = "too little centering or sharpening (--teacher_temp, --center_momentum), or lr"
     # official main_dino.py: every crop BICUBIC; eval_linear.py: Resize(256, interpolation=3)
     # (its linear training crop is bilinear: main_linear --interpolation bilinear at 224 px)

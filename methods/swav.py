@@ -113,6 +113,7 @@ class SwAV(Method):
 
     loss_summary = "`swav_loss`, `sinkhorn`"
     augmentation = "multicrop"
+    slow_start = 5  # scripts/short_recipes.sh: 5x the short tables' epochs
     collapse_hint = "too few prototypes or too small an epsilon for the batch (--epsilon)"
 
     def __init__(

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every method on the real CIFAR-10 at a budget 2 CPU cores can afford: pretraining of `small_cnn`
 # at 32x32 on a class-balanced 10,000-image subset of the training set (Adam, batch 256, 6 epochs
-# and 30 for BYOL, SwAV and DINO, which start slowly: EPOCH_FACTOR in scripts/short_recipes.sh;
+# and 30 for BYOL, SwAV and DINO, which start slowly: their `slow_start` (methods/__init__.py);
 # the method's own augmentation recipe, kNN with k=200 on the 10,000 test images at epoch 0 and
 # every 2 epochs, the subset as memory bank), then a linear probe of the frozen backbone on
 # features of all 50,000 training images computed once (`--precompute_features`, SGD with
@@ -36,7 +36,7 @@ SHARED=recipes/short/cifar10.args
 LINEAR_SHARED=recipes/short/cifar10_linear.args
 COMMON=(--data_dir "$DATA" --device cpu --num_workers 0 --logs_dir "$OUT" --ckpt_dir "$OUT/ckpts")
 PRETRAIN=(--limit "${LIMIT:-10000}")
-EPOCHS=${EPOCHS:-6}  # BYOL, SwAV, DINO: 5x (EPOCH_FACTOR in short_recipes.sh)
+EPOCHS=${EPOCHS:-6}  # BYOL, SwAV, DINO: 5x (their `slow_start`, methods/__init__.py)
 
 run_rows
 

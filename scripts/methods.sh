@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every method on the built-in synthetic set (no download): a short pretraining of `small_cnn` at
 # 16x16 on 4,000 images (Adam, batch 128, 8 epochs and 40 for the slow starters BYOL, SwAV and
-# DINO: EPOCH_FACTOR in scripts/short_recipes.sh; kNN on the test set at epoch 0 and every 2
+# DINO: their `slow_start` (methods/__init__.py), read by scripts/short_recipes.sh; kNN on the test set at epoch 0 and every 2
 # epochs), then a linear probe of the frozen backbone; plus the same probe of the untrained
 # backbone, the baseline. Each row is run with the seeds 123, 124 and 125 (SEEDS=...), every
 # method of a seed from the same random initialisation; the table gives mean ± standard
@@ -29,7 +29,7 @@ SHARED=recipes/short/synthetic.args
 LINEAR_SHARED=recipes/short/synthetic_linear.args
 COMMON=(--device cpu --num_workers 0 --logs_dir "$OUT" --ckpt_dir "$OUT/ckpts")
 PRETRAIN=()
-EPOCHS=${EPOCHS:-8}  # BYOL, SwAV, DINO: 5x (EPOCH_FACTOR in short_recipes.sh)
+EPOCHS=${EPOCHS:-8}  # BYOL, SwAV, DINO: 5x (their `slow_start`, methods/__init__.py)
 
 run_rows
 

@@ -8,12 +8,11 @@ read -r -a ALL_METHODS <<< "$(python -c 'from methods import METHODS; print(*MET
 # so each gets a probe of its own untrained backbone (as it initialises it) beside the shared one
 read -r -a VIT_METHODS <<< "$(python -c \
     'from methods import METHODS; print(*[m for m, c in METHODS.items() if c.requires_vit])')"
-# Methods without negatives or an explicit variance term start slowly: on the synthetic set their
-# kNN accuracy first falls below the random initialisation's, and in an 8-epoch schedule they
-# end below it (measured 2026-12-02 before the fidelity changes, README). Their pretraining runs
-# this many times the script's EPOCHS (the one per-method setting that is not a recipe file: the
-# epochs are the script's).
-declare -A EPOCH_FACTOR=([byol]=5 [swav]=5 [dino]=5)
+# A method that starts slowly pretrains this many times the script's EPOCHS: its `slow_start`
+# (methods/__init__.py; the epochs are the script's, not a recipe file's)
+declare -A EPOCH_FACTOR
+while read -r name factor; do EPOCH_FACTOR[$name]=$factor; done < <(python -c \
+    'from methods import METHODS; [print(m, c.slow_start) for m, c in METHODS.items()]')
 # Each row is repeated with these seeds (the initial weights, the views and the data order
 # change with it); the tables give the mean and spread. JOBS rows run side by side, one thread
 # each (2 single-thread runs do ~1.7x the work of one 2-thread run on 2 cores).

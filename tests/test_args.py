@@ -152,6 +152,7 @@ def test_short_recipes_parse_and_build(script):
     ).stdout.split()  # fmt: skip
     factors = dict(zip(listing[::2], map(int, listing[1::2]), strict=True))
     assert {m for m, f in factors.items() if f > 1} == {"byol", "swav", "dino"}
+    assert factors == {m: cls.slow_start for m, cls in METHODS.items()}  # their declarations
 
 
 def test_reference_recipes_are_flags_of_their_methods(tmp_path):
