@@ -13,9 +13,12 @@ resumed run's record must equal its checkpoint's where the training is concerned
 (`differences`); args.json beside it holds the same values, flat.
 """
 
+import contextlib
 import json
 import os
+import sys
 from argparse import Namespace
+from collections.abc import Callable
 
 from flags.method_help import view_defaults
 from methods import METHODS, Method, resolved_hparams
@@ -103,6 +106,16 @@ class Record:
         else:
             self.add(part, key, value, "method" if method_default else "derived")
 
+    def run(self, training: tuple[str, ...], world_size: int, git_sha: str) -> None:
+        """The `run` part: name, seed, device, folders, the `training` loop's flags, recipe
+        files, the number of processes and the code's version."""
+        self.given_or("run", "run_name", self.args.run_name, "derived")
+        self.flag("run", "seed", "device", "logs_dir", "ckpt_dir", "resume", *training)
+        if self.args.config:
+            self.given_or("run", "config", list(self.args.config), "command line")
+        self.add("run", "world_size", world_size, "derived")
+        self.add("run", "git_sha", git_sha, "derived")
+
     def as_dict(self) -> dict:
         return self.parts
 
@@ -162,14 +175,8 @@ def pretraining_record(
     record = Record(args, flags)
     sources = flags["sources"]
     cls = METHODS[args.model_name]
-    run = "run"
-    record.given_or(run, "run_name", args.run_name, "derived")
-    record.flag(run, "seed", "device", "logs_dir", "ckpt_dir", "save_freq", "print_freq")
-    record.flag(run, "skip_nonfinite", "debug", "resume", "init_backbone")
-    if args.config:
-        record.given_or(run, "config", list(args.config), "command line")
-    record.add(run, "world_size", world_size, "derived")
-    record.add(run, "git_sha", git_sha, "derived")
+    training = ("save_freq", "print_freq", "skip_nonfinite", "debug", "init_backbone")
+    record.run(training, world_size, git_sha)
 
     data = "data"
     record.flag(data, "dataset_name", "data_dir", "image_size", "limit")
@@ -266,15 +273,8 @@ def evaluation_record(
     trained classifier its optimization. `pretrained`: the backbone's BackboneInfo (None with
     --random_init); `ckpt_source`: where --ckpt came from."""
     record = Record(args, flags)
-    run = "run"
-    record.given_or(run, "run_name", args.run_name, "derived")
-    record.flag(run, "seed", "device", "logs_dir", "ckpt_dir", "resume")
-    if args.eval == "linear":
-        record.flag(run, "save_freq", "print_freq", "skip_nonfinite", "debug")
-    if args.config:
-        record.given_or(run, "config", list(args.config), "command line")
-    record.add(run, "world_size", world_size, "derived")
-    record.add(run, "git_sha", git_sha, "derived")
+    training = ("save_freq", "print_freq", "skip_nonfinite", "debug")
+    record.run(training if args.eval == "linear" else (), world_size, git_sha)
 
     backbone = "backbone"
     record.flag(backbone, "model_name", "backbone", "random_init")
@@ -334,6 +334,19 @@ def differences(
                 name = f"--{key}" if key in flags else key
                 found.append(f"{name} {shown(before)} there, {shown(entry['value'])} here")
     return found
+
+
+def run_or_print(run: Callable[[Namespace], dict], args: Namespace) -> dict:
+    """`run(args)`; with --print_config, the record it resolves printed as JSON on stdout (its
+    start-up's other lines on stderr) and returned, nothing written (`run` returns
+    {"config": record} before it writes)."""
+    if not args.print_config:
+        return run(args)
+    stdout = sys.stdout
+    with contextlib.redirect_stdout(sys.stderr):
+        record = run(args)["config"]
+    print(to_json(record), file=stdout)
+    return {"config": record}
 
 
 def to_json(record: dict) -> str:

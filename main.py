@@ -6,10 +6,8 @@ Writes <logs_dir>/<run_name>/{args.json, metrics.csv, loss.png, lr.png} and
 <ckpt_dir>/<run_name>/{last.pt, epoch_NNNN.pt}; `main_linear.py` then evaluates the backbone.
 """
 
-import contextlib
 import json
 import os
-import sys
 import time
 from contextlib import nullcontext
 
@@ -21,8 +19,8 @@ from config import (
     differences,
     flag_sources,
     pretraining_record,
+    run_or_print,
     summary_lines,
-    to_json,
     write_record,
 )
 from engine import Engine, fit
@@ -365,15 +363,9 @@ def finished(args, checkpoint: dict, ckpt_path: str, log_dir: str, ckpt_dir: str
 
 @releases_locks
 def main(args) -> dict:
-    """Pretrain (train); with --print_config, print the run's resolved configuration as JSON on
-    stdout (the start-up's other lines on stderr) and return it, writing nothing."""
-    if not args.print_config:
-        return train(args)
-    stdout = sys.stdout
-    with contextlib.redirect_stdout(sys.stderr):
-        record = train(args)["config"]
-    print(to_json(record), file=stdout)
-    return {"config": record}
+    """Pretrain (train); with --print_config, print the run's resolved configuration and return
+    it, writing nothing (config.run_or_print)."""
+    return run_or_print(train, args)
 
 
 def train(args) -> dict:

@@ -15,16 +15,14 @@ Variants (docs/evaluation.md): `--precompute_features` trains the head on featur
 """
 
 import argparse
-import contextlib
 import json
 import os
-import sys
 import time
 
 import torch
 from torch.utils.data import Dataset, Subset
 
-from config import evaluation_record, flag_sources, to_json, write_record
+from config import evaluation_record, flag_sources, run_or_print, write_record
 from flags import (
     add_pretraining_flags,
     add_shared_flags,
@@ -351,14 +349,8 @@ def results_of(args, train_images: int, pretrained, acc1: float, acc5: float, se
 @releases_locks
 def main(args) -> dict:
     """Evaluate (evaluate); with --print_config, print the evaluation's resolved configuration
-    as JSON on stdout (the start-up's other lines on stderr) and return it, writing nothing."""
-    if not args.print_config:
-        return evaluate(args)
-    stdout = sys.stdout
-    with contextlib.redirect_stdout(sys.stderr):
-        record = evaluate(args)["config"]
-    print(to_json(record), file=stdout)
-    return {"config": record}
+    and return it, writing nothing (config.run_or_print)."""
+    return run_or_print(evaluate, args)
 
 
 def evaluate(args) -> dict:
