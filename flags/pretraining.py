@@ -57,8 +57,8 @@ def add_pretraining_flags(parser: argparse.ArgumentParser) -> None:
         "--online_probe_bn",
         "a BatchNorm without affine parameters before the online probe's linear layer, as MAE's "
         "linear probe: it reads features whatever their scale (without it, a ViT's mean-pooled "
-        "tokens left it at chance) (default: on; false: solo-learn's plain linear layer, the "
-        "earlier default; a resumed run keeps its own)",
+        "tokens left it at chance) (default: on; false: solo-learn's plain linear layer; a "
+        "resumed run keeps its own)",
         default=None,
     )
     group.add_argument(

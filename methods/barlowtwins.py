@@ -20,9 +20,9 @@ LARS with lr 0.2 for the weights and 0.0048 for the biases and BatchNorm paramet
 parameter), both x B/256: here the scheduled lr is the weights' and `bias_lr_scale` = 0.0048 /
 0.2 = 0.024 scales it for the 1-D parameters (their own param group); batch 2048, 10 warmup
 epochs then cosine to 0.001 of the peak, weight decay 1.5e-6 (1e-6 in main.py), 1000 epochs.
-The projector is the official 8192-8192-8192 by default (2048 wide until 2026-12-04;
-solo-learn's CIFAR configuration, `--proj_hidden_dim 2048 --proj_dim 2048`, takes a quarter of
-the width: recipes/cifar10/barlowtwins.args).
+The projector is the official 8192-8192-8192 by default (solo-learn's CIFAR configuration,
+`--proj_hidden_dim 2048 --proj_dim 2048`, takes a quarter of the width:
+recipes/cifar10/barlowtwins.args).
 
 Under DDP the official main.py sums the processes' cross-correlations with an `all_reduce` that
 autograd does not see, so each process's gradient comes from its own images only and DDP's

@@ -14,8 +14,8 @@ tau_k = 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2. The target is saved in check
 Architecture as the official code (deepmind-research byol/byol_experiment.py,
 utils/networks.py): projector and predictor are MLPs Linear-BN-ReLU-Linear, 4096 -> 256, the
 last Linear without bias, every Linear initialised as haiku's hk.Linear (truncated normal of
-standard deviation 1/sqrt(fan_in); `--head_init pytorch` gives nn.Linear's own, this toolkit's
-until 2026-12-04); each view goes through the online network (backbone, projector,
+standard deviation 1/sqrt(fan_in); `--head_init pytorch` gives nn.Linear's own, which the short
+CPU recipe keeps); each view goes through the online network (backbone, projector,
 predictor) and the target network in its own call, so BatchNorm normalises each view with its
 own statistics (`--concat_views`: one pass of 2N); the last BatchNorm of each Bottleneck block
 starts at zero (haiku's ResNet BlockV1 `scale_init=jnp.zeros`, bottleneck blocks only: BYOL's

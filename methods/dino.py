@@ -36,9 +36,9 @@ warmup epochs and a cosine to 1e-6, weight decay 0.04 -> 0.4 on a cosine, gradie
 norm 3, stochastic depth 0.1, 2 x 224 px + 10 x 96 px crops (8 in the code's default), 100-800
 epochs; for ResNet-50 the README's command: SGD lr 0.03, weight decay 1e-4, global crops of
 14-100 % and local ones of 5-14 %, no BatchNorm in the head; the code recommends teacher
-momentum 0.9995 for batches of 256. K is the official 65536 by default (4096 until 2026-12-04,
-solo-learn's CIFAR setting: `--out_dim 4096`, recipes/cifar10/dino.args; 65536 makes the head's
-last layer 16.8 M parameters). As in main_dino.py, each student parameter's gradient is
+momentum 0.9995 for batches of 256. K is the official 65536 by default (solo-learn's CIFAR
+setting is 4096: `--out_dim 4096`, recipes/cifar10/dino.args; 65536 makes the head's last layer
+16.8 M parameters). As in main_dino.py, each student parameter's gradient is
 clipped to norm 3 on its own (`clip_gradients`, --clip_grad; solo-learn's CIFAR configs: 0, off)
 and a ViT student (vit_tiny, vit_small, or a plain timm ViT), initialised as DINO's own ViT
 (`dino_vit_init`), trains with stochastic depth 0.1 (--drop_path_rate; none for CNNs:

@@ -41,8 +41,8 @@ MoCo v2: Chen, Fan, Girshick, He, "Improved Baselines with Momentum Contrastive 
     (colab/moco_cifar10_demo.ipynb) emulates the GPUs: BatchNorm statistics over 8 interleaved
     splits of each batch in both encoders (`SplitBatchNorm`, --bn_splits) and the key batch
     shuffled between them; without it the demo lost 4 points of kNN accuracy at 800 epochs.
-    --shuffle_bn false gives plain BatchNorm over each encoder's whole batch and no shuffle, the
-    toolkit's form until 2026-12-04, solo-learn's (no Shuffle-BN) and that of the short recipes.
+    --shuffle_bn false gives plain BatchNorm over each encoder's whole batch and no shuffle:
+    solo-learn's form (no Shuffle-BN) and that of the short recipes.
 
 MoCo v3: Chen, Xie, He, "An Empirical Study of Training Self-Supervised Vision Transformers",
 ICCV 2021 (https://arxiv.org/abs/2104.02057).

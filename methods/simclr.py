@@ -16,7 +16,7 @@ Architecture as the official code (google-research/simclr model_util.py, resnet.
 projection head is Linear(d, d)-BN-ReLU-Linear(d, 128)-BN with d the backbone's feature size
 (2048 for ResNet-50, 512 for ResNet-18), no biases (BatchNorm follows every Linear), weights
 drawn from N(0, 0.01) (`linear_layer`'s kernel_initializer; `--head_init pytorch` gives
-nn.Linear's own, this toolkit's until 2026-12-04), and a last BatchNorm with a scale but no
+nn.Linear's own, which the short CPU recipe keeps), and a last BatchNorm with a scale but no
 shift (TF's center=False); the last BatchNorm of each residual
 block starts at zero; both views go through the network as one batch of 2N, so BatchNorm
 statistics cover both (as official, where the views are concatenated along the batch).

@@ -19,7 +19,7 @@ bias); each view through backbone and expander in its own call (`x = projector(b
 Default recipe (paper, ImageNet): ResNet-50, λ = μ = 25, ν = 1, ε = 1e-4, LARS with lr 0.2 x
 B/256 (base lr 0.2 in the paper), biases and BN excluded from weight decay and adaptation,
 batch 2048, 10 warmup epochs then cosine, weight decay 1e-6, 1000 epochs. The expander is the
-official 8192-8192-8192 by default (2048 wide until 2026-12-04; solo-learn's CIFAR configuration,
+official 8192-8192-8192 by default (solo-learn's CIFAR configuration is 2048 wide,
 `--proj_hidden_dim 2048 --proj_dim 2048`: recipes/cifar10/vicreg.args).
 """
 

@@ -90,8 +90,8 @@ def init_linears(module: nn.Module, scheme: str) -> None:
 
 class LinearClassifier(nn.Module):
     """The linear probe: one fully connected layer on frozen features, optionally after a
-    BatchNorm without affine parameters (MAE's probe, main_linprobe.py, with its eps 1e-6; 1e-5,
-    BatchNorm's default, until 2026-12-04), which makes the probe indifferent to the scale of the
+    BatchNorm without affine parameters (MAE's probe, main_linprobe.py, with its eps 1e-6 rather
+    than BatchNorm's default 1e-5), which makes the probe indifferent to the scale of the
     features; at test time it is a fixed affine map, so the probe stays linear."""
 
     def __init__(self, feat_dim: int, num_classes: int, batch_norm: bool = False) -> None:
