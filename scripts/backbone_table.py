@@ -17,7 +17,7 @@ from readme_block import replace_block  # noqa: E402
 
 from networks import BACKBONES, SMALL_IMAGE_SIZE, build_backbone  # noqa: E402
 
-COMMAND = "python scripts/backbone_table.py --output docs/backbones.md --readme README.md"
+COMMAND = "python scripts/backbone_table.py --output docs/backbones.md --readme docs/networks.md"
 
 
 def measure(name: str, image_size: int) -> tuple[float, int]:

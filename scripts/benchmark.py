@@ -1,8 +1,8 @@
 """Speed of the training step against a bare PyTorch loop, of the data path, and of kNN.
 
     python scripts/benchmark.py [main.py flags ...] [--steps 20] [--repeats 3] [--output F.json]
-                                [--readme README.md]
-    python scripts/benchmark.py --from_json F.json [G.json ...] --readme README.md
+                                [--readme docs/speed.md]
+    python scripts/benchmark.py --from_json F.json [G.json ...] --readme docs/speed.md
                                 (the table of saved runs, one column each)
 
 Takes main.py's flags (method, backbone, image size, batch, optimizer, --amp, --channels_last,

@@ -4,8 +4,8 @@ one row per method: images/s of main.py's training step on a held batch, images/
 loader with the share of time spent waiting for data, and the peak memory, per backbone.
 
     python scripts/benchmark_methods.py OUT_DIR [--backbones resnet18 vit_tiny] [--methods ...]
-        [--readme README.md] [benchmark.py flags ...]
-    python scripts/benchmark_methods.py OUT_DIR --table_only --readme README.md
+        [--readme docs/speed.md] [benchmark.py flags ...]
+    python scripts/benchmark_methods.py OUT_DIR --table_only --readme docs/speed.md
 
 Each measurement is OUT_DIR/<method>_<backbone>.json (kept: a second call measures only what is
 missing). Defaults: the synthetic set at 32 px, batch 64, 5 timed steps after 2 untimed, 8

@@ -12,12 +12,12 @@
 #
 #   bash scripts/cifar10_cpu.sh [OUT_DIR [METHOD...]]  (default: runs/cifar10_cpu/<timestamp>;
 #                                                      finished rows of an OUT_DIR are kept)
-#   The README's tables come from OUT_DIRs under results/, where git keeps the small result files
+#   The tables of docs/results.md come from OUT_DIRs under results/, where git keeps the small result files
 #   (args.json, metrics.csv, summary.json, results.json) and ignores checkpoints and plots.
 #   DATA=path/to/cifar10 ...       ImageFolder copy with train/ and test/ (default ../shared/data/cifar10)
 #   JOBS=2 ...                     two rows at a time, one thread each
 #   SEEDS="123" ...                one seed only
-#   UPDATE_README=1 ...            also rewrites the README's CIFAR-10 table
+#   UPDATE_README=1 ...            also rewrites the CIFAR-10 table of docs/results.md
 #   LIMIT=512 EPOCHS=1 ...         a smoke test of the script itself
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,4 +42,4 @@ run_rows
 
 echo
 python scripts/methods_table.py "$OUT" --block cifar10 --script scripts/cifar10_cpu.sh \
-    ${UPDATE_README:+--readme README.md}
+    ${UPDATE_README:+--readme docs/results.md}

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# The README's CPU speed figures in one go, on real CIFAR-10 JPEGs (DATA, default
+# The CPU speed figures of docs/speed.md in one go, on real CIFAR-10 JPEGs (DATA, default
 # ../shared/data/cifar10) and idle cores (say in your note how loaded they were):
 #   1. scripts/benchmark.py on SimCLR / ResNet-18 at 32 px, batch 64, 2 loader workers, in fp32,
 #      --amp bf16, --channels_last and both (is bf16 faster on cores with AVX-512 BF16?), into
-#      OUT/<name>.json and the README's `benchmark` block (UPDATE_README=1);
+#      OUT/<name>.json and the `benchmark` block of docs/speed.md (UPDATE_README=1);
 #   2. scripts/whole_process.py: main.py against a bare loop as whole processes, beside the
 #      in-process ratio of benchmark.py, into OUT/whole_process.json;
 #   3. scripts/benchmark_methods.py: every method on ResNet-18 and ViT-Tiny at 32 px, batch 64,
-#      into OUT/methods/ and the README's `speed_methods` block (UPDATE_README=1).
+#      into OUT/methods/ and the `speed_methods` block of docs/speed.md (UPDATE_README=1).
 #
 #   bash scripts/cpu_benchmarks.sh [OUT_DIR]    (default: results/speed_cpu)
 #   PARTS="1 3" ...                             some of the three
@@ -18,7 +18,7 @@ DATA=${DATA:-../shared/data/cifar10}
 read -r -a PARTS <<< "${PARTS:-1 2 3}"
 mkdir -p "$OUT"
 [ -d "$DATA/train" ] || { echo "error: no CIFAR-10 ImageFolder at $DATA/train: set DATA=..." >&2; exit 2; }
-README=(${UPDATE_README:+--readme README.md})
+README=(${UPDATE_README:+--readme docs/speed.md})
 COMMON=(--model_name simclr --backbone resnet18 --image_size 32 --batch_size 64 --optimizer sgd
         --dataset_name imagefolder --data_dir "$DATA" --limit 10000 --num_workers 2 --device cpu
         --steps 10 --warmup_steps 3 --repeats 3 --data_batches 10)

@@ -2,7 +2,7 @@
 # The speed figures of one GPU in one go (not run yet; 5 configurations of 240 timed steps each):
 # scripts/benchmark.py on SimCLR / ResNet-18 at 32x32, batch 512, in fp32, bf16 and fp16 with
 # channels_last, compiled, and with the views drawn on the GPU (--gpu_augment), each written to
-# OUT/<name>.json, then one table with a column per configuration (also into the README's
+# OUT/<name>.json, then one table with a column per configuration (also into docs/speed.md's
 # benchmark_gpu block with UPDATE_README=1).
 # The built-in synthetic set has CIFAR's size and shape (32x32 RGB, 10,000 training images), so
 # that no download is needed; DATASET="imagefolder --data_dir PATH" measures real files instead.
@@ -40,7 +40,7 @@ for name in fp32 bf16_cl fp16_cl bf16_cl_compile bf16_cl_gpu_augment; do
     [ -f "$OUT/$name.json" ] && saved+=("$OUT/$name.json")
 done
 python scripts/benchmark.py --from_json "${saved[@]}" \
-    ${UPDATE_README:+--readme README.md --block benchmark_gpu}
+    ${UPDATE_README:+--readme docs/speed.md --block benchmark_gpu}
 
 # every method, ResNet-18 and ViT-Tiny at 32 px, bf16, batch 256 (METHODS=0 skips it)
 if [ "${METHODS:-1}" = 1 ]; then

@@ -5,7 +5,7 @@
 # (scripts/gpu_convergence.sh, as many epochs as about 160 s allow at the measured rate), then the
 # per-method speed table in whatever time is left. Each stage is time-boxed, and everything lands
 # in OUT_DIR/results.tgz after each stage, so that a stage that fails or runs out of time costs
-# only itself. Figures go into the README from those files (scripts/benchmark.py --from_json,
+# only itself. Figures go into docs/speed.md from those files (scripts/benchmark.py --from_json,
 # scripts/benchmark_methods.py --table_only), never by hand.
 #
 # Prepare on a machine with internet or a package index, in the repository root (both folders

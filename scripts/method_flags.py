@@ -1,10 +1,10 @@
-"""The README's table of method flags, generated from the methods' own declarations (each
+"""The table of method flags (docs/methods.md), generated from the methods' own declarations (each
 constructor's `Flag`-annotated arguments, methods/hparams.py, and its view recipe's keyword
 defaults with the method's `view_options`), so that no default is typed twice.
 
-    python scripts/method_flags.py [--readme README.md]
+    python scripts/method_flags.py [--readme docs/methods.md]
 
-tests/test_hparams.py fails when the README block differs from this script's output.
+tests/test_hparams.py fails when the docs/methods.md block differs from this script's output.
 """
 
 import argparse

@@ -15,7 +15,7 @@
 #   (args.json, metrics.csv, summary.json, results.json) and ignores checkpoints and plots.
 #   JOBS=2 ...                     two rows at a time, one thread each (faster on 2 cores)
 #   SEEDS="123" ...                one seed only
-#   UPDATE_README=1 bash scripts/methods.sh          also rewrites the README's methods table
+#   UPDATE_README=1 bash scripts/methods.sh          also rewrites the methods table of docs/methods.md
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/methods/$(date +%Y%m%d-%H%M%S)}
@@ -34,4 +34,4 @@ EPOCHS=${EPOCHS:-8}  # BYOL, SwAV, DINO: 5x (their `slow_start`, methods/__init_
 run_rows
 
 echo
-python scripts/methods_table.py "$OUT" ${UPDATE_README:+--readme README.md}
+python scripts/methods_table.py "$OUT" ${UPDATE_README:+--readme docs/methods.md}

@@ -103,10 +103,10 @@ def test_a_value_the_method_refuses_is_one_line_before_anything_is_written(run_d
 def test_the_readme_table_of_method_flags_is_generated_from_the_declarations():
     from scripts.method_flags import table
 
-    with open(os.path.join(ROOT, "README.md")) as f:
+    with open(os.path.join(ROOT, "docs", "methods.md")) as f:
         readme = f.read()
     block = readme.split("<!-- method_flags:begin -->\n")[1].split("\n<!-- method_flags:end -->")[0]
-    assert block == table(), "run: python scripts/method_flags.py --readme README.md"
+    assert block == table(), "run: python scripts/method_flags.py --readme docs/methods.md"
 
 
 def test_a_new_method_needs_only_its_class_for_its_flags_help_refusals_and_tables(monkeypatch):
