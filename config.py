@@ -23,7 +23,7 @@ from collections.abc import Callable
 from flags.method_help import view_defaults
 from methods import METHODS, Method, resolved_hparams
 from networks import is_vit
-from utils.checkpoint import atomic_file
+from utils.checkpoint import atomic_file, shown
 from utils.logging import write_json
 from utils.misc import expand_recipes, read_recipe, strip_config
 
@@ -356,12 +356,6 @@ def to_json(record: dict) -> str:
         lines = [f"  {json.dumps(key)}: {json.dumps(entry)}" for key, entry in settings.items()]
         parts.append(f" {json.dumps(part)}: {{\n" + ",\n".join(lines) + "\n }")
     return "{\n" + ",\n".join(parts) + "\n}"
-
-
-def shown(value) -> str:
-    if isinstance(value, list | dict):
-        return json.dumps(value, separators=(",", ":"))[:80]
-    return str(value)
 
 
 def flat(record: dict) -> dict:

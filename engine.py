@@ -30,7 +30,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from optimizers.cosine_decay_warmup import adjust_learning_rate
-from utils.checkpoint import rng_state, save_checkpoint
+from utils.checkpoint import epoch_file_due, rng_state, save_checkpoint
 from utils.distributed import (
     barrier,
     gather_objects,
@@ -262,8 +262,7 @@ def fit(
                 + ", ".join(f"{k} {v:.4g}" for k, v in stats.items())
             )
             save(last_path, epoch + 1, 0)
-            final = epoch + 1 == engine.num_epochs
-            if save_freq and ((epoch + 1) % save_freq == 0 or final):
+            if epoch_file_due(epoch + 1, save_freq, engine.num_epochs):
                 save(os.path.join(ckpt_dir, f"epoch_{epoch + 1:04d}.pt"), epoch + 1, 0)
                 if main_rank:
                     on_save()

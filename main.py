@@ -38,6 +38,7 @@ from utils.checkpoint import (
     check_entries,
     check_same_data,
     check_unchanged,
+    kind_of,
     load_checkpoint,
     restore,
     restore_epoch_file,
@@ -165,9 +166,8 @@ def resumed_checkpoint(args) -> tuple[str | None, dict | None]:
     checkpoint = load_checkpoint(ckpt_path, args.trust_pickle) if ckpt_path else None
     if checkpoint is not None:
         if checkpoint.get("kind") != "pretrain":
-            what = {"linear": "a linear probe's", "finetune": "a fine-tuning run's"}
             raise UserError(
-                f"--resume {ckpt_path} is {what.get(checkpoint.get('kind'), 'not a')} "
+                f"--resume {ckpt_path} is {kind_of(checkpoint)} "
                 "checkpoint (main_linear.py), not a pretraining one: pass the last.pt of a "
                 "main.py run"
             )
@@ -351,7 +351,7 @@ def finished(args, checkpoint: dict, ckpt_path: str, log_dir: str, ckpt_dir: str
     if fork or not is_main_process():
         return {"run_name": args.run_name, "log_dir": log_dir, "ckpt_dir": ckpt_dir}
     make_run_dirs(log_dir, ckpt_dir, resume_step=checkpoint["step"], metrics_from=log_dir)
-    restore_epoch_file(ckpt_path, ckpt_dir, checkpoint["epoch"], due=args.save_freq is not None)
+    restore_epoch_file(ckpt_path, ckpt_dir, checkpoint["epoch"], args.save_freq, args.num_epochs)
     if not os.path.isfile(summary_path):
         rows = [r for r in read_metrics(log_dir) if r["kind"] == "epoch"]
         stats = {k: float(v) for k, v in (rows[-1] if rows else {}).items() if k in METRICS and v}
@@ -446,7 +446,7 @@ def train(args) -> dict:
             probe.restore(checkpoint["online_probe"])
         print(f"resumed from {ckpt_path} at epoch {start_epoch}, step {start_step} of the epoch")
         if main_rank and start_step == 0 and start_epoch > 0:  # killed writing epoch_NNNN.pt?
-            restore_epoch_file(ckpt_path, ckpt_dir, start_epoch, start_epoch % args.save_freq == 0)
+            restore_epoch_file(ckpt_path, ckpt_dir, start_epoch, args.save_freq, args.num_epochs)
     per_rank = checkpoint is not None and len(checkpoint.get("rng_per_rank", [])) == world_size()
     if not main_rank and not per_rank:  # different augmentations per process
         set_seed(args.seed + 7919 * rank() + start_epoch * 100_003 + start_step)

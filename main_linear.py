@@ -461,9 +461,10 @@ def evaluate(args) -> dict:
     if is_main_process():
         write_record(log_dir, record)
     if resumed and is_main_process() and resumed.get("step_in_epoch", 0) == 0:
-        epoch = resumed["epoch"]  # killed while writing its epoch_NNNN.pt?
-        due = epoch > 0 and (epoch % args.save_freq == 0 or epoch == args.num_epochs)
-        restore_epoch_file(resumed_path, ckpt_dir, epoch, due)
+        # killed while writing its epoch_NNNN.pt?
+        restore_epoch_file(
+            resumed_path, ckpt_dir, resumed["epoch"], args.save_freq, args.num_epochs
+        )
     start_time = time.time()
     test_features = None  # (features, labels) of the test set, when computed anyway
     if args.eval == "knn":

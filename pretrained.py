@@ -26,6 +26,7 @@ from transformations import eval_transform
 from utils.checkpoint import (
     check_entries,
     find_checkpoint,
+    kind_of,
     load_checkpoint,
     resume_path,
     safe_load,
@@ -161,9 +162,8 @@ def read_backbone(
     checkpoint = load_checkpoint(path, trust_pickle)
     kind = checkpoint.get("kind")
     if kind != "pretrain":
-        what = {"linear": "a linear probe's", "finetune": "a fine-tuning run's"}.get(kind, "not a")
         raise UserError(
-            f"{path} is {what} checkpoint (main_linear.py), not a pretraining one: "
+            f"{path} is {kind_of(checkpoint)} checkpoint (main_linear.py), not a pretraining one: "
             "pass the last.pt of a main.py run, or a file of export.py"
         )
     check_entries(checkpoint, path, ("args", "epoch", "model"))
@@ -306,10 +306,8 @@ def load_resumed(args) -> tuple[str | None, dict | None]:
         return None, None
     checkpoint = load_checkpoint(path, args.trust_pickle)
     if checkpoint.get("kind") != kind:
-        what = {"pretrain": "a pretraining", "linear": "a linear probe's"}
-        what = what.get(checkpoint.get("kind"), "a fine-tuning run's")
         raise UserError(
-            f"--resume {path} is {what} checkpoint, not one of a {kind} run of "
+            f"--resume {path} is {kind_of(checkpoint)} checkpoint, not one of a {kind} run of "
             "main_linear.py: pass the last.pt of the run to continue"
         )
     check_entries(checkpoint, path)

@@ -10,6 +10,7 @@ state was pickled) is refused in one line, and loaded the old way only with `tru
 
 import errno
 import glob
+import json
 import os
 import pickle
 import random
@@ -131,6 +132,13 @@ def describe_file(path: str) -> str:
     except UnicodeDecodeError:
         return "a binary file of another format"
     return "a text file"
+
+
+def kind_of(checkpoint: dict) -> str:
+    """What wrote a checkpoint, for the errors that refuse it: "a pretraining", "a linear
+    probe's", "a fine-tuning run's", or "not a" (then "... checkpoint" reads right)."""
+    kinds = {"pretrain": "a pretraining", "linear": "a linear probe's"}
+    return {**kinds, "finetune": "a fine-tuning run's"}.get(checkpoint.get("kind"), "not a")
 
 
 def check_entries(state: dict, path: str, entries: tuple[str, ...] = RESUME_ENTRIES) -> None:
@@ -261,10 +269,14 @@ RESUME_FREE += ("data_dir",)  # the data may move (a node's local disk); its siz
 
 
 def shown(value) -> str:
+    """A setting's value as the refusals of a changed setting print it: as typed on the command
+    line (`0.9 0.999`, `unset`), structured values (the views, the parameter groups) as JSON."""
     if value is None:
         return "unset"
-    if isinstance(value, list | tuple):
+    if isinstance(value, list | tuple) and not any(isinstance(v, dict | list) for v in value):
         return " ".join(str(v) for v in value)
+    if isinstance(value, list | tuple | dict):
+        return json.dumps(value, separators=(",", ":"))[:80]
     return str(value)
 
 
@@ -308,11 +320,18 @@ def global_step(path: str) -> int:
         return -1
 
 
-def restore_epoch_file(ckpt_path: str, ckpt_dir: str, epoch: int, due: bool) -> None:
+def epoch_file_due(epoch: int, save_freq: int | None, num_epochs: int) -> bool:
+    """Whether a run writes epoch_NNNN.pt after `epoch` epochs: every --save_freq, and the last."""
+    return bool(save_freq) and epoch > 0 and (epoch % save_freq == 0 or epoch == num_epochs)
+
+
+def restore_epoch_file(
+    ckpt_path: str, ckpt_dir: str, epoch: int, save_freq: int | None, num_epochs: int
+) -> None:
     """Write epoch_NNNN.pt of `epoch` from `ckpt_path` (its state at the end of that epoch) when
-    it is `due` (--save_freq, or the last epoch) and missing: a run killed while writing it."""
+    it is due (epoch_file_due) and missing: a run killed while writing it."""
     target = os.path.join(ckpt_dir, f"epoch_{epoch:04d}.pt")
-    if not due or os.path.isfile(target):
+    if not epoch_file_due(epoch, save_freq, num_epochs) or os.path.isfile(target):
         return
     with atomic_file(target) as tmp:
         shutil.copyfile(ckpt_path, tmp)
