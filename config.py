@@ -22,24 +22,16 @@ from collections.abc import Callable
 
 from flags.method_help import view_defaults
 from methods import METHODS, Method, resolved_hparams
-from networks import is_vit
+from methods.recipe import OPTIMIZER_OPTIONS, RECIPE_FLAGS, Recipe, training_recipe
+from networks import is_vit, is_vit_name
+from transformations import recipe_name
 from utils.checkpoint import atomic_file, shown
 from utils.logging import write_json
-from utils.misc import expand_recipes, read_recipe, strip_config
+from utils.misc import UserError, expand_recipes, read_recipe, strip_config
 
-# the optimizer options each optimizer reads (optimizers/__init__.py)
-OPTIMIZER_OPTIONS = {
-    "sgd": ("momentum",),
-    "sgd_nesterov": ("momentum",),
-    "adam": ("betas",),
-    "adamw": ("betas",),
-    "lars": ("momentum", "lars_eta"),
-    "lars_simclr": ("momentum", "lars_eta"),
-    "larc": ("momentum", "larc_trust_coefficient", "larc_clip"),
-}
 # settings that may differ on --resume: the flags of utils.checkpoint.RESUME_FREE (where files
 # go, how fast, what is watched), the code's version and the number of processes
-FREE_KEYS = ("git_sha", "world_size")
+FREE_KEYS = ("git_sha", "world_size", "recipe")
 
 
 def flag_sources(fresh_parser, args: Namespace) -> dict[str, dict]:
@@ -63,6 +55,42 @@ def flag_sources(fresh_parser, args: Namespace) -> dict[str, dict]:
         else:
             sources[key] = "command line"
     return {"sources": sources, "defaults": defaults}
+
+
+def with_recipe(
+    args: Namespace, flags: dict[str, dict], checkpoint: dict | None = None
+) -> tuple[Namespace, Recipe]:
+    """main.py's training flags left unset (None), filled once: a resumed run's from its
+    checkpoint (the values it trained with), the others from the method's training recipe for
+    the run's image size and backbone family (methods/recipe.py), which also sets the views and
+    hyper-parameters of its regime. `flags["sources"]` (flag_sources) learns where each came
+    from. A method without a recipe for the run needs the training flags given."""
+    cls = METHODS[args.model_name]
+    recipe = training_recipe(cls, args.image_size, is_vit_name(args.backbone))
+    if recipe is None:
+        missing = [k for k in ("optimizer", "base_lr", "batch_size", "num_epochs",
+                               "weight_decay") if getattr(args, k) is None]  # fmt: skip
+        if missing:
+            raise UserError(
+                f"--model_name {args.model_name} declares no training recipe for "
+                f"{args.image_size} px images on {args.backbone}: give "
+                f"{', '.join('--' + k for k in missing)}"
+            )
+        recipe = Recipe("the toolkit's defaults", {}, args.optimizer, args.base_lr,
+                        args.batch_size, args.num_epochs, args.weight_decay)  # fmt: skip
+    saved = checkpoint["args"] if checkpoint is not None else {}
+    sources, filled = flags["sources"], {}
+    for key in (*RECIPE_FLAGS, *recipe.settings):
+        if getattr(args, key, None) is not None:
+            continue
+        if key in saved and (saved[key] is not None or key in recipe.settings):
+            filled[key], sources[key] = saved[key], "checkpoint"
+            continue
+        value = recipe.settings[key] if key in recipe.settings else getattr(recipe, key)
+        where = recipe.source_of(key)
+        filled[key] = list(value) if isinstance(value, tuple) else value
+        sources[key] = f"method recipe: {where}" if where else "toolkit default"
+    return Namespace(**{**vars(args), **filled}), recipe
 
 
 class Record:
@@ -169,9 +197,10 @@ def pretraining_record(
     probe_on: bool,
     git_sha: str,
     world_size: int,
+    recipe: Recipe,
 ) -> dict:
-    """main.py's record (module docstring), from the flags (`flags`: flag_sources) and what the
-    run built."""
+    """main.py's record (module docstring), from the flags (`flags`: flag_sources), the method's
+    training recipe the run took its unset flags from, and what the run built."""
     record = Record(args, flags)
     sources = flags["sources"]
     cls = METHODS[args.model_name]
@@ -187,8 +216,8 @@ def pretraining_record(
     record.flag(data, "in_memory", "gpu_augment")
 
     views = "views"
-    recipe = cls.augmentation
-    record.add(views, "recipe", recipe if isinstance(recipe, str) else recipe.__name__, "method")
+    builder = cls.augmentation
+    record.add(views, "recipe", recipe_name(builder), "method")
     built = views_of(transform)
     for key, default in view_defaults(args.model_name).items():
         given = getattr(args, key, None)
@@ -218,6 +247,7 @@ def pretraining_record(
     record.add(arch, "parameters", sum(p.numel() for p in model.parameters()), "derived")
 
     opt = "optimization"
+    record.add(opt, "recipe", f"{recipe.source} ({recipe.regime()})", "method")
     record.flag(opt, "optimizer", "base_lr", "lr_scaling")
     record.add(opt, "lr", lr, "derived")
     record.flag(opt, "num_epochs", "warmup_lr", "final_lr")
@@ -227,6 +257,7 @@ def pretraining_record(
         record.add(opt, "final_weight_decay", args.weight_decay, "derived")
     else:
         record.flag(opt, "final_weight_decay")
+    record.flag(opt, "exclude_bias_and_norm")
     record.flag(opt, *OPTIMIZER_OPTIONS.get(args.optimizer, ()))
     record.add(opt, "param_groups", param_groups_of(optimizer), "derived")
 
@@ -313,7 +344,8 @@ def evaluation_record(
         record.add(opt, "lr", lr, "derived")
         record.flag(opt, "num_epochs", "warmup_lr", "final_lr")
         record.used(opt, "warmup_epochs", warmup_epochs)
-        record.flag(opt, "weight_decay", *OPTIMIZER_OPTIONS.get(args.optimizer, ()))
+        record.flag(opt, "weight_decay", "exclude_bias_and_norm")
+        record.flag(opt, *OPTIMIZER_OPTIONS.get(args.optimizer, ()))
     record.flag("speed", "amp", "channels_last")
     return record.as_dict()
 

@@ -21,6 +21,7 @@ from config import (
     pretraining_record,
     run_or_print,
     summary_lines,
+    with_recipe,
     write_record,
 )
 from engine import Engine, fit
@@ -29,7 +30,7 @@ from methods import METHODS, build_method
 from monitors import FeatureTap, Monitors, OnlineProbe, epoch_monitor
 from networks import build_backbone, check_input_sizes
 from networks.vit import set_pool
-from optimizers import build_optimizer
+from optimizers import Optimization, build_optimizer
 from pretrained import load_weights, read_backbone
 from transformations import BatchViews, eval_transform, pretrain_transform
 from utils.accel import autocast, grad_scaler, prepare_model, to_device
@@ -77,7 +78,6 @@ from utils.run import (
     make_run_dirs,
     run_folders,
     start_process,
-    warmup_used,
     with_values,
 )
 from utils.runfolder import releases_locks
@@ -89,7 +89,7 @@ METRICS += ["online_acc1", "online_acc5", "collapse_std", "alignment", "uniformi
 
 def get_args_parser(add_help: bool = True) -> ArgumentParser:
     parser = ArgumentParser("Self-supervised pretraining", add_help=add_help)
-    add_shared_flags(parser)
+    add_shared_flags(parser, recipe=True)  # training defaults: the method's recipe
     add_pretraining_flags(parser)
     return parser
 
@@ -378,6 +378,10 @@ def train(args) -> dict:
 
     # ============ resume: the run folder comes from the checkpoint ============
     ckpt_path, checkpoint = resumed_checkpoint(args)
+    # the training settings left unset: the checkpoint's, else the method's recipe
+    args, recipe = with_recipe(args, sources, checkpoint)
+    opt = Optimization.of(args)  # what the optimizer and its schedules are built from
+    print(f"recipe: {args.model_name}'s for {recipe.regime()}, after {recipe.source}")
     # checked (and locked) now, created once the run can start: a failed start leaves nothing
     run_name, log_dir, ckpt_dir, metrics_from = run_folders(
         args, ckpt_path, checkpoint, args.run_name or default_run_name(args)
@@ -411,15 +415,15 @@ def train(args) -> dict:
     probe = monitors.probe
 
     # ============ optimizer and per-step schedule ============
-    lr_schedule, lr = build_lr_schedule(args, len(loader), batch_size)
-    optimizer = build_optimizer(args, model, lr)
+    lr_schedule, lr = build_lr_schedule(opt, len(loader), batch_size)
+    optimizer = build_optimizer(opt, model, lr)
 
     # ============ the record of what runs: config.json, the checkpoints ============
     record = pretraining_record(
         args, sources, model=model, feat_dim=feat_dim, transform=train_transform,
         train_images=len(dataset), batch_size=batch_size, steps_per_epoch=len(loader),
-        workers=loader.num_workers, lr=lr, warmup_epochs=warmup_used(args), optimizer=optimizer,
-        probe_on=probe_on, git_sha=git_sha(), world_size=world_size(),
+        workers=loader.num_workers, lr=lr, warmup_epochs=opt.warmup_used, optimizer=optimizer,
+        probe_on=probe_on, git_sha=git_sha(), world_size=world_size(), recipe=recipe,
     )  # fmt: skip
     if checkpoint is not None and "config" in checkpoint:  # the resolved values, defaults too
         changed = differences(checkpoint["config"], record, RESUME_FREE, set(sources["defaults"]))
@@ -469,7 +473,7 @@ def train(args) -> dict:
         grad_scaler(args, device), TrainingGuard(args.skip_nonfinite), logger,
         1 if args.debug else args.print_freq, args.debug,
         model.before_optimizer_step, model.after_optimizer_step,
-        build_wd_schedule(args, steps_per_epoch), monitors.check,
+        build_wd_schedule(opt, steps_per_epoch), monitors.check,
     )  # fmt: skip
     stats = fit(
         engine,

@@ -38,7 +38,7 @@ from networks.vit import (
     set_last_blocks,
     set_pool,
 )
-from optimizers import scale_lr
+from optimizers import Optimization, scale_lr
 from pretrained import evaluated_backbone, load_pretrained, load_resumed, resumed_values
 from probe import linear_evaluation
 from transformations import eval_transform, linear_train_transform
@@ -73,7 +73,6 @@ from utils.run import (
     make_run_dirs,
     run_folders,
     start_process,
-    warmup_used,
     with_values,
 )
 from utils.runfolder import releases_locks
@@ -385,9 +384,12 @@ def evaluate(args) -> dict:
     official = pretrained.interpolation if pretrained else None
     interpolation = args.interpolation or official or METHODS[args.model_name].eval_interpolation
     # the values derived from the flags, in what args.json and the checkpoints record
+    exclude = args.exclude_bias_and_norm  # unset: AdamW's (MAE's fine-tuning) and only it
+    exclude = args.optimizer == "adamw" if exclude is None else exclude
     args = with_values(
-        args, run_name=run_name, ckpt=ckpt, backbone_lr=backbone_lr, interpolation=interpolation
-    )
+        args, run_name=run_name, ckpt=ckpt, backbone_lr=backbone_lr, interpolation=interpolation,
+        exclude_bias_and_norm=exclude,
+    )  # fmt: skip
     backbone, feat_dim = evaluated_backbone(args, weights)
     # a ViT's features as its pretraining evaluated them (I-JEPA: the patch tokens' mean)
     pool = args.pool or (pretrained.pool if pretrained else METHODS[args.model_name].pool)
@@ -451,7 +453,7 @@ def evaluate(args) -> dict:
         train_images=len(train_set), test_images=len(test_set), num_classes=num_classes,
         feat_dim=feat_dim, batch_size=batch_size, workers=train_loader.num_workers,
         lr=scale_lr(args.base_lr, batch_size, args.lr_scaling) if train else None,
-        warmup_epochs=warmup_used(args), git_sha=git_sha(), world_size=world_size(),
+        warmup_epochs=Optimization.of(args).warmup_used, git_sha=git_sha(), world_size=world_size(),
     )  # fmt: skip
     if args.print_config:
         return {"config": record}

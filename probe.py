@@ -9,7 +9,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from engine import Engine, fit
 from networks.heads import LinearClassifier
-from optimizers import build_optimizer, param_groups
+from optimizers import Optimization, build_optimizer, param_groups
 from utils.accel import autocast, device_ids, grad_scaler, to_device
 from utils.checkpoint import restore
 from utils.data import EpochSampler, ShardSampler
@@ -33,7 +33,7 @@ def add_backbone_groups(optimizer, backbone: nn.Module, args, lr: float) -> None
     groups of their own whose lr is backbone_lr/base_lr times the head's at every step (their
     `lr_scale`), times the layer's decay with --layer_decay."""
     scale = args.backbone_lr / args.base_lr
-    exclude = args.optimizer == "adamw"  # same weight-decay policy as build_optimizer
+    exclude = args.exclude_bias_and_norm  # the policy build_optimizer follows too
     options = None
     if args.layer_decay:  # one group per layer scale
         layers = layer_scales(backbone, args.layer_decay)
@@ -122,8 +122,9 @@ def train_classifier(
     all the features; on images each process takes its share of every batch). `resumed`: a
     checkpoint of this run to continue (--resume); `batch_size` the global batch;
     `train_images` the training set's size, recorded for a resume to check."""
-    lr_schedule, lr = build_lr_schedule(args, len(train_loader), batch_size)
-    optimizer = build_optimizer(args, classifier, lr)
+    opt = Optimization.of(args)
+    lr_schedule, lr = build_lr_schedule(opt, len(train_loader), batch_size)
+    optimizer = build_optimizer(opt, classifier, lr)
     if args.finetune:
         add_backbone_groups(optimizer, backbone, args, lr)
         print(f"backbone lr = {args.backbone_lr:g}/{args.base_lr:g} x the head's lr")

@@ -28,13 +28,14 @@ from utils.misc import (
 )
 
 
-def add_shared_flags(parser: argparse.ArgumentParser) -> None:
-    """The groups of flags main.py and main_linear.py share."""
+def add_shared_flags(parser: argparse.ArgumentParser, recipe: bool = False) -> None:
+    """The groups of flags main.py and main_linear.py share; with `recipe` (main.py) the
+    training's defaults are the method's recipe (add_optimization_flags)."""
     add_run_flags(parser)
     add_speed_flags(parser)
-    add_data_flags(parser)
+    add_data_flags(parser, recipe)
     add_model_flags(parser)
-    add_optimization_flags(parser)
+    add_optimization_flags(parser, recipe)
     add_monitoring_flags(parser)
 
 
@@ -146,7 +147,7 @@ def add_speed_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_data_flags(parser: argparse.ArgumentParser) -> None:
+def add_data_flags(parser: argparse.ArgumentParser, recipe: bool = False) -> None:
     """The data set and its loading."""
     group = parser.add_argument_group("data")
     group.add_argument(
@@ -170,8 +171,10 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--batch_size",
         type=positive_int,
-        default=512,
-        help="global batch size; lrs scale with it (default: %(default)s)",
+        default=None if recipe else 512,
+        help="global batch size; lrs scale with it (default: "
+        + ("the method's recipe" if recipe else "%(default)s")
+        + ")",
     )
     group.add_argument(
         "--num_workers",
@@ -258,89 +261,79 @@ def backbone_name(value: str) -> str:
     )
 
 
-def add_optimization_flags(parser: argparse.ArgumentParser) -> None:
-    """Optimizer and lr schedule."""
+def add_optimization_flags(parser: argparse.ArgumentParser, recipe: bool = False) -> None:
+    """Optimizer and lr schedule. With `recipe` (main.py) every default is None: the chosen
+    method's training recipe fills what is not given (methods/recipe.py, config.with_recipe);
+    main_linear.py keeps the classifier's defaults shown."""
     group = parser.add_argument_group("optimization")
-    group.add_argument(
-        "--optimizer", default="sgd", choices=sorted(OPTIMIZERS), help="optimizer (default: sgd)"
-    )
-    group.add_argument(
-        "--weight_decay", type=non_negative_float, default=5e-4, help="weight decay (default: 5e-4)"
-    )
-    group.add_argument(
+
+    def add(name: str, default, help: str, **kwargs) -> None:
+        shown = "the method's recipe" if recipe else kwargs.pop("shown", str(default))
+        kwargs.pop("shown", None)
+        group.add_argument(
+            name, default=None if recipe else default, help=f"{help} (default: {shown})", **kwargs
+        )
+
+    add("--optimizer", "sgd", "optimizer", choices=sorted(OPTIMIZERS))
+    add("--weight_decay", 5e-4, "weight decay", type=non_negative_float)
+    add(
         "--final_weight_decay",
+        None,
+        "raise (or lower) the weight decay from --weight_decay to this on a cosine over the run, "
+        "as DINO and I-JEPA (0.04 -> 0.4); equal to --weight_decay: constant",
         type=non_negative_float,
-        default=None,
-        help="raise (or lower) the weight decay from --weight_decay to this on a cosine over the "
-        "run, as DINO and I-JEPA (0.04 -> 0.4); biases and norms left out by the optimizer stay "
-        "at 0 (default: none, constant)",
+        shown="none, constant",
     )
-    group.add_argument(
+    add(
+        "--exclude_bias_and_norm",
+        None,
+        "no weight decay for biases and norm parameters (every parameter of at most one "
+        "dimension), and no adaptation under lars and larc",
+        type=bool_flag,
+        nargs="?",
+        const=True,
+        shown="true under adamw, as MAE's fine-tuning; false otherwise",
+    )
+    add(
         "--betas",
+        [0.9, 0.999],
+        "Adam and AdamW's moment coefficients",
         type=unit_float,
         nargs=2,
-        default=[0.9, 0.999],
         metavar=("BETA1", "BETA2"),
-        help="Adam and AdamW's moment coefficients; MAE uses 0.9 0.95 (default: 0.9 0.999)",
+        shown="0.9 0.999",
     )
-    group.add_argument(
-        "--momentum", type=non_negative_float, default=0.9, help="momentum (default: 0.9)"
-    )
-    group.add_argument(
-        "--warmup_epochs",
-        type=non_negative_int,
-        default=10,
-        help="linear warmup epochs (default: 10)",
-    )
-    group.add_argument(
+    add("--momentum", 0.9, "momentum of sgd, lars and larc", type=non_negative_float)
+    add("--warmup_epochs", 10, "linear warmup epochs", type=non_negative_int)
+    add(
         "--warmup_lr",
+        0.0,
+        "lr at the start of warmup, scaled with the batch as --base_lr",
         type=non_negative_float,
-        default=0.0,
-        help="lr at the start of warmup, before batch scaling (default: 0)",
     )
-    group.add_argument(
-        "--base_lr",
-        type=non_negative_float,
-        default=0.03,
-        help="peak lr for a batch of 256 (default: %(default)s)",
-    )
-    group.add_argument(
+    add("--base_lr", 0.03, "peak lr for a batch of 256", type=non_negative_float)
+    add(
         "--final_lr",
+        0.0,
+        "lr at the end of the cosine, scaled with the batch as --base_lr",
         type=non_negative_float,
-        default=0.0,
-        help="lr at the end of the cosine, before batch scaling (default: 0)",
     )
-    group.add_argument(
-        "--num_epochs",
-        type=positive_int,
-        default=800,
-        help="training epochs (default: %(default)s)",
-    )
-    group.add_argument(
+    add("--num_epochs", 800, "training epochs", type=positive_int)
+    add(
         "--lr_scaling",
-        default="linear",
+        "linear",
+        "lr = base_lr x B/256 (linear), x sqrt(B/256), or as given; SimCLR's square-root rule "
+        "0.075 x sqrt(B) is sqrt with --base_lr 1.2",
         choices=["linear", "sqrt", "none"],
-        help="lr = base_lr x B/256 (linear), x sqrt(B/256), or as given; SimCLR's square-root "
-        "rule 0.075 x sqrt(B) is sqrt with --base_lr 1.2 (default: linear)",
     )
-    group.add_argument(
-        "--lars_eta",
-        type=positive_float,
-        default=0.001,
-        help="trust coefficient of lars and lars_simclr (default: 0.001)",
-    )
-    group.add_argument(
-        "--larc_trust_coefficient",
-        type=positive_float,
-        default=0.02,
-        help="trust coefficient of larc (default: 0.02, NVIDIA apex; SwAV uses 0.001)",
-    )
-    group.add_argument(
+    add("--lars_eta", 0.001, "trust coefficient of lars and lars_simclr", type=positive_float)
+    add("--larc_trust_coefficient", 0.02, "trust coefficient of larc", type=positive_float)
+    add(
         "--larc_clip",
+        True,
+        "larc clips the adaptive lr at the global lr (true) or scales it (false, SwAV)",
         type=bool_flag,
-        default=True,
-        help="larc clips the adaptive lr at the global lr (true) or scales it (false, SwAV) "
-        "(default: true)",
+        shown="true",
     )
 
 

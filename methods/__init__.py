@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from methods.hparams import accepted_flags, hyper_parameters, resolve_aliases
+from methods.recipe import Recipe
 from networks import zero_init_residual
 from utils.misc import UserError, given_kwargs, registrar
 
@@ -45,6 +46,10 @@ class Method(nn.Module):
       momentum_backbone   the attribute holding its EMA copy of the backbone (BYOL's and MoCo's
                           target, DINO's teacher), which --momentum_backbone evaluates;
       collapse_hint       what usually makes it collapse, for the collapse monitor's warning;
+      recipes             its official training recipes (`methods.recipe.Recipe`), one per regime
+                          (CIFAR- and ImageNet-size images; convolutional and ViT backbones):
+                          optimizer, lr rule, weight decay, schedule, batch, epochs, and the
+                          views and hyper-parameters that differ by regime, each with its source;
       slow_start          how many times the short CPU tables' epochs its pretraining takes
                           (scripts/short_recipes.sh): methods without negatives or an explicit
                           variance term (BYOL, SwAV, DINO: 5) first lose kNN accuracy on the
@@ -68,6 +73,7 @@ class Method(nn.Module):
     momentum_backbone: str | None = None
     collapse_hint = "too high a --temperature or too small a batch of negatives"
     slow_start = 1
+    recipes: tuple[Recipe, ...] = ()
     concat_views = False  # per-view methods: one pass over both views (see `per_view`)
     epoch = 0
 

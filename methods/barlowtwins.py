@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from methods import Method, register
 from methods.hparams import CONCAT_VIEWS, PROJ_DIM, PROJ_HIDDEN_DIM, Flag
+from methods.recipe import Recipe
 from networks.heads import build_mlp
 from utils.distributed import gather_with_grad, scale_gradient, world_size
 from utils.misc import non_negative_float
@@ -93,6 +94,98 @@ class BarlowTwins(Method):
     # official main.py: RandomResizedCrop(224, interpolation=Image.BICUBIC); evaluate.py bilinear
     view_options = {"interpolation": "bicubic"}
     zero_init_residual = True
+    recipes = (
+        Recipe(
+            source=(
+                "solo-learn 9187ea3, scripts/pretrain/cifar/barlow.yaml (a reproduction: the "
+                "official code has no CIFAR recipe)"
+            ),
+            images="small",
+            optimizer="larc",
+            momentum=0.9,
+            larc_trust_coefficient=0.02,
+            larc_clip=True,
+            exclude_bias_and_norm=True,
+            base_lr=0.3,
+            lr_scaling="linear",
+            batch_size=256,
+            num_epochs=1000,
+            weight_decay=1e-4,
+            warmup_epochs=10,
+            warmup_lr=3e-5,
+            final_lr=0.0,
+            settings={"proj_hidden_dim": 2048, "proj_dim": 2048, "bias_lr_scale": 1.0},
+            sources={
+                "optimizer, larc_trust_coefficient, larc_clip": (
+                    "barlow.yaml:29-36 (lars, clip_lr True, eta 0.02); solo/utils/lars.py:140-150"
+                ),
+                "exclude_bias_and_norm": (
+                    "barlow.yaml:37 (exclude_bias_n_norm True: p.ndim == 1 gets neither trust "
+                    "ratio nor decay, lars.py:140)"
+                ),
+                "momentum": "solo/args/pretrain.py:164 (lars momentum default 0.9)",
+                "base_lr, batch_size": "barlow.yaml:30-31 (batch_size 256 on devices [0], lr 0.3)",
+                "lr_scaling": "solo/args/pretrain.py:153-154 (lr x batch_size x devices / 256)",
+                "num_epochs": "barlow.yaml:48 (max_epochs 1000)",
+                "weight_decay, final_weight_decay": "barlow.yaml:33 (weight_decay 1e-4, constant)",
+                "warmup_epochs, final_lr": (
+                    "barlow.yaml:39 (warmup_cosine); solo/methods/base.py:291,293 (min_lr 0.0, "
+                    "warmup_epochs 10)"
+                ),
+                "warmup_lr": (
+                    "solo/methods/base.py:292 (warmup_start_lr 3e-5; absolute in solo-learn, "
+                    "scaled here)"
+                ),
+                "proj_hidden_dim, proj_dim": (
+                    "barlow.yaml:19-20 (proj_hidden_dim 2048, proj_output_dim 2048)"
+                ),
+                "bias_lr_scale": (
+                    "solo/methods/barlow_twins.py:90, base.py:323 (no lr of their own: one lr for "
+                    "every parameter)"
+                ),
+            },
+        ),
+        Recipe(
+            source=(
+                "facebookresearch/barlowtwins 8e8d284, main.py defaults (README.md:54-57: "
+                "`python main.py`, 1000 epochs, batch 2048)"
+            ),
+            images="large",
+            optimizer="lars",
+            momentum=0.9,
+            lars_eta=0.001,
+            exclude_bias_and_norm=True,
+            base_lr=0.2,
+            lr_scaling="linear",
+            batch_size=2048,
+            num_epochs=1000,
+            weight_decay=1e-6,
+            warmup_epochs=10,
+            warmup_lr=0.0,
+            final_lr=0.001 * 0.2,
+            sources={
+                "optimizer, momentum, lars_eta": (
+                    "main.py:99,225 (LARS(...), defaults momentum=0.9, eta=0.001)"
+                ),
+                "exclude_bias_and_norm": (
+                    "main.py:100-101,233-234 (weight_decay_filter, lars_adaptation_filter: "
+                    "p.ndim == 1)"
+                ),
+                "base_lr, lr_scaling": (
+                    "main.py:33,158,167 (learning-rate-weights 0.2 x batch_size / 256; "
+                    "biases 0.0048, :35,168)"
+                ),
+                "batch_size, num_epochs": (
+                    "main.py:29-32 (epochs 1000, batch-size 2048); README.md:30-31"
+                ),
+                "weight_decay, final_weight_decay": (
+                    "main.py:37 (weight-decay 1e-6, constant; the paper says 1.5e-6)"
+                ),
+                "warmup_epochs, warmup_lr": "main.py:157-160 (10 epochs, linear from 0)",
+                "final_lr": "main.py:164-166 (cosine to end_lr = 0.001 x the peak)",
+            },
+        ),
+    )
 
     def __init__(
         self,

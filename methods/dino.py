@@ -64,6 +64,7 @@ from torch.nn.utils.parametrizations import weight_norm
 from methods import Method, register
 from methods.hparams import EMA_MOMENTUM, Flag
 from methods.momentum import cosine_momentum, ema_update, frozen_copy
+from methods.recipe import Recipe
 from networks.vit import MaskableViT, trunc_normal_init
 from utils.distributed import all_reduce_sum, world_size
 from utils.misc import non_negative_float, non_negative_int, unit_float
@@ -232,6 +233,160 @@ class DINO(Method):
     # through the final norm, concatenated
     eval_last_blocks = 4
     eval_momentum_backbone = True  # eval_linear.py, eval_knn.py: --checkpoint_key teacher
+    recipes = (
+        Recipe(
+            source=(
+                "vturrisi/solo-learn 9187ea3, scripts/pretrain/cifar/dino.yaml (solo-learn's "
+                "reproduction: DINO's code has no CIFAR recipe)"
+            ),
+            images="small",
+            optimizer="larc",
+            momentum=0.9,
+            larc_trust_coefficient=0.02,
+            larc_clip=True,
+            exclude_bias_and_norm=True,
+            base_lr=0.3,
+            lr_scaling="linear",
+            batch_size=256,
+            num_epochs=1000,
+            weight_decay=1e-6,
+            final_weight_decay=None,
+            warmup_epochs=10,
+            warmup_lr=3e-5,
+            final_lr=0.0,
+            settings={
+                "out_dim": 4096,
+                "ema_momentum": 0.9995,
+                "teacher_temp": 0.07,
+                "clip_grad": 0.0,
+                "num_crops": 0,
+            },
+            sources={
+                "optimizer, larc_trust_coefficient, larc_clip": (
+                    "dino.yaml:32-39 (name lars, clip_lr True, eta 0.02)"
+                ),
+                "momentum": "solo/args/pretrain.py:163-164 (lars: kwargs.momentum default 0.9)",
+                "exclude_bias_and_norm": (
+                    "dino.yaml:40 (exclude_bias_n_norm True); solo/utils/lars.py:140-150 (1-D "
+                    "params: no LARS, no decay)"
+                ),
+                "base_lr, lr_scaling, batch_size": (
+                    "dino.yaml:33-34 (batch_size 256, lr 0.3); solo/args/pretrain.py:151-154 (lr x "
+                    "batch/256)"
+                ),
+                "num_epochs": "dino.yaml:51 (max_epochs 1000)",
+                "weight_decay, final_weight_decay": "dino.yaml:36 (weight_decay 1e-6, constant)",
+                "warmup_epochs, final_lr": (
+                    "dino.yaml:42 (warmup_cosine); solo/methods/base.py:291,293 (min_lr 0, "
+                    "warmup_epochs 10)"
+                ),
+                "warmup_lr": (
+                    "solo/methods/base.py:292 (warmup_start_lr 3e-5: absolute in solo-learn, "
+                    "scaled here)"
+                ),
+                "out_dim": "dino.yaml:21 (num_prototypes 4096)",
+                "ema_momentum": "dino.yaml:22-24 (base_tau 0.9995, final_tau 1.0)",
+                "teacher_temp": (
+                    "solo/methods/dino.py:215-223 (teacher_temperature 0.07, "
+                    "warmup_teacher_temperature_epochs 0)"
+                ),
+                "clip_grad": "solo/methods/dino.py:198 (clip_grad default 0)",
+                "crop_min_scale, num_crops": (
+                    "augmentations/asymmetric.yaml:3,21-22,26,44-45 (two 32 px crops of 0.08-1, no "
+                    "small crops)"
+                ),
+            },
+        ),
+        Recipe(
+            source=(
+                "facebookresearch/dino 7c446df, README's vanilla ViT-S/16 command (main_dino.py "
+                "defaults) on 16 GPUs: batch 1024, 100 epochs"
+            ),
+            images="large",
+            backbones="vit",
+            optimizer="adamw",
+            betas=(0.9, 0.999),
+            exclude_bias_and_norm=True,
+            base_lr=5e-4,
+            lr_scaling="linear",
+            batch_size=1024,
+            num_epochs=100,
+            weight_decay=0.04,
+            final_weight_decay=0.4,
+            warmup_epochs=10,
+            warmup_lr=0.0,
+            final_lr=2.5e-7,
+            sources={
+                "optimizer, betas": (
+                    "main_dino.py:103,226-227 (adamw: torch.optim.AdamW(params_groups), default "
+                    "betas)"
+                ),
+                "exclude_bias_and_norm": (
+                    "utils.py:632-643 (get_params_groups: biases, 1-D params weight_decay 0)"
+                ),
+                "base_lr, lr_scaling": "main_dino.py:96 (lr 0.0005), 239 (x batch/256)",
+                "batch_size": "main_dino.py:90 (64 per GPU); README.md:168-171 (2 nodes x 8 GPUs)",
+                "num_epochs": "main_dino.py:92 (epochs 100); README.md:163 (ViT-small, 100 epochs)",
+                "weight_decay, final_weight_decay": (
+                    "main_dino.py:82-86 (0.04 -> 0.4), 244-248 (cosine_scheduler)"
+                ),
+                "warmup_epochs, warmup_lr": (
+                    "main_dino.py:99 (warmup_epochs 10); utils.py:187-191 (linspace from "
+                    "start_warmup_value 0)"
+                ),
+                "final_lr": (
+                    "main_dino.py:101 (min_lr 1e-6: absolute in the official code; scaled here, "
+                    "1e-6 x 256/1024)"
+                ),
+            },
+        ),
+        Recipe(
+            source=(
+                "facebookresearch/dino 7c446df, README's ResNet-50 command (8 GPUs x 64: batch "
+                "512, 100 epochs)"
+            ),
+            images="large",
+            backbones="convnet",
+            optimizer="sgd",
+            momentum=0.9,
+            exclude_bias_and_norm=True,
+            base_lr=0.03,
+            lr_scaling="linear",
+            batch_size=512,
+            num_epochs=100,
+            weight_decay=1e-4,
+            final_weight_decay=None,
+            warmup_epochs=10,
+            warmup_lr=0.0,
+            final_lr=5e-7,
+            settings={"crop_min_scale": 0.14},
+            sources={
+                "optimizer, momentum": (
+                    "README.md:207 (--optimizer sgd); main_dino.py:228-229 (SGD(momentum=0.9))"
+                ),
+                "exclude_bias_and_norm": (
+                    "utils.py:632-643 (get_params_groups: biases, 1-D params weight_decay 0)"
+                ),
+                "base_lr, lr_scaling": "README.md:207 (--lr 0.03); main_dino.py:239 (x batch/256)",
+                "batch_size, num_epochs": (
+                    "README.md:205 (8 GPUs, 100 epochs); main_dino.py:90,92 (64 per GPU, epochs "
+                    "100)"
+                ),
+                "weight_decay, final_weight_decay": (
+                    "README.md:207 (--weight_decay 1e-4 --weight_decay_end 1e-4: constant)"
+                ),
+                "warmup_epochs, warmup_lr": (
+                    "main_dino.py:99 (warmup_epochs 10); utils.py:187-191 (linspace from "
+                    "start_warmup_value 0)"
+                ),
+                "final_lr": (
+                    "main_dino.py:101 (min_lr 1e-6: absolute in the official code; scaled here, "
+                    "1e-6 x 256/512)"
+                ),
+                "crop_min_scale": "README.md:207 (--global_crops_scale 0.14 1)",
+            },
+        ),
+    )
 
     def __init__(
         self,

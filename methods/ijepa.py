@@ -51,6 +51,7 @@ from methods import Method, register
 from methods.hparams import Flag
 from methods.mae import require_vit
 from methods.momentum import ema_update, frozen_copy
+from methods.recipe import Recipe
 from networks.vit import (
     fix_position_embedding,
     residual_projections,
@@ -193,6 +194,49 @@ class IJEPA(Method):
     # Appendix A.1 of the paper (the official repository has no evaluation code): "We use the
     # target-encoder for evaluation and average pool its output"
     eval_momentum_backbone = True
+    recipes = (
+        Recipe(
+            source=(
+                "facebookresearch/ijepa 52c1ae9, configs/in1k_vith14_ep300.yaml (ViT-H/14 on 16 "
+                "GPUs: batch 2048, 300 epochs); no CIFAR recipe there or in solo-learn"
+            ),
+            optimizer="adamw",
+            betas=(0.9, 0.999),
+            exclude_bias_and_norm=True,
+            base_lr=1e-3,
+            lr_scaling="none",
+            batch_size=2048,
+            num_epochs=300,
+            weight_decay=0.04,
+            final_weight_decay=0.4,
+            warmup_epochs=40,
+            warmup_lr=2e-4,
+            final_lr=1e-6,
+            sources={
+                "optimizer, betas": (
+                    "src/helper.py:142 (torch.optim.AdamW(param_groups): default betas)"
+                ),
+                "exclude_bias_and_norm": (
+                    "src/helper.py:121-138 (biases, 1-D params: weight_decay 0, WD_exclude)"
+                ),
+                "base_lr, lr_scaling": (
+                    "in1k_vith14_ep300.yaml:49 (lr 0.001); src/train.py:121 (used as given, not "
+                    "scaled)"
+                ),
+                "batch_size": (
+                    "in1k_vith14_ep300.yaml:2 (128 per GPU); README.md:120 (16 GPUs, batch 2048)"
+                ),
+                "num_epochs, warmup_epochs": "in1k_vith14_ep300.yaml:45,51 (epochs 300, warmup 40)",
+                "weight_decay, final_weight_decay": (
+                    "in1k_vith14_ep300.yaml:47,52 (0.04 -> 0.4); src/utils/schedulers.py:48-75 "
+                    "(cosine)"
+                ),
+                "warmup_lr, final_lr": (
+                    "in1k_vith14_ep300.yaml:46,50 (start_lr 0.0002, final_lr 1.0e-06: absolute)"
+                ),
+            },
+        ),
+    )
 
     def __init__(
         self,

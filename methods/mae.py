@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from methods import Method, register
 from methods.hparams import Flag
+from methods.recipe import Recipe
 from networks import is_vit
 from networks.timm_vit import not_plain
 from networks.vit import (
@@ -121,6 +122,88 @@ class MAE(Method):
     augmentation = "mae"  # its crops are bicubic (transformations.mae_transform)
     eval_interpolation = "bicubic"  # official main_linprobe.py, util/datasets.py: bicubic
     requires_vit = True
+    recipes = (
+        Recipe(
+            source=(
+                "vturrisi/solo-learn 9187ea3, scripts/pretrain/cifar/mae.yaml (solo-learn's "
+                "reproduction: MAE's code has no CIFAR recipe; ViT-S, 4 px patches)"
+            ),
+            images="small",
+            optimizer="adamw",
+            betas=(0.9, 0.95),
+            exclude_bias_and_norm=False,
+            base_lr=2e-4,
+            lr_scaling="linear",
+            batch_size=256,
+            num_epochs=1000,
+            weight_decay=0.05,
+            final_weight_decay=None,
+            warmup_epochs=10,
+            warmup_lr=3e-5,
+            final_lr=0.0,
+            sources={
+                "optimizer, betas": "mae.yaml:33-34,39-40 (adamw, betas [0.9, 0.95])",
+                "exclude_bias_and_norm": (
+                    "solo/methods/base.py:280-281 (exclude_bias_n_norm_wd default False; mae.yaml "
+                    "does not set it)"
+                ),
+                "base_lr, lr_scaling, batch_size": (
+                    "mae.yaml:35-36 (batch_size 256, lr 2.0e-4); solo/args/pretrain.py:151-154 (lr "
+                    "x batch/256)"
+                ),
+                "num_epochs": "mae.yaml:51 (max_epochs 1000)",
+                "weight_decay, final_weight_decay": "mae.yaml:38 (weight_decay 0.05, constant)",
+                "warmup_epochs, final_lr": (
+                    "mae.yaml:42 (warmup_cosine); solo/methods/base.py:291,293 (min_lr 0, "
+                    "warmup_epochs 10)"
+                ),
+                "warmup_lr": (
+                    "solo/methods/base.py:292 (warmup_start_lr 3e-5: absolute in solo-learn, "
+                    "scaled here)"
+                ),
+            },
+        ),
+        Recipe(
+            source=(
+                "facebookresearch/mae efb2a80, PRETRAIN.md's ViT-L/16 command (8 nodes x 8 GPUs x "
+                "64: batch 4096, 800 epochs)"
+            ),
+            images="large",
+            optimizer="adamw",
+            betas=(0.9, 0.95),
+            exclude_bias_and_norm=True,
+            base_lr=1.5e-4,
+            lr_scaling="linear",
+            batch_size=4096,
+            num_epochs=800,
+            weight_decay=0.05,
+            final_weight_decay=None,
+            warmup_epochs=40,
+            warmup_lr=0.0,
+            final_lr=0.0,
+            sources={
+                "optimizer, betas": "main_pretrain.py:180 (torch.optim.AdamW(betas=(0.9, 0.95)))",
+                "exclude_bias_and_norm": (
+                    "main_pretrain.py:179 (timm add_weight_decay: biases, 1-D params without decay)"
+                ),
+                "base_lr, lr_scaling": (
+                    "PRETRAIN.md:15,19 (--blr 1.5e-4; lr = blr x batch/256); main_pretrain.py:166"
+                ),
+                "batch_size": "PRETRAIN.md:9,18 (64 per GPU x 8 nodes x 8 GPUs = 4096)",
+                "num_epochs": "PRETRAIN.md:13 (--epochs 800)",
+                "weight_decay, final_weight_decay": (
+                    "PRETRAIN.md:15 (--weight_decay 0.05, constant)"
+                ),
+                "warmup_epochs, warmup_lr": (
+                    "PRETRAIN.md:14 (--warmup_epochs 40); util/lr_sched.py:11-12 (lr x epoch / "
+                    "warmup, from 0)"
+                ),
+                "final_lr": (
+                    "main_pretrain.py:68 (min_lr 0.); util/lr_sched.py:14-15 (cosine to min_lr)"
+                ),
+            },
+        ),
+    )
 
     def __init__(
         self,

@@ -104,6 +104,7 @@ from methods.hparams import (
     Flag,
 )
 from methods.momentum import cosine_momentum, ema_update, frozen_copy
+from methods.recipe import Recipe
 from networks import is_vit
 from networks.heads import build_mlp
 from networks.vit import MaskableViT, fix_position_embedding, xavier_init
@@ -323,6 +324,81 @@ class MoCoV2(Method):
     augmentation = "simclr"  # the paper's views: SimCLR's, with blur
     momentum_backbone = "target_backbone"
     view_options = {"crop_min_scale": 0.2}  # official main_moco.py --aug-plus: scale=(0.2, 1.)
+    recipes = (
+        Recipe(
+            source="solo-learn 9187ea3, scripts/pretrain/cifar/mocov2plus.yaml (MoCo v2+, a "
+            "reproduction: the official CIFAR demo is MoCo v1's linear head)",
+            images="small",
+            optimizer="sgd",
+            momentum=0.9,
+            exclude_bias_and_norm=False,
+            base_lr=0.3,
+            lr_scaling="linear",
+            batch_size=256,
+            num_epochs=1000,
+            weight_decay=1e-4,
+            warmup_epochs=10,
+            warmup_lr=3e-5,
+            final_lr=0.0,
+            settings={
+                "symmetric": True,
+                "ema_cosine": True,
+                "shuffle_bn": False,
+                "ema_momentum": 0.99,
+                "queue_size": 32768,
+                "proj_hidden_dim": 2048,
+                "proj_dim": 256,
+            },
+            sources={
+                "optimizer, momentum": "cifar/mocov2plus.yaml:33 (sgd); "
+                "solo/args/pretrain.py:161-162 (momentum 0.9 by default)",
+                "exclude_bias_and_norm": "solo/methods/base.py:280-281 (exclude_bias_n_norm_wd "
+                "False: every parameter decayed)",
+                "base_lr, lr_scaling, batch_size": "cifar/mocov2plus.yaml:34-35 (batch_size 256, "
+                "lr 0.3); solo/args/pretrain.py:153-154 (lr x batch / 256)",
+                "num_epochs": "cifar/mocov2plus.yaml:48 (max_epochs 1000)",
+                "weight_decay, final_weight_decay": "cifar/mocov2plus.yaml:37 (weight_decay "
+                "1e-4, constant)",
+                "warmup_epochs, warmup_lr, final_lr": "solo/methods/base.py:291-294 (min_lr 0, "
+                "warmup_start_lr 3e-5, warmup_epochs 10, per step)",
+                "symmetric, shuffle_bn": "solo/methods/mocov2plus.py:186-194 (both directions, a "
+                "queue each; no batch shuffle)",
+                "ema_momentum, ema_cosine": "cifar/mocov2plus.yaml:23-25 (tau 0.99 to 0.999 on a "
+                "cosine; here to 1)",
+                "queue_size, proj_hidden_dim, proj_dim": "cifar/mocov2plus.yaml:19-21 "
+                "(proj_hidden_dim 2048, proj_output_dim 256, queue_size 32768)",
+            },
+        ),
+        Recipe(
+            source="facebookresearch/moco 7397dfe, README's command with MoCo v2's --mlp "
+            "--moco-t 0.2 --aug-plus --cos (200 epochs, 67.5 %)",
+            images="large",
+            optimizer="sgd",
+            momentum=0.9,
+            exclude_bias_and_norm=False,
+            base_lr=0.03,
+            lr_scaling="none",
+            batch_size=256,
+            num_epochs=200,
+            weight_decay=1e-4,
+            warmup_epochs=0,
+            warmup_lr=0.0,
+            final_lr=0.0,
+            sources={
+                "optimizer, momentum": "main_moco.py:94-96,291-296 (torch.optim.SGD, --momentum "
+                "0.9)",
+                "exclude_bias_and_norm": "main_moco.py:291-292 (SGD(model.parameters()): every "
+                "parameter decayed)",
+                "base_lr, lr_scaling, batch_size": "README.md:46-47 (--lr 0.03 --batch-size "
+                "256); main_moco.py:490 (lr used as given)",
+                "num_epochs": "main_moco.py:58-60 (--epochs 200); README.md:80-83 (200 epochs, "
+                "MoCo v2 67.5)",
+                "weight_decay, final_weight_decay": "main_moco.py:97-105 (--wd 1e-4, constant)",
+                "warmup_epochs, warmup_lr, final_lr": "README.md:51 (--cos); "
+                "main_moco.py:372,488-492 (per-epoch cosine to 0, no warmup)",
+            },
+        ),
+    )
 
     def __init__(
         self,
@@ -430,6 +506,111 @@ class MoCoV3(Method):
     momentum_backbone = "target_backbone"
     collapse_hint = "too high an lr without warmup (the paper's instability)"
     zero_init_residual = True  # official main_moco.py: zero_init_residual=True
+    recipes = (
+        Recipe(
+            source="solo-learn 9187ea3, scripts/pretrain/cifar/mocov3.yaml (a reproduction: the "
+            "official code has no CIFAR recipe)",
+            images="small",
+            backbones="convnet",
+            optimizer="larc",
+            momentum=0.9,
+            larc_trust_coefficient=0.02,
+            larc_clip=True,
+            exclude_bias_and_norm=True,
+            base_lr=0.3,
+            lr_scaling="linear",
+            batch_size=256,
+            num_epochs=1000,
+            weight_decay=1e-6,
+            warmup_epochs=10,
+            warmup_lr=3e-5,
+            final_lr=0.0,
+            settings={"temperature": 0.2},
+            sources={
+                "optimizer, larc_trust_coefficient, larc_clip": "cifar/mocov3.yaml:33-40 (lars, "
+                "clip_lr True, eta 0.02); solo/utils/lars.py:141-150 (clip: min(lars_lr / lr, "
+                "1))",
+                "exclude_bias_and_norm": "cifar/mocov3.yaml:41 (exclude_bias_n_norm True); "
+                "lars.py:140 (1-D parameters: no adaptation, no decay)",
+                "momentum": "solo/args/pretrain.py:163-164 (lars: momentum 0.9 by default)",
+                "base_lr, lr_scaling, batch_size": "cifar/mocov3.yaml:34-35 (batch_size 256, lr "
+                "0.3); solo/args/pretrain.py:153-154 (lr x batch / 256)",
+                "num_epochs": "cifar/mocov3.yaml:52 (max_epochs 1000)",
+                "weight_decay, final_weight_decay": "cifar/mocov3.yaml:37 (weight_decay 1e-6, "
+                "constant)",
+                "warmup_epochs, warmup_lr, final_lr": "solo/methods/base.py:291-294 (min_lr 0, "
+                "warmup_start_lr 3e-5, warmup_epochs 10, per step)",
+                "temperature": "cifar/mocov3.yaml:22 (temperature 0.2; the official ResNet "
+                "default is 1.0)",
+            },
+        ),
+        Recipe(
+            source="facebookresearch/moco-v3 c349e6e, README's ResNet-50 command = CONFIG.md's "
+            "100-epoch one (main_moco.py defaults; 68.9 %)",
+            images="large",
+            backbones="convnet",
+            optimizer="lars",
+            momentum=0.9,
+            lars_eta=0.001,
+            exclude_bias_and_norm=True,
+            base_lr=0.6,
+            lr_scaling="linear",
+            batch_size=4096,
+            num_epochs=100,
+            weight_decay=1e-6,
+            warmup_epochs=10,
+            warmup_lr=0.0,
+            final_lr=0.0,
+            settings={"crop_min_scale": 0.2},
+            sources={
+                "optimizer, momentum, lars_eta": "main_moco.py:67,224-227 (moco.optimizer.LARS, "
+                "--momentum 0.9); moco/optimizer.py:14 (trust_coefficient 0.001)",
+                "exclude_bias_and_norm": "moco/optimizer.py:27 (decay and LARS scaling only "
+                "where p.ndim > 1)",
+                "base_lr, lr_scaling": "main_moco.py:65 (--lr 0.6), 190 (lr x batch_size / 256)",
+                "batch_size": "main_moco.py:60 (-b 4096, all GPUs); README.md:10 (every result "
+                "at batch 4096)",
+                "num_epochs": "main_moco.py:56 (--epochs 100); README.md:102-106, "
+                "CONFIG.md:76-78 (100 epochs, 68.9)",
+                "weight_decay, final_weight_decay": "main_moco.py:69 (--wd 1e-6, constant)",
+                "warmup_epochs, warmup_lr, final_lr": "main_moco.py:115 (--warmup-epochs 10), "
+                "342,420-425 (per step: linear from 0, cosine to 0)",
+                "crop_min_scale": "README.md:103 (--crop-min=.2; main_moco.py:117: 0.08 by "
+                "default)",
+            },
+        ),
+        Recipe(
+            source="facebookresearch/moco-v3 c349e6e, CONFIG.md's ViT-Small and ViT-Base "
+            "commands (300 epochs, batch 4096: 73.2 and 76.7 %)",
+            backbones="vit",
+            optimizer="adamw",
+            betas=(0.9, 0.999),
+            exclude_bias_and_norm=False,
+            base_lr=1.5e-4,
+            lr_scaling="linear",
+            batch_size=4096,
+            num_epochs=300,
+            weight_decay=0.1,
+            warmup_epochs=40,
+            warmup_lr=0.0,
+            final_lr=0.0,
+            sources={
+                "optimizer, betas": "CONFIG.md:128 (--optimizer=adamw); main_moco.py:228-230 "
+                "(torch's AdamW, its default betas (0.9, 0.999))",
+                "exclude_bias_and_norm": "main_moco.py:229 (AdamW(model.parameters()): every "
+                "parameter decayed)",
+                "base_lr, lr_scaling": "CONFIG.md:128,158 (--lr=1.5e-4); main_moco.py:190 (lr x "
+                "batch_size / 256)",
+                "batch_size": "CONFIG.md:126-133,156-163 (no -b: main_moco.py:60, 4096); "
+                "CONFIG.md:183 (batch 4096)",
+                "num_epochs, warmup_epochs": "CONFIG.md:129,159 (--epochs=300 --warmup-epochs=40)",
+                "weight_decay, final_weight_decay": "CONFIG.md:128,158 (--weight-decay=.1, "
+                "constant)",
+                "warmup_lr, final_lr": "main_moco.py:342,420-425 (per step: linear from 0, "
+                "cosine to 0)",
+            },
+        ),
+    )
 
     def __init__(
         self,

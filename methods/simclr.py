@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from methods import Method, register
 from methods.hparams import HEAD_INIT, PROJ_DIM, PROJ_WIDTH_OF_FEATURES, TEMPERATURE, Flag
+from methods.recipe import Recipe
 from networks.heads import build_mlp, init_linears
 from utils.distributed import gather_with_grad
 from utils.misc import non_negative_float
@@ -66,6 +67,18 @@ NT_XENT_SCALE = Flag(
 )
 
 
+# google-research/simclr 383d414 (TF1 run.py, model_util.py, lars_optimizer.py, README.md)
+_LARS_SOURCES = {
+    "optimizer, momentum, lars_eta": "run.py:170-176 (optimizer lars, momentum 0.9); "
+    "lars_optimizer.py:26,44 (eeta 0.001)",
+    "exclude_bias_and_norm": "model_util.py:94-100 (exclude_from_weight_decay "
+    "['batch_normalization', 'bias']); lars_optimizer.py:78-81 (adaptation)",
+    "warmup_epochs, warmup_lr": "run.py:50-52 (warmup_epochs 10); model_util.py:71-72 "
+    "(linear from 0)",
+    "final_lr": "model_util.py:76-81 (tf.train.cosine_decay to 0 after warmup)",
+}
+
+
 @register("simclr")
 class SimCLR(Method):
     """Backbone + projection MLP; NT-Xent between the projections of two views."""
@@ -75,6 +88,58 @@ class SimCLR(Method):
     view_options = {"interpolation": "bicubic"}
     eval_interpolation = "bicubic"
     zero_init_residual = True
+    recipes = (
+        Recipe(
+            source="google-research/simclr 383d414, README's CIFAR-10 command (ResNet-18, 32 px)",
+            images="small",
+            optimizer="lars_simclr",
+            momentum=0.9,
+            lars_eta=0.001,
+            exclude_bias_and_norm=True,
+            base_lr=1.0,
+            lr_scaling="linear",
+            batch_size=512,
+            num_epochs=1000,
+            weight_decay=1e-4,
+            warmup_epochs=10,
+            warmup_lr=0.0,
+            final_lr=0.0,
+            sources={
+                **_LARS_SOURCES,
+                "batch_size, num_epochs, base_lr, weight_decay, final_weight_decay": "README.md:"
+                "79-81 (--train_batch_size=512 --train_epochs=1000 --learning_rate=1.0 "
+                "--weight_decay=1e-4, constant)",
+                "lr_scaling": "run.py:46-48 (learning_rate_scaling linear); model_util.py:64-65",
+            },
+        ),
+        Recipe(
+            source="google-research/simclr 383d414, README's ImageNet command (ResNet-50, batch "
+            "4096, 100 epochs)",
+            images="large",
+            optimizer="lars_simclr",
+            momentum=0.9,
+            lars_eta=0.001,
+            exclude_bias_and_norm=True,
+            base_lr=1.2,
+            lr_scaling="sqrt",
+            batch_size=4096,
+            num_epochs=100,
+            weight_decay=1e-4,
+            warmup_epochs=10,
+            warmup_lr=0.0,
+            final_lr=0.0,
+            settings={"temperature": 0.1, "jitter_strength": 1.0},
+            sources={
+                **_LARS_SOURCES,
+                "batch_size, num_epochs, temperature": "README.md:101-102 (--train_batch_size=4096 "
+                "--train_epochs=100 --temperature=0.1)",
+                "base_lr, lr_scaling": "README.md:103 (--learning_rate=0.075 "
+                "--learning_rate_scaling=sqrt); model_util.py:66-67 (x sqrt(B): 1.2 at 256)",
+                "weight_decay, final_weight_decay": "README.md:103 (--weight_decay=1e-4, constant)",
+                "jitter_strength": "run.py:239-241 (color_jitter_strength 1.0; README leaves it)",
+            },
+        ),
+    )
 
     def __init__(
         self,

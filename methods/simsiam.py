@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from methods import Method, register
 from methods.hparams import CONCAT_VIEWS, PRED_HIDDEN_DIM, PROJ_DIM, PROJ_WIDTH_OF_FEATURES, Flag
+from methods.recipe import Recipe
 from networks.heads import build_mlp
 
 
@@ -56,6 +57,59 @@ class SimSiam(Method):
         "a missing stop-gradient or predictor, or too high a weight decay or predictor lr"
     )
     zero_init_residual = True
+    recipes = (
+        Recipe(
+            source="Chen & He, arXiv 2011.10566, the paper's CIFAR-10 setting (the official "
+            "code has none)",
+            images="small",
+            optimizer="sgd",
+            momentum=0.9,
+            exclude_bias_and_norm=False,
+            base_lr=0.03,
+            lr_scaling="linear",
+            batch_size=512,
+            num_epochs=800,
+            weight_decay=5e-4,
+            warmup_epochs=10,
+            sources={
+                "optimizer, momentum, base_lr, lr_scaling, batch_size, weight_decay": "paper, "
+                "appendix 'CIFAR experiments' (SGD, base lr 0.03 x B/256, batch 512, wd 5e-4, "
+                "momentum 0.9)",
+                "num_epochs, final_lr": "paper, the CIFAR appendix (800 epochs, cosine decay to 0)",
+                "warmup_epochs, warmup_lr": "DESIGN.md section 2 (10 epochs from 0, the toolkit's "
+                "contract for the default method; the paper states none)",
+                "exclude_bias_and_norm, final_weight_decay": "main_simsiam.py:193-201 (SGD over "
+                "all parameters, constant weight decay), as on ImageNet",
+            },
+        ),
+        Recipe(
+            source="facebookresearch/simsiam a7bc177, README's ImageNet command (ResNet-50, "
+            "batch 512, 100 epochs, --fix-pred-lr)",
+            images="large",
+            optimizer="sgd",
+            momentum=0.9,
+            exclude_bias_and_norm=False,
+            base_lr=0.05,
+            lr_scaling="linear",
+            batch_size=512,
+            num_epochs=100,
+            weight_decay=1e-4,
+            warmup_epochs=0,
+            warmup_lr=0.0,
+            final_lr=0.0,
+            sources={
+                "num_epochs, batch_size": "main_simsiam.py:47-55 (--epochs 100, --batch-size 512); "
+                "README.md:27-37",
+                "base_lr, lr_scaling": "main_simsiam.py:56-57,157 (--lr 0.05; init_lr = lr x "
+                "batch_size / 256)",
+                "optimizer, momentum, exclude_bias_and_norm": "main_simsiam.py:193-201 (SGD over "
+                "all parameters, momentum 0.9, weight_decay)",
+                "weight_decay, final_weight_decay": "main_simsiam.py:60-62 (--wd 1e-4, constant)",
+                "warmup_epochs, warmup_lr, final_lr": "main_simsiam.py:359-366 (init_lr x 0.5 x "
+                "(1 + cos(pi epoch / epochs)): no warmup, to 0)",
+            },
+        ),
+    )
 
     def __init__(
         self,

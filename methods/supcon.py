@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from methods import Method, register
 from methods.hparams import PROJ_DIM, PROJ_WIDTH_OF_FEATURES, TEMPERATURE, Flag
+from methods.recipe import Recipe
 from networks.heads import build_mlp
 from utils.distributed import gather, gather_with_grad
 
@@ -85,6 +86,39 @@ class SupCon(Method):
     loss_summary = "`supcon_loss` (labels)"
     needs_labels = True
     view_options = {"crop_min_scale": 0.2}  # official main_supcon.py: RandomResizedCrop(0.2, 1)
+    # the official code has CIFAR commands only (no ImageNet recipe): one regime for every size
+    recipes = (
+        Recipe(
+            source="HobbitLong/SupContrast 66a8fe5, README's SupCon pretraining command (CIFAR, "
+            "ResNet-50)",
+            images="any",
+            optimizer="sgd",
+            momentum=0.9,
+            exclude_bias_and_norm=False,
+            base_lr=0.5,
+            lr_scaling="none",
+            batch_size=1024,
+            num_epochs=1000,
+            weight_decay=1e-4,
+            warmup_epochs=10,
+            warmup_lr=0.01,
+            final_lr=0.0005,
+            sources={
+                "batch_size, base_lr": "README.md:73-76 (--batch_size 1024 --learning_rate 0.5 "
+                "--temp 0.1 --cosine)",
+                "lr_scaling": "util.py:78-83 (SGD lr=opt.learning_rate: not scaled by batch)",
+                "optimizer, momentum, exclude_bias_and_norm": "util.py:78-83 (SGD(model."
+                "parameters(), momentum, weight_decay): every parameter decayed)",
+                "num_epochs": "main_supcon.py:38-39 (--epochs 1000)",
+                "weight_decay, final_weight_decay": "main_supcon.py:48-49 (--weight_decay 1e-4, "
+                "constant)",
+                "warmup_epochs, warmup_lr": "main_supcon.py:106-112 (batch > 256: warm, "
+                "warmup_from 0.01, warm_epochs 10); util.py:68-75",
+                "final_lr": "util.py:53-58 (cosine eta_min = lr x lr_decay_rate^3 = 0.5 x 0.1^3 = "
+                "5e-4; main_supcon.py:46-47)",
+            },
+        ),
+    )
 
     def __init__(
         self,

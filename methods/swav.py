@@ -18,8 +18,9 @@ small batches a queue of past high-resolution embeddings joins the batch inside 
 
 Default recipe (paper, ImageNet): ResNet-50, projector 2048 (BN, ReLU) -> 128, 3000 prototypes,
 T = 0.1, eps = 0.05, 3 Sinkhorn iterations, multi-crop 2 x 224 + 6 x 96 px, LARC (trust 0.001,
-no clipping) on SGD lr 4.8 for batch 4096 (0.6 for 256), weight decay 1e-6, cosine to 0.0006,
-prototypes frozen for the first epoch; batch 256 adds a 3840-long queue from epoch 15.
+no clipping) on SGD lr 4.8 for batch 4096 (10 warmup epochs from 0.3, cosine to 0.0048), weight
+decay 1e-6, prototypes frozen for the first epoch; batch 256 (lr 0.6 to 0.0006, no warmup) adds a
+3840-long queue from epoch 15.
 """
 
 from typing import Annotated
@@ -30,6 +31,7 @@ from torch import Tensor, nn
 
 from methods import Method, register
 from methods.hparams import PROJ_DIM, PROJ_HIDDEN_DIM, TEMPERATURE, Flag
+from methods.recipe import Recipe
 from networks.heads import build_mlp
 from utils.distributed import all_reduce_sum, world_size
 from utils.misc import non_negative_int
@@ -115,6 +117,88 @@ class SwAV(Method):
     augmentation = "multicrop"
     slow_start = 5  # scripts/short_recipes.sh: 5x the short tables' epochs
     collapse_hint = "too few prototypes or too small an epsilon for the batch (--epsilon)"
+    recipes = (
+        Recipe(
+            source="solo-learn 9187ea3, scripts/pretrain/cifar/swav.yaml (a reproduction: the "
+            "official code has no CIFAR recipe)",
+            images="small",
+            optimizer="larc",
+            momentum=0.9,
+            larc_trust_coefficient=0.02,
+            larc_clip=True,
+            exclude_bias_and_norm=True,
+            base_lr=0.6,
+            lr_scaling="linear",
+            batch_size=256,
+            num_epochs=1000,
+            weight_decay=1e-6,
+            warmup_epochs=10,
+            warmup_lr=3e-5,
+            final_lr=0.0,
+            settings={
+                "num_crops": 0,
+                "queue_size": 3840,
+                "epoch_queue_starts": 50,
+                "freeze_prototypes_epochs": 2,
+            },
+            sources={
+                "optimizer, larc_trust_coefficient, larc_clip": "cifar/swav.yaml:33-40 (lars, "
+                "clip_lr True, eta 0.02); solo/utils/lars.py:141-150 (clip: min(lars_lr / lr, "
+                "1))",
+                "exclude_bias_and_norm": "cifar/swav.yaml:41 (exclude_bias_n_norm True); "
+                "lars.py:140 (1-D parameters: no adaptation, no decay)",
+                "momentum": "solo/args/pretrain.py:163-164 (lars: momentum 0.9 by default)",
+                "base_lr, lr_scaling, batch_size": "cifar/swav.yaml:34-35 (batch_size 256, lr "
+                "0.6); solo/args/pretrain.py:153-154 (lr x batch / 256)",
+                "num_epochs": "cifar/swav.yaml:52 (max_epochs 1000)",
+                "weight_decay, final_weight_decay": "cifar/swav.yaml:37 (weight_decay 1e-6, "
+                "constant)",
+                "warmup_epochs, warmup_lr, final_lr": "solo/methods/base.py:291-294 (min_lr 0, "
+                "warmup_start_lr 3e-5, warmup_epochs 10, per step)",
+                "num_crops, crop_min_scale": "cifar/augmentations/symmetric.yaml:3,21-22 (crops "
+                "of 8-100 %, 2 of 32 px, no small ones)",
+                "queue_size, epoch_queue_starts": "cifar/swav.yaml:20,23 (queue_size 3840, "
+                "epoch_queue_starts 50)",
+                "freeze_prototypes_epochs": "cifar/swav.yaml:24 (freeze_prototypes_epochs 2)",
+            },
+        ),
+        Recipe(
+            source="facebookresearch/swav 06b1b7c, scripts/swav_800ep_pretrain.sh (README: 800 "
+            "epochs, batch 4096, 2x224 + 6x96, 75.3 %)",
+            images="large",
+            optimizer="larc",
+            momentum=0.9,
+            larc_trust_coefficient=0.001,
+            larc_clip=False,
+            exclude_bias_and_norm=False,
+            base_lr=4.8,
+            lr_scaling="none",
+            batch_size=4096,
+            num_epochs=800,
+            weight_decay=1e-6,
+            warmup_epochs=10,
+            warmup_lr=0.3,
+            final_lr=0.0048,
+            sources={
+                "optimizer, momentum, larc_trust_coefficient, larc_clip": "main_swav.py:171-177 "
+                "(SGD(momentum=0.9), LARC(trust_coefficient=0.001, clip=False))",
+                "exclude_bias_and_norm": "main_swav.py:171-172 (SGD(model.parameters()): every "
+                "parameter decayed and adapted)",
+                "base_lr, lr_scaling": "scripts/swav_800ep_pretrain.sh:41 (--base_lr 4.8); "
+                "main_swav.py:173,178 (used as given)",
+                "batch_size": "scripts/swav_800ep_pretrain.sh:10,40 (64 GPUs x --batch_size 64 = "
+                "4096); README.md:29",
+                "num_epochs": "scripts/swav_800ep_pretrain.sh:39 (--epochs 800); README.md:29 "
+                "(75.3 top-1)",
+                "weight_decay, final_weight_decay": "scripts/swav_800ep_pretrain.sh:44 (--wd "
+                "0.000001, constant)",
+                "warmup_epochs, warmup_lr": "scripts/swav_800ep_pretrain.sh:45-46 "
+                "(--warmup_epochs 10 --start_warmup 0.3); main_swav.py:178",
+                "final_lr": "scripts/swav_800ep_pretrain.sh:42 (--final_lr 0.0048); "
+                "main_swav.py:179-182 (per-step cosine to it)",
+            },
+        ),
+    )
 
     def __init__(
         self,

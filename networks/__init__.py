@@ -51,6 +51,13 @@ def is_vit(backbone: nn.Module) -> bool:
     return isinstance(backbone, VisionTransformer)
 
 
+def is_vit_name(name: str) -> bool:
+    """Whether --backbone `name` is a Vision Transformer, before it is built (the methods'
+    training recipes differ for ViTs: methods/recipe.py): this toolkit's vit_* and timm's ViT
+    families (vit, deit, eva, beit)."""
+    return name.removeprefix(TIMM_PREFIX).startswith(("vit", "deit", "eva", "beit"))
+
+
 def torchvision_model(name: str, pretrained: bool) -> nn.Module:
     """torchvision's `name` (with its classifier), with ImageNet weights when `pretrained`.
 

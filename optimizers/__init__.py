@@ -1,21 +1,21 @@
 """Optimizer registry and factory: `--optimizer` -> a torch.optim.Optimizer over a model.
 
-Policy (which parameters get weight decay), following each optimizer's usual recipe:
-    sgd, sgd_nesterov  momentum SGD, weight decay on every parameter (SimSiam, SupCon papers)
-    adam               Adam, weight decay as L2 on every parameter
-    adamw              AdamW, biases and norm weights excluded from decay (DINO's param groups)
-    lars, lars_simclr  1-D parameters (biases, norms) excluded from decay and adaptation inside
-                       the optimizer (SimCLR, BYOL, Barlow Twins)
-    larc               LARC wrapping momentum SGD (apex defaults; SwAV: --larc_trust_coefficient
-                       0.001 --larc_clip false)
+    sgd, sgd_nesterov  momentum SGD
+    adam, adamw        Adam (weight decay as L2), AdamW (decoupled weight decay)
+    lars, lars_simclr  LARS: BYOL's, Barlow Twins' and MoCo v3's form; SimCLR's
+    larc               LARC wrapping momentum SGD (apex; SwAV: --larc_trust_coefficient 0.001
+                       --larc_clip false; solo-learn's LARS: 0.02, clipped)
+Which parameters get weight decay is the method's, not the optimizer's (`exclude_bias_and_norm`
+of its recipe, methods/recipe.py): with it, biases and norm parameters (every parameter of at
+most one dimension) get none, and lars and larc leave them unadapted.
 A method may give parameters options of their own (`Method.param_group`): an `lr_scale` times
 the scheduled lr (Barlow Twins' biases and BatchNorm: 0.0048 / 0.2) or a fixed lr (SimSiam's
 predictor, `--fix_pred_lr`); parameters with the same options share a group.
 """
 
 import math
-from argparse import Namespace
 from collections.abc import Callable
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Union
 
 import torch
@@ -29,7 +29,48 @@ if TYPE_CHECKING:
 # LARC wraps an optimizer rather than being one, but offers the same interface
 AnyOptimizer = Union[torch.optim.Optimizer, "LARC"]
 
-OPTIMIZERS: dict[str, Callable[[list[dict], float, Namespace], AnyOptimizer]] = {}
+
+@dataclass(frozen=True)
+class Optimization:
+    """The optimizer and its schedules, resolved once at the top of main() (flags, recipe files,
+    the method's recipe, a resumed checkpoint) and passed to what builds them: lrs are for a
+    batch of 256 and scaled by `lr_scaling` (scale_lr); a `final_weight_decay` of None (or equal
+    to `weight_decay`) keeps the decay constant."""
+
+    optimizer: str
+    base_lr: float
+    num_epochs: int
+    weight_decay: float
+    lr_scaling: str = "linear"
+    warmup_epochs: int = 0
+    warmup_lr: float = 0.0
+    final_lr: float = 0.0
+    final_weight_decay: float | None = None
+    exclude_bias_and_norm: bool = False
+    momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.999)
+    lars_eta: float = 0.001
+    larc_trust_coefficient: float = 0.02
+    larc_clip: bool = True
+
+    @classmethod
+    def of(cls, args) -> "Optimization":
+        """The part of the parsed flags `args` (an argparse.Namespace) it holds; a flag absent
+        or None takes the field's default (but final_weight_decay, whose None is constant)."""
+        values = {}
+        for f in fields(cls):
+            value = getattr(args, f.name, None)
+            if value is not None:
+                values[f.name] = tuple(value) if isinstance(value, list) else value
+        return cls(**values)
+
+    @property
+    def warmup_used(self) -> int:
+        """--warmup_epochs, less where it would leave no epoch of the cosine."""
+        return min(self.warmup_epochs, max(self.num_epochs - 1, 0))
+
+
+OPTIMIZERS: dict[str, Callable[[list[dict], float, Optimization], AnyOptimizer]] = {}
 
 
 register = registrar(OPTIMIZERS, "optimizer")  # @register("name") on a new one
@@ -48,7 +89,7 @@ def scale_lr(lr: float, batch_size: int, rule: str = "linear") -> float:
 
 def param_groups(
     model: nn.Module,
-    exclude_bias_and_norm_from_wd: bool = False,
+    exclude_bias_and_norm: bool = False,
     options_of: Callable[[str, nn.Parameter], dict] | None = None,
 ) -> list[dict]:
     """Trainable parameters split into named groups by their options: decayed or not (1-D, when
@@ -60,7 +101,7 @@ def param_groups(
         if not param.requires_grad:
             continue
         options = own_options(name, param) if own_options is not None else {}
-        no_decay = exclude_bias_and_norm_from_wd and param.ndim <= 1
+        no_decay = exclude_bias_and_norm and param.ndim <= 1
         if no_decay:
             options = {**options, "weight_decay": 0.0}
         key = "_".join(f"{k}={v}" for k, v in sorted(options.items())) or "params"
@@ -68,76 +109,77 @@ def param_groups(
     return list(groups.values())
 
 
-def build_optimizer(args: Namespace, model: nn.Module, lr: float) -> AnyOptimizer:
-    """The optimizer `args.optimizer` over `model`'s trainable parameters, at lr `lr` (the
+def build_optimizer(opt: Optimization, model: nn.Module, lr: float) -> AnyOptimizer:
+    """The optimizer `opt.optimizer` over `model`'s trainable parameters, at lr `lr` (the
     scaled peak lr; times a group's `lr_scale`: the lr that a `fix_lr` group keeps), with the
-    momentum, weight decay and trust coefficients of `args`."""
-    if args.optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {args.optimizer!r}; choose from {sorted(OPTIMIZERS)}")
-    groups = param_groups(model, exclude_bias_and_norm_from_wd=args.optimizer == "adamw")
+    momentum, weight decay, trust coefficients and exclusion of biases and norms of `opt`."""
+    if opt.optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {opt.optimizer!r}; choose from {sorted(OPTIMIZERS)}")
+    groups = param_groups(model, opt.exclude_bias_and_norm)
     for group in groups:
         if "lr_scale" in group:
             group["lr"] = lr * group["lr_scale"]
-    return OPTIMIZERS[args.optimizer](groups, lr, args)
+    return OPTIMIZERS[opt.optimizer](groups, lr, opt)
 
 
 @register("sgd")
-def _sgd(groups, lr, args):
-    return torch.optim.SGD(groups, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)
+def _sgd(groups, lr, opt):
+    return torch.optim.SGD(groups, lr=lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
 
 
 @register("sgd_nesterov")
-def _sgd_nesterov(groups, lr, args):
+def _sgd_nesterov(groups, lr, opt):
     return torch.optim.SGD(
-        groups, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay, nesterov=True
+        groups, lr=lr, momentum=opt.momentum, weight_decay=opt.weight_decay, nesterov=True
     )
 
 
 @register("adam")
-def _adam(groups, lr, args):
-    betas = tuple(getattr(args, "betas", (0.9, 0.999)))
-    return torch.optim.Adam(groups, lr=lr, betas=betas, weight_decay=args.weight_decay)
+def _adam(groups, lr, opt):
+    return torch.optim.Adam(groups, lr=lr, betas=opt.betas, weight_decay=opt.weight_decay)
 
 
 @register("adamw")
-def _adamw(groups, lr, args):
-    betas = tuple(getattr(args, "betas", (0.9, 0.999)))
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, weight_decay=args.weight_decay)
+def _adamw(groups, lr, opt):
+    return torch.optim.AdamW(groups, lr=lr, betas=opt.betas, weight_decay=opt.weight_decay)
 
 
 @register("lars")
-def _lars(groups, lr, args):
+def _lars(groups, lr, opt):
     from optimizers.lars import LARS
 
     return LARS(
         groups,
         lr=lr,
-        momentum=args.momentum,
-        weight_decay=args.weight_decay,
-        eta=getattr(args, "lars_eta", 0.001),
+        momentum=opt.momentum,
+        weight_decay=opt.weight_decay,
+        eta=opt.lars_eta,
+        exclude_bias_and_norm=opt.exclude_bias_and_norm,
     )
 
 
 @register("lars_simclr")
-def _lars_simclr(groups, lr, args):
+def _lars_simclr(groups, lr, opt):
     from optimizers.lars_simclr import LARSSimCLR
 
     return LARSSimCLR(
         groups,
         lr=lr,
-        momentum=args.momentum,
-        weight_decay=args.weight_decay,
-        eta=getattr(args, "lars_eta", 0.001),
+        momentum=opt.momentum,
+        weight_decay=opt.weight_decay,
+        eta=opt.lars_eta,
+        exclude_bias_and_norm=opt.exclude_bias_and_norm,
     )
 
 
 @register("larc")
-def _larc(groups, lr, args):
+def _larc(groups, lr, opt):
     from optimizers.larc import LARC
 
-    inner = torch.optim.SGD(groups, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    inner = torch.optim.SGD(groups, lr=lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
     return LARC(
         inner,
-        trust_coefficient=getattr(args, "larc_trust_coefficient", 0.02),
-        clip=getattr(args, "larc_clip", True),
+        trust_coefficient=opt.larc_trust_coefficient,
+        clip=opt.larc_clip,
+        exclude_bias_and_norm=opt.exclude_bias_and_norm,
     )

@@ -10,7 +10,8 @@ weight decay wd and lr:
     g = (g + wd * p) * a
 
 and the wrapped optimizer steps with its weight decay set to 0 (restored afterwards), since the
-decay is already in g.
+decay is already in g. With `exclude_bias_and_norm`, parameters of at most one dimension (biases,
+norms) are left as they are (solo-learn's `exclude_bias_n_norm`; their groups carry no decay).
 """
 
 import torch
@@ -28,8 +29,10 @@ class LARC:
         trust_coefficient: float = 0.02,
         clip: bool = True,
         eps: float = 1e-8,
+        exclude_bias_and_norm: bool = False,
     ) -> None:
         self.optim = optimizer
+        self.exclude_bias_and_norm = exclude_bias_and_norm
         self.trust_coefficient = trust_coefficient
         self.clip = clip
         self.eps = eps
@@ -65,6 +68,7 @@ class LARC:
     def __repr__(self) -> str:
         return (
             f"LARC(trust_coefficient={self.trust_coefficient}, clip={self.clip}, eps={self.eps}, "
+            f"exclude_bias_and_norm={self.exclude_bias_and_norm}, "
             f"optimizer={self.optim!r})"
         )
 
@@ -73,7 +77,7 @@ class LARC:
         for group in self.param_groups:
             wd, lr = group.get("weight_decay", 0.0), group["lr"]
             for p in group["params"]:
-                if p.grad is None:
+                if p.grad is None or (self.exclude_bias_and_norm and p.ndim <= 1):
                     continue
                 p_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(p.grad)
                 a = self.trust_coefficient * p_norm / (g_norm + wd * p_norm + self.eps)

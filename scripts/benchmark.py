@@ -42,11 +42,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from readme_block import publish  # noqa: E402
 
 import main as pretrain  # noqa: E402
+from config import with_recipe  # noqa: E402
 from engine import Engine  # noqa: E402
 from methods import build_method  # noqa: E402
 from monitors import FeatureTap, Monitors, OnlineProbe  # noqa: E402
 from networks import build_backbone  # noqa: E402
-from optimizers import build_optimizer  # noqa: E402
+from optimizers import Optimization, build_optimizer  # noqa: E402
 from transformations import BatchViews  # noqa: E402
 from utils.accel import autocast, grad_scaler, prepare_model, to_device  # noqa: E402
 from utils.data import UNLABELLED  # noqa: E402
@@ -87,7 +88,7 @@ def build(args, device, lr: float):
     backbone, feat_dim = build_backbone(args.backbone, args.image_size, False)
     model = build_method(args.model_name, backbone, feat_dim, **vars(args)).to(device)
     forward = prepare_model(model, args, device)
-    return model, forward, build_optimizer(args, model, lr)
+    return model, forward, build_optimizer(Optimization.of(args), model, lr)
 
 
 def data_path(args, device):
@@ -269,11 +270,14 @@ def main() -> None:
                 results.append(json.load(f))
         publish(table(results), None, "", args.readme, args.block)
         return
+    args, _ = with_recipe(args, {"sources": {}})  # main.py's unset flags: the method's recipe
     device = resolve_device(args.device)
     args.print_freq = max(args.steps, args.print_freq)  # no logging inside the timed steps
     args.num_epochs, args.warmup_epochs = 1, 0
     batch = one_batch(args, device)
-    schedule, lr = build_lr_schedule(args, args.warmup_steps + args.steps, args.batch_size)
+    schedule, lr = build_lr_schedule(
+        Optimization.of(args), args.warmup_steps + args.steps, args.batch_size
+    )
     images = args.batch_size * args.steps
     ours, bare, lightly = [], [], []
     for _ in range(args.repeats):  # alternate, so that a busy machine slows both alike
@@ -285,7 +289,7 @@ def main() -> None:
         if seconds is not None:
             lightly.append(images / seconds)
     loader_len = len(data_path(args, device)[0])
-    data_schedule, _ = build_lr_schedule(args, loader_len, args.batch_size)
+    data_schedule, _ = build_lr_schedule(Optimization.of(args), loader_len, args.batch_size)
     with_data, wait = time_with_data(args, device, args.data_batches, data_schedule, lr)
     result = {
         "device": describe(device),

@@ -9,6 +9,7 @@ import pytest
 
 import main
 import main_linear
+from config import with_recipe
 from methods import METHODS
 from tests.conftest import ROOT
 
@@ -41,7 +42,8 @@ def parse(command: str):
 
 
 def test_main_defaults_follow_design():
-    args = main.get_args_parser().parse_args([])
+    """The flags left unset: the default method's recipe (SimSiam's on CIFAR), DESIGN.md §2."""
+    args, _ = with_recipe(main.get_args_parser().parse_args([]), {"sources": {}})
     expected = dict(
         debug=False,
         data_dir="./data/",

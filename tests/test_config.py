@@ -51,7 +51,10 @@ def test_the_record_resolves_every_setting_and_names_its_source(run):
     }  # fmt: skip
     assert record["optimization"]["base_lr"] == {"value": 0.2, "source": "command line"}
     assert record["run"]["seed"] == {"value": 5, "source": "command line"}
-    assert record["optimization"]["optimizer"] == {"value": "sgd", "source": "default"}
+    # unset training flags: SimCLR's CIFAR-size recipe (the official README's command)
+    optimizer = record["optimization"]["optimizer"]
+    assert optimizer["value"] == "lars_simclr" and optimizer["source"].startswith("method recipe")
+    assert "README" in record["optimization"]["recipe"]["value"]
     # the method's own values, where no flag was given: SimCLR's projector is the backbone's width
     assert record["method"]["proj_hidden_dim"] == {"value": 256, "source": "method"}
     assert record["method"]["nt_xent_scale"] == {"value": 2.0, "source": "method"}

@@ -18,7 +18,7 @@ from methods.simclr import nt_xent_loss
 from methods.supcon import supcon_loss
 from networks import build_backbone, zero_init_residual
 from networks.heads import ScaleOnlyBatchNorm1d, build_mlp, init_linears
-from optimizers import build_optimizer
+from optimizers import Optimization, build_optimizer
 from optimizers.cosine_decay_warmup import adjust_learning_rate
 from transformations import eval_transform, linear_train_transform
 from utils.misc import UserError
@@ -297,7 +297,7 @@ def test_zero_init_residual_flag_byol_bottlenecks_and_other_families():
 def test_barlow_twins_biases_and_batchnorm_get_their_own_lr():
     model = tiny("barlowtwins")
     for optimizer in ("lars", "sgd", "adam"):
-        args = main.get_args_parser().parse_args(["--optimizer", optimizer])
+        args = Optimization(optimizer, base_lr=0.2, num_epochs=1, weight_decay=5e-4)
         opt = build_optimizer(args, model, 0.2)
         adjust_learning_rate(opt, 0.2)  # the weights' lr, as main.py sets it every step
         lrs = {}

@@ -11,8 +11,6 @@ for the suite, so here they are tested by their mechanics (tests/test_byol.py,
 tests/test_swav.py, tests/test_dino.py).
 """
 
-from argparse import Namespace
-
 import pytest
 import torch
 from torch import nn
@@ -20,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from methods import METHODS, build_method
 from networks import build_backbone
-from optimizers import build_optimizer
+from optimizers import Optimization, build_optimizer
 from transformations import eval_transform, pretrain_transform
 from utils.data import DATASETS
 from utils.knn import weighted_knn
@@ -70,7 +68,7 @@ def pretrain(method: str, steps: int, lr: float, method_kwargs: dict, view_kwarg
         drop_last=True,
         generator=torch.Generator().manual_seed(0),
     )
-    args = Namespace(optimizer="adam", momentum=0.9, weight_decay=0.0)
+    args = Optimization("adam", base_lr=lr, num_epochs=1, weight_decay=0.0)
     optimizer = build_optimizer(args, model, lr)
 
     before = knn_accuracy(backbone)

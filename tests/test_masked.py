@@ -16,7 +16,7 @@ from methods.mae import MAE, mae_loss, patchify, random_masking, unpatchify
 from networks.heads import LinearClassifier
 from networks.timm_vit import add_interface
 from networks.vit import MaskableViT, ViTBackbone, sincos_position_embedding
-from optimizers import build_optimizer
+from optimizers import Optimization, build_optimizer
 from utils.synthetic import SyntheticShapes
 
 
@@ -252,7 +252,7 @@ def finetune_args(**kwargs) -> Namespace:
     values = dict(
         backbone_lr=1.0, base_lr=1.0, optimizer="adamw", layer_decay=None, mixup=0.0,
         cutmix=0.0, label_smoothing=0.0, channels_last=False, amp="none", weight_decay=0.05,
-        momentum=0.9, betas=[0.9, 0.999],
+        momentum=0.9, betas=[0.9, 0.999], exclude_bias_and_norm=True, num_epochs=1,
     )  # fmt: skip
     return Namespace(**(values | kwargs))
 
@@ -261,7 +261,7 @@ def test_layer_decay_gives_each_block_its_lr():
     vit = tiny_vit(depth=3)
     head = LinearClassifier(32, 10)
     args = finetune_args(layer_decay=0.5)
-    optimizer = build_optimizer(args, head, lr=1.0)
+    optimizer = build_optimizer(Optimization.of(args), head, lr=1.0)
     probe.add_backbone_groups(optimizer, vit, args, lr=1.0)
     scale_of = {}
     for group in optimizer.param_groups:

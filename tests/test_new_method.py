@@ -1,9 +1,11 @@
 """A new method touches its own file only: one defined here, outside methods/, with its own
-hyper-parameter, views, EMA backbone and collapse hint, registered at run time, pretrains through
-main.py, is refused another method's flag, is evaluated by main_linear.py (kNN and the linear
-probe, of its trained and of its EMA backbone), and loads through pretrained.load_backbone; the
-help texts that list methods name it. Nothing outside this file knows it."""
+hyper-parameter, views, training recipe, EMA backbone and collapse hint, registered at run time,
+pretrains through main.py (its recipe's optimizer, lr, batch and epochs), is refused another
+method's flag, is evaluated by main_linear.py (kNN and the linear probe, of its trained and of its
+EMA backbone), and loads through pretrained.load_backbone; the help texts that list methods name
+it. Nothing outside this file knows it."""
 
+import json
 import os
 from typing import Annotated
 
@@ -17,6 +19,7 @@ import main_linear
 from methods import METHODS, Method, register
 from methods.hparams import Flag
 from methods.momentum import ema_update, frozen_copy
+from methods.recipe import Recipe
 from networks.heads import build_mlp
 from pretrained import load_backbone
 from transformations import MultiView, View, simclr_jitter
@@ -42,6 +45,25 @@ class Toy(Method):
     momentum_backbone = "target_backbone"
     collapse_hint = "a target that follows the online network too closely (--toy_momentum)"
     loss_summary = "cosine distance to an EMA target"
+    recipes = (
+        Recipe(
+            source="tests/test_new_method.py, a toy's recipe",
+            images="small",
+            optimizer="sgd",
+            momentum=0.9,
+            base_lr=0.2,
+            batch_size=50,
+            num_epochs=2,
+            weight_decay=1e-4,
+            exclude_bias_and_norm=True,
+            warmup_epochs=0,
+            sources={
+                "optimizer, momentum, base_lr, lr_scaling": "test_new_method.py (sgd 0.2)",
+                "batch_size, num_epochs, warmup_epochs, warmup_lr, final_lr": "here",
+                "weight_decay, exclude_bias_and_norm, final_weight_decay": "here",
+            },
+        ),  # fmt: skip
+    )
 
     def __init__(
         self,
@@ -80,17 +102,24 @@ def toy():
 
 FLAGS = ["--dataset_name", "synthetic", "--backbone", "small_cnn", "--image_size", "16",
          "--device", "cpu", "--num_workers", "0", "--limit", "200", "--batch_size", "50",
-         "--model_name", "toy", "--optimizer", "sgd", "--base_lr", "0.2", "--warmup_epochs", "0",
-         "--print_freq", "1"]  # fmt: skip
+         "--model_name", "toy"]  # fmt: skip
 
 
 def test_a_method_defined_outside_methods_trains_and_is_evaluated(toy, run_dirs, capsys):
     parser = main.get_args_parser()
     with pytest.raises(UserError, match="not a flag of --model_name toy, which takes"):
         main.main(parser.parse_args([*FLAGS, *run_dirs, "--temperature", "0.3"]))
-    argv = [*FLAGS, *run_dirs, "--run_name", "toy", "--num_epochs", "2", "--knn_freq", "1"]
+    argv = [*FLAGS, *run_dirs, "--run_name", "toy", "--print_freq", "1", "--knn_freq", "1"]
     out = main.main(parser.parse_args([*argv, "--toy_dim", "16", "--crop_min_scale", "0.6"]))
     assert "views: toy_views recipe" in capsys.readouterr().out
+    with open(os.path.join(out["log_dir"], "config.json")) as f:
+        optimization = json.load(f)["optimization"]  # the unset flags: its recipe's
+    assert optimization["optimizer"]["source"] == "method recipe: test_new_method.py (sgd 0.2)"
+    assert (
+        optimization["num_epochs"]["value"] == 2 and optimization["lr"]["value"] == 0.2 * 50 / 256
+    )
+    decay = {g["name"]: g["weight_decay"] for g in optimization["param_groups"]["value"]}
+    assert decay == {"params": 1e-4, "weight_decay=0.0": 0.0}  # biases and norms excluded
     ckpt = os.path.join(out["ckpt_dir"], "last.pt")
     state = torch.load(ckpt, weights_only=True)
     assert state["model"]["projector.3.weight"].shape[0] == 16  # its flag reached it
@@ -99,7 +128,7 @@ def test_a_method_defined_outside_methods_trains_and_is_evaluated(toy, run_dirs,
 
     # evaluated as the built-in methods are: kNN and the linear probe, of either backbone
     probe = main_linear.get_args_parser()
-    flags = [*FLAGS[:-6], *run_dirs, "--ckpt", ckpt]
+    flags = [*FLAGS, *run_dirs, "--ckpt", ckpt]
     knn = main_linear.main(probe.parse_args([*flags, "--eval", "knn", "--run_name", "knn"]))
     ema = main_linear.main(probe.parse_args([*flags, "--eval", "knn", "--momentum_backbone",
                                              "--run_name", "knn_ema"]))  # fmt: skip

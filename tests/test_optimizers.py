@@ -3,7 +3,6 @@ the optimizer factory on a tiny SimCLR; SimSiam's --fix_pred_lr."""
 
 import copy
 import io
-from argparse import Namespace
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ from torch import nn
 
 from methods import build_method
 from networks import build_backbone
-from optimizers import OPTIMIZERS, build_optimizer
+from optimizers import OPTIMIZERS, Optimization, build_optimizer
 from optimizers.cosine_decay_warmup import adjust_learning_rate
 from optimizers.larc import LARC
 from optimizers.lars import LARS
@@ -322,7 +321,7 @@ def test_every_optimizer_trains_a_tiny_simclr(name):
     x = torch.rand(32, 3, 16, 16, generator=g)  # fixed views, no augmentation: the loss must fall
     views = [x, (x + 0.05 * torch.randn(x.shape, generator=g)).clamp(0, 1)]
     lr = FACTORY_LRS.get(name, 0.3)  # eta 0.02: at 0.001 LARS barely moves weights in 8 steps
-    args = Namespace(optimizer=name, momentum=0.9, weight_decay=1e-4, lars_eta=0.02)
+    args = Optimization(name, base_lr=lr, num_epochs=1, weight_decay=1e-4, lars_eta=0.02)
     opt = build_optimizer(args, model, lr)
     losses = []
     for _ in range(8):
@@ -338,7 +337,7 @@ def test_every_optimizer_trains_a_tiny_simclr(name):
 
 
 def test_unknown_optimizer_is_refused():
-    args = Namespace(optimizer="rmsprop", momentum=0.9, weight_decay=0.0)
+    args = Optimization("rmsprop", base_lr=0.1, num_epochs=1, weight_decay=0.0)
     with pytest.raises(ValueError, match="rmsprop"):
         build_optimizer(args, make_model(), 0.1)
 
@@ -355,7 +354,7 @@ def tiny_simsiam(fix_pred_lr: bool):
 @pytest.mark.parametrize("fix_pred_lr", [True, False])
 def test_fix_pred_lr_keeps_the_predictor_lr(name, fix_pred_lr):
     simsiam = tiny_simsiam(fix_pred_lr)
-    args = Namespace(optimizer=name, momentum=0.9, weight_decay=5e-4)
+    args = Optimization(name, base_lr=0.06, num_epochs=1, weight_decay=5e-4)
     opt = build_optimizer(args, simsiam, 0.06)
     predictor = {id(p) for p in simsiam.predictor.parameters()}
     adjust_learning_rate(opt, 0.01)

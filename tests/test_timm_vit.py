@@ -27,7 +27,7 @@ from networks.vit import (
     set_last_blocks,
     sincos_position_embedding,
 )
-from optimizers import build_optimizer
+from optimizers import Optimization, build_optimizer
 from tests.test_masked import finetune_args, tiny_vit
 
 timm = pytest.importorskip("timm")
@@ -140,7 +140,8 @@ def test_layer_decay_drop_path_and_fc_norm_on_timm_names():
     for i in range(3):
         assert scales[f"blocks.{i}.mlp.fc1.weight"] == 0.5 ** (3 - i)
     assert scales["norm.weight"] == 1.0
-    optimizer = build_optimizer(finetune_args(layer_decay=0.5), LinearClassifier(32, 10), lr=1.0)
+    args = Optimization.of(finetune_args(layer_decay=0.5))
+    optimizer = build_optimizer(args, LinearClassifier(32, 10), lr=1.0)
     probe.add_backbone_groups(optimizer, vit, finetune_args(layer_decay=0.5), lr=1.0)
     scale_of = {id(p): g.get("lr_scale", 1.0) for g in optimizer.param_groups for p in g["params"]}
     named = dict(vit.named_parameters())

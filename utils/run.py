@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from optimizers import scale_lr
+from optimizers import Optimization, scale_lr
 from optimizers.cosine_decay_warmup import cosine_scheduler
 from utils.accel import check_options
 from utils.checkpoint import global_step, run_name_of
@@ -252,57 +252,52 @@ def seed_epoch(loader, epoch: int, skip_batches: int = 0) -> None:
 MAX_STEPS = 100_000_000
 
 
-def warmup_used(args: Namespace) -> int:
-    """--warmup_epochs, less where it would leave no epoch of the cosine."""
-    return min(args.warmup_epochs, max(args.num_epochs - 1, 0))
-
-
 def build_lr_schedule(
-    args: Namespace, steps_per_epoch: int, batch_size: int
+    opt: Optimization, steps_per_epoch: int, batch_size: int
 ) -> tuple[np.ndarray, float]:
     """Scale base/warmup/final lr by the global batch once (DESIGN §2), print it; return the
     per-step cosine schedule with linear warmup (DESIGN §6) and the scaled base lr."""
-    total = args.num_epochs * steps_per_epoch
+    total = opt.num_epochs * steps_per_epoch
     if total > MAX_STEPS:
         raise UserError(
-            f"--num_epochs {args.num_epochs} x {steps_per_epoch} steps per epoch = {total:,} "
+            f"--num_epochs {opt.num_epochs} x {steps_per_epoch} steps per epoch = {total:,} "
             f"steps, more than {MAX_STEPS:,} (each per-step schedule would take "
             f"{total * 8 / 2**30:.1f} GiB): lower --num_epochs"
         )
-    scale = lambda lr: scale_lr(lr, batch_size, args.lr_scaling)  # noqa: E731
-    lr = scale(args.base_lr)
-    warmup_epochs = warmup_used(args)
-    if warmup_epochs != args.warmup_epochs:
+    scale = lambda lr: scale_lr(lr, batch_size, opt.lr_scaling)  # noqa: E731
+    lr = scale(opt.base_lr)
+    warmup_epochs = opt.warmup_used
+    if warmup_epochs != opt.warmup_epochs:
         print(
-            f"note: --warmup_epochs {args.warmup_epochs} >= --num_epochs {args.num_epochs}; "
+            f"note: --warmup_epochs {opt.warmup_epochs} >= --num_epochs {opt.num_epochs}; "
             f"warming up for {warmup_epochs} epoch(s) instead"
         )
     print(
-        f"lr = {args.base_lr} x {batch_size}/256 -> {lr:.6g} ({args.lr_scaling} scaling); "
-        f"warmup from {scale(args.warmup_lr):.6g} over {warmup_epochs} epoch(s), "
-        f"cosine to {scale(args.final_lr):.6g}"
+        f"lr = {opt.base_lr} x {batch_size}/256 -> {lr:.6g} ({opt.lr_scaling} scaling); "
+        f"warmup from {scale(opt.warmup_lr):.6g} over {warmup_epochs} epoch(s), "
+        f"cosine to {scale(opt.final_lr):.6g}"
     )
     schedule = cosine_scheduler(
         lr,
-        scale(args.final_lr),
-        args.num_epochs,
+        scale(opt.final_lr),
+        opt.num_epochs,
         steps_per_epoch,
         warmup_epochs=warmup_epochs,
-        start_warmup_value=scale(args.warmup_lr),
+        start_warmup_value=scale(opt.warmup_lr),
     )
     return schedule, lr
 
 
-def build_wd_schedule(args: Namespace, steps_per_epoch: int) -> np.ndarray | None:
+def build_wd_schedule(opt: Optimization, steps_per_epoch: int) -> np.ndarray | None:
     """--final_weight_decay: the weight decay of every step, a cosine from --weight_decay to it
     over the whole run (DINO's `cosine_scheduler(weight_decay, weight_decay_end, ...)`, I-JEPA's
-    CosineWDSchedule); None when it stays constant."""
-    if args.final_weight_decay is None:
+    CosineWDSchedule); None when it stays constant (unset, or equal to --weight_decay)."""
+    if opt.final_weight_decay is None or opt.final_weight_decay == opt.weight_decay:
         return None
-    if args.weight_decay == 0:
+    if opt.weight_decay == 0:
         raise UserError("--final_weight_decay needs --weight_decay > 0 to start from")
     return cosine_scheduler(
-        args.weight_decay, args.final_weight_decay, args.num_epochs, steps_per_epoch
+        opt.weight_decay, opt.final_weight_decay, opt.num_epochs, steps_per_epoch
     )
 
 
