@@ -22,8 +22,10 @@ from collections.abc import Callable
 
 from flags.method_help import view_defaults
 from methods import METHODS, Method, resolved_hparams
+from methods.hparams import hyper_parameters
 from methods.recipe import OPTIMIZER_OPTIONS, RECIPE_FLAGS, Recipe, training_recipe
 from networks import is_vit, is_vit_name
+from networks.vit import MaskableViT, ViTBackbone
 from transformations import recipe_name
 from utils.checkpoint import atomic_file, shown
 from utils.logging import write_json
@@ -31,7 +33,7 @@ from utils.misc import UserError, expand_recipes, read_recipe, strip_config
 
 # settings that may differ on --resume: the flags of utils.checkpoint.RESUME_FREE (where files
 # go, how fast, what is watched), the code's version and the number of processes
-FREE_KEYS = ("git_sha", "world_size", "recipe")
+FREE_KEYS = ("git_sha", "world_size", "training_recipe")
 
 
 def flag_sources(fresh_parser, args: Namespace) -> dict[str, dict]:
@@ -80,8 +82,10 @@ def with_recipe(
                         args.batch_size, args.num_epochs, args.weight_decay)  # fmt: skip
     saved = checkpoint["args"] if checkpoint is not None else {}
     sources, filled = flags["sources"], {}
+    hparams = hyper_parameters(cls)
     for key in (*RECIPE_FLAGS, *recipe.settings):
-        if getattr(args, key, None) is not None:
+        alias = hparams[key].flag.alias if key in hparams else None  # given under its other name
+        if getattr(args, key, None) is not None or getattr(args, alias or key, None) is not None:
             continue
         if key in saved and (saved[key] is not None or key in recipe.settings):
             filled[key], sources[key] = saved[key], "checkpoint"
@@ -90,6 +94,11 @@ def with_recipe(
         where = recipe.source_of(key)
         filled[key] = list(value) if isinstance(value, tuple) else value
         sources[key] = f"method recipe: {where}" if where else "toolkit default"
+    if getattr(args, "vit_heads", None) is None:  # a ViT's heads: the run's, else the method's
+        if checkpoint is not None:
+            filled["vit_heads"], sources["vit_heads"] = saved.get("vit_heads"), "checkpoint"
+        elif cls.vit_heads.get(args.backbone) is not None:
+            filled["vit_heads"], sources["vit_heads"] = cls.vit_heads[args.backbone], "method"
     return Namespace(**{**vars(args), **filled}), recipe
 
 
@@ -243,11 +252,16 @@ def pretraining_record(
                     cls.zero_init_residual if zero_init is None else zero_init, True)  # fmt: skip
     if is_vit(model.backbone):
         record.resolved(arch, "pool", args.pool or cls.pool or "token", True)
+    if isinstance(model.backbone, ViTBackbone):  # its heads, which evaluation sets again
+        source = sources.get("vit_heads", "derived") if args.vit_heads else "derived"
+        record.add(arch, "vit_heads", model.backbone.num_heads, source)
+    if isinstance(model.backbone, MaskableViT):  # how evaluation runs its mean of patch tokens
+        record.add(arch, "class_token_attends", model.backbone.class_token_attends, "method")
     record.add(arch, "feat_dim", feat_dim, "derived")
     record.add(arch, "parameters", sum(p.numel() for p in model.parameters()), "derived")
 
     opt = "optimization"
-    record.add(opt, "recipe", f"{recipe.source} ({recipe.regime()})", "method")
+    record.add(opt, "training_recipe", f"{recipe.source} ({recipe.regime()})", "method")
     record.flag(opt, "optimizer", "base_lr", "lr_scaling")
     record.add(opt, "lr", lr, "derived")
     record.flag(opt, "num_epochs", "warmup_lr", "final_lr")
@@ -279,7 +293,7 @@ def pretraining_record(
 
 
 FINETUNE_OPTIONS = ("backbone_lr", "layer_decay", "drop_path", "label_smoothing", "mixup")
-FINETUNE_OPTIONS += ("cutmix", "randaugment", "random_erasing", "fc_norm")
+FINETUNE_OPTIONS += ("cutmix", "randaugment", "random_erasing", "fc_norm", "decay_tokens")
 
 
 def evaluation_record(
@@ -336,6 +350,8 @@ def evaluation_record(
         record.flag(evaluation, "knn_k", "knn_temperature")
     if args.finetune:
         record.flag(evaluation, *FINETUNE_OPTIONS)
+    if args.eval == "linear":
+        record.flag(evaluation, "head_std")
     record.flag(evaluation, "tsne")
 
     if args.eval == "linear":

@@ -109,8 +109,11 @@ def check_output(path: str, overwrite: bool) -> None:
         raise UserError(f"--output {path} exists: choose another file or pass --overwrite")
 
 
-def reference_model(backbone: str, image_size: int, fmt: str) -> tuple[nn.Module, str]:
-    """The model of another library that the exported weights load into, and how to build it."""
+def reference_model(
+    backbone: str, image_size: int, fmt: str, heads: int | None = None
+) -> tuple[nn.Module, str]:
+    """The model of another library that the exported weights load into, and how to build it
+    (`heads`: a ViT's attention heads where its run set them, --vit_heads)."""
     if fmt == "timm":
         try:
             import timm
@@ -124,7 +127,8 @@ def reference_model(backbone: str, image_size: int, fmt: str) -> tuple[nn.Module
     import torchvision
 
     if backbone in VIT_SIZES:  # torchvision's VisionTransformer at DeiT's tiny/small sizes
-        dim, depth, heads, mlp = VIT_SIZES[backbone]
+        dim, depth, own_heads, mlp = VIT_SIZES[backbone]
+        heads = heads or own_heads
         kwargs = dict(
             image_size=image_size, patch_size=patch_size_for(image_size), num_layers=depth
         )
@@ -250,7 +254,7 @@ def main(args) -> dict:
     size = info.image_size
     with atomic_file(args.output) as tmp:  # checked before it is renamed into place
         if args.format in ("torchvision", "timm"):
-            model, call = reference_model(info.backbone, size, args.format)
+            model, call = reference_model(info.backbone, size, args.format, info.vit_heads)
             keys = compare_keys(weights, model, args.format, info.backbone)
             torch.save(backbone.state_dict(), tmp)
             lines, differs = load_with(call, keys, info.backbone, size)

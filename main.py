@@ -29,7 +29,7 @@ from flags import VIEW_OPTIONS, add_pretraining_flags, add_shared_flags, check_m
 from methods import METHODS, build_method
 from monitors import FeatureTap, Monitors, OnlineProbe, epoch_monitor
 from networks import build_backbone, check_input_sizes
-from networks.vit import set_pool
+from networks.vit import set_heads, set_pool
 from optimizers import Optimization, build_optimizer
 from pretrained import load_weights, read_backbone
 from transformations import BatchViews, eval_transform, pretrain_transform
@@ -263,6 +263,7 @@ def build_model(args, device, train_transform) -> tuple[nn.Module, nn.Module, in
     """The method on its backbone, checked against the views' sizes with one forward pass, the
     module to call for the forward pass (DDP / torch.compile wrappers), and the feature size."""
     backbone, feat_dim = build_backbone(args.backbone, args.image_size, args.pretrained)
+    set_heads(backbone, args.vit_heads, args.backbone)
     if args.init_backbone:  # before the method copies it (EMA targets), not zero-initialised
         # the online backbone
         weights, info = read_backbone(args.init_backbone, False, args.trust_pickle)

@@ -40,7 +40,7 @@ from networks.vit import (
 )
 from optimizers import Optimization, scale_lr
 from pretrained import evaluated_backbone, load_pretrained, load_resumed, resumed_values
-from probe import linear_evaluation
+from probe import PROBE_STD, linear_evaluation
 from transformations import eval_transform, linear_train_transform
 from utils.checkpoint import check_same_data, check_unchanged, restore_epoch_file
 from utils.data import (
@@ -61,6 +61,7 @@ from utils.misc import (
     add_bool_flag,
     git_sha,
     non_negative_float,
+    positive_float,
     positive_int,
     run_cli,
     set_seed,
@@ -173,6 +174,20 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
         "fine-tuning of Vision Transformers (MAE's protocol: --layer_decay 0.75 --drop_path 0.1 "
         "--label_smoothing 0.1 --mixup 0.8 --cutmix 1.0 --randaugment 9 --random_erasing 0.25 "
         "--pool mean --fc_norm --optimizer adamw --betas 0.9 0.999)"
+    )
+    group.add_argument(
+        "--head_std",
+        type=positive_float,
+        default=None,
+        help="standard deviation of the classifier's initial weights, its bias 0 (default: MAE's: "
+        "2e-5, truncated normal, with --finetune (main_finetune.py); 0.01 for the probe "
+        "(main_linprobe.py))",
+    )
+    add_bool_flag(
+        group,
+        "--decay_tokens",
+        "--finetune: decay a ViT's class token and position embeddings, which MAE's fine-tuning "
+        "leaves undecayed with biases and norms (its no_weight_decay()) (default: false)",
     )
     group.add_argument(
         "--layer_decay",
@@ -386,11 +401,12 @@ def evaluate(args) -> dict:
     # the values derived from the flags, in what args.json and the checkpoints record
     exclude = args.exclude_bias_and_norm  # unset: AdamW's (MAE's fine-tuning) and only it
     exclude = args.optimizer == "adamw" if exclude is None else exclude
+    head_std = args.head_std or (2e-5 if args.finetune else PROBE_STD)  # MAE's fine-tuning, probe
     args = with_values(
         args, run_name=run_name, ckpt=ckpt, backbone_lr=backbone_lr, interpolation=interpolation,
-        exclude_bias_and_norm=exclude,
+        exclude_bias_and_norm=exclude, head_std=head_std,
     )  # fmt: skip
-    backbone, feat_dim = evaluated_backbone(args, weights)
+    backbone, feat_dim = evaluated_backbone(args, weights, pretrained)
     # a ViT's features as its pretraining evaluated them (I-JEPA: the patch tokens' mean)
     pool = args.pool or (pretrained.pool if pretrained else METHODS[args.model_name].pool)
     set_pool(backbone, pool, args.backbone)

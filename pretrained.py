@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from methods import METHODS, build_method
 from networks import build_backbone
-from networks.vit import set_pool
+from networks.vit import MaskableViT, set_heads, set_pool
 from transformations import eval_transform
 from utils.checkpoint import (
     check_entries,
@@ -58,6 +58,9 @@ class BackboneInfo:
     pool: str | None = None  # a ViT's features: class token (None, "token") or "mean"
     interpolation: str = "bilinear"  # its method's official evaluation resize (or bicubic)
     last_blocks: int = 1  # a ViT's linear probe: the last blocks' tokens (DINO: 4)
+    vit_heads: int | None = None  # a ViT's attention heads where its run set them (MoCo v3: 12)
+    class_token_attends: bool = True  # a ViT's mean of patch tokens: with the class token in
+    # its blocks (False: I-JEPA's encoder, which has none)
 
     @property
     def transform(self):
@@ -192,6 +195,8 @@ def read_backbone(
         pool=evaluation["pool"],
         interpolation=evaluation["eval_interpolation"],
         last_blocks=evaluation["eval_last_blocks"],
+        vit_heads=evaluation["vit_heads"],
+        class_token_attends=evaluation["class_token_attends"],
     )
     return backbone_weights(checkpoint, momentum), info
 
@@ -201,7 +206,9 @@ def evaluation_settings(checkpoint: dict) -> dict:
     kept in the checkpoint: the values the run resolved), or for a checkpoint without one, from
     its flags and its method's declarations: the resize (`eval_interpolation`), the EMA backbone
     or not (`eval_momentum_backbone`), a ViT probe's last blocks (`eval_last_blocks`) and its
-    pooling (`pool`)."""
+    pooling (`pool`), its attention heads (`vit_heads`; a checkpoint without them kept the
+    backbone's own) and whether its class token goes through the blocks of a mean of patch
+    tokens (`class_token_attends`; a checkpoint without it did)."""
     args, record = checkpoint["args"], checkpoint.get("config", {})
     cls = METHODS[args["model_name"]]
     found = {
@@ -209,8 +216,11 @@ def evaluation_settings(checkpoint: dict) -> dict:
         "eval_momentum_backbone": cls.eval_momentum_backbone,
         "eval_last_blocks": cls.eval_last_blocks,
         "pool": args.get("pool") or cls.pool,
+        "vit_heads": args.get("vit_heads"),
+        "class_token_attends": True,
     }
-    for part, keys in (("evaluation", found), ("model", ("pool",))):
+    model = ("pool", "vit_heads", "class_token_attends")
+    for part, keys in (("evaluation", found), ("model", model)):
         for key in keys:
             if key in record.get(part, {}):
                 found[key] = record[part][key]["value"]
@@ -239,6 +249,9 @@ def build_pretrained(weights: dict[str, Tensor], info: BackboneInfo, path: str) 
     backbone, info.feat_dim = build_backbone(info.backbone, info.image_size)
     load_weights(backbone, weights, path, f"{info.backbone} at image size {info.image_size}")
     set_pool(backbone, info.pool, info.backbone)
+    set_heads(backbone, info.vit_heads, info.backbone)
+    if isinstance(backbone, MaskableViT):
+        backbone.class_token_attends = info.class_token_attends
     return backbone
 
 
@@ -322,16 +335,26 @@ def resumed_values(args, checkpoint: dict) -> dict:
     return {key: saved.get(key, RESUME_DEFAULTS.get(key)) for key in unset}
 
 
-def evaluated_backbone(args, weights: dict | None) -> tuple[nn.Module, int]:
+def evaluated_backbone(
+    args, weights: dict | None, info: BackboneInfo | None = None
+) -> tuple[nn.Module, int]:
     """The backbone main_linear.py evaluates: with the pretrained `weights` (strictly: every
-    backbone key must be there); with --random_init (None), as the method initialises it (zero
-    residual BatchNorm where its official code does so, MAE's and I-JEPA's ViT initialisation:
-    methods.build_method)."""
+    backbone key must be there) built as its run's record says (`info`: a ViT's heads and class
+    token); with --random_init
+    (None), as the method builds and initialises it (its ViT heads, zero residual BatchNorm where
+    its official code does so, MAE's and I-JEPA's ViT initialisation: methods.build_method)."""
     backbone, feat_dim = build_backbone(args.backbone, args.image_size)
-    if weights is None:  # the method's own initialisation of it (a method's heads are cheap)
+    if weights is None:
+        set_heads(
+            backbone, METHODS[args.model_name].vit_heads.get(args.backbone), args.backbone
+        )  # the method's own initialisation of it (a method's heads are cheap)
         try:
             return build_method(args.model_name, backbone, feat_dim).backbone, feat_dim
         except ValueError as err:  # a backbone the method cannot train (MAE on a ResNet)
             raise UserError(f"--model_name {args.model_name}: {err}") from None
     load_weights(backbone, weights, args.ckpt, args.backbone)
+    if info is not None:
+        set_heads(backbone, info.vit_heads, args.backbone)
+        if isinstance(backbone, MaskableViT):
+            backbone.class_token_attends = info.class_token_attends
     return backbone, feat_dim

@@ -9,6 +9,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from engine import Engine, fit
 from networks.heads import LinearClassifier
+from networks.vit import MaskableViT
 from optimizers import Optimization, build_optimizer, param_groups
 from utils.accel import autocast, device_ids, grad_scaler, to_device
 from utils.checkpoint import restore
@@ -28,16 +29,35 @@ def layer_scales(backbone: nn.Module, decay: float) -> dict[str, float]:
     return {n: decay ** (top - backbone.layer_id(n)) for n, _ in backbone.named_parameters()}
 
 
+def no_weight_decay(backbone: nn.Module) -> set[str]:
+    """The backbone's parameters that fine-tuning leaves undecayed besides the 1-D ones, as MAE's
+    `param_groups_lrd` (util/lr_decay.py:32) given the model's `no_weight_decay()`
+    (main_finetune.py:284; timm's ViT: pos_embed, cls_token, dist_token): a timm model's own
+    list, and a ViT's class token and position embeddings under their names here (torchvision's
+    class_token, encoder.pos_embedding)."""
+    own = getattr(backbone, "no_weight_decay", None)
+    names = set(own()) if callable(own) else set()
+    if isinstance(backbone, MaskableViT):
+        tokens = {id(backbone.class_token), id(backbone.position_parameter)}
+        names |= {name for name, p in backbone.named_parameters() if id(p) in tokens}
+    return names
+
+
 def add_backbone_groups(optimizer, backbone: nn.Module, args, lr: float) -> None:
     """--finetune: the backbone's parameters join the head's optimizer (at scaled lr `lr`) in
     groups of their own whose lr is backbone_lr/base_lr times the head's at every step (their
-    `lr_scale`), times the layer's decay with --layer_decay."""
+    `lr_scale`), times the layer's decay with --layer_decay. With biases and norms excluded from
+    weight decay, so are the parameters of `no_weight_decay` (a ViT's tokens and positions)."""
     scale = args.backbone_lr / args.base_lr
     exclude = args.exclude_bias_and_norm  # the policy build_optimizer follows too
-    options = None
-    if args.layer_decay:  # one group per layer scale
-        layers = layer_scales(backbone, args.layer_decay)
-        options = lambda name, param: {"layer_scale": layers[name]}  # noqa: E731
+    undecayed = no_weight_decay(backbone) if exclude and not args.decay_tokens else set()
+    layers = layer_scales(backbone, args.layer_decay) if args.layer_decay else None
+
+    def options(name: str, param: nn.Parameter) -> dict:
+        # with the 1-D parameters' weight_decay 0.0: one group per layer scale and decay
+        layer = {"layer_scale": layers[name]} if layers is not None else {}
+        return layer | ({"weight_decay": 0.0} if name in undecayed else {})
+
     for group in param_groups(backbone, exclude, options):
         group_scale = scale * group.pop("layer_scale", 1.0)
         group.update(name=f"backbone_{group['name']}", lr_scale=group_scale, lr=lr * group_scale)
@@ -188,13 +208,28 @@ def train_classifier(
     return stats["val_acc1"], stats["val_acc5"]
 
 
+PROBE_STD = 0.01  # LinearClassifier's own initialisation (networks/heads.py)
+
+
+def build_classifier(args, feat_dim: int, num_classes: int) -> LinearClassifier:
+    """The head: the probe's (weights of std 0.01, as main_linprobe.py:218), or with --finetune
+    MAE's fine-tuning head (main_finetune.py:257: trunc_normal_ of std 2e-5, whose bounds ±2 are
+    absolute; the bias zero, as timm's ViT initialises every Linear); --head_std another std
+    (0.01: the probe's own draw, also under --finetune)."""
+    classifier = LinearClassifier(feat_dim, num_classes, args.probe_bn)
+    if args.head_std != PROBE_STD:  # resolved by main_linear.py: 2e-5 with --finetune
+        nn.init.trunc_normal_(classifier.fc.weight, std=args.head_std)
+        nn.init.zeros_(classifier.fc.bias)
+    return classifier
+
+
 def linear_evaluation(
     args, backbone, feat_dim, num_classes, train_set, train_loader, test_loader, device,
     log_dir, ckpt_dir, batch_size, resumed,
 ) -> tuple[float, float, tuple | None]:  # fmt: skip
     """The probe (on images, or on features computed once) or the fine-tuning: Acc@1, Acc@5,
     and the test features when they were computed on the way."""
-    classifier = LinearClassifier(feat_dim, num_classes, args.probe_bn).to(device)
+    classifier = build_classifier(args, feat_dim, num_classes).to(device)
     head_input, train_batches, test_batches = backbone, train_loader, test_loader
     test_features = None
     if args.precompute_features:

@@ -9,7 +9,7 @@ evaluation group); flags keep the names of DESIGN.md and the original commands.
 
 import argparse
 
-from flags.method_help import interpolation_help, pool_help, zero_init_help
+from flags.method_help import interpolation_help, pool_help, vit_heads_help, zero_init_help
 from methods import METHODS
 from networks import BACKBONES, TIMM_PREFIX
 from networks.timm_models import check_timm_name
@@ -236,6 +236,12 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=pool_help(),
     )
+    group.add_argument(
+        "--vit_heads",
+        type=positive_int,
+        default=None,
+        help=vit_heads_help(),
+    )
     add_bool_flag(
         group,
         "--zero_init_residual",
@@ -288,7 +294,8 @@ def add_optimization_flags(parser: argparse.ArgumentParser, recipe: bool = False
         "--exclude_bias_and_norm",
         None,
         "no weight decay for biases and norm parameters (every parameter of at most one "
-        "dimension), and no adaptation under lars and larc",
+        "dimension; with main_linear.py --finetune also a ViT's class token and position "
+        "embeddings, as MAE's), and no adaptation under lars and larc",
         type=bool_flag,
         nargs="?",
         const=True,

@@ -63,6 +63,16 @@ def zero_init_help() -> str:
     )
 
 
+def vit_heads_help() -> str:
+    official = ", ".join(f"{name}'s {size} {heads}" for name, cls in sorted(METHODS.items())
+                         for size, heads in cls.vit_heads.items())  # fmt: skip
+    return (
+        "attention heads of this toolkit's ViTs (vit_tiny 3, vit_small 6: DeiT's), with the same "
+        f"weights (default: the method's official ones where they differ: {official or 'none'}; "
+        "a resumed run keeps its own)"
+    )
+
+
 def pool_help() -> str:
     return (
         "a Vision Transformer's features: its class token, or the mean of its patch tokens "

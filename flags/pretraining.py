@@ -21,7 +21,7 @@ from utils.misc import (
 )
 
 # flags of main.py that shape pretraining only (besides the view and method flags)
-PRETRAINING_ONLY = ("compile", "gpu_augment", "pretrained", "zero_init_residual")
+PRETRAINING_ONLY = ("compile", "gpu_augment", "pretrained", "zero_init_residual", "vit_heads")
 PRETRAINING_ONLY += ("eval_data_dir", "init_backbone", "online_probe", "online_probe_lr")
 PRETRAINING_ONLY += ("online_probe_bn", "rankme_images")
 

@@ -45,6 +45,8 @@ class Method(nn.Module):
                           "bottleneck": of Bottleneck blocks only (BYOL's haiku ResNet);
       momentum_backbone   the attribute holding its EMA copy of the backbone (BYOL's and MoCo's
                           target, DINO's teacher), which --momentum_backbone evaluates;
+      vit_heads           attention heads its official code gives a ViT of a size, where they
+                          differ from the backbone's (MoCo v3's ViT-Small: 12, DeiT-S's 6);
       collapse_hint       what usually makes it collapse, for the collapse monitor's warning;
       recipes             its official training recipes (`methods.recipe.Recipe`), one per regime
                           (CIFAR- and ImageNet-size images; convolutional and ViT backbones):
@@ -71,6 +73,7 @@ class Method(nn.Module):
     eval_interpolation = "bilinear"
     requires_vit = False
     momentum_backbone: str | None = None
+    vit_heads: dict[str, int] = {}
     collapse_hint = "too high a --temperature or too small a batch of negatives"
     slow_start = 1
     recipes: tuple[Recipe, ...] = ()

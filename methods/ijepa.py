@@ -26,9 +26,13 @@ Architecture as the official code: encoder and predictor without a class token, 
 sine-cosine position embeddings; the predictor a Linear to its width (`pred_emb_dim`), context
 tokens plus one mask token per target patch (a learnt vector plus the patch's position
 embedding), `pred_depth` blocks with the encoder's number of heads, a LayerNorm and a Linear back
-to the encoder's width; initialisation: truncated N(0, 0.02) weights, zero biases, then each
-block's attention output and second MLP layer divided by sqrt(2 x its 1-based depth)
-(`fix_init_weight`). EMA momentum from 0.996 rising linearly to 1 over the run. The default
+to the encoder's width; initialisation: truncated N(0, 0.02) weights, zero biases, unit
+LayerNorms, at every depth. The official modules' constructors divide each block's attention
+output and second MLP layer by sqrt(2 x its 1-based depth) (`fix_init_weight`), but
+`init_model` (src/helper.py) then draws every nn.Linear of encoder and predictor again at
+N(0, 0.02), which undoes it; `--rescale_init true` keeps the division (the short tables' rows
+were measured with it). EMA momentum from 0.996
+rising linearly to 1 over the run. The default
 predictor is `init_model`'s (src/helper.py): 6 blocks of 384; the ImageNet configs use 12 x 384.
 `min_keep` 4 is MaskCollator's default: the configs' 10 is for 14x14 and larger grids, and at
 8x8 (32 px images, 4 px patches) a target block has 6-12 patches.
@@ -37,7 +41,11 @@ Recipe (configs/in1k_vith14_ep300.yaml): AdamW, lr from 2e-4 warming up over 40 
 (for batch 2048), cosine to 1e-6, weight decay 0.04 rising to 0.4 on a cosine
 (`--final_weight_decay`), 300 epochs; views: a random resized crop of 30-100 %, nothing else
 (transformations.ijepa_transform). Evaluated from the mean of the patch tokens (`--pool mean`,
-the default for checkpoints of this method): the class token is not trained.
+the default for checkpoints of this method). The backbone, this toolkit's ViT, has a class token,
+which the official encoder lacks: training leaves it out (`forward_tokens(cls=False)`), and so do
+the evaluated features (kNN, online and linear probes: the blocks run on the patch tokens alone,
+the ViT's `class_token_attends` off). `--eval_class_token true`: the untrained token goes through
+the blocks beside the patches (not into the mean), as the short tables' rows were measured.
 """
 
 import math
@@ -142,12 +150,21 @@ def ijepa_loss(pred: Tensor, target: Tensor) -> Tensor:
     return F.smooth_l1_loss(pred, target.detach())
 
 
-def ijepa_init(module: nn.Module, projections: list[tuple[Tensor, Tensor]]) -> None:
-    """I-JEPA's `_init_weights` and `fix_init_weight`: truncated N(0, 0.02) weights (Linear,
-    attention input, patch projection), zero biases, unit LayerNorms; then block i's attention
-    output projection and second MLP layer (its `projections`, `attn.proj` and `mlp.fc2` in
-    the official code) divided by sqrt(2 i), i from 1."""
+def ijepa_init(
+    module: nn.Module, projections: list[tuple[Tensor, Tensor]], rescale: bool = False
+) -> None:
+    """I-JEPA's initialisation as `init_model` (src/helper.py) leaves it: truncated N(0, 0.02)
+    weights (Linear, attention input, patch projection), zero biases, unit LayerNorms.
+
+    The modules' constructors draw these (`_init_weights`), then divide block i's attention
+    output projection and second MLP layer (its `projections`, `attn.proj` and `mlp.fc2` in the
+    official code) by sqrt(2 i), i from 1 (`fix_init_weight`); `init_model` then draws every
+    nn.Linear of encoder and predictor again at N(0, 0.02) (LayerNorms 1 / 0), which undoes the
+    division, and leaves the patch projection (a Conv2d) as drawn. `rescale` keeps the division
+    (`--rescale_init`)."""
     trunc_normal_init(module, conv=True)
+    if not rescale:
+        return
     with torch.no_grad():
         for depth, branch_ends in enumerate(projections, start=1):
             for weight in branch_ends:
@@ -157,7 +174,9 @@ def ijepa_init(module: nn.Module, projections: list[tuple[Tensor, Tensor]]) -> N
 class Predictor(nn.Module):
     """I-JEPA's narrow ViT predictor (`VisionTransformerPredictor`)."""
 
-    def __init__(self, dim: int, width: int, depth: int, heads: int, side: int) -> None:
+    def __init__(
+        self, dim: int, width: int, depth: int, heads: int, side: int, rescale: bool = False
+    ) -> None:
         super().__init__()
         self.embed = nn.Linear(dim, width)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
@@ -166,8 +185,8 @@ class Predictor(nn.Module):
         self.blocks = transformer_blocks(depth, width, heads)
         self.norm = nn.LayerNorm(width, eps=1e-6)
         self.proj = nn.Linear(width, dim)
-        ijepa_init(self, residual_projections(self.blocks))
-        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        ijepa_init(self, residual_projections(self.blocks), rescale)
+        nn.init.trunc_normal_(self.mask_token, std=0.02)  # not a Linear: init_model keeps it
 
     def forward(self, context: Tensor, context_idx: Tensor, target_idx: Tensor) -> Tensor:
         """Predictions [M·N, Kt, D] (target-block-major, as the official `apply_masks`) from the
@@ -179,6 +198,17 @@ class Predictor(nn.Module):
         queries = self.mask_token + select(pos.repeat(m, 1, 1), target_idx.reshape(m * n, kt))
         x = self.norm(self.blocks(torch.cat([x, queries], dim=1)))
         return self.proj(x[:, context.shape[1] :])
+
+
+RESCALE_INIT = Flag(
+    "divide each block's attention output projection and second MLP layer by sqrt(2 x its "
+    "depth) after the truncated-normal init, in encoder and predictor (the modules' "
+    "fix_init_weight, which the official init_model undoes by drawing every Linear again)"
+)
+EVAL_CLASS_TOKEN = Flag(
+    "the ViT's untrained class token goes through its blocks when its features (the patch "
+    "tokens' mean: kNN, probes) are taken (the official encoder has none; training never sees it)"
+)
 
 
 @register("ijepa")
@@ -249,6 +279,8 @@ class IJEPA(Method):
             float,
             Flag("EMA momentum of the target encoder at step 0, rising linearly to 1", unit_float),
         ] = 0.996,
+        rescale_init: Annotated[bool, RESCALE_INIT] = False,
+        eval_class_token: Annotated[bool, EVAL_CLASS_TOKEN] = False,
         pretrained: bool = False,
     ) -> None:
         super().__init__()
@@ -266,11 +298,16 @@ class IJEPA(Method):
                 f"larger --image_size (32 px gives 8x8 patches of 4 px)"
             )
         if not pretrained:  # --pretrained / --init_backbone: the backbone keeps its weights
-            ijepa_init(backbone, backbone.residual_projections())
+            ijepa_init(backbone, backbone.residual_projections(), rescale_init)
             fix_position_embedding(backbone)
         backbone.position_parameter.requires_grad_(False)
         backbone.class_token.requires_grad_(False)  # unused: no gradient, no DDP reduction
-        self.predictor = Predictor(feat_dim, pred_emb_dim, pred_depth, heads, self.side)
+        # the features (pool "mean") from the patch tokens alone, as the official encoder has no
+        # class token (before the target's copy: both encoders evaluate so)
+        backbone.class_token_attends = eval_class_token
+        self.predictor = Predictor(
+            feat_dim, pred_emb_dim, pred_depth, heads, self.side, rescale_init
+        )
         self.target_backbone = frozen_copy(backbone)
         self.num_targets, self.ema_momentum = num_targets, ema_momentum
         self.current_momentum = ema_momentum

@@ -506,6 +506,7 @@ class MoCoV3(Method):
     momentum_backbone = "target_backbone"
     collapse_hint = "too high an lr without warmup (the paper's instability)"
     zero_init_residual = True  # official main_moco.py: zero_init_residual=True
+    vit_heads = {"vit_small": 12}  # official vits.py:115-117 vit_small: num_heads=12 (DeiT-S: 6)
     recipes = (
         Recipe(
             source="solo-learn 9187ea3, scripts/pretrain/cifar/mocov3.yaml (a reproduction: the "

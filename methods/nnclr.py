@@ -21,11 +21,14 @@ rows of the support set (first in, first out), as VISSL ("following original aut
 solo-learn do.
 
 Default recipe (paper, ImageNet): ResNet-50, T = 0.1, a support set of 98,304, LARS, batch
-4096, 1000 epochs, BYOL's asymmetric views; heads as solo-learn builds them after the paper:
-projector 3 layers 2048 - 2048 - 256 with BatchNorm after each (the output's too), predictor
-4096 - 256 without BatchNorm on its output. solo-learn on CIFAR: the same heads, T = 0.2, a
-support set of 65,536, LARS lr 0.4, weight decay 1e-5, batch 256. VISSL's implementation and
-the Keras example give the column term and the first-view-only update above.
+4096, 1000 epochs, BYOL's asymmetric views; heads as solo-learn builds them after the paper
+(solo/methods/nnclr.py): projector 3 layers 2048 - 2048 - 256 with BatchNorm after each, the
+output's too, every one affine (learnt scale and shift; lightly's NNCLRProjectionHead the same;
+`--affine_last_bn false`: none on the output's, as the short tables' rows were measured),
+predictor 4096 - 256 without BatchNorm on its output.
+solo-learn on CIFAR: the same heads, T = 0.2, a support set of 65,536, LARS lr 0.4, weight
+decay 1e-5, batch 256. VISSL's implementation and the Keras example give the column term and
+the first-view-only update above.
 
 Choice here: the nearest neighbour is searched among the rows filled so far, and before the
 first enqueue a view's own (detached) projection is its positive. solo-learn and the Keras
@@ -88,6 +91,12 @@ SUPPORT_SET = Flag(
     "support set: past projections kept in a queue (an ImageNet value, over CIFAR's 50,000 "
     "images: use 4096-16384 there)",
     non_negative_int,
+)
+
+
+AFFINE_LAST_BN = Flag(
+    "the projector's last BatchNorm learns a scale and a shift (solo-learn's and lightly's; "
+    "false: a plain normalisation, as the short tables' rows were measured)"
 )
 
 
@@ -185,12 +194,15 @@ class NNCLR(Method):
         temperature: Annotated[float, TEMPERATURE] = 0.1,
         queue_size: Annotated[int, SUPPORT_SET] = 98304,
         concat_views: Annotated[bool, CONCAT_VIEWS] = False,
+        affine_last_bn: Annotated[bool, AFFINE_LAST_BN] = True,
     ) -> None:
         super().__init__()
         if queue_size < 1:
             raise ValueError(f"nnclr needs a support set: queue_size >= 1, got {queue_size}")
         self.backbone = backbone
         self.projector = build_mlp(3, feat_dim, proj_hidden_dim, proj_dim, last_bn=True)
+        if affine_last_bn:  # solo-learn's nn.BatchNorm1d(proj_output_dim): learnt scale, shift
+            self.projector[-1] = nn.BatchNorm1d(proj_dim)
         self.predictor = build_mlp(2, proj_dim, pred_hidden_dim, proj_dim)
         self.temperature = temperature
         self.concat_views = concat_views

@@ -65,8 +65,10 @@ class TimmViT(MaskableViT):
 
     def forward(self, x: Tensor) -> Tensor:
         """timm's own forward (its pooling, fc_norm, any input size), or with set_last_blocks /
-        set_avgpool_patchtokens the pooled tokens of several blocks (MaskableViT.pooled_blocks)."""
-        if self.last_blocks == 1 and not self.avgpool_patchtokens:
+        set_avgpool_patchtokens, or a mean of patch tokens computed without the class token, the
+        pooled tokens of the blocks (MaskableViT.pooled_blocks)."""
+        plain_mean = self.pools_class_token or self.class_token_attends
+        if self.last_blocks == 1 and not self.avgpool_patchtokens and plain_mean:
             return super().forward(x)
         return self.pooled_blocks(x)
 

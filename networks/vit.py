@@ -84,6 +84,9 @@ class MaskableViT:
     class_token: nn.Parameter  # [1, 1, D]
     patch_projection: nn.Conv2d  # p x p kernel, stride p
     pools_class_token: bool  # its features: the class token (else the patch tokens' mean)
+    # whether the class token goes through the blocks when the features are the patch tokens'
+    # mean (as MAE's global pooling: models_vit.py); False: an encoder without one (I-JEPA's)
+    class_token_attends = True
     last_blocks = 1  # set_last_blocks
     avgpool_patchtokens = False  # set_avgpool_patchtokens
 
@@ -140,10 +143,13 @@ class MaskableViT:
         """The last `last_blocks` blocks' outputs (each after the final norm), each pooled as
         the model pools, concatenated (DINO's eval_linear.py `--n_last_blocks`); with
         `avgpool_patchtokens`, followed by the mean of the last block's patch tokens (its
-        `--avgpool_patchtokens`)."""
-        blocks = self.block_outputs(x, last=self.last_blocks)
+        `--avgpool_patchtokens`). Without `class_token_attends` (and not pooling the class
+        token) the blocks run on the patch tokens alone, as an encoder without a class token."""
         token = self.pools_class_token
-        pooled = [tokens[:, 0] if token else tokens[:, 1:].mean(dim=1) for tokens in blocks]
+        cls = token or self.class_token_attends  # avgpool_patchtokens needs the token
+        blocks = self.block_outputs(x, cls=cls, last=self.last_blocks)
+        first = int(cls)  # the first patch token
+        pooled = [tokens[:, 0] if token else tokens[:, first:].mean(dim=1) for tokens in blocks]
         if self.avgpool_patchtokens:
             pooled.append(blocks[-1][:, 1:].mean(dim=1))
         return torch.cat(pooled, dim=-1)
@@ -390,6 +396,23 @@ def set_pool(backbone: nn.Module, pool: str | None, name: str) -> None:
         backbone.global_pool = {"token": "token", "mean": "avg"}[pool]
     else:
         raise UserError(f"--pool {pool}: {name} is not a Vision Transformer: drop --pool")
+
+
+def set_heads(backbone: nn.Module, heads: int | None, name: str) -> None:
+    """A ViT's attention heads (--vit_heads; MoCo v3's ViT-Small has 12 where DeiT-S has 6, with
+    the same weights' shapes): each block's attention splits its width into `heads` heads. None
+    keeps the backbone's. Only this toolkit's ViTs; one line refuses the others."""
+    if heads is None:
+        return
+    if not isinstance(backbone, ViTBackbone):
+        raise UserError(f"--vit_heads {heads}: {name} is not one of this toolkit's ViTs "
+                        "(vit_tiny, vit_small): drop --vit_heads")  # fmt: skip
+    width = backbone.hidden_dim
+    if width % heads:
+        raise UserError(f"--vit_heads {heads}: {name}'s width {width} is not a multiple of it")
+    for layer in backbone.encoder.layers:
+        layer.num_heads = layer.self_attention.num_heads = heads
+        layer.self_attention.head_dim = width // heads
 
 
 def _vit(name: str, image_size: int, pretrained: bool) -> tuple[nn.Module, int]:

@@ -31,7 +31,9 @@ read -r -a BACKBONE <<< "$(python scripts/recipe_backbone.py recipes/short/synth
 FINETUNE=(--finetune --batch_size 128 --num_epochs "${FINETUNE_EPOCHS:-10}" --warmup_epochs 1
           --optimizer adamw --betas 0.9 0.999 --base_lr 1e-3 --backbone_lr 1e-3
           --weight_decay 0.05 --layer_decay 0.75 --drop_path 0.1 --label_smoothing 0.1
-          --pool mean --fc_norm --final_lr 1e-6)
+          --pool mean --fc_norm --final_lr 1e-6
+          --head_std 0.01 --decay_tokens)  # as the kept rows were measured: MAE's own fine-tuning
+          # draws its head at 2e-5 and leaves the class token and positions undecayed (drop both)
 NAME=finetune
 if [ "${FULL:-0}" = 1 ]; then
     FINETUNE+=(--mixup 0.8 --cutmix 1.0 --randaugment 9 --random_erasing 0.25)

@@ -131,7 +131,7 @@ def cases(files) -> dict[str, tuple[object, list[str], str]]:
         "resume_other_batch": (pre, ["--resume", good, "--batch_size", "16"],
                                "--batch_size 32 there, 16 here"),
         "resume_other_lr_and_seed": (pre, ["--resume", good, "--base_lr", "0.5", "--seed", "9"],
-                                     "--base_lr 0.03 there, 0.5 here; --seed 123 there, 9 here"),
+                                     "--base_lr 1.0 there, 0.5 here; --seed 123 there, 9 here"),
         "resume_other_size": (pre, ["--resume", good, "--image_size", "24"], "--image_size 16"),
         # checkpoints given to main_linear.py
         "ckpt_text_file": (lin, ["--ckpt", files["text"]], "a text file"),

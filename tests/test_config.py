@@ -54,7 +54,7 @@ def test_the_record_resolves_every_setting_and_names_its_source(run):
     # unset training flags: SimCLR's CIFAR-size recipe (the official README's command)
     optimizer = record["optimization"]["optimizer"]
     assert optimizer["value"] == "lars_simclr" and optimizer["source"].startswith("method recipe")
-    assert "README" in record["optimization"]["recipe"]["value"]
+    assert "README" in record["optimization"]["training_recipe"]["value"]
     # the method's own values, where no flag was given: SimCLR's projector is the backbone's width
     assert record["method"]["proj_hidden_dim"] == {"value": 256, "source": "method"}
     assert record["method"]["nt_xent_scale"] == {"value": 2.0, "source": "method"}
@@ -63,7 +63,7 @@ def test_the_record_resolves_every_setting_and_names_its_source(run):
     assert record["model"]["zero_init_residual"] == {"value": True, "source": "method"}
     # derived from the others: the lr scaled by the batch, the schedule's constant decay
     assert record["optimization"]["lr"] == {"value": 0.2 * 32 / 256, "source": "derived"}
-    assert record["optimization"]["final_weight_decay"]["value"] == 5e-4
+    assert record["optimization"]["final_weight_decay"]["value"] == 1e-4  # the recipe's, constant
     assert record["monitors"]["online_probe"] == {"value": True, "source": "derived"}
     views = record["views"]["views"]["value"]
     assert len(views) == 2 and views[0]["crop_scale"] == [0.08, 1.0]

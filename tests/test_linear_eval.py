@@ -126,8 +126,8 @@ def backbone_weights_of(checkpoint_path):
 def test_finetune_changes_the_backbone_and_the_probe_does_not(pretrained, run_dirs, monkeypatch):
     loaded = []
 
-    def recording_load_backbone(args, weights):
-        backbone, feat_dim = load_backbone(args, weights)
+    def recording_load_backbone(args, weights, info=None):
+        backbone, feat_dim = load_backbone(args, weights, info)
         loaded.append(backbone)
         return backbone, feat_dim
 

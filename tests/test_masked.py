@@ -253,6 +253,7 @@ def finetune_args(**kwargs) -> Namespace:
         backbone_lr=1.0, base_lr=1.0, optimizer="adamw", layer_decay=None, mixup=0.0,
         cutmix=0.0, label_smoothing=0.0, channels_last=False, amp="none", weight_decay=0.05,
         momentum=0.9, betas=[0.9, 0.999], exclude_bias_and_norm=True, num_epochs=1,
+        decay_tokens=False,
     )  # fmt: skip
     return Namespace(**(values | kwargs))
 
@@ -276,6 +277,63 @@ def test_layer_decay_gives_each_block_its_lr():
         assert scale_of[id(weight)] == 0.5 ** (d - i)  # block i is layer i + 1
     assert scale_of[id(named["encoder.ln.weight"])] == 1.0
     assert all(scale_of[id(p)] == 1.0 for p in head.parameters())
+
+
+@KINDS
+@pytest.mark.parametrize("layer_decay", [None, 0.5])
+@pytest.mark.parametrize("exclude", [True, False, "decay_tokens"])
+def test_finetuning_leaves_the_class_token_and_positions_undecayed_as_mae(
+    kind, layer_decay, exclude
+):
+    """MAE's param_groups_lrd (util/lr_decay.py:32) with timm's no_weight_decay()
+    (main_finetune.py:284): no decay for the 1-D parameters, the class token and the position
+    embeddings (3-D), under this toolkit's names and timm's; all decayed without the exclusion,
+    the tokens alone with --decay_tokens."""
+    vit = tiny_vit(depth=2, kind=kind)
+    decay_tokens, exclude = exclude == "decay_tokens", bool(exclude)
+    args = finetune_args(layer_decay=layer_decay, exclude_bias_and_norm=exclude,
+                         decay_tokens=decay_tokens)  # fmt: skip
+    optimizer = build_optimizer(Optimization.of(args), LinearClassifier(32, 10), lr=1.0)
+    probe.add_backbone_groups(optimizer, vit, args, lr=1.0)
+    decay_of = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    named = dict(vit.named_parameters())
+    tokens = (
+        ["class_token", "encoder.pos_embedding"] if kind == "vit" else ["cls_token", "pos_embed"]
+    )
+    patch = "conv_proj.weight" if kind == "vit" else "patch_embed.proj.weight"
+    for name in tokens:
+        assert named[name].ndim == 3
+        assert decay_of[id(named[name])] == (0.0 if exclude and not decay_tokens else 0.05), name
+    assert decay_of[id(named[patch])] == 0.05  # the other matrices stay decayed
+    one_d = [p for p in named.values() if p.ndim <= 1]
+    assert {decay_of[id(p)] for p in one_d} == {0.0 if exclude else 0.05}
+    if layer_decay:  # the tokens keep the embeddings' layer scale
+        scale_of = {id(p): g.get("lr_scale") for g in optimizer.param_groups for p in g["params"]}
+        assert {scale_of[id(named[name])] for name in tokens} == {scale_of[id(named[patch])]}
+    assert set(tokens) <= probe.no_weight_decay(vit)
+
+
+def test_the_finetuning_head_starts_as_maes_and_the_probe_as_its_linprobe():
+    """main_finetune.py:257: trunc_normal_(head.weight, std=2e-5), the bias zero (timm's ViT
+    init); the probe's head std 0.01 as main_linprobe.py:218 (main_linear.py resolves --head_std
+    to one or the other); --head_std 0.01 under --finetune draws the probe's head exactly."""
+    import main_linear
+
+    parse = main_linear.get_args_parser().parse_args
+    for finetune, std in ((True, 2e-5), (False, 0.01)):
+        args = parse(["--finetune"] if finetune else [])
+        assert args.head_std is None  # resolved in main_linear.evaluate, as below
+        torch.manual_seed(0)
+        head = probe.build_classifier(finetune_args(head_std=std, probe_bn=False), 384, 500)
+        assert head.fc.weight.std().item() == pytest.approx(std, rel=0.01)
+        assert head.fc.weight.abs().max() < 6 * std
+        assert torch.all(head.fc.bias == 0)
+    torch.manual_seed(1)
+    plain = LinearClassifier(384, 500)
+    torch.manual_seed(1)
+    pinned = probe.build_classifier(finetune_args(head_std=0.01, finetune=True, probe_bn=False),
+                                    384, 500)  # fmt: skip
+    assert torch.equal(plain.fc.weight, pinned.fc.weight)
 
 
 def test_probe_batch_norm_is_maes_with_its_eps():

@@ -547,7 +547,8 @@ def test_main_pretrains_and_resumes_with_the_queue(name, run_dirs, capsys):
     epoch_1 = os.path.join(straight["ckpt_dir"], "epoch_0001.pt")
     state = load_checkpoint(epoch_1)["model"]
     if name == "mocov2":
-        assert state["queue"].shape == (1, 100, 128) and state["queue_ptr"].item() == 64
+        # the CIFAR-size recipe, solo-learn's MoCo v2+: a queue per direction, 256-d keys
+        assert state["queue"].shape == (2, 100, 256) and state["queue_ptr"].item() == 64
     else:
         assert "queue" not in state and "target_projector.0.weight" in state
     # continued from epoch 1 in a new folder: the run never stopped's queue and weights

@@ -181,6 +181,22 @@ def test_defaults_are_the_papers():
         build_method("nnclr", backbone, feat_dim, queue_size=0)
 
 
+def test_the_projectors_last_batch_norm_is_affine_as_solo_learns():
+    """solo-learn 9187ea3 solo/methods/nnclr.py: Linear-BN-ReLU-Linear-BN-ReLU-Linear-BN, every
+    BatchNorm1d with its default affine scale and shift; --affine_last_bn false: none on the
+    last (as the short tables' rows were measured)."""
+    last = tiny().projector[-1]
+    assert isinstance(last, torch.nn.BatchNorm1d) and last.affine
+    assert last.weight.shape == last.bias.shape == (16,) and last.weight.requires_grad
+    old = tiny(affine_last_bn=False).projector[-1]
+    assert isinstance(old, torch.nn.BatchNorm1d) and not old.affine
+    assert not list(old.parameters())
+    # the rest of the head, its initial weights included, is the same either way
+    new_sd, old_sd = tiny().state_dict(), tiny(affine_last_bn=False).state_dict()
+    assert set(new_sd) - set(old_sd) == {"projector.7.weight", "projector.7.bias"}
+    assert all(torch.equal(old_sd[k], new_sd[k]) for k in old_sd)
+
+
 def test_main_pretrains_and_resumes_with_the_support_set(run_dirs, capsys):
     """Two steps per epoch (64 images, batch 32); the support set of 100 is checkpointed and
     continues where it stopped after --resume."""

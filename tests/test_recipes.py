@@ -118,6 +118,9 @@ def test_unset_flags_take_the_recipe_and_given_ones_win(tmp_path):
     assert (args.temperature, args.jitter_strength) == (0.1, 1.0)
     args, _, _ = resolved("--model_name", "simclr", "--image_size", "224", "--temperature", "0.2")
     assert args.temperature == 0.2
+    # given under another name (DINO's --num_prototypes for --out_dim): the recipe leaves it
+    args, _, _ = resolved("--model_name", "dino", "--num_prototypes", "64")
+    assert (args.num_prototypes, args.out_dim) == (64, None)
 
 
 def test_a_resumed_run_keeps_its_own_values_over_todays_recipe():
@@ -159,7 +162,10 @@ def test_print_config_shows_the_recipe_at_cifar_and_imagenet_sizes(tmp_path):
     assert small["optimizer"]["value"] == large["optimizer"]["value"] == "lars_simclr"
     assert (small["lr_scaling"]["value"], large["lr_scaling"]["value"]) == ("linear", "sqrt")
     assert large["base_lr"]["source"].startswith("method recipe: ")
-    assert "README" in small["recipe"]["value"] and "images <= 64 px" in small["recipe"]["value"]
+    assert (
+        "README" in small["training_recipe"]["value"]
+        and "images <= 64 px" in small["training_recipe"]["value"]
+    )
     assert printed["224"]["method"]["temperature"]["value"] == 0.1
     groups = {g["name"]: g["weight_decay"] for g in small["param_groups"]["value"]}
     assert groups["weight_decay=0.0"] == 0.0  # biases and norms: no decay

@@ -114,17 +114,22 @@ def test_mae_initialises_a_timm_vit_as_models_mae():
 
 
 def test_ijepa_initialises_a_timm_vit_as_its_official_code():
-    """_init_weights then fix_init_weight: truncated N(0, 0.02), then block i's attn.proj and
-    mlp.fc2 divided by sqrt(2 i); the class token is not trained."""
+    """init_model (src/helper.py): every Linear drawn at truncated N(0, 0.02) after the modules'
+    own fix_init_weight, whose division of block i's attn.proj and mlp.fc2 by sqrt(2 i) it
+    undoes (--rescale_init keeps it); the class token is not trained."""
     torch.manual_seed(0)
     vit, dim = build_backbone(NAME, 32)
     model = build_method("ijepa", vit, dim, pred_depth=1)
     assert not vit.pos_embed.requires_grad and not vit.cls_token.requires_grad
     assert torch.allclose(vit.pos_embed[0], sincos_position_embedding(dim, 8))
-    for i, block in enumerate(vit.blocks, start=1):
+    for block in vit.blocks:
+        for weight in (block.attn.proj.weight, block.mlp.fc2.weight, block.attn.qkv.weight):
+            assert weight.std().item() == pytest.approx(0.02, rel=0.12)
+    rescaled, _ = build_backbone(NAME, 32)
+    build_method("ijepa", rescaled, dim, pred_depth=1, rescale_init=True)
+    for i, block in enumerate(rescaled.blocks, start=1):
         for weight in (block.attn.proj.weight, block.mlp.fc2.weight):
             assert weight.std().item() == pytest.approx(0.02 / math.sqrt(2 * i), rel=0.12)
-        assert block.attn.qkv.weight.std().item() == pytest.approx(0.02, rel=0.1)
     assert model.predictor.blocks[0].num_heads == 3  # the encoder's heads
     assert model([torch.randn(2, 3, 32, 32)])["loss"].isfinite()
 
@@ -169,6 +174,24 @@ def test_layer_decay_drop_path_and_fc_norm_on_timm_names():
         vit.global_pool = "avg"  # --pool mean
         vit.set_fc_norm()
         assert torch.allclose(vit(x), expected, atol=1e-5)
+
+
+def test_finetuning_leaves_a_distilled_deits_tokens_undecayed_as_timm_lists_them():
+    """A timm ViT without the interface (a distillation token) fine-tunes with timm's own
+    no_weight_decay() (MAE's main_finetune.py:284): cls_token, dist_token, pos_embed undecayed."""
+    vit = timm.create_model(
+        "deit_tiny_distilled_patch16_224", img_size=16, patch_size=4, depth=1, embed_dim=32,
+        num_heads=2, num_classes=0,
+    )  # fmt: skip
+    assert not add_interface(vit)
+    args = finetune_args()
+    optimizer = build_optimizer(Optimization.of(args), LinearClassifier(32, 10), lr=1.0)
+    probe.add_backbone_groups(optimizer, vit, args, lr=1.0)
+    decay_of = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    named = dict(vit.named_parameters())
+    for name in ("cls_token", "dist_token", "pos_embed"):
+        assert decay_of[id(named[name])] == 0.0, name
+    assert decay_of[id(named["blocks.0.attn.qkv.weight"])] == 0.05
 
 
 TINY_RUN = ["--backbone", NAME, "--image_size", "32", "--dataset_name", "synthetic"]

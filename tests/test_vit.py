@@ -167,3 +167,52 @@ def test_dino_pretrains_a_vit_through_main(run_dirs):
     )
     out = main.main(args)
     assert math.isfinite(out["loss"])
+
+
+def test_vit_heads_split_the_same_weights_as_a_vit_built_with_them():
+    """--vit_heads (MoCo v3's ViT-Small: vits.py num_heads=12): set on a built ViT, the blocks
+    compute what a ViT constructed with that many heads computes from the same weights."""
+    from networks.vit import ViTBackbone, set_heads
+
+    torch.manual_seed(0)
+    six, _ = build_backbone("vit_small", 32)
+    twelve = ViTBackbone(image_size=32, patch_size=4, num_layers=12, num_heads=12, hidden_dim=384,
+                         mlp_dim=1536)  # fmt: skip
+    twelve.heads = torch.nn.Identity()
+    twelve.load_state_dict(six.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    six.eval(), twelve.eval()
+    assert not torch.allclose(six(x), twelve(x))
+    set_heads(six, 12, "vit_small")
+    assert six.num_heads == 12 and torch.equal(six(x), twelve(x))
+    with pytest.raises(UserError, match="not a multiple"):
+        set_heads(six, 7, "vit_small")
+    with pytest.raises(UserError, match="not one of this toolkit's ViTs"):
+        set_heads(build_backbone("small_cnn", 32)[0], 12, "small_cnn")
+
+
+def test_mocov3_vit_small_has_the_official_12_heads_and_evaluation_keeps_them(tmp_path):
+    """Unset, --vit_heads is the method's (MoCo v3's vit_small: 12; DINO's: the backbone's 6);
+    a run's checkpoint records them, and load_backbone builds the backbone with them (a
+    checkpoint without the record keeps the backbone's own)."""
+    from config import with_recipe
+    from pretrained import load_backbone
+    from utils.checkpoint import save_checkpoint
+
+    parser = main.get_args_parser()
+    resolve = lambda *argv: with_recipe(parser.parse_args(argv), {"sources": {}})[0]  # noqa: E731
+    assert resolve("--model_name", "mocov3", "--backbone", "vit_small").vit_heads == 12
+    assert resolve("--model_name", "mocov3", "--backbone", "vit_tiny").vit_heads is None
+    assert resolve("--model_name", "dino", "--backbone", "vit_small").vit_heads is None
+    args = resolve("--model_name", "mocov3", "--backbone", "vit_small", "--vit_heads", "6")
+    assert args.vit_heads == 6
+    backbone, _ = build_backbone("vit_small", 32)
+    state = {"backbone." + k: v for k, v in backbone.state_dict().items()}
+    args = {"model_name": "mocov3", "backbone": "vit_small", "image_size": 32,
+            "dataset_name": "synthetic"}  # fmt: skip
+    for record, heads in (({"model": {"vit_heads": {"value": 12}}}, 12), ({}, 6)):
+        path = str(tmp_path / f"{heads}.pt")
+        save_checkpoint({"kind": "pretrain", "args": args, "epoch": 1, "model": state,
+                         "config": record}, path)  # fmt: skip
+        loaded, info = load_backbone(path, momentum=False)
+        assert loaded.num_heads == heads and info.vit_heads == (12 if heads == 12 else None)
