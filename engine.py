@@ -2,7 +2,7 @@
 (main_linear.py): each entry point says only what one step computes (`step_fn`) and what an
 epoch ends with (`after_epoch`); the engine does the rest the same way for all of them:
 
-- the per-step lr schedule (an array indexed by the global step, DESIGN §6), and the weight
+- the per-step lr schedule (an array indexed by the global step, docs/networks.md), and the weight
   decay's when one is given (--final_weight_decay: DINO's and I-JEPA's cosine rise);
 - mixed precision: autocast is the step's business, the fp16 gradient scaler the engine's;
 - a non-finite loss skips its step (--skip_nonfinite) or stops the run (TrainingGuard);

@@ -95,6 +95,11 @@ def magnitude(value: str) -> int:
     return number
 
 
+# main_linear.py's optimizers that leave biases and norms out of weight decay (and LARS out of
+# its adaptation) unless told otherwise: AdamW as MAE's fine-tuning, LARS as every LARS code
+EXCLUDING_OPTIMIZERS = ("adamw", "lars", "lars_simclr")
+
+
 def get_args_parser(add_help: bool = True) -> ArgumentParser:
     parser = ArgumentParser("Linear evaluation", add_help=add_help)
     add_shared_flags(parser)
@@ -399,8 +404,8 @@ def evaluate(args) -> dict:
     official = pretrained.interpolation if pretrained else None
     interpolation = args.interpolation or official or METHODS[args.model_name].eval_interpolation
     # the values derived from the flags, in what args.json and the checkpoints record
-    exclude = args.exclude_bias_and_norm  # unset: AdamW's (MAE's fine-tuning) and only it
-    exclude = args.optimizer == "adamw" if exclude is None else exclude
+    exclude = args.exclude_bias_and_norm  # unset: those optimizers' usual policy (MAE's AdamW)
+    exclude = args.optimizer in EXCLUDING_OPTIMIZERS if exclude is None else exclude
     head_std = args.head_std or (2e-5 if args.finetune else PROBE_STD)  # MAE's fine-tuning, probe
     args = with_values(
         args, run_name=run_name, ckpt=ckpt, backbone_lr=backbone_lr, interpolation=interpolation,

@@ -4,7 +4,7 @@ pretraining ones (views, method hyper-parameters, the online probe), which main_
 only to refuse them with one line.
 
 Each entry point builds its parser from these groups and adds its own (main_linear.py's
-evaluation group); flags keep the names of DESIGN.md and the original commands.
+evaluation group); flags keep the names of the original commands, which scripts and checks call.
 """
 
 import argparse
@@ -299,7 +299,7 @@ def add_optimization_flags(parser: argparse.ArgumentParser, recipe: bool = False
         type=bool_flag,
         nargs="?",
         const=True,
-        shown="true under adamw, as MAE's fine-tuning; false otherwise",
+        shown="true under adamw, lars and lars_simclr, false otherwise",
     )
     add(
         "--betas",

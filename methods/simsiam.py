@@ -76,8 +76,8 @@ class SimSiam(Method):
                 "appendix 'CIFAR experiments' (SGD, base lr 0.03 x B/256, batch 512, wd 5e-4, "
                 "momentum 0.9)",
                 "num_epochs, final_lr": "paper, the CIFAR appendix (800 epochs, cosine decay to 0)",
-                "warmup_epochs, warmup_lr": "DESIGN.md section 2 (10 epochs from 0, the toolkit's "
-                "contract for the default method; the paper states none)",
+                "warmup_epochs, warmup_lr": "the toolkit's documented default for its default "
+                "method (10 epochs from 0; the paper states none)",
                 "exclude_bias_and_norm, final_weight_decay": "main_simsiam.py:193-201 (SGD over "
                 "all parameters, constant weight decay), as on ImageNet",
             },

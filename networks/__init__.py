@@ -1,4 +1,5 @@
-"""Backbone registry (DESIGN §7): `build_backbone(name, image_size, pretrained)` -> (net, dim).
+"""Backbone registry (docs/networks.md): `build_backbone(name, image_size, pretrained)` ->
+(net, dim).
 
 A backbone file registers a builder `fn(image_size, pretrained) -> (nn.Module, int)` with
 `@register("name")`; adding a family means one new file plus one import line below. Names

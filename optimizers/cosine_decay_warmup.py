@@ -1,4 +1,4 @@
-"""Per-step learning-rate schedule: linear warmup, then cosine decay (DESIGN §6).
+"""Per-step learning-rate schedule: linear warmup, then cosine decay (docs/networks.md).
 
     warmup (t < W):  lr_t = warmup_lr + (base - warmup_lr) * t / W
     cosine (t >= W): lr_t = final + ½ (base - final) (1 + cos(π (t - W) / T)),  T = total - W

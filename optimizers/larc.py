@@ -1,5 +1,5 @@
 """LARC: layer-wise adaptive rate control (NVIDIA apex), the wrapper SwAV puts around momentum
-SGD; after You, Gitman, Ginsburg 2017 (https://arxiv.org/abs/1708.03888). DESIGN §6.
+SGD; after You, Gitman, Ginsburg 2017 (https://arxiv.org/abs/1708.03888).
 
 Before each step of the wrapped optimizer, for every parameter p with gradient g in a group with
 weight decay wd and lr:

@@ -1,5 +1,5 @@
 """LARS: You, Gitman, Ginsburg, "Large Batch Training of Convolutional Networks", 2017
-(https://arxiv.org/abs/1708.03888), in the form of BYOL, Barlow Twins and moco-v3 (DESIGN §6).
+(https://arxiv.org/abs/1708.03888), in the form of BYOL, Barlow Twins and moco-v3.
 
 For each parameter p with gradient g, weight decay wd, trust coefficient eta, momentum m:
 

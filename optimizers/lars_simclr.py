@@ -1,5 +1,5 @@
 """LARS as in SimCLR's code (google-research/simclr, lars_optimizer.py, "classic momentum"),
-after You, Gitman, Ginsburg 2017 (https://arxiv.org/abs/1708.03888). DESIGN §6.
+after You, Gitman, Ginsburg 2017 (https://arxiv.org/abs/1708.03888).
 
 For each parameter p with gradient g, weight decay wd, trust coefficient eta, momentum m:
 

@@ -10,11 +10,12 @@
 # initialisation; the table gives mean ± standard deviation.
 # The full recipes for a GPU box are in scripts/cifar10_reference.sh.
 #
-#   bash scripts/cifar10_cpu.sh [OUT_DIR [METHOD...]]  (default: runs/cifar10_cpu/<timestamp>;
-#                                                      finished rows of an OUT_DIR are kept)
+#   DATA=path/to/cifar10 bash scripts/cifar10_cpu.sh [OUT_DIR [METHOD...]]
+#                                  (default OUT_DIR: runs/cifar10_cpu/<timestamp>; finished rows
+#                                  of an OUT_DIR are kept)
 #   The tables of docs/results.md come from OUT_DIRs under results/, where git keeps the small result files
 #   (args.json, metrics.csv, summary.json, results.json) and ignores checkpoints and plots.
-#   DATA=path/to/cifar10 ...       ImageFolder copy with train/ and test/ (default ../shared/data/cifar10)
+#   DATA=path/to/cifar10           required: a CIFAR-10 ImageFolder copy with train/ and test/
 #   JOBS=2 ...                     two rows at a time, one thread each
 #   SEEDS="123" ...                one seed only
 #   UPDATE_README=1 ...            also rewrites the CIFAR-10 table of docs/results.md
@@ -24,8 +25,9 @@ cd "$(dirname "$0")/.."
 OUT=${1:-runs/cifar10_cpu/$(date +%Y%m%d-%H%M%S)}
 shift || true
 METHODS=("$@")
-DATA=${DATA:-../shared/data/cifar10}
-[ -d "$DATA/train" ] || { echo "error: no CIFAR-10 ImageFolder at $DATA/train: set DATA=..." >&2; exit 2; }
+DATA=${DATA:-}
+[ -n "$DATA" ] && [ -d "$DATA/train" ] ||
+    { echo "error: set DATA=path/to/cifar10, a CIFAR-10 ImageFolder with train/ and test/ (DATA='$DATA')" >&2; exit 2; }
 
 source scripts/short_recipes.sh
 [ ${#METHODS[@]} -eq 0 ] && METHODS=("${ALL_METHODS[@]}")

@@ -23,7 +23,7 @@
 #   METHODS="simclr byol" bash scripts/cifar10_reference.sh   a subset (positional METHODs win)
 #   DATA_DIR=/data/cifar DOWNLOAD=1 bash scripts/cifar10_reference.sh   torchvision CIFAR-10,
 #                                         downloaded into DATA_DIR (default ./data) the first time
-#   DATASET=imagefolder DATA_DIR=../shared/data/cifar10 bash scripts/cifar10_reference.sh
+#   DATASET=imagefolder DATA_DIR=path/to/cifar10 bash scripts/cifar10_reference.sh
 #                                         an ImageFolder tree (train/ and test/ class folders);
 #                                         chosen by itself when DATA_DIR/train exists
 #   NUM_WORKERS=16 ...                    data loading processes (default 8)

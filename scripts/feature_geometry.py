@@ -4,9 +4,12 @@ the features as they are (the training monitor's) and centred. A shared part tha
 the deviations shrink is a partial collapse: a cosine kNN still ranks the small deviations, but
 an un-normalised linear head (the online probe) reads mostly the shared part.
 
-    python scripts/feature_geometry.py CKPT [CKPT ...] --data_dir ../shared/data/cifar10
+    python scripts/feature_geometry.py CKPT [CKPT ...] --data_dir path/to/cifar10
     python scripts/feature_geometry.py --init ijepa --backbone vit_tiny --image_size 32 ...
         (the untrained backbone, initialised as that method does, with its seed)
+
+--data_dir (or DATA=path/to/cifar10 in the environment) is required for every data set but
+`synthetic`: with the default --dataset_name imagefolder, a folder with test/ (CIFAR-10's layout).
 """
 
 import argparse
@@ -55,10 +58,17 @@ def main() -> None:
     parser.add_argument("--backbone", default="vit_tiny")
     parser.add_argument("--image_size", type=int, default=32)
     parser.add_argument("--dataset_name", default="imagefolder", choices=sorted(DATASETS))
-    parser.add_argument("--data_dir", default="../shared/data/cifar10")
+    parser.add_argument("--data_dir", default=os.environ.get("DATA"), help="default: $DATA")
     parser.add_argument("--images", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=123)
     args = parser.parse_args()
+    if args.dataset_name != "synthetic" and not (args.data_dir and os.path.isdir(args.data_dir)):
+        print(
+            f"error: --data_dir (or DATA=) must name the {args.dataset_name} folder, got "
+            f"{args.data_dir!r}",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     x = test_images(args.dataset_name, args.data_dir, args.image_size, args.images, args.seed)
     backbones = []
     if args.init:

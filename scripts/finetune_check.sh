@@ -9,8 +9,8 @@
 # decay 0.75, drop path 0.1, label smoothing 0.1, the mean of the patch tokens with a fresh
 # fc_norm) without its augmentation and batch mixing (mixup 0.8 / cutmix 1.0, RandAugment m9,
 # random erasing 0.25), which are made for 100 epochs: with them, 5 epochs of this budget left
-# the MAE-pretrained ViT at chance (val Acc@1 9.8 %, train loss 2.303 = ln 10; measured
-# 2026-12-03, results/finetune_check/mae_s123/finetune_full_pretrained_stopped/metrics.csv).
+# the MAE-pretrained ViT at chance (val Acc@1 9.8 %, train loss 2.303 = ln 10;
+# results/finetune_check/mae_s123/finetune_full_pretrained_stopped/metrics.csv).
 # FULL=1 adds them (runs finetune_full_<start>).
 #
 #   bash scripts/finetune_check.sh [OUT_DIR [METHOD]]   (default runs/finetune_check/<timestamp>)

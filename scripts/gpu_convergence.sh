@@ -10,17 +10,17 @@
 # The reference run is 1000 epochs (docs/reference_results.md has the accuracies published by
 # others); this one says whether the recipe learns at GPU speed, not where it ends.
 #
-#   DATA_DIR=path/to/cifar10 bash scripts/gpu_convergence.sh [OUT_DIR]
-#       DATA_DIR holds train/ and test/ class folders (default ../shared/data/cifar10);
+#   DATA=path/to/cifar10 bash scripts/gpu_convergence.sh [OUT_DIR]
+#       DATA (required) holds train/ and test/ class folders;
 #       OUT_DIR defaults to runs/gpu_convergence. EPOCHS, WARMUP, KNN_FREQ, SEED (123),
 #       DEVICE (cuda), AMP (bf16), NUM_WORKERS (8: the kNN passes decode JPEGs), EXTRA
 #       (more main.py flags) as environment variables.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/gpu_convergence}
-DATA_DIR=${DATA_DIR:-../shared/data/cifar10}
-if [ ! -d "$DATA_DIR/train" ] || [ ! -d "$DATA_DIR/test" ]; then
-    echo "error: DATA_DIR=$DATA_DIR has no train/ and test/ class folders; set DATA_DIR" >&2
+DATA=${DATA:-}
+if [ -z "$DATA" ] || [ ! -d "$DATA/train" ] || [ ! -d "$DATA/test" ]; then
+    echo "error: set DATA=path/to/cifar10, a CIFAR-10 ImageFolder with train/ and test/ (DATA='$DATA')" >&2
     exit 2
 fi
 EPOCHS=${EPOCHS:-30}
@@ -28,7 +28,7 @@ run_name=simclr_resnet18_e${EPOCHS}_s${SEED:-123}
 # shellcheck disable=SC2206  # EXTRA holds flags
 extra=(${EXTRA:-})
 python main.py --config recipes/cifar10/simclr.args --backbone resnet18 --image_size 32 \
-    --dataset_name imagefolder --data_dir "$DATA_DIR" --gpu_augment \
+    --dataset_name imagefolder --data_dir "$DATA" --gpu_augment \
     --num_workers "${NUM_WORKERS:-8}" \
     --device "${DEVICE:-cuda}" --amp "${AMP:-bf16}" --channels_last \
     --num_epochs "$EPOCHS" --warmup_epochs "${WARMUP:-2}" --seed "${SEED:-123}" \

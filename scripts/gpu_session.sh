@@ -10,12 +10,15 @@
 #
 # Prepare on a machine with internet or a package index, in the repository root (both folders
 # are git-ignored through .git/info/exclude, and travel with the device call's carry):
-#   mkdir -p .gpu && tar czf .gpu/c10.tgz -C ../shared/data cifar10/train cifar10/test  (20 MB)
+#   mkdir -p .gpu && tar czf .gpu/c10.tgz -C path/to cifar10/train cifar10/test  (20 MB: the
+#       CIFAR-10 ImageFolder copy at path/to/cifar10, for the convergence run)
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #       --implementation cp --platform manylinux_2_17_x86_64 -d .whl kornia==0.9.0 kornia_rs==0.2.0
 # (the GPU machine's own Python has torch and timm but no kornia; match its Python version).
 #
 #   OUT_DIR=$OUT bash scripts/gpu_session.sh      (default OUT_DIR: runs/gpu_session)
+#   DATA=path/to/cifar10 ...                      the CIFAR-10 ImageFolder where .gpu/c10.tgz is
+#                                                 absent (one of the two is required)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT_DIR:-runs/gpu_session}
@@ -36,9 +39,13 @@ export PYTHONUNBUFFERED=1
 if ! command -v python >/dev/null; then  # the scripts call python
     mkdir -p /tmp/bin && ln -sf "$(command -v python3)" /tmp/bin/python && export PATH=/tmp/bin:$PATH
 fi
-DATA_DIR=${DATA_DIR:-../shared/data/cifar10}
+DATA=${DATA:-}
 if [ -f .gpu/c10.tgz ]; then
-    tar xzf .gpu/c10.tgz -C /tmp && DATA_DIR=/tmp/cifar10
+    tar xzf .gpu/c10.tgz -C /tmp && DATA=/tmp/cifar10
+fi
+if [ -z "$DATA" ] || [ ! -d "$DATA/train" ]; then
+    echo "error: no .gpu/c10.tgz: set DATA=path/to/cifar10, a CIFAR-10 ImageFolder with train/ and test/ (DATA='$DATA')" >&2
+    exit 2
 fi
 {
     nvidia-smi
@@ -57,7 +64,7 @@ pack
 rate=$(python -c "import json; print(json.load(open('$R/bench/bf16_cl_gpu_augment.json'))['with_data_images_per_s'])" 2>/dev/null || echo 5000)
 EPOCHS=${EPOCHS:-$(python -c "print(max(5, min(60, int(0.6 * 160 * $rate / 50000))))")}
 echo "== [$(elapsed) s] convergence: $EPOCHS epochs (fed rate $rate images/s) =="
-DATA_DIR=$DATA_DIR EPOCHS=$EPOCHS timeout "$CONV_S" bash scripts/gpu_convergence.sh "$R/conv" 2>&1 |
+DATA=$DATA EPOCHS=$EPOCHS timeout "$CONV_S" bash scripts/gpu_convergence.sh "$R/conv" 2>&1 |
     tee "$R/conv.log" | tr '\r' '\n' | grep -v 'it/s'
 rm -rf "$R/conv/ckpts"  # 45 MB a checkpoint: the logs are what comes back
 pack

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # I-JEPA's two encoders on the CIFAR-10 table's checkpoints: its paper evaluates the target (EMA)
-# encoder (Appendix A.1, main_linear's default for I-JEPA since 2026-12-04); the table's row probes
+# encoder (Appendix A.1, main_linear's default for I-JEPA); the table's row probes
 # the context encoder (recipes/short/cifar10_linear.args: --momentum_backbone false). For each
 # seed whose pretraining scripts/cifar10_cpu.sh finished, the table's linear probe of the target
 # encoder, and kNN (k=200 on the 10,000 test images, a class-balanced 10,000-image subset of the
@@ -9,13 +9,14 @@
 #   bash scripts/ijepa_target_check.sh [OUT_DIR]   (default: results/ijepa_target_check)
 #   TABLE=results/cifar10_cpu ...                  the table's runs (checkpoints and probes)
 #   SEEDS="123" ...                                one seed only (default 123 124 125)
-#   DATA=path/to/cifar10 ...                       as scripts/cifar10_cpu.sh
+#   DATA=path/to/cifar10 ...                       required, as scripts/cifar10_cpu.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-results/ijepa_target_check}
 TABLE=${TABLE:-results/cifar10_cpu}
-DATA=${DATA:-../shared/data/cifar10}
-[ -d "$DATA/train" ] || { echo "error: no CIFAR-10 ImageFolder at $DATA/train: set DATA=..." >&2; exit 2; }
+DATA=${DATA:-}
+[ -n "$DATA" ] && [ -d "$DATA/train" ] ||
+    { echo "error: set DATA=path/to/cifar10, a CIFAR-10 ImageFolder with train/ and test/ (DATA='$DATA')" >&2; exit 2; }
 read -r -a SEEDS <<< "${SEEDS:-123 124 125}"
 COMMON=(--data_dir "$DATA" --device cpu --num_workers 0 --logs_dir "$OUT" --ckpt_dir "$OUT/ckpts")
 read -r -a BACKBONE <<< "$(python scripts/recipe_backbone.py recipes/short/cifar10.args recipes/short/ijepa.args)"

@@ -4,10 +4,10 @@ training images, with and without its BatchNorm (--online_probe_bn), then tested
 features' geometry: their mean norm, the norm of their mean vector (the part all images share)
 and the per-dimension standard deviation (their spread).
 
-    python scripts/online_probe_check.py CKPT --data_dir ../shared/data/cifar10
+    python scripts/online_probe_check.py CKPT --data_dir path/to/cifar10
 
 --data_dir is an ImageFolder root with train/ and test/ (CIFAR-10's layout); the images are
-prepared by the checkpoint's own evaluation transform. Measured 2026-12-04 on the CIFAR-10 CPU
+prepared by the checkpoint's own evaluation transform. Measured on the CIFAR-10 CPU
 table's seed-124 checkpoints (results/cifar10_cpu/ckpts/pretrain_{ijepa,mae}_s124/last.pt,
 234 steps; one thread beside two table runs, about 3 min each): I-JEPA's features have norm
 13.14, their mean vector 12.95, per-dimension std 0.138, and the probe gets 14.35 % without

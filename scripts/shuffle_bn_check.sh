@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# MoCo v2 with its Shuffle-BN (the default since 2026-12-04: on one process BatchNorm over 8
+# MoCo v2 with its Shuffle-BN (the default: on one process BatchNorm over 8
 # splits of the batch in both encoders and the keys shuffled between them, as MoCo's CIFAR demo)
 # beside the methods table's row without it (recipes/short/mocov2.args: --shuffle_bn false,
 # results/methods): the same short synthetic run and probe, seeds and everything else equal.

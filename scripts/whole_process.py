@@ -1,7 +1,7 @@
 """main.py against a bare PyTorch loop (scripts/bare_loop.py) as whole processes, and, in the
 same invocation, scripts/benchmark.py's in-process ratio: which figure is right.
 
-    python scripts/whole_process.py --data_dir ../shared/data/cifar10 [--short 10 --long 40]
+    python scripts/whole_process.py --data_dir path/to/cifar10 [--short 10 --long 40]
         [--repeats 3] [--batch_size 64] [--num_workers 2] [--output F.json]
 
 Each command runs as its own process at two lengths (--short and --long steps of one batch).

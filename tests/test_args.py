@@ -1,4 +1,4 @@
-"""Flags: DESIGN §2 defaults, the original commands parse as written, bad values fail in a line."""
+"""Flags: the defaults, the original commands parse as written, bad values fail in a line."""
 
 import os
 import shlex
@@ -19,7 +19,7 @@ SCRIPT_ENV = {
     "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
 }
 
-DESIGN_COMMANDS = [
+ORIGINAL_COMMANDS = [
     "python main.py --model_name=simclr --backbone=resnet18 --batch_size=512 --optimizer=lars_simclr "  # noqa: E501
     "--weight_decay=0.0001 --momentum=0.9 --warmup_epochs=10 --warmup_lr=0 --base_lr=1.0 "
     "--final_lr=0 --num_epochs=1000",
@@ -42,7 +42,7 @@ def parse(command: str):
 
 
 def test_main_defaults_follow_design():
-    """The flags left unset: the default method's recipe (SimSiam's on CIFAR), DESIGN.md §2."""
+    """The flags left unset: the default method's recipe (SimSiam's on CIFAR)."""
     args, _ = with_recipe(main.get_args_parser().parse_args([]), {"sources": {}})
     expected = dict(
         debug=False,
@@ -79,7 +79,7 @@ def test_linear_defaults_follow_design():
     assert args.num_classes is None and args.ckpt is None and args.eval == "linear"
 
 
-@pytest.mark.parametrize("command", DESIGN_COMMANDS)
+@pytest.mark.parametrize("command", ORIGINAL_COMMANDS)
 def test_design_commands_parse(command):
     args = parse(command)
     assert args.backbone == "resnet18"
@@ -88,7 +88,7 @@ def test_design_commands_parse(command):
 
 
 def test_design_command_values():
-    args = parse(DESIGN_COMMANDS[0])
+    args = parse(ORIGINAL_COMMANDS[0])
     assert (args.model_name, args.optimizer, args.batch_size) == ("simclr", "lars_simclr", 512)
     assert (args.weight_decay, args.base_lr, args.num_epochs) == (1e-4, 1.0, 1000)
 

@@ -69,7 +69,7 @@ def test_the_record_resolves_every_setting_and_names_its_source(run):
     assert len(views) == 2 and views[0]["crop_scale"] == [0.08, 1.0]
     groups = record["optimization"]["param_groups"]["value"]  # SimCLR trains every parameter
     assert sum(g["values"] for g in groups) == record["model"]["parameters"]["value"]
-    # the checkpoint keeps the same record; args.json its values, flat (DESIGN §4: every setting
+    # the checkpoint keeps the same record; args.json its values, flat (every setting
     # the run used, resolved, none null)
     state = load_checkpoint(os.path.join(run["out"]["ckpt_dir"], "last.pt"))
     assert state["config"] == record
@@ -97,6 +97,10 @@ def test_print_config_prints_the_record_and_writes_nothing(run, tmp_path, capsys
     assert not nulls(printed) and not os.path.exists(tmp_path / "l")
     assert printed["evaluation"]["interpolation"] == {"value": "bicubic", "source": "checkpoint"}
     assert printed["backbone"]["ckpt"] == {"value": ckpt, "source": "command line"}
+    assert printed["optimization"]["exclude_bias_and_norm"]["value"] is False  # sgd decays all
+    run_cli(main_linear.main, main_linear.get_args_parser(), [*probe, "--optimizer", "lars"])
+    printed = json.loads(capsys.readouterr().out)  # LARS leaves biases and norms alone
+    assert printed["optimization"]["exclude_bias_and_norm"]["value"] is True
 
 
 def test_evaluation_reads_the_checkpoints_record(run, tmp_path):

@@ -1,4 +1,4 @@
-"""LARS, LARSSimCLR and LARC against hand-written references of DESIGN §6; state_dict round trips;
+"""LARS, LARSSimCLR and LARC against hand-written references; state_dict round trips;
 the optimizer factory on a tiny SimCLR; SimSiam's --fix_pred_lr."""
 
 import copy

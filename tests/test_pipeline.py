@@ -1,4 +1,4 @@
-"""End to end: a tiny pretraining then linear evaluation writes every file of DESIGN §4."""
+"""End to end: a tiny pretraining then linear evaluation writes every file a run promises."""
 
 import csv
 import json
@@ -217,13 +217,13 @@ def test_a_left_over_checkpoint_folder_is_named_in_the_error(tmp_path):
 
 
 def test_design_commands_run_end_to_end(run_dirs):
-    """DESIGN §2's SimSiam pretraining and both linear commands (SGD base_lr 30, LARS base_lr
+    """The original SimSiam pretraining and both linear commands (SGD base_lr 30, LARS base_lr
     0.02), as written plus tiny-run overrides (small_cnn for speed), chain through the
     newest-checkpoint lookup."""
-    from test_args import DESIGN_COMMANDS
+    from test_args import ORIGINAL_COMMANDS
 
     tiny = [*TINY, *run_dirs, "--num_epochs", "1", "--limit", "32", "--backbone", "small_cnn"]
-    for command in DESIGN_COMMANDS[1:]:
+    for command in ORIGINAL_COMMANDS[1:]:
         script, *argv = command.split()[1:]
         module = main if script == "main.py" else main_linear
         args = module.get_args_parser().parse_args([*argv, *tiny])

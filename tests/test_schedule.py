@@ -1,4 +1,4 @@
-"""cosine_scheduler (DESIGN §6): warmup endpoints, cosine midpoint and last step, length, errors;
+"""cosine_scheduler: warmup endpoints, cosine midpoint and last step, length, errors;
 adjust_learning_rate with lr_scale and fix_lr groups."""
 
 import math

@@ -262,7 +262,9 @@ def test_each_kept_row_is_what_its_recipe_files_resolve_today(table):
         kept = resolve_aliases(METHODS[method], kept)
         now = resolve_aliases(METHODS[method], vars(now))
         # biases and norms were left out of decay by adamw (and inside lars) before the flag
-        kept.setdefault("exclude_bias_and_norm", kept["optimizer"] in ("adamw", "lars"))
+        kept.setdefault(
+            "exclude_bias_and_norm", kept["optimizer"] in ("adamw", "lars", "lars_simclr")
+        )
         # a setting the row left to the method (None) may be given today only by a recipe file
         # (pinning the value it had); the method's recipe must not set it
         changed = {

@@ -1,5 +1,5 @@
-"""Data sets by name (DESIGN §3): synthetic, cifar10, cifar100, stl10, svhn, imagefolder, and
-folder (every image under --data_dir, without labels: ImageFiles).
+"""Data sets by name (README.md, `--dataset_name`): synthetic, cifar10, cifar100, stl10, svhn,
+imagefolder, and folder (every image under --data_dir, without labels: ImageFiles).
 
 Every data set is returned as a torch Dataset of (transformed image, int label) pairs, so the
 pretraining and evaluation loops never need to know which one they read; `folder`'s label is

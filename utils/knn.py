@@ -53,7 +53,7 @@ def weighted_knn(
     k: int = 200,
     temperature: float = 0.1,
 ) -> Tensor:
-    """Predicted label of each test row (DESIGN §8)."""
+    """Predicted label of each test row (weighted kNN: docs/evaluation.md)."""
     scores = knn_scores(train_features, train_labels, test_features, num_classes, k, temperature)
     return scores.argmax(dim=1)
 

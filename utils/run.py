@@ -255,8 +255,9 @@ MAX_STEPS = 100_000_000
 def build_lr_schedule(
     opt: Optimization, steps_per_epoch: int, batch_size: int
 ) -> tuple[np.ndarray, float]:
-    """Scale base/warmup/final lr by the global batch once (DESIGN §2), print it; return the
-    per-step cosine schedule with linear warmup (DESIGN §6) and the scaled base lr."""
+    """Scale base/warmup/final lr by the global batch once (--lr_scaling, docs/fidelity.md), print
+    it; return the per-step cosine schedule with linear warmup (docs/networks.md) and the scaled
+    base lr."""
     total = opt.num_epochs * steps_per_epoch
     if total > MAX_STEPS:
         raise UserError(
