@@ -323,6 +323,8 @@ def evaluation_record(
 
     backbone = "backbone"
     record.flag(backbone, "model_name", "backbone", "random_init")
+    if args.random_init:  # how the method initialised the untrained backbone, where given
+        record.flag(backbone, *METHODS[args.model_name].init_flags)
     if pretrained is not None:
         record.add(backbone, "ckpt", args.ckpt, ckpt_source)
         record.add(backbone, "pretrain_epochs", pretrained.epoch, "checkpoint")

@@ -286,6 +286,8 @@ def check_args(args) -> None:
     if args.backbone_lr is not None and not args.finetune:
         raise UserError("--backbone_lr is the lr of --finetune: add --finetune or drop it")
     given = sorted(set(vars(args)) & set(pretraining_flags()))  # present only when given
+    if args.random_init:  # the untrained backbone as the method initialises it: its init flags
+        given = [k for k in given if k not in METHODS[args.model_name].init_flags]
     if given:  # they shape the pretraining; the checkpoint's method is what it is
         flags = ", ".join(f"--{k}" for k in given)
         many = len(given) > 1

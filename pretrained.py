@@ -344,12 +344,12 @@ def evaluated_backbone(
     (None), as the method builds and initialises it (its ViT heads, zero residual BatchNorm where
     its official code does so, MAE's and I-JEPA's ViT initialisation: methods.build_method)."""
     backbone, feat_dim = build_backbone(args.backbone, args.image_size)
-    if weights is None:
-        set_heads(
-            backbone, METHODS[args.model_name].vit_heads.get(args.backbone), args.backbone
-        )  # the method's own initialisation of it (a method's heads are cheap)
+    if weights is None:  # the method's own initialisation of it (a method's heads are cheap)
+        cls = METHODS[args.model_name]
+        set_heads(backbone, cls.vit_heads.get(args.backbone), args.backbone)
+        given = {k: getattr(args, k) for k in cls.init_flags if getattr(args, k, None) is not None}
         try:
-            return build_method(args.model_name, backbone, feat_dim).backbone, feat_dim
+            return build_method(args.model_name, backbone, feat_dim, **given).backbone, feat_dim
         except ValueError as err:  # a backbone the method cannot train (MAE on a ResNet)
             raise UserError(f"--model_name {args.model_name}: {err}") from None
     load_weights(backbone, weights, args.ckpt, args.backbone)

@@ -47,6 +47,9 @@ class Method(nn.Module):
                           target, DINO's teacher), which --momentum_backbone evaluates;
       vit_heads           attention heads its official code gives a ViT of a size, where they
                           differ from the backbone's (MoCo v3's ViT-Small: 12, DeiT-S's 6);
+      init_flags          its hyper-parameters that shape how it initialises the backbone or
+                          reads its features, which main_linear.py --random_init takes too
+                          (I-JEPA's --rescale_init and --eval_class_token);
       collapse_hint       what usually makes it collapse, for the collapse monitor's warning;
       recipes             its official training recipes (`methods.recipe.Recipe`), one per regime
                           (CIFAR- and ImageNet-size images; convolutional and ViT backbones):
@@ -74,6 +77,7 @@ class Method(nn.Module):
     requires_vit = False
     momentum_backbone: str | None = None
     vit_heads: dict[str, int] = {}
+    init_flags: tuple[str, ...] = ()
     collapse_hint = "too high a --temperature or too small a batch of negatives"
     slow_start = 1
     recipes: tuple[Recipe, ...] = ()

@@ -224,6 +224,7 @@ class IJEPA(Method):
     # Appendix A.1 of the paper (the official repository has no evaluation code): "We use the
     # target-encoder for evaluation and average pool its output"
     eval_momentum_backbone = True
+    init_flags = ("rescale_init", "eval_class_token")  # the untrained baseline's too
     recipes = (
         Recipe(
             source=(

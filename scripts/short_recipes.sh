@@ -50,7 +50,8 @@ run_vit_baseline() {
     [ -e "$OUT/linear_$name/results.json" ] && return 0
     rm -rf "$OUT/linear_$name" "$OUT/ckpts/linear_$name"
     local backbone
-    read -r -a backbone <<< "$(python scripts/recipe_backbone.py "$SHARED" "recipes/short/$method.args")"
+    read -r -a backbone <<< "$(python scripts/recipe_backbone.py --init "$method" "$SHARED" \
+        "recipes/short/$method.args")"  # the backbone and how the method initialises it
     python main_linear.py --config "$LINEAR_SHARED" "${COMMON[@]}" "${backbone[@]}" \
         --model_name "$method" --random_init --seed "$seed" --run_name "linear_$name" \
         > "$OUT/log_$name.txt" 2>&1

@@ -94,3 +94,24 @@ def test_evaluation_reads_from_the_record_whether_the_class_token_enters_the_blo
     recorded = {"model": {"class_token_attends": {"value": False, "source": "method"}}}
     assert evaluation_settings({"args": args, "config": recorded})["class_token_attends"] is False
     assert evaluation_settings({"args": args})["class_token_attends"] is True
+
+
+def test_the_untrained_baseline_takes_the_methods_init_flags_and_only_those(tmp_path, capsys):
+    """main_linear.py --random_init builds the backbone as the method initialises it, with the
+    hyper-parameters the method lists in `init_flags` (I-JEPA's --rescale_init, as its short
+    recipe's rows); another method's, or another pretraining flag, is refused."""
+    import json
+
+    import main_linear
+    from utils.misc import UserError, run_cli
+
+    base = ["--model_name", "ijepa", "--random_init", "--backbone", "vit_tiny", "--image_size",
+            "32", "--dataset_name", "synthetic", "--device", "cpu", "--num_workers", "0",
+            "--logs_dir", str(tmp_path)]  # fmt: skip
+    run_cli(main_linear.main, main_linear.get_args_parser(),
+            [*base, "--rescale_init", "true", "--print_config"])  # fmt: skip
+    backbone = json.loads(capsys.readouterr().out)["backbone"]
+    assert backbone["rescale_init"] == {"value": True, "source": "command line"}
+    with pytest.raises(UserError, match="--pred_depth is a pretraining option"):
+        main_linear.main(main_linear.get_args_parser().parse_args([*base, "--pred_depth", "2"]))
+    assert not any(tmp_path.iterdir())
