@@ -44,7 +44,7 @@ from methods.hparams import (
     PROJ_HIDDEN_DIM,
 )
 from methods.momentum import cosine_momentum, ema_update, frozen_copy
-from methods.recipe import Recipe
+from methods.recipe import Recipe, solo_learn
 from networks.heads import build_mlp, init_linears
 
 
@@ -72,47 +72,23 @@ class BYOL(Method):
     eval_interpolation = "bicubic"
     zero_init_residual = "bottleneck"
     recipes = (
-        Recipe(
-            source=(
-                "solo-learn 9187ea3, scripts/pretrain/cifar/byol.yaml (a reproduction: the "
-                "official code has no CIFAR recipe)"
-            ),
-            images="small",
-            optimizer="larc",
-            momentum=0.9,
-            larc_trust_coefficient=0.02,
-            larc_clip=True,
-            exclude_bias_and_norm=True,
+        solo_learn(
+            "cifar/byol.yaml",
+            "(a reproduction: the official code has no CIFAR recipe)",
             base_lr=1.0,
-            lr_scaling="linear",
-            batch_size=256,
-            num_epochs=1000,
-            weight_decay=1e-5,
-            warmup_epochs=10,
-            warmup_lr=3e-5,
-            final_lr=0.0,
+            weight_decay=1e-05,
             settings={"ema_momentum": 0.99, "head_init": "pytorch"},
             sources={
                 "optimizer, larc_trust_coefficient, larc_clip": (
                     "byol.yaml:32-39 (lars, clip_lr True, eta 0.02); solo/utils/lars.py:140-150"
                 ),
                 "exclude_bias_and_norm": (
-                    "byol.yaml:40 (exclude_bias_n_norm True: p.ndim == 1 gets neither trust "
-                    "ratio nor decay, lars.py:140)"
+                    "byol.yaml:40 (exclude_bias_n_norm True: p.ndim == 1 gets neither trust ratio "
+                    "nor decay, lars.py:140)"
                 ),
-                "momentum": "solo/args/pretrain.py:164 (lars momentum default 0.9)",
                 "base_lr, batch_size": "byol.yaml:33-34 (batch_size 256 on devices [0], lr 1.0)",
-                "lr_scaling": "solo/args/pretrain.py:153-154 (lr x batch_size x devices / 256)",
                 "num_epochs": "byol.yaml:51 (max_epochs 1000)",
                 "weight_decay, final_weight_decay": "byol.yaml:36 (weight_decay 1e-5, constant)",
-                "warmup_epochs, final_lr": (
-                    "byol.yaml:42 (warmup_cosine); solo/methods/base.py:291,293 (min_lr 0.0, "
-                    "warmup_epochs 10)"
-                ),
-                "warmup_lr": (
-                    "solo/methods/base.py:292 (warmup_start_lr 3e-5; absolute in solo-learn, "
-                    "scaled here)"
-                ),
                 "ema_momentum": "byol.yaml:22-24 (base_tau 0.99, final_tau 1.0, cosine)",
                 "head_init": "solo/methods/byol.py:50-72 (nn.Linear heads: PyTorch's own init)",
             },

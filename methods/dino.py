@@ -64,7 +64,7 @@ from torch.nn.utils.parametrizations import weight_norm
 from methods import Method, register
 from methods.hparams import EMA_MOMENTUM, Flag
 from methods.momentum import cosine_momentum, ema_update, frozen_copy
-from methods.recipe import Recipe
+from methods.recipe import Recipe, solo_learn
 from networks.vit import MaskableViT, trunc_normal_init
 from utils.distributed import all_reduce_sum, world_size
 from utils.misc import non_negative_float, non_negative_int, unit_float
@@ -234,26 +234,11 @@ class DINO(Method):
     eval_last_blocks = 4
     eval_momentum_backbone = True  # eval_linear.py, eval_knn.py: --checkpoint_key teacher
     recipes = (
-        Recipe(
-            source=(
-                "vturrisi/solo-learn 9187ea3, scripts/pretrain/cifar/dino.yaml (solo-learn's "
-                "reproduction: DINO's code has no CIFAR recipe)"
-            ),
-            images="small",
-            optimizer="larc",
-            momentum=0.9,
-            larc_trust_coefficient=0.02,
-            larc_clip=True,
-            exclude_bias_and_norm=True,
+        solo_learn(
+            "cifar/dino.yaml",
+            "(solo-learn's reproduction: DINO's code has no CIFAR recipe)",
             base_lr=0.3,
-            lr_scaling="linear",
-            batch_size=256,
-            num_epochs=1000,
-            weight_decay=1e-6,
-            final_weight_decay=None,
-            warmup_epochs=10,
-            warmup_lr=3e-5,
-            final_lr=0.0,
+            weight_decay=1e-06,
             settings={
                 "out_dim": 4096,
                 "ema_momentum": 0.9995,
@@ -265,25 +250,16 @@ class DINO(Method):
                 "optimizer, larc_trust_coefficient, larc_clip": (
                     "dino.yaml:32-39 (name lars, clip_lr True, eta 0.02)"
                 ),
-                "momentum": "solo/args/pretrain.py:163-164 (lars: kwargs.momentum default 0.9)",
                 "exclude_bias_and_norm": (
                     "dino.yaml:40 (exclude_bias_n_norm True); solo/utils/lars.py:140-150 (1-D "
                     "params: no LARS, no decay)"
                 ),
                 "base_lr, lr_scaling, batch_size": (
-                    "dino.yaml:33-34 (batch_size 256, lr 0.3); solo/args/pretrain.py:151-154 (lr x "
-                    "batch/256)"
+                    "dino.yaml:33-34 (batch_size 256, lr 0.3); solo/args/pretrain.py:151-154 (lr x"
+                    " batch/256)"
                 ),
                 "num_epochs": "dino.yaml:51 (max_epochs 1000)",
                 "weight_decay, final_weight_decay": "dino.yaml:36 (weight_decay 1e-6, constant)",
-                "warmup_epochs, final_lr": (
-                    "dino.yaml:42 (warmup_cosine); solo/methods/base.py:291,293 (min_lr 0, "
-                    "warmup_epochs 10)"
-                ),
-                "warmup_lr": (
-                    "solo/methods/base.py:292 (warmup_start_lr 3e-5: absolute in solo-learn, "
-                    "scaled here)"
-                ),
                 "out_dim": "dino.yaml:21 (num_prototypes 4096)",
                 "ema_momentum": "dino.yaml:22-24 (base_tau 0.9995, final_tau 1.0)",
                 "teacher_temp": (
@@ -292,8 +268,8 @@ class DINO(Method):
                 ),
                 "clip_grad": "solo/methods/dino.py:198 (clip_grad default 0)",
                 "crop_min_scale, num_crops": (
-                    "augmentations/asymmetric.yaml:3,21-22,26,44-45 (two 32 px crops of 0.08-1, no "
-                    "small crops)"
+                    "augmentations/asymmetric.yaml:3,21-22,26,44-45 (two 32 px crops of 0.08-1, no"
+                    " small crops)"
                 ),
             },
         ),

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from methods import Method, register
 from methods.hparams import Flag
-from methods.recipe import Recipe
+from methods.recipe import Recipe, solo_learn
 from networks import is_vit
 from networks.timm_vit import not_plain
 from networks.vit import (
@@ -123,24 +123,14 @@ class MAE(Method):
     eval_interpolation = "bicubic"  # official main_linprobe.py, util/datasets.py: bicubic
     requires_vit = True
     recipes = (
-        Recipe(
-            source=(
-                "vturrisi/solo-learn 9187ea3, scripts/pretrain/cifar/mae.yaml (solo-learn's "
-                "reproduction: MAE's code has no CIFAR recipe; ViT-S, 4 px patches)"
-            ),
-            images="small",
+        solo_learn(
+            "cifar/mae.yaml",
+            "(solo-learn's reproduction: MAE's code has no CIFAR recipe; ViT-S, 4 px patches)",
             optimizer="adamw",
-            betas=(0.9, 0.95),
-            exclude_bias_and_norm=False,
-            base_lr=2e-4,
-            lr_scaling="linear",
-            batch_size=256,
-            num_epochs=1000,
+            base_lr=0.0002,
             weight_decay=0.05,
-            final_weight_decay=None,
-            warmup_epochs=10,
-            warmup_lr=3e-5,
-            final_lr=0.0,
+            exclude_bias_and_norm=False,
+            betas=(0.9, 0.95),
             sources={
                 "optimizer, betas": "mae.yaml:33-34,39-40 (adamw, betas [0.9, 0.95])",
                 "exclude_bias_and_norm": (
@@ -148,19 +138,11 @@ class MAE(Method):
                     "does not set it)"
                 ),
                 "base_lr, lr_scaling, batch_size": (
-                    "mae.yaml:35-36 (batch_size 256, lr 2.0e-4); solo/args/pretrain.py:151-154 (lr "
-                    "x batch/256)"
+                    "mae.yaml:35-36 (batch_size 256, lr 2.0e-4); solo/args/pretrain.py:151-154 (lr"
+                    " x batch/256)"
                 ),
                 "num_epochs": "mae.yaml:51 (max_epochs 1000)",
                 "weight_decay, final_weight_decay": "mae.yaml:38 (weight_decay 0.05, constant)",
-                "warmup_epochs, final_lr": (
-                    "mae.yaml:42 (warmup_cosine); solo/methods/base.py:291,293 (min_lr 0, "
-                    "warmup_epochs 10)"
-                ),
-                "warmup_lr": (
-                    "solo/methods/base.py:292 (warmup_start_lr 3e-5: absolute in solo-learn, "
-                    "scaled here)"
-                ),
             },
         ),
         Recipe(

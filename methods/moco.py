@@ -104,7 +104,7 @@ from methods.hparams import (
     Flag,
 )
 from methods.momentum import cosine_momentum, ema_update, frozen_copy
-from methods.recipe import Recipe
+from methods.recipe import Recipe, solo_learn
 from networks import is_vit
 from networks.heads import build_mlp
 from networks.vit import MaskableViT, fix_position_embedding, xavier_init
@@ -325,21 +325,13 @@ class MoCoV2(Method):
     momentum_backbone = "target_backbone"
     view_options = {"crop_min_scale": 0.2}  # official main_moco.py --aug-plus: scale=(0.2, 1.)
     recipes = (
-        Recipe(
-            source="solo-learn 9187ea3, scripts/pretrain/cifar/mocov2plus.yaml (MoCo v2+, a "
-            "reproduction: the official CIFAR demo is MoCo v1's linear head)",
-            images="small",
+        solo_learn(
+            "cifar/mocov2plus.yaml",
+            "(MoCo v2+, a reproduction: the official CIFAR demo is MoCo v1's linear head)",
             optimizer="sgd",
-            momentum=0.9,
-            exclude_bias_and_norm=False,
             base_lr=0.3,
-            lr_scaling="linear",
-            batch_size=256,
-            num_epochs=1000,
-            weight_decay=1e-4,
-            warmup_epochs=10,
-            warmup_lr=3e-5,
-            final_lr=0.0,
+            weight_decay=0.0001,
+            exclude_bias_and_norm=False,
             settings={
                 "symmetric": True,
                 "ema_cosine": True,
@@ -350,23 +342,33 @@ class MoCoV2(Method):
                 "proj_dim": 256,
             },
             sources={
-                "optimizer, momentum": "cifar/mocov2plus.yaml:33 (sgd); "
-                "solo/args/pretrain.py:161-162 (momentum 0.9 by default)",
-                "exclude_bias_and_norm": "solo/methods/base.py:280-281 (exclude_bias_n_norm_wd "
-                "False: every parameter decayed)",
-                "base_lr, lr_scaling, batch_size": "cifar/mocov2plus.yaml:34-35 (batch_size 256, "
-                "lr 0.3); solo/args/pretrain.py:153-154 (lr x batch / 256)",
+                "optimizer, momentum": (
+                    "cifar/mocov2plus.yaml:33 (sgd); solo/args/pretrain.py:161-162 (momentum 0.9 "
+                    "by default)"
+                ),
+                "exclude_bias_and_norm": (
+                    "solo/methods/base.py:280-281 (exclude_bias_n_norm_wd False: every parameter "
+                    "decayed)"
+                ),
+                "base_lr, lr_scaling, batch_size": (
+                    "cifar/mocov2plus.yaml:34-35 (batch_size 256, lr 0.3); "
+                    "solo/args/pretrain.py:153-154 (lr x batch / 256)"
+                ),
                 "num_epochs": "cifar/mocov2plus.yaml:48 (max_epochs 1000)",
-                "weight_decay, final_weight_decay": "cifar/mocov2plus.yaml:37 (weight_decay "
-                "1e-4, constant)",
-                "warmup_epochs, warmup_lr, final_lr": "solo/methods/base.py:291-294 (min_lr 0, "
-                "warmup_start_lr 3e-5, warmup_epochs 10, per step)",
-                "symmetric, shuffle_bn": "solo/methods/mocov2plus.py:186-194 (both directions, a "
-                "queue each; no batch shuffle)",
-                "ema_momentum, ema_cosine": "cifar/mocov2plus.yaml:23-25 (tau 0.99 to 0.999 on a "
-                "cosine; here to 1)",
-                "queue_size, proj_hidden_dim, proj_dim": "cifar/mocov2plus.yaml:19-21 "
-                "(proj_hidden_dim 2048, proj_output_dim 256, queue_size 32768)",
+                "weight_decay, final_weight_decay": (
+                    "cifar/mocov2plus.yaml:37 (weight_decay 1e-4, constant)"
+                ),
+                "symmetric, shuffle_bn": (
+                    "solo/methods/mocov2plus.py:186-194 (both directions, a queue each; no batch "
+                    "shuffle)"
+                ),
+                "ema_momentum, ema_cosine": (
+                    "cifar/mocov2plus.yaml:23-25 (tau 0.99 to 0.999 on a cosine; here to 1)"
+                ),
+                "queue_size, proj_hidden_dim, proj_dim": (
+                    "cifar/mocov2plus.yaml:19-21 (proj_hidden_dim 2048, proj_output_dim 256, "
+                    "queue_size 32768)"
+                ),
             },
         ),
         Recipe(
@@ -508,41 +510,33 @@ class MoCoV3(Method):
     zero_init_residual = True  # official main_moco.py: zero_init_residual=True
     vit_heads = {"vit_small": 12}  # official vits.py:115-117 vit_small: num_heads=12 (DeiT-S: 6)
     recipes = (
-        Recipe(
-            source="solo-learn 9187ea3, scripts/pretrain/cifar/mocov3.yaml (a reproduction: the "
-            "official code has no CIFAR recipe)",
-            images="small",
+        solo_learn(
+            "cifar/mocov3.yaml",
+            "(a reproduction: the official code has no CIFAR recipe)",
             backbones="convnet",
-            optimizer="larc",
-            momentum=0.9,
-            larc_trust_coefficient=0.02,
-            larc_clip=True,
-            exclude_bias_and_norm=True,
             base_lr=0.3,
-            lr_scaling="linear",
-            batch_size=256,
-            num_epochs=1000,
-            weight_decay=1e-6,
-            warmup_epochs=10,
-            warmup_lr=3e-5,
-            final_lr=0.0,
+            weight_decay=1e-06,
             settings={"temperature": 0.2},
             sources={
-                "optimizer, larc_trust_coefficient, larc_clip": "cifar/mocov3.yaml:33-40 (lars, "
-                "clip_lr True, eta 0.02); solo/utils/lars.py:141-150 (clip: min(lars_lr / lr, "
-                "1))",
-                "exclude_bias_and_norm": "cifar/mocov3.yaml:41 (exclude_bias_n_norm True); "
-                "lars.py:140 (1-D parameters: no adaptation, no decay)",
-                "momentum": "solo/args/pretrain.py:163-164 (lars: momentum 0.9 by default)",
-                "base_lr, lr_scaling, batch_size": "cifar/mocov3.yaml:34-35 (batch_size 256, lr "
-                "0.3); solo/args/pretrain.py:153-154 (lr x batch / 256)",
+                "optimizer, larc_trust_coefficient, larc_clip": (
+                    "cifar/mocov3.yaml:33-40 (lars, clip_lr True, eta 0.02); "
+                    "solo/utils/lars.py:141-150 (clip: min(lars_lr / lr, 1))"
+                ),
+                "exclude_bias_and_norm": (
+                    "cifar/mocov3.yaml:41 (exclude_bias_n_norm True); lars.py:140 (1-D parameters:"
+                    " no adaptation, no decay)"
+                ),
+                "base_lr, lr_scaling, batch_size": (
+                    "cifar/mocov3.yaml:34-35 (batch_size 256, lr 0.3); "
+                    "solo/args/pretrain.py:153-154 (lr x batch / 256)"
+                ),
                 "num_epochs": "cifar/mocov3.yaml:52 (max_epochs 1000)",
-                "weight_decay, final_weight_decay": "cifar/mocov3.yaml:37 (weight_decay 1e-6, "
-                "constant)",
-                "warmup_epochs, warmup_lr, final_lr": "solo/methods/base.py:291-294 (min_lr 0, "
-                "warmup_start_lr 3e-5, warmup_epochs 10, per step)",
-                "temperature": "cifar/mocov3.yaml:22 (temperature 0.2; the official ResNet "
-                "default is 1.0)",
+                "weight_decay, final_weight_decay": (
+                    "cifar/mocov3.yaml:37 (weight_decay 1e-6, constant)"
+                ),
+                "temperature": (
+                    "cifar/mocov3.yaml:22 (temperature 0.2; the official ResNet default is 1.0)"
+                ),
             },
         ),
         Recipe(

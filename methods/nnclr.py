@@ -53,7 +53,7 @@ from methods.hparams import (
     Flag,
 )
 from methods.moco import enqueue
-from methods.recipe import Recipe
+from methods.recipe import solo_learn
 from networks.heads import build_mlp
 from utils.distributed import gather, gather_with_grad
 from utils.misc import non_negative_int
@@ -109,77 +109,64 @@ class NNCLR(Method):
     # no official code: solo-learn's pretrain_dataloader.py crops BICUBIC, evaluates bilinear
     view_options = {"interpolation": "bicubic"}
     recipes = (
-        Recipe(
-            source="solo-learn 9187ea3, scripts/pretrain/cifar/nnclr.yaml (a reproduction: the "
-            "authors released no code)",
-            images="small",
-            optimizer="larc",
-            momentum=0.9,
-            larc_trust_coefficient=0.02,
-            larc_clip=True,
-            exclude_bias_and_norm=True,
+        solo_learn(
+            "cifar/nnclr.yaml",
+            "(a reproduction: the authors released no code)",
             base_lr=0.4,
-            lr_scaling="linear",
-            batch_size=256,
-            num_epochs=1000,
-            weight_decay=1e-5,
-            warmup_epochs=10,
-            warmup_lr=3e-5,
-            final_lr=0.0,
+            weight_decay=1e-05,
             settings={"temperature": 0.2, "queue_size": 65536},
             sources={
-                "optimizer, larc_trust_coefficient, larc_clip": "cifar/nnclr.yaml:31-38 (lars, "
-                "clip_lr True, eta 0.02); solo/utils/lars.py:141-150 (clip: min(lars_lr / lr, "
-                "1))",
-                "exclude_bias_and_norm": "cifar/nnclr.yaml:39 (exclude_bias_n_norm True); "
-                "lars.py:140 (1-D parameters: no adaptation, no decay)",
-                "momentum": "solo/args/pretrain.py:163-164 (lars: momentum 0.9 by default)",
-                "base_lr, lr_scaling, batch_size": "cifar/nnclr.yaml:32-33 (batch_size 256, lr "
-                "0.4); solo/args/pretrain.py:153-154 (lr x batch / 256)",
+                "optimizer, larc_trust_coefficient, larc_clip": (
+                    "cifar/nnclr.yaml:31-38 (lars, clip_lr True, eta 0.02); "
+                    "solo/utils/lars.py:141-150 (clip: min(lars_lr / lr, 1))"
+                ),
+                "exclude_bias_and_norm": (
+                    "cifar/nnclr.yaml:39 (exclude_bias_n_norm True); lars.py:140 (1-D parameters: "
+                    "no adaptation, no decay)"
+                ),
+                "base_lr, lr_scaling, batch_size": (
+                    "cifar/nnclr.yaml:32-33 (batch_size 256, lr 0.4); "
+                    "solo/args/pretrain.py:153-154 (lr x batch / 256)"
+                ),
                 "num_epochs": "cifar/nnclr.yaml:50 (max_epochs 1000)",
-                "weight_decay, final_weight_decay": "cifar/nnclr.yaml:35 (weight_decay 1e-5, "
-                "constant)",
-                "warmup_epochs, warmup_lr, final_lr": "solo/methods/base.py:291-294 (min_lr 0, "
-                "warmup_start_lr 3e-5, warmup_epochs 10, per step)",
-                "temperature, queue_size": "cifar/nnclr.yaml:19,23 (temperature 0.2, queue_size "
-                "65536)",
+                "weight_decay, final_weight_decay": (
+                    "cifar/nnclr.yaml:35 (weight_decay 1e-5, constant)"
+                ),
+                "temperature, queue_size": (
+                    "cifar/nnclr.yaml:19,23 (temperature 0.2, queue_size 65536)"
+                ),
             },
         ),
-        Recipe(
-            source="solo-learn 9187ea3, scripts/pretrain/imagenet-100/nnclr.yaml (ImageNet-100, "
-            "ResNet-18; solo-learn has no ImageNet-1k NNCLR config). The paper's ImageNet "
-            "setting differs: ResNet-50, LARS, batch 4096, 1000 epochs, T 0.1, support set "
-            "98,304",
+        solo_learn(
+            "imagenet-100/nnclr.yaml",
+            "(ImageNet-100, ResNet-18; solo-learn has no ImageNet-1k NNCLR config). The paper's "
+            "ImageNet setting differs: ResNet-50, LARS, batch 4096, 1000 epochs, T 0.1, support "
+            "set 98,304",
             images="large",
-            optimizer="larc",
-            momentum=0.9,
-            larc_trust_coefficient=0.02,
-            larc_clip=True,
-            exclude_bias_and_norm=True,
             base_lr=0.4,
-            lr_scaling="linear",
-            batch_size=256,
             num_epochs=400,
-            weight_decay=1e-5,
-            warmup_epochs=10,
-            warmup_lr=3e-5,
-            final_lr=0.0,
+            weight_decay=1e-05,
             settings={"temperature": 0.2, "queue_size": 65536},
             sources={
-                "optimizer, larc_trust_coefficient, larc_clip": "imagenet-100/nnclr.yaml:31-38 "
-                "(lars, clip_lr True, eta 0.02); solo/utils/lars.py:141-150",
-                "exclude_bias_and_norm": "imagenet-100/nnclr.yaml:39 (exclude_bias_n_norm True); "
-                "lars.py:140 (1-D: no adaptation, no decay)",
-                "momentum": "solo/args/pretrain.py:163-164 (lars: momentum 0.9 by default)",
-                "base_lr, lr_scaling, batch_size": "imagenet-100/nnclr.yaml:32-33,51 (128 x 2 "
-                "devices, lr 0.4); solo/args/pretrain.py:153-154 (x batch/256)",
+                "optimizer, larc_trust_coefficient, larc_clip": (
+                    "imagenet-100/nnclr.yaml:31-38 (lars, clip_lr True, eta 0.02); "
+                    "solo/utils/lars.py:141-150"
+                ),
+                "exclude_bias_and_norm": (
+                    "imagenet-100/nnclr.yaml:39 (exclude_bias_n_norm True); lars.py:140 (1-D: no "
+                    "adaptation, no decay)"
+                ),
+                "base_lr, lr_scaling, batch_size": (
+                    "imagenet-100/nnclr.yaml:32-33,51 (128 x 2 devices, lr 0.4); "
+                    "solo/args/pretrain.py:153-154 (x batch/256)"
+                ),
                 "num_epochs": "imagenet-100/nnclr.yaml:50 (max_epochs 400)",
-                "weight_decay, final_weight_decay": "imagenet-100/nnclr.yaml:35 (weight_decay "
-                "1e-5, constant)",
-                "warmup_epochs, warmup_lr, final_lr": "solo/methods/base.py:291-294 (min_lr 0, "
-                "warmup_start_lr 3e-5, warmup_epochs 10, per step)",
-                "temperature, queue_size": "imagenet-100/nnclr.yaml:19,23 (temperature 0.2, "
-                "queue_size 65536)",
+                "weight_decay, final_weight_decay": (
+                    "imagenet-100/nnclr.yaml:35 (weight_decay 1e-5, constant)"
+                ),
+                "temperature, queue_size": (
+                    "imagenet-100/nnclr.yaml:19,23 (temperature 0.2, queue_size 65536)"
+                ),
             },
         ),
     )

@@ -116,3 +116,36 @@ def training_recipe(cls, image_size: int, vit: bool) -> Recipe | None:
     """The first regime of method class `cls` that a run at `image_size` on a ViT (`vit`) or a
     convolutional backbone takes; None if the method declares none."""
     return next((r for r in getattr(cls, "recipes", ()) if r.matches(image_size, vit)), None)
+
+
+SOLO_LEARN = "solo-learn 9187ea3"
+# solo-learn's training defaults shared by its configurations (a config's own values override)
+SOLO_SHARED = dict(
+    optimizer="larc", larc_trust_coefficient=0.02, larc_clip=True, exclude_bias_and_norm=True,
+    momentum=0.9, lr_scaling="linear", batch_size=256, num_epochs=1000, warmup_epochs=10,
+    warmup_lr=3e-5, final_lr=0.0,
+)  # fmt: skip
+SOLO_SOURCES = {
+    "momentum": "solo/args/pretrain.py:161-164 (sgd and lars: momentum 0.9 by default)",
+    "lr_scaling": "solo/args/pretrain.py:152-154 (lr x batch_size x devices x nodes / 256)",
+    "warmup_epochs, final_lr": "solo/methods/base.py:291,293 (warmup_cosine: warmup_epochs 10, "
+    "min_lr 0.0, per step)",
+    "warmup_lr": "solo/methods/base.py:292 (warmup_start_lr 3e-5: absolute in solo-learn, "
+    "scaled here)",
+}
+
+
+def solo_learn(config: str, note: str, images: str = "small", **values) -> Recipe:
+    """A regime after solo-learn's configuration `scripts/pretrain/<config>` (the reproduction,
+    named as such, where the official code has none): solo-learn's shared training defaults
+    (SOLO_SHARED: its clipped LARS with eta 0.02 excluding biases and norms, which most of its
+    configurations use, lr x B/256, 10 warmup epochs from 3e-5, batch 256, 1000 epochs) with
+    their sources, then the configuration's own `values` and `sources` (which win); `note`
+    says what the reproduction is, in brackets."""
+    own = values.pop("sources")
+    covered = {k.strip() for keys in own for k in keys.split(",")}
+    shared = {keys: where for keys, where in SOLO_SOURCES.items()
+              if not {k.strip() for k in keys.split(",")} <= covered}  # fmt: skip
+    source = f"{SOLO_LEARN}, scripts/pretrain/{config} {note}"
+    return Recipe(source=source, images=images, sources={**own, **shared},
+                  **{**SOLO_SHARED, **values})  # fmt: skip

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from methods import Method, register
 from methods.hparams import PROJ_DIM, PROJ_HIDDEN_DIM, TEMPERATURE, Flag
-from methods.recipe import Recipe
+from methods.recipe import Recipe, solo_learn
 from networks.heads import build_mlp
 from utils.distributed import all_reduce_sum, world_size
 from utils.misc import non_negative_int
@@ -118,23 +118,11 @@ class SwAV(Method):
     slow_start = 5  # scripts/short_recipes.sh: 5x the short tables' epochs
     collapse_hint = "too few prototypes or too small an epsilon for the batch (--epsilon)"
     recipes = (
-        Recipe(
-            source="solo-learn 9187ea3, scripts/pretrain/cifar/swav.yaml (a reproduction: the "
-            "official code has no CIFAR recipe)",
-            images="small",
-            optimizer="larc",
-            momentum=0.9,
-            larc_trust_coefficient=0.02,
-            larc_clip=True,
-            exclude_bias_and_norm=True,
+        solo_learn(
+            "cifar/swav.yaml",
+            "(a reproduction: the official code has no CIFAR recipe)",
             base_lr=0.6,
-            lr_scaling="linear",
-            batch_size=256,
-            num_epochs=1000,
-            weight_decay=1e-6,
-            warmup_epochs=10,
-            warmup_lr=3e-5,
-            final_lr=0.0,
+            weight_decay=1e-06,
             settings={
                 "num_crops": 0,
                 "queue_size": 3840,
@@ -142,23 +130,29 @@ class SwAV(Method):
                 "freeze_prototypes_epochs": 2,
             },
             sources={
-                "optimizer, larc_trust_coefficient, larc_clip": "cifar/swav.yaml:33-40 (lars, "
-                "clip_lr True, eta 0.02); solo/utils/lars.py:141-150 (clip: min(lars_lr / lr, "
-                "1))",
-                "exclude_bias_and_norm": "cifar/swav.yaml:41 (exclude_bias_n_norm True); "
-                "lars.py:140 (1-D parameters: no adaptation, no decay)",
-                "momentum": "solo/args/pretrain.py:163-164 (lars: momentum 0.9 by default)",
-                "base_lr, lr_scaling, batch_size": "cifar/swav.yaml:34-35 (batch_size 256, lr "
-                "0.6); solo/args/pretrain.py:153-154 (lr x batch / 256)",
+                "optimizer, larc_trust_coefficient, larc_clip": (
+                    "cifar/swav.yaml:33-40 (lars, clip_lr True, eta 0.02); "
+                    "solo/utils/lars.py:141-150 (clip: min(lars_lr / lr, 1))"
+                ),
+                "exclude_bias_and_norm": (
+                    "cifar/swav.yaml:41 (exclude_bias_n_norm True); lars.py:140 (1-D parameters: "
+                    "no adaptation, no decay)"
+                ),
+                "base_lr, lr_scaling, batch_size": (
+                    "cifar/swav.yaml:34-35 (batch_size 256, lr 0.6); solo/args/pretrain.py:153-154"
+                    " (lr x batch / 256)"
+                ),
                 "num_epochs": "cifar/swav.yaml:52 (max_epochs 1000)",
-                "weight_decay, final_weight_decay": "cifar/swav.yaml:37 (weight_decay 1e-6, "
-                "constant)",
-                "warmup_epochs, warmup_lr, final_lr": "solo/methods/base.py:291-294 (min_lr 0, "
-                "warmup_start_lr 3e-5, warmup_epochs 10, per step)",
-                "num_crops, crop_min_scale": "cifar/augmentations/symmetric.yaml:3,21-22 (crops "
-                "of 8-100 %, 2 of 32 px, no small ones)",
-                "queue_size, epoch_queue_starts": "cifar/swav.yaml:20,23 (queue_size 3840, "
-                "epoch_queue_starts 50)",
+                "weight_decay, final_weight_decay": (
+                    "cifar/swav.yaml:37 (weight_decay 1e-6, constant)"
+                ),
+                "num_crops, crop_min_scale": (
+                    "cifar/augmentations/symmetric.yaml:3,21-22 (crops of 8-100 %, 2 of 32 px, no "
+                    "small ones)"
+                ),
+                "queue_size, epoch_queue_starts": (
+                    "cifar/swav.yaml:20,23 (queue_size 3840, epoch_queue_starts 50)"
+                ),
                 "freeze_prototypes_epochs": "cifar/swav.yaml:24 (freeze_prototypes_epochs 2)",
             },
         ),

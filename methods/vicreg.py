@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from methods import Method, register
 from methods.hparams import CONCAT_VIEWS, PROJ_DIM, PROJ_HIDDEN_DIM, Flag
-from methods.recipe import Recipe
+from methods.recipe import Recipe, solo_learn
 from networks.heads import build_mlp
 from utils.distributed import gather_with_grad
 from utils.misc import non_negative_float
@@ -95,25 +95,11 @@ class VICReg(Method):
     view_options = {"interpolation": "bicubic"}
     zero_init_residual = True
     recipes = (
-        Recipe(
-            source=(
-                "solo-learn 9187ea3, scripts/pretrain/cifar/vicreg.yaml (a reproduction: the "
-                "official code has no CIFAR recipe)"
-            ),
-            images="small",
-            optimizer="larc",
-            momentum=0.9,
-            larc_trust_coefficient=0.02,
-            larc_clip=True,
-            exclude_bias_and_norm=True,
+        solo_learn(
+            "cifar/vicreg.yaml",
+            "(a reproduction: the official code has no CIFAR recipe)",
             base_lr=0.3,
-            lr_scaling="linear",
-            batch_size=256,
-            num_epochs=1000,
-            weight_decay=1e-4,
-            warmup_epochs=10,
-            warmup_lr=3e-5,
-            final_lr=0.0,
+            weight_decay=0.0001,
             settings={"proj_hidden_dim": 2048, "proj_dim": 2048},
             sources={
                 "optimizer, larc_trust_coefficient, larc_clip": (
@@ -123,19 +109,9 @@ class VICReg(Method):
                     "vicreg.yaml:67 (exclude_bias_n_norm True: p.ndim == 1 gets neither trust "
                     "ratio nor decay, lars.py:140)"
                 ),
-                "momentum": "solo/args/pretrain.py:164 (lars momentum default 0.9)",
                 "base_lr, batch_size": "vicreg.yaml:60-61 (batch_size 256 on devices [0], lr 0.3)",
-                "lr_scaling": "solo/args/pretrain.py:153-154 (lr x batch_size x devices / 256)",
                 "num_epochs": "vicreg.yaml:78 (max_epochs 1000)",
                 "weight_decay, final_weight_decay": "vicreg.yaml:63 (weight_decay 1e-4, constant)",
-                "warmup_epochs, final_lr": (
-                    "vicreg.yaml:69 (warmup_cosine); solo/methods/base.py:291,293 (min_lr 0.0, "
-                    "warmup_epochs 10)"
-                ),
-                "warmup_lr": (
-                    "solo/methods/base.py:292 (warmup_start_lr 3e-5; absolute in solo-learn, "
-                    "scaled here)"
-                ),
                 "proj_hidden_dim, proj_dim": (
                     "vicreg.yaml:18-19 (proj_hidden_dim 2048, proj_output_dim 2048)"
                 ),
