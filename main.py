@@ -33,7 +33,7 @@ from networks.vit import set_heads, set_pool
 from optimizers import Optimization, build_optimizer
 from pretrained import load_weights, read_backbone
 from transformations import BatchViews, eval_transform, pretrain_transform
-from utils.accel import autocast, grad_scaler, prepare_model, to_device
+from utils.accel import Speed, autocast, grad_scaler, prepare_model, to_device
 from utils.checkpoint import (
     RESUME_FREE,
     check_entries,
@@ -95,8 +95,9 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
 
 
 def pretraining_step(
-    forward: nn.Module, device: torch.device, args, augment=None, monitors=None, backbone=None
-):
+    forward: nn.Module, device: torch.device, speed: Speed, augment=None, monitors=None,
+    backbone=None,
+):  # fmt: skip
     """What one pretraining step computes (engine.Engine does the rest): the views on the
     device (drawn there by `augment`, the BatchViews of --gpu_augment, when the loader gives
     uint8 images), the method's loss under autocast, and the monitors' figures (the online
@@ -108,10 +109,10 @@ def pretraining_step(
     def step(views, labels):
         if augment is not None:  # the loader gave the batch's uint8 images
             views = augment(views.to(device, non_blocking=True))
-        views = [to_device(v, device, args.channels_last) for v in views]
+        views = [to_device(v, device, speed.channels_last) for v in views]
         labels = labels.to(device, non_blocking=True)
         tap = monitors.tap if monitors is not None else None
-        with autocast(args, device), tap or nullcontext():
+        with autocast(speed, device), tap or nullcontext():
             out = forward(views, labels)
         sums = monitors.step(out, views, labels, backbone) if monitors is not None else {}
         return out["loss"], labels.shape[0] * world_size(), sums
@@ -283,7 +284,7 @@ def build_model(args, device, train_transform) -> tuple[nn.Module, nn.Module, in
     set_pool(model.backbone, args.pool or METHODS[args.model_name].pool, args.backbone)
     sizes = {v.options["image_size"] for v in train_transform.view_transforms}
     check_input_sizes(model.backbone, args.backbone, sizes, args.image_size, device)
-    forward = prepare_model(model, args, device)  # DDP, compile: wrappers for the forward only
+    forward = prepare_model(model, Speed.of(args), device)  # DDP, compile: forward wrappers
     print(
         f"model: {args.model_name} on {args.backbone} ({feat_dim}-d features), "
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters"
@@ -382,6 +383,7 @@ def train(args) -> dict:
     # the training settings left unset: the checkpoint's, else the method's recipe
     args, recipe = with_recipe(args, sources, checkpoint)
     opt = Optimization.of(args)  # what the optimizer and its schedules are built from
+    speed = Speed.of(args)
     print(f"recipe: {args.model_name}'s for {recipe.regime()}, after {recipe.source}")
     # checked (and locked) now, created once the run can start: a failed start leaves nothing
     run_name, log_dir, ckpt_dir, metrics_from = run_folders(
@@ -471,7 +473,7 @@ def train(args) -> dict:
 
     engine = Engine(
         optimizer, lr_schedule, steps_per_epoch, args.num_epochs, device,
-        grad_scaler(args, device), TrainingGuard(args.skip_nonfinite), logger,
+        grad_scaler(speed, device), TrainingGuard(args.skip_nonfinite), logger,
         1 if args.debug else args.print_freq, args.debug,
         model.before_optimizer_step, model.after_optimizer_step,
         build_wd_schedule(opt, steps_per_epoch), monitors.check,
@@ -479,7 +481,7 @@ def train(args) -> dict:
     stats = fit(
         engine,
         loader,
-        pretraining_step(forward, device, args, augment, monitors, model.backbone),
+        pretraining_step(forward, device, speed, augment, monitors, model.backbone),
         lambda epoch, step: {
             **training_state(
                 args, model, optimizer, probe, epoch, step, steps_per_epoch, len(dataset)

@@ -11,7 +11,7 @@ from engine import Engine, fit
 from networks.heads import LinearClassifier
 from networks.vit import MaskableViT
 from optimizers import Optimization, build_optimizer, param_groups
-from utils.accel import autocast, device_ids, grad_scaler, to_device
+from utils.accel import Speed, autocast, device_ids, grad_scaler, to_device
 from utils.checkpoint import restore
 from utils.data import EpochSampler, ShardSampler
 from utils.distributed import gather, is_main_process, world_size
@@ -91,17 +91,18 @@ def classifier_step(
     share of the batch (`sharded`), or, on cached features, the whole batch, then 1/W each."""
     processes = world_size()
     share = 1.0 if sharded else 1.0 / processes
+    speed = Speed.of(args)
 
     def step(images, labels):
-        images = to_device(images, device, args.channels_last)
+        images = to_device(images, device, speed.channels_last)
         labels = labels.to(device, non_blocking=True)
         targets = labels
         if mix is not None:
             images, targets = mix(images, labels)  # targets: [N, classes] probabilities
             labels = targets.argmax(dim=1)
-        with torch.set_grad_enabled(finetune), autocast(args, device):
+        with torch.set_grad_enabled(finetune), autocast(speed, device):
             features = backbone(images)
-        with autocast(args, device):
+        with autocast(speed, device):
             logits = classifier(features)
         loss = F.cross_entropy(logits.float(), targets, label_smoothing=args.label_smoothing)
         correct = 100.0 * (logits.argmax(dim=1) == labels).sum()
@@ -117,10 +118,10 @@ def evaluate(classifier, backbone, loader, device, args) -> dict[str, float]:
     shards of all processes, gathered)."""
     classifier.eval()
     backbone.eval()
-    scores, targets = [], []
+    scores, targets, speed = [], [], Speed.of(args)
     for images, labels in loader:
-        with autocast(args, device):
-            logits = classifier(backbone(to_device(images, device, args.channels_last)))
+        with autocast(speed, device):
+            logits = classifier(backbone(to_device(images, device, speed.channels_last)))
         scores.append(logits.float())
         targets.append(labels.to(device))
     scores, targets = torch.cat(scores), torch.cat(targets)
@@ -184,7 +185,7 @@ def train_classifier(
         return {**saved, "backbone": backbone.state_dict()} if args.finetune else saved
 
     engine = Engine(
-        optimizer, lr_schedule, steps, args.num_epochs, device, grad_scaler(args, device),
+        optimizer, lr_schedule, steps, args.num_epochs, device, grad_scaler(Speed.of(args), device),
         TrainingGuard(args.skip_nonfinite), logger, 1 if args.debug else args.print_freq,
         args.debug,
     )  # fmt: skip

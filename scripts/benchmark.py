@@ -49,7 +49,7 @@ from monitors import FeatureTap, Monitors, OnlineProbe  # noqa: E402
 from networks import build_backbone  # noqa: E402
 from optimizers import Optimization, build_optimizer  # noqa: E402
 from transformations import BatchViews  # noqa: E402
-from utils.accel import autocast, grad_scaler, prepare_model, to_device  # noqa: E402
+from utils.accel import Speed, autocast, grad_scaler, prepare_model, to_device  # noqa: E402
 from utils.data import UNLABELLED  # noqa: E402
 from utils.knn import weighted_knn  # noqa: E402
 from utils.misc import resolve_device, set_seed  # noqa: E402
@@ -87,7 +87,7 @@ def build(args, device, lr: float):
     set_seed(args.seed)
     backbone, feat_dim = build_backbone(args.backbone, args.image_size, False)
     model = build_method(args.model_name, backbone, feat_dim, **vars(args)).to(device)
-    forward = prepare_model(model, args, device)
+    forward = prepare_model(model, Speed.of(args), device)
     return model, forward, build_optimizer(Optimization.of(args), model, lr)
 
 
@@ -134,9 +134,9 @@ def time_ours(args, device, batch, steps: int, schedule, lr: float) -> float:
     its monitors) on `batch` repeated."""
     model, forward, optimizer = build(args, device, lr)
     loader = [batch] * (args.warmup_steps + steps)
-    scaler = grad_scaler(args, device)
+    scaler = grad_scaler(Speed.of(args), device)
     step = pretrain.pretraining_step(
-        forward, device, args, None, watching(args, model, device), model.backbone
+        forward, device, Speed.of(args), None, watching(args, model, device), model.backbone
     )
     hooks = dict(
         before_optimizer_step=model.before_optimizer_step,
@@ -157,14 +157,14 @@ def time_ours(args, device, batch, steps: int, schedule, lr: float) -> float:
 def time_bare(args, device, batch, steps: int, lr: float) -> float:
     """The same steps as a textbook loop: forward, zero_grad, backward, step."""
     model, forward, optimizer = build(args, device, lr)
-    scaler = grad_scaler(args, device)
+    scaler = grad_scaler(Speed.of(args), device)
     views, labels = batch
     model.train()
     for i in range(args.warmup_steps + steps):
         if i == args.warmup_steps:
             sync(device)
             start = time.perf_counter()
-        with autocast(args, device):
+        with autocast(Speed.of(args), device):
             loss = forward(views, labels)["loss"]
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -206,11 +206,13 @@ def time_with_data(args, device, batches: int, schedule, lr: float) -> tuple[flo
     model, forward, optimizer = build(args, device, lr)
     batches = min(batches, len(loader))
     step = pretrain.pretraining_step(
-        forward, device, args, augment, watching(args, model, device), model.backbone
+        forward, device, Speed.of(args), augment, watching(args, model, device), model.backbone
     )
     hooks = dict(after_optimizer_step=model.after_optimizer_step)
     seed_epoch(loader, 0, skip_batches=len(loader) - batches)  # the epoch's last `batches`
-    run = Engine(optimizer, schedule, len(loader), 1, device, grad_scaler(args, device), **hooks)
+    run = Engine(
+        optimizer, schedule, len(loader), 1, device, grad_scaler(Speed.of(args), device), **hooks
+    )
     model.train()
     stats = run.train_epoch(loader, 0, step, first_step=len(loader) - batches)
     return stats["images_per_s"], stats["data_wait"]

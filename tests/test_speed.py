@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import main
-from utils.accel import autocast, grad_scaler
+from utils.accel import Speed, autocast, grad_scaler
 from utils.logging import read_metrics
 from utils.misc import UserError
 
@@ -37,18 +37,20 @@ def test_bf16_and_channels_last_follow_fp32(run_dirs):
 def test_autocast_lowers_matmuls_only_when_asked():
     args = main.get_args_parser().parse_args(["--amp", "bf16"])
     layer, x = torch.nn.Linear(4, 4), torch.randn(2, 4)
-    with autocast(args, torch.device("cpu")):
+    with autocast(Speed.of(args), torch.device("cpu")):
         assert layer(x).dtype == torch.bfloat16
     args.amp = "none"
-    with autocast(args, torch.device("cpu")):
+    with autocast(Speed.of(args), torch.device("cpu")):
         assert layer(x).dtype == torch.float32
 
 
 def test_the_scaler_is_on_for_fp16_only():
     args = main.get_args_parser().parse_args(["--amp", "bf16"])
-    assert not grad_scaler(args, torch.device("cpu")).is_enabled()
+    assert not grad_scaler(Speed.of(args), torch.device("cpu")).is_enabled()
     args.amp = "fp16"
-    assert grad_scaler(args, torch.device("cpu")).is_enabled()  # (it runs on CUDA in practice)
+    assert grad_scaler(
+        Speed.of(args), torch.device("cpu")
+    ).is_enabled()  # (it runs on CUDA in practice)
 
 
 def test_fp16_on_the_cpu_is_refused(run_dirs):

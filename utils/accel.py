@@ -7,6 +7,7 @@ each one helps.
 import contextlib
 import inspect
 from argparse import Namespace
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
@@ -24,45 +25,61 @@ NO_BUFFER_SYNC = (
 )
 
 
-def check_options(args: Namespace, device: torch.device) -> None:
+@dataclass(frozen=True)
+class Speed:
+    """The speed options of a run (--amp, --channels_last, --compile, --sync_bn), resolved once
+    at the top of main() and passed to what they change."""
+
+    amp: str = "none"
+    channels_last: bool = False
+    compile: bool = False
+    sync_bn: bool = False
+
+    @classmethod
+    def of(cls, args: Namespace) -> "Speed":
+        """The part of the parsed flags it holds (main_linear.py has no --compile, --sync_bn)."""
+        return cls(**{f.name: getattr(args, f.name, f.default) for f in fields(cls)})
+
+
+def check_options(speed: Speed, device: torch.device) -> None:
     """Refuse combinations that cannot work here, before any work is done."""
-    if args.amp == "fp16" and device.type != "cuda":
+    if speed.amp == "fp16" and device.type != "cuda":
         raise UserError("--amp fp16 needs a CUDA device: use --amp bf16 on the CPU")
-    if args.amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    if speed.amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise UserError("--amp bf16: this GPU has no bfloat16 support; use --amp fp16")
-    if args.sync_bn and world_size() > 1 and device.type != "cuda":
+    if speed.sync_bn and world_size() > 1 and device.type != "cuda":
         raise UserError("--sync_bn needs CUDA (SyncBatchNorm has no CPU kernel): drop --sync_bn")
-    if args.sync_bn and world_size() == 1:
+    if speed.sync_bn and world_size() == 1:
         print("note: --sync_bn has no effect in a single process (start with torchrun)")
 
 
-def autocast(args: Namespace, device: torch.device):
+def autocast(speed: Speed, device: torch.device):
     """The forward pass's precision: a no-op context unless `--amp` is fp16 or bf16."""
-    if args.amp == "none":
+    if speed.amp == "none":
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=AMP_DTYPES[args.amp])
+    return torch.autocast(device.type, dtype=AMP_DTYPES[speed.amp])
 
 
-def grad_scaler(args: Namespace, device: torch.device) -> torch.amp.GradScaler:
+def grad_scaler(speed: Speed, device: torch.device) -> torch.amp.GradScaler:
     """fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none, so
     the scaler is disabled (its calls pass through) except under fp16."""
-    return torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+    return torch.amp.GradScaler(device.type, enabled=speed.amp == "fp16")
 
 
-def prepare_model(model: nn.Module, args: Namespace, device: torch.device) -> nn.Module:
+def prepare_model(model: nn.Module, speed: Speed, device: torch.device) -> nn.Module:
     """Convert `model` in place (SyncBatchNorm, memory layout) and return the module to call for
     the forward pass: `model` itself, or DDP and/or torch.compile wrappers around it. Hooks,
     checkpoints and evaluation keep using `model`, so checkpoint keys never change."""
-    if args.sync_bn and world_size() > 1:
+    if speed.sync_bn and world_size() > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    if args.channels_last:
+    if speed.channels_last:
         model = model.to(memory_format=torch.channels_last)
     forward = model
     if world_size() > 1:
         # Buffers are not broadcast from rank 0 at every forward: SwAV's queue is per process,
         # and BatchNorm statistics are per process unless --sync_bn (rank 0's are saved).
         forward = DistributedDataParallel(model, device_ids=device_ids(device), **NO_BUFFER_SYNC)
-    if args.compile:
+    if speed.compile:
         forward = torch.compile(forward)
     return forward
 

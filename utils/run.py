@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from optimizers import Optimization, scale_lr
 from optimizers.cosine_decay_warmup import cosine_scheduler
-from utils.accel import check_options
+from utils.accel import Speed, check_options
 from utils.checkpoint import global_step, run_name_of
 from utils.data import EpochSampler, ShardSampler
 from utils.distributed import (
@@ -167,7 +167,7 @@ def start_process(args: Namespace) -> torch.device:
     """This process's device: joins torchrun's process group when there is one (rank 0 alone
     prints from then on) and checks the speed options against the device."""
     device = init_distributed(resolve_device(args.device))
-    check_options(args, device)
+    check_options(Speed.of(args), device)
     if not is_main_process():
         sys.stdout = open(os.devnull, "w")  # rank 0 speaks and writes for all
     cores = usable_workers(args.num_workers)
