@@ -167,18 +167,18 @@ def simclr_jitter(strength: float) -> tuple[float, float, float, float]:
 
 def simclr_transform(
     *, image_size: int, mean, std, crop_min_scale: float = 0.08, jitter_strength: float = 0.5,
-    interpolation: str = "bilinear",
+    interpolation: str = "bilinear", blur_prob: float = 0.5,
 ) -> MultiView:  # fmt: skip
     """SimCLR (Chen et al. 2020, appendix A), symmetric: two views from one distribution with
-    blur p=0.5. Jitter strength 0.5 is the paper's CIFAR choice (1.0 on ImageNet). SupCon and
-    SimSiam use the same views."""
+    blur p=0.5 (above 64 px). Jitter strength 0.5 is the paper's CIFAR choice (1.0 on ImageNet).
+    SupCon (no blur: `blur_prob` 0, its view_options) and SimSiam use the same views."""
     view = View(
         image_size=image_size,
         mean=mean,
         std=std,
         crop_scale=(crop_min_scale, 1.0),
         jitter=simclr_jitter(jitter_strength),
-        blur_prob=0.5,
+        blur_prob=blur_prob,
         interpolation=interpolation,
     )
     return MultiView([view, view])

@@ -85,7 +85,8 @@ class SupCon(Method):
 
     loss_summary = "`supcon_loss` (labels)"
     needs_labels = True
-    view_options = {"crop_min_scale": 0.2}  # official main_supcon.py: RandomResizedCrop(0.2, 1)
+    # official main_supcon.py set_loader: RandomResizedCrop(scale=(0.2, 1)), no blur at any size
+    view_options = {"crop_min_scale": 0.2, "blur_prob": 0.0}
     # the official code has CIFAR commands only (no ImageNet recipe): one regime for every size
     recipes = (
         Recipe(

@@ -430,3 +430,16 @@ def test_the_random_init_baseline_starts_as_the_method_does(method, zeroed):
     )
     backbone, _ = main_linear.evaluated_backbone(args, None)
     assert all((s == 0) == zeroed for s in residual_scales(backbone))
+
+
+def test_supcon_views_are_never_blurred_as_its_official_loader():
+    """main_supcon.py set_loader: crop, flip, jitter, grayscale, no blur at any size; SimCLR's
+    and SimSiam's views blur with p 0.5 above 64 px."""
+    from transformations import pretrain_transform
+
+    mean, std = (0.5, 0.5, 0.5), (0.2, 0.2, 0.2)
+    for name, blur in (("supcon", 0.0), ("simclr", 0.5), ("simsiam", 0.5)):
+        cls = METHODS[name]
+        views = pretrain_transform(cls.augmentation, image_size=224, mean=mean, std=std,
+                                   **cls.view_options).view_transforms  # fmt: skip
+        assert [v.options["blur_prob"] for v in views] == [blur, blur], name
