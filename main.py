@@ -260,7 +260,7 @@ def build_monitors(args, model, feat_dim: int, dataset, device, probe_on: bool) 
     return Monitors(tap, probe, args.model_name)
 
 
-def build_model(args, device, train_transform) -> tuple[nn.Module, nn.Module, int]:
+def build_model(args, device, train_transform, speed: Speed) -> tuple[nn.Module, nn.Module, int]:
     """The method on its backbone, checked against the views' sizes with one forward pass, the
     module to call for the forward pass (DDP / torch.compile wrappers), and the feature size."""
     backbone, feat_dim = build_backbone(args.backbone, args.image_size, args.pretrained)
@@ -284,7 +284,7 @@ def build_model(args, device, train_transform) -> tuple[nn.Module, nn.Module, in
     set_pool(model.backbone, args.pool or METHODS[args.model_name].pool, args.backbone)
     sizes = {v.options["image_size"] for v in train_transform.view_transforms}
     check_input_sizes(model.backbone, args.backbone, sizes, args.image_size, device)
-    forward = prepare_model(model, Speed.of(args), device)  # DDP, compile: forward wrappers
+    forward = prepare_model(model, speed, device)  # DDP, compile: wrappers for the forward only
     print(
         f"model: {args.model_name} on {args.backbone} ({feat_dim}-d features), "
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters"
@@ -413,7 +413,7 @@ def train(args) -> dict:
     monitor_loaders = monitor_data(args, device, batch_size, labelled)
 
     # ============ model, and the monitors that watch it ============
-    model, forward, feat_dim = build_model(args, device, train_transform)
+    model, forward, feat_dim = build_model(args, device, train_transform, speed)
     monitors = build_monitors(args, model, feat_dim, dataset, device, probe_on)
     probe = monitors.probe
 

@@ -249,10 +249,16 @@ def build_pretrained(weights: dict[str, Tensor], info: BackboneInfo, path: str) 
     backbone, info.feat_dim = build_backbone(info.backbone, info.image_size)
     load_weights(backbone, weights, path, f"{info.backbone} at image size {info.image_size}")
     set_pool(backbone, info.pool, info.backbone)
+    set_vit_settings(backbone, info)
+    return backbone
+
+
+def set_vit_settings(backbone: nn.Module, info: BackboneInfo) -> None:
+    """A ViT as its run had it: its attention heads and whether its class token enters the
+    blocks of a mean of patch tokens (from the checkpoint's record)."""
     set_heads(backbone, info.vit_heads, info.backbone)
     if isinstance(backbone, MaskableViT):
         backbone.class_token_attends = info.class_token_attends
-    return backbone
 
 
 def load_backbone(
@@ -354,7 +360,5 @@ def evaluated_backbone(
             raise UserError(f"--model_name {args.model_name}: {err}") from None
     load_weights(backbone, weights, args.ckpt, args.backbone)
     if info is not None:
-        set_heads(backbone, info.vit_heads, args.backbone)
-        if isinstance(backbone, MaskableViT):
-            backbone.class_token_attends = info.class_token_attends
+        set_vit_settings(backbone, info)
     return backbone, feat_dim

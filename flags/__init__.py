@@ -274,8 +274,8 @@ def add_optimization_flags(parser: argparse.ArgumentParser, recipe: bool = False
     group = parser.add_argument_group("optimization")
 
     def add(name: str, default, help: str, **kwargs) -> None:
-        shown = "the method's recipe" if recipe else kwargs.pop("shown", str(default))
-        kwargs.pop("shown", None)
+        shown = kwargs.pop("shown", str(default))
+        shown = "the method's recipe" if recipe else shown
         group.add_argument(
             name, default=None if recipe else default, help=f"{help} (default: {shown})", **kwargs
         )

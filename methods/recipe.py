@@ -94,22 +94,21 @@ class Recipe:
     def values(self) -> dict:
         """The flags this recipe sets: its training values (those the optimizer does not read
         left out) and its settings."""
-        read = set(OPTIMIZER_OPTIONS.get(self.optimizer, ()))
-        found = {}
-        for f in fields(self):
-            if f.name not in RECIPE_FLAGS:
-                continue
-            if f.name in OPTIMIZER_OPTIONS["larc"] + ("betas", "lars_eta") and f.name not in read:
-                continue
-            found[f.name] = getattr(self, f.name)
+        unread = set().union(*OPTIMIZER_OPTIONS.values()) - set(
+            OPTIMIZER_OPTIONS.get(self.optimizer, ())
+        )
+        found = {f.name: getattr(self, f.name) for f in fields(self)
+                 if f.name in RECIPE_FLAGS and f.name not in unread}  # fmt: skip
         return {**found, **self.settings}
 
     def source_of(self, key: str) -> str | None:
         """The source given for value `key` (None: none given)."""
-        for keys, where in self.sources.items():
-            if key in (k.strip() for k in keys.split(",")):
-                return where
-        return None
+        return next((where for keys, where in self.sources.items() if key in names(keys)), None)
+
+
+def names(keys: str) -> list[str]:
+    """The value names of a `sources` key: "base_lr, batch_size" -> ["base_lr", "batch_size"]."""
+    return [k.strip() for k in keys.split(",")]
 
 
 def training_recipe(cls, image_size: int, vit: bool) -> Recipe | None:
@@ -143,9 +142,9 @@ def solo_learn(config: str, note: str, images: str = "small", **values) -> Recip
     their sources, then the configuration's own `values` and `sources` (which win); `note`
     says what the reproduction is, in brackets."""
     own = values.pop("sources")
-    covered = {k.strip() for keys in own for k in keys.split(",")}
+    covered = {k for keys in own for k in names(keys)}
     shared = {keys: where for keys, where in SOLO_SOURCES.items()
-              if not {k.strip() for k in keys.split(",")} <= covered}  # fmt: skip
+              if not set(names(keys)) <= covered}  # fmt: skip
     source = f"{SOLO_LEARN}, scripts/pretrain/{config} {note}"
     return Recipe(source=source, images=images, sources={**own, **shared},
                   **{**SOLO_SHARED, **values})  # fmt: skip

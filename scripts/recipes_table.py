@@ -13,7 +13,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from methods import METHODS  # noqa: E402
-from scripts.readme_block import replace_block  # noqa: E402
+from methods.recipe import names  # noqa: E402
+from scripts.readme_block import publish  # noqa: E402
 
 BLOCK = "recipes"
 
@@ -38,9 +39,9 @@ def table() -> str:
             lines += ["| settings | source |", "|---|---|"]
             values = recipe.values()
             for keys, where in recipe.sources.items():
-                names = [k.strip() for k in keys.split(",") if k.strip() in values]
-                if names:
-                    shown_values = ", ".join(f"`{k}` {shown(values[k])}" for k in names)
+                given = [k for k in names(keys) if k in values]
+                if given:
+                    shown_values = ", ".join(f"`{k}` {shown(values[k])}" for k in given)
                     lines.append(f"| {shown_values} | {where.replace('|', '/')} |")
             lines.append("")
     return "\n".join(lines).rstrip()
@@ -49,11 +50,7 @@ def table() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--readme", help="also write the table into this file's block")
-    args = parser.parse_args()
-    text = table()
-    print(text)
-    if args.readme:
-        replace_block(args.readme, BLOCK, text)
+    publish(table(), None, "", parser.parse_args().readme, BLOCK)
 
 
 if __name__ == "__main__":

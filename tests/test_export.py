@@ -18,6 +18,7 @@ from methods import METHODS, build_method
 from networks import build_backbone
 from pretrained import export_json, load_backbone, read_backbone
 from transformations import pretrain_transform
+from utils.accel import Speed
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.data import DATASETS
 from utils.misc import UserError, run_cli
@@ -190,7 +191,7 @@ def test_main_linear_and_init_backbone_take_an_exported_file(tmp_path, run_dirs)
             [*flags, "--model_name", method, "--init_backbone", str(tmp_path / "b.pth")]
         )
         views = pretrain_transform(METHODS[method].augmentation, image_size=16, mean=mean, std=std)
-        model, _, _ = main.build_model(args, torch.device("cpu"), views)
+        model, _, _ = main.build_model(args, torch.device("cpu"), views, Speed.of(args))
         for copy in copies:
             state = getattr(model, copy).state_dict()
             assert all(torch.equal(state[k], v) for k, v in weights.items()), (method, copy)
