@@ -19,7 +19,9 @@ import os
 import sys
 from argparse import Namespace
 from collections.abc import Callable
+from dataclasses import replace
 
+from evaluation import RECORD_KEYS, Evaluation
 from flags.method_help import view_defaults
 from methods import METHODS, Method, resolved_hparams
 from methods.hparams import hyper_parameters
@@ -143,6 +145,16 @@ class Record:
         else:
             self.add(part, key, value, "method" if method_default else "derived")
 
+    def evaluated(self, part: str, key: str, evaluation: Evaluation, name: str) -> None:
+        """Setting `name` of the resolved `evaluation` under `key`: a flag's source where it was
+        given (the flag is `key`; one that main() filled is a resumed run's: `checkpoint`), else
+        `checkpoint` or `method`."""
+        source = evaluation.sources.get(name, "method")
+        if source == "given":
+            source = self.sources.get(key, "command line")
+            source = "checkpoint" if source == "default" else source
+        self.add(part, key, getattr(evaluation, name), source)
+
     def run(self, training: tuple[str, ...], world_size: int, git_sha: str) -> None:
         """The `run` part: name, seed, device, folders, the `training` loop's flags, recipe
         files, the number of processes and the code's version."""
@@ -207,9 +219,12 @@ def pretraining_record(
     git_sha: str,
     world_size: int,
     recipe: Recipe,
+    evaluation: Evaluation,
 ) -> dict:
     """main.py's record (module docstring), from the flags (`flags`: flag_sources), the method's
-    training recipe the run took its unset flags from, and what the run built."""
+    training recipe the run took its unset flags from, what the run built, and how its
+    backbone is evaluated (by its monitors and, read back from the checkpoint, by main_linear.py,
+    load_backbone and export.py)."""
     record = Record(args, flags)
     sources = flags["sources"]
     cls = METHODS[args.model_name]
@@ -251,7 +266,7 @@ def pretraining_record(
     record.resolved(arch, "zero_init_residual",
                     cls.zero_init_residual if zero_init is None else zero_init, True)  # fmt: skip
     if is_vit(model.backbone):
-        record.resolved(arch, "pool", args.pool or cls.pool or "token", True)
+        record.evaluated(arch, "pool", replace(evaluation, pool=evaluation.pool or "token"), "pool")
     if isinstance(model.backbone, ViTBackbone):  # its heads, which evaluation sets again
         source = sources.get("vit_heads", "derived") if args.vit_heads else "derived"
         record.add(arch, "vit_heads", model.backbone.num_heads, source)
@@ -286,9 +301,9 @@ def pretraining_record(
         record.flag(watch, "online_probe_lr", "online_probe_bn")
     record.flag(watch, "rankme_images", "tsne", "eval_data_dir")
 
-    record.add("evaluation", "eval_interpolation", cls.eval_interpolation, "method")
-    record.add("evaluation", "eval_momentum_backbone", cls.eval_momentum_backbone, "method")
-    record.add("evaluation", "eval_last_blocks", cls.eval_last_blocks, "method")
+    for name, (part, key) in RECORD_KEYS.items():
+        if part == "evaluation":
+            record.evaluated(part, key, evaluation, name)
     return record.as_dict()
 
 
@@ -312,11 +327,13 @@ def evaluation_record(
     warmup_epochs: int,
     git_sha: str,
     world_size: int,
+    evaluation: Evaluation,
 ) -> dict:
     """main_linear.py's record: the evaluated backbone, the data, the evaluation's settings
-    (each resolved from the flag, the pretraining checkpoint's record or the method), and for a
-    trained classifier its optimization. `pretrained`: the backbone's BackboneInfo (None with
-    --random_init); `ckpt_source`: where --ckpt came from."""
+    (`evaluation`: each resolved from the flag, the pretraining checkpoint's record or the
+    method; its last blocks those the evaluation reads), and for a trained classifier its
+    optimization. `pretrained`: the backbone's BackboneInfo (None with --random_init);
+    `ckpt_source`: where --ckpt came from."""
     record = Record(args, flags)
     training = ("save_freq", "print_freq", "skip_nonfinite", "debug")
     record.run(training if args.eval == "linear" else (), world_size, git_sha)
@@ -340,21 +357,20 @@ def evaluation_record(
     record.used(data, "num_workers", workers)
     record.flag(data, "in_memory")
 
-    evaluation = "evaluation"
-    record.flag(evaluation, "eval", "finetune", "precompute_features", "probe_bn")
-    official = "method" if pretrained is None else "checkpoint"
-    record.given_or(evaluation, "interpolation", args.interpolation, official)
-    if args.pool is not None or (pretrained is not None and pretrained.pool is not None):
-        record.resolved(evaluation, "pool", args.pool or pretrained.pool, True)
-    record.given_or(evaluation, "n_last_blocks", args.n_last_blocks, official)
-    record.flag(evaluation, "avgpool_patchtokens")
+    part = "evaluation"
+    record.flag(part, "eval", "finetune", "precompute_features", "probe_bn")
+    record.evaluated(part, "eval_interpolation", evaluation, "interpolation")
+    if evaluation.pool is not None:
+        record.evaluated(part, "pool", evaluation, "pool")
+    record.evaluated(part, "n_last_blocks", evaluation, "last_blocks")
+    record.flag(part, "avgpool_patchtokens")
     if args.eval == "knn":
-        record.flag(evaluation, "knn_k", "knn_temperature")
+        record.flag(part, "knn_k", "knn_temperature")
     if args.finetune:
-        record.flag(evaluation, *FINETUNE_OPTIONS)
+        record.flag(part, *FINETUNE_OPTIONS)
     if args.eval == "linear":
-        record.flag(evaluation, "head_std")
-    record.flag(evaluation, "tsne")
+        record.flag(part, "head_std")
+    record.flag(part, "tsne")
 
     if args.eval == "linear":
         opt = "optimization"

@@ -25,14 +25,15 @@ from config import (
     write_record,
 )
 from engine import Engine, fit
-from flags import VIEW_OPTIONS, add_pretraining_flags, add_shared_flags, check_method_flags
+from evaluation import Evaluation, recorded_evaluation, resolve_evaluation
+from flags import VIEW_FLAGS, add_pretraining_flags, add_shared_flags, check_method_flags
 from methods import METHODS, build_method
-from monitors import FeatureTap, Monitors, OnlineProbe, epoch_monitor
+from monitors import FeatureTap, Monitoring, Monitors, OnlineProbe, epoch_monitor
 from networks import build_backbone, check_input_sizes
 from networks.vit import set_heads, set_pool
 from optimizers import Optimization, build_optimizer
 from pretrained import load_weights, read_backbone
-from transformations import BatchViews, eval_transform, pretrain_transform
+from transformations import BatchViews, pretrain_transform
 from utils.accel import Speed, autocast, grad_scaler, prepare_model, to_device
 from utils.checkpoint import (
     RESUME_FREE,
@@ -143,7 +144,7 @@ def training_set(args) -> tuple:
     """The pretraining images (--limit, --in_memory) and their transform, the method's views."""
     info = DATASETS[args.dataset_name]
     method = METHODS[args.model_name]
-    flags = {key: getattr(args, key) for key in VIEW_OPTIONS}
+    flags = {key: getattr(args, key) for key in VIEW_FLAGS}
     # the method's own view defaults (official crop scales), then the flags given
     options = {**method.view_options, **{k: v for k, v in flags.items() if v is not None}}
     transform = pretrain_transform(
@@ -221,7 +222,7 @@ def check_data(args) -> tuple[bool, bool]:
     return True, False
 
 
-def monitor_data(args, device, batch_size: int, labelled: bool) -> tuple:
+def monitor_data(args, device, batch_size: int, labelled: bool, evaluation: Evaluation) -> tuple:
     """The monitors' loaders, un-augmented: the kNN memory bank (the --limit training images;
     None without --knn_freq), the test set (None without labels), and the first --rankme_images
     of the test set (of the training images, for an unlabelled folder): RankMe's fixed set. An
@@ -229,13 +230,9 @@ def monitor_data(args, device, batch_size: int, labelled: bool) -> tuple:
     name, root = args.dataset_name, args.data_dir
     if name in UNLABELLED and labelled:
         name, root = "imagefolder", args.eval_data_dir
-    info = DATASETS[args.dataset_name]
-    plain = eval_transform(
-        image_size=args.image_size, native_size=info.image_size, mean=info.mean, std=info.std,
-        interpolation=METHODS[args.model_name].eval_interpolation,
-    )  # fmt: skip
+    plain = evaluation.transform(args.dataset_name, args.image_size)
     loader = lambda d: make_loader(  # noqa: E731
-        in_memory(d, args.in_memory), args, device, train=False, batch_size=batch_size
+        in_memory(d, args.in_memory), device, False, batch_size, args.seed, args.num_workers
     )
     if not labelled:
         images = build_dataset(name, root, True, plain)
@@ -260,7 +257,9 @@ def build_monitors(args, model, feat_dim: int, dataset, device, probe_on: bool) 
     return Monitors(tap, probe, args.model_name)
 
 
-def build_model(args, device, train_transform, speed: Speed) -> tuple[nn.Module, nn.Module, int]:
+def build_model(
+    args, device, train_transform, speed: Speed, pool: str | None
+) -> tuple[nn.Module, nn.Module, int]:
     """The method on its backbone, checked against the views' sizes with one forward pass, the
     module to call for the forward pass (DDP / torch.compile wrappers), and the feature size."""
     backbone, feat_dim = build_backbone(args.backbone, args.image_size, args.pretrained)
@@ -281,7 +280,7 @@ def build_model(args, device, train_transform, speed: Speed) -> tuple[nn.Module,
         model = build_method(args.model_name, backbone, feat_dim, **flags).to(device)
     except ValueError as err:  # a hyper-parameter the method refuses (its own range checks)
         raise UserError(f"--model_name {args.model_name}: {err}") from None
-    set_pool(model.backbone, args.pool or METHODS[args.model_name].pool, args.backbone)
+    set_pool(model.backbone, pool, args.backbone)
     sizes = {v.options["image_size"] for v in train_transform.view_transforms}
     check_input_sizes(model.backbone, args.backbone, sizes, args.image_size, device)
     forward = prepare_model(model, speed, device)  # DDP, compile: wrappers for the forward only
@@ -293,14 +292,13 @@ def build_model(args, device, train_transform, speed: Speed) -> tuple[nn.Module,
 
 
 @torch.no_grad()
-def reconstruction_plot(args, model: nn.Module, device, log_dir: str, title: str) -> str:
+def reconstruction_plot(
+    args, model: nn.Module, device, log_dir: str, title: str, evaluation: Evaluation
+) -> str:
     """reconstructions.png: 8 test images (training images of an unlabelled folder), masked as
     in training, and the method's reconstruction of them."""
     info = DATASETS[args.dataset_name]
-    plain = eval_transform(
-        image_size=args.image_size, native_size=info.image_size, mean=info.mean, std=info.std,
-        interpolation=METHODS[args.model_name].eval_interpolation,
-    )  # fmt: skip
+    plain = evaluation.transform(args.dataset_name, args.image_size)
     split = args.dataset_name not in UNLABELLED  # the test split, where there is one
     images = build_dataset(args.dataset_name, args.data_dir, not split, plain)
     batch = torch.stack([images[i][0] for i in range(min(8, len(images)))]).to(device)
@@ -319,11 +317,11 @@ def log_baseline(values: dict, logger) -> None:
         print(f"epoch 0 (random initialisation): {shown}")
 
 
-def draw(args, model: nn.Module, device, log_dir: str, title: str) -> None:
+def draw(args, model: nn.Module, device, log_dir: str, title: str, evaluation: Evaluation) -> None:
     """The run's plots (utils.plots), and MAE's reconstructions: users judge it by looking."""
     plots = plot_run(log_dir, title)
     if hasattr(model, "reconstruct"):
-        plots.append(reconstruction_plot(args, model, device, log_dir, title))
+        plots.append(reconstruction_plot(args, model, device, log_dir, title, evaluation))
     print("plots: " + " ".join(plots))
 
 
@@ -384,6 +382,11 @@ def train(args) -> dict:
     args, recipe = with_recipe(args, sources, checkpoint)
     opt = Optimization.of(args)  # what the optimizer and its schedules are built from
     speed = Speed.of(args)
+    # how the monitors evaluate the backbone, recorded for main_linear.py, load_backbone, export
+    evaluation = resolve_evaluation(
+        args.model_name, {"interpolation": args.eval_interpolation, "pool": args.pool},
+        recorded_evaluation(checkpoint) if checkpoint is not None else None,
+    )  # fmt: skip
     print(f"recipe: {args.model_name}'s for {recipe.regime()}, after {recipe.source}")
     # checked (and locked) now, created once the run can start: a failed start leaves nothing
     run_name, log_dir, ckpt_dir, metrics_from = run_folders(
@@ -406,14 +409,14 @@ def train(args) -> dict:
     if checkpoint is not None:
         check_same_data(checkpoint, len(dataset), ckpt_path, args)
     batch_size = fit_batch_size(args.batch_size, len(dataset), args.limit, 2)  # the global batch
-    loader = make_loader(dataset, args, device, train=True, batch_size=batch_size)
+    loader = make_loader(dataset, device, True, batch_size, args.seed, args.num_workers)
     augment = BatchViews(train_transform).to(device) if args.gpu_augment else None
     if augment is not None:
         print(f"views: drawn on the {device.type} by kornia (--gpu_augment)")
-    monitor_loaders = monitor_data(args, device, batch_size, labelled)
+    monitor_loaders = monitor_data(args, device, batch_size, labelled, evaluation)
 
     # ============ model, and the monitors that watch it ============
-    model, forward, feat_dim = build_model(args, device, train_transform, speed)
+    model, forward, feat_dim = build_model(args, device, train_transform, speed, evaluation.pool)
     monitors = build_monitors(args, model, feat_dim, dataset, device, probe_on)
     probe = monitors.probe
 
@@ -427,6 +430,7 @@ def train(args) -> dict:
         train_images=len(dataset), batch_size=batch_size, steps_per_epoch=len(loader),
         workers=loader.num_workers, lr=lr, warmup_epochs=opt.warmup_used, optimizer=optimizer,
         probe_on=probe_on, git_sha=git_sha(), world_size=world_size(), recipe=recipe,
+        evaluation=evaluation,
     )  # fmt: skip
     if checkpoint is not None and "config" in checkpoint:  # the resolved values, defaults too
         changed = differences(checkpoint["config"], record, RESUME_FREE, set(sources["defaults"]))
@@ -466,7 +470,7 @@ def train(args) -> dict:
     start_time = time.time()
     tsne_path = os.path.join(log_dir, "tsne.png") if main_rank else None
     after_epoch = epoch_monitor(
-        args, model.backbone, monitor_loaders, probe, device, tsne_path, title
+        Monitoring.of(args), model.backbone, monitor_loaders, probe, device, tsne_path, title
     )
     if start_epoch == start_step == 0:
         log_baseline(after_epoch(-1), logger)
@@ -500,7 +504,7 @@ def train(args) -> dict:
     close_distributed()
     if main_rank:
         write_summary(args, log_dir, last_path, stats, steps_per_epoch, time.time() - start_time)
-        draw(args, model, device, log_dir, title)
+        draw(args, model, device, log_dir, title, evaluation)
     return {"run_name": args.run_name, "log_dir": log_dir, "ckpt_dir": ckpt_dir, **stats}
 
 

@@ -18,16 +18,17 @@ import argparse
 import json
 import os
 import time
+from dataclasses import replace
 
 import torch
 from torch.utils.data import Dataset, Subset
 
 from config import evaluation_record, flag_sources, run_or_print, write_record
+from evaluation import plain_transform, resolve_evaluation
 from flags import (
     add_pretraining_flags,
     add_shared_flags,
     pretraining_flags,
-    refused_flags,
 )
 from flags.method_help import last_blocks_help, momentum_backbone_help
 from methods import METHODS
@@ -40,8 +41,9 @@ from networks.vit import (
 )
 from optimizers import Optimization, scale_lr
 from pretrained import evaluated_backbone, load_pretrained, load_resumed, resumed_values
-from probe import PROBE_STD, linear_evaluation
-from transformations import eval_transform, linear_train_transform
+from probe import PROBE_STD, HeadTraining, linear_evaluation
+from transformations import linear_train_transform
+from utils.accel import Speed
 from utils.checkpoint import check_same_data, check_unchanged, restore_epoch_file
 from utils.data import (
     DATASETS,
@@ -103,8 +105,7 @@ EXCLUDING_OPTIMIZERS = ("adamw", "lars", "lars_simclr")
 def get_args_parser(add_help: bool = True) -> ArgumentParser:
     parser = ArgumentParser("Linear evaluation", add_help=add_help)
     add_shared_flags(parser)
-    add_pretraining_flags(parser)  # parsed only to be refused (check_args), not in --help
-    refused_flags(parser, pretraining_flags())
+    add_pretraining_flags(parser, refused=True)  # parsed only to be refused (check_args)
     group = parser.add_argument_group("evaluation")
     group.add_argument(
         "--ckpt",
@@ -288,6 +289,11 @@ def check_args(args) -> None:
     given = sorted(set(vars(args)) & set(pretraining_flags()))  # present only when given
     if args.random_init:  # the untrained backbone as the method initialises it: its init flags
         given = [k for k in given if k not in METHODS[args.model_name].init_flags]
+    if "interpolation" in given:  # main.py's views; the evaluation's resize has its own flag
+        raise UserError(
+            "--interpolation resamples main.py's views; main_linear.py's crops and resize are "
+            "--eval_interpolation: pass that instead"
+        )
     if given:  # they shape the pretraining; the checkpoint's method is what it is
         flags = ", ".join(f"--{k}" for k in given)
         many = len(given) > 1
@@ -312,17 +318,14 @@ def build_datasets(args) -> tuple[Dataset, Dataset]:
     """Training set (augmented only for the image-based linear probe and fine-tuning; cut by
     --limit, then --data_fraction) and test set (eval transform)."""
     info = DATASETS[args.dataset_name]
-    plain = eval_transform(
-        image_size=args.image_size, native_size=info.image_size, mean=info.mean, std=info.std,
-        interpolation=args.interpolation,
-    )  # fmt: skip
+    plain = plain_transform(args.dataset_name, args.image_size, args.eval_interpolation)
     augmented = args.eval == "linear" and not args.precompute_features
     transform = plain
     if augmented:
         transform = linear_train_transform(
             image_size=args.image_size, mean=info.mean, std=info.std,
             randaugment=args.randaugment, random_erasing=args.random_erasing,
-            interpolation=args.interpolation,
+            interpolation=args.eval_interpolation,
         )  # fmt: skip
     train_set = build_dataset(args.dataset_name, args.data_dir, True, transform, args.download)
     train_set = balanced_subset(train_set, args.limit)
@@ -402,20 +405,25 @@ def evaluate(args) -> dict:
     backbone_lr = args.backbone_lr
     if args.finetune and backbone_lr is None:
         backbone_lr = 0.1 * args.base_lr
-    # the resampling of its crops and resizes: the pretraining method's official evaluation's
-    official = pretrained.interpolation if pretrained else None
-    interpolation = args.interpolation or official or METHODS[args.model_name].eval_interpolation
+    # how it is evaluated: the flags, else its pretraining run's record, else the method's
+    # (the backbone's copy: load_pretrained's, from --momentum_backbone or the record)
+    given = {"interpolation": args.eval_interpolation, "pool": args.pool}
+    given["last_blocks"] = args.n_last_blocks
+    evaluation = resolve_evaluation(
+        args.model_name, given, pretrained.evaluation() if pretrained else None
+    )
     # the values derived from the flags, in what args.json and the checkpoints record
     exclude = args.exclude_bias_and_norm  # unset: those optimizers' usual policy (MAE's AdamW)
     exclude = args.optimizer in EXCLUDING_OPTIMIZERS if exclude is None else exclude
     head_std = args.head_std or (2e-5 if args.finetune else PROBE_STD)  # MAE's fine-tuning, probe
     args = with_values(
-        args, run_name=run_name, ckpt=ckpt, backbone_lr=backbone_lr, interpolation=interpolation,
-        exclude_bias_and_norm=exclude, head_std=head_std,
+        args, run_name=run_name, ckpt=ckpt, backbone_lr=backbone_lr,
+        eval_interpolation=evaluation.interpolation, exclude_bias_and_norm=exclude,
+        head_std=head_std,
     )  # fmt: skip
     backbone, feat_dim = evaluated_backbone(args, weights, pretrained)
     # a ViT's features as its pretraining evaluated them (I-JEPA: the patch tokens' mean)
-    pool = args.pool or (pretrained.pool if pretrained else METHODS[args.model_name].pool)
+    pool = evaluation.pool
     set_pool(backbone, pool, args.backbone)
     if (args.drop_path or args.layer_decay or args.fc_norm) and not isinstance(
         backbone, MaskableViT
@@ -428,13 +436,10 @@ def evaluate(args) -> dict:
         backbone.set_drop_path(args.drop_path)
     # DINO probes a ViT on the class tokens of its last 4 blocks (eval_linear.py); its kNN and
     # every fine-tuning read the last block alone
-    last_blocks = args.n_last_blocks
-    if last_blocks is None:
-        probe = args.eval == "linear" and not args.finetune and isinstance(backbone, MaskableViT)
-        official = (
-            pretrained.last_blocks if pretrained else METHODS[args.model_name].eval_last_blocks
-        )
-        last_blocks = official if probe else 1
+    probe = args.eval == "linear" and not args.finetune and isinstance(backbone, MaskableViT)
+    last_blocks = evaluation.last_blocks
+    if evaluation.sources["last_blocks"] != "given" and not probe:
+        last_blocks = 1
     width = feat_dim
     feat_dim *= set_last_blocks(backbone, last_blocks, args.backbone)
     args = with_values(args, n_last_blocks=last_blocks)
@@ -468,8 +473,8 @@ def evaluate(args) -> dict:
     if train:
         batch_norm = args.finetune or args.probe_bn  # normalises over the training batch
         batch_size = fit_batch_size(batch_size, len(train_set), args.limit, 1 + batch_norm)
-    train_loader = make_loader(train_set, args, device, train=train, batch_size=batch_size)
-    test_loader = make_loader(test_set, args, device, train=False, batch_size=batch_size)
+    train_loader = make_loader(train_set, device, train, batch_size, args.seed, args.num_workers)
+    test_loader = make_loader(test_set, device, False, batch_size, args.seed, args.num_workers)
     check_input_sizes(backbone, args.backbone, {args.image_size}, args.image_size, device)
     record = evaluation_record(
         args, flags, pretrained=pretrained, ckpt_source=ckpt_source,
@@ -477,6 +482,7 @@ def evaluate(args) -> dict:
         feat_dim=feat_dim, batch_size=batch_size, workers=train_loader.num_workers,
         lr=scale_lr(args.base_lr, batch_size, args.lr_scaling) if train else None,
         warmup_epochs=Optimization.of(args).warmup_used, git_sha=git_sha(), world_size=world_size(),
+        evaluation=replace(evaluation, last_blocks=last_blocks),
     )  # fmt: skip
     if args.print_config:
         return {"config": record}
@@ -501,9 +507,11 @@ def evaluate(args) -> dict:
     else:
         # ============ linear classifier (or fine-tuning) ============
         run = (device, log_dir, ckpt_dir, batch_size, resumed)
+        what = f"{args.model_name} / {args.backbone} / {args.dataset_name}"
         acc1, acc5, test_features = linear_evaluation(
-            args, backbone, feat_dim, num_classes, train_set, train_loader, test_loader, *run
-        )
+            HeadTraining.of(args), Optimization.of(args), Speed.of(args), vars(args), what,
+            backbone, feat_dim, num_classes, train_set, train_loader, test_loader, *run,
+        )  # fmt: skip
     wall_time = time.time() - start_time
     if args.tsne and test_features is None:  # linear on images or fine-tuned: the final backbone's
         test_features = extract_features(backbone, test_loader, device)  # all processes take part

@@ -28,6 +28,8 @@ a row, with what usually causes it for the method (its `collapse_hint`).
 """
 
 import math
+from argparse import Namespace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +37,7 @@ from torch import Tensor, nn
 
 from methods import METHODS
 from utils.distributed import all_reduce_sum, world_size
+from utils.misc import settings_of
 
 COLLAPSE_STD = 0.1  # collapse_std (std x sqrt(d)) below this ...
 COLLAPSE_LOGS = 3  # ... for this many logged windows in a row: warn
@@ -202,7 +205,26 @@ class Monitors:
         )
 
 
-def epoch_monitor(args, backbone: nn.Module, loaders, probe, device, tsne_path, title: str):
+@dataclass(frozen=True)
+class Monitoring:
+    """What main.py watches after each epoch (its flags, resolved once in main()): the kNN
+    monitor's period, k and temperature, RankMe's images, the t-SNE plot, over `num_epochs`."""
+
+    num_epochs: int
+    knn_freq: int = 0
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    rankme_images: int = 1024
+    tsne: bool = False
+
+    @classmethod
+    def of(cls, args: Namespace) -> "Monitoring":
+        return settings_of(cls, args)
+
+
+def epoch_monitor(
+    watch: Monitoring, backbone: nn.Module, loaders, probe, device, tsne_path, title: str
+):
     """The after-epoch hook of main.py (epoch -1: the untrained network, the baseline).
     `loaders`: the kNN memory bank and the test set (None without labels), and the monitor set,
     the first --rankme_images of the test set (of the training set for an unlabelled folder).
@@ -218,23 +240,23 @@ def epoch_monitor(args, backbone: nn.Module, loaders, probe, device, tsne_path, 
     bank, test_loader, fixed = loaders
 
     def after_epoch(epoch: int) -> dict:
-        last = epoch + 1 == args.num_epochs
-        knn_epoch = args.knn_freq and (last or epoch < 0 or (epoch + 1) % args.knn_freq == 0)
+        last = epoch + 1 == watch.num_epochs
+        knn_epoch = watch.knn_freq and (last or epoch < 0 or (epoch + 1) % watch.knn_freq == 0)
         values, test = {}, None
         if knn_epoch and bank is not None:
             (values["knn_acc1"],), test = knn_evaluate(
-                backbone, bank, test_loader, device, args.knn_k, args.knn_temperature, ks=(1,)
+                backbone, bank, test_loader, device, watch.knn_k, watch.knn_temperature, ks=(1,)
             )
-        elif last and test_loader is not None and (probe is not None or args.tsne):
+        elif last and test_loader is not None and (probe is not None or watch.tsne):
             test = extract_features(backbone, test_loader, device)
         if probe is not None and test is not None and epoch >= 0:
             values |= probe.evaluate(*test)
         monitored = test
-        if args.rankme_images:
+        if watch.rankme_images:
             if monitored is None:
                 monitored = extract_features(backbone, fixed, device)
-            values["rankme"] = rankme(monitored[0][: args.rankme_images])
-        if args.tsne and last and tsne_path and monitored is not None:
+            values["rankme"] = rankme(monitored[0][: watch.rankme_images])
+        if watch.tsne and last and tsne_path and monitored is not None:
             plot_tsne(*monitored, tsne_path, f"{title}: test features, epoch {epoch + 1}")
         return values
 

@@ -19,10 +19,10 @@ from dataclasses import MISSING, asdict, dataclass
 import torch
 from torch import Tensor, nn
 
+from evaluation import plain_transform, recorded_evaluation, resolve_evaluation
 from methods import METHODS, build_method
 from networks import build_backbone
 from networks.vit import MaskableViT, set_heads, set_pool
-from transformations import eval_transform
 from utils.checkpoint import (
     check_entries,
     find_checkpoint,
@@ -65,12 +65,14 @@ class BackboneInfo:
     @property
     def transform(self):
         """The evaluation preprocessing of its data set: resize, centre crop, normalise."""
-        native = DATASETS[self.dataset_name].image_size if self.dataset_name in DATASETS else 0
-        size = self.image_size
-        return eval_transform(
-            image_size=size, native_size=native, mean=self.mean, std=self.std,
-            interpolation=self.interpolation,
-        )  # fmt: skip
+        return plain_transform(
+            self.dataset_name, self.image_size, self.interpolation, self.mean, self.std
+        )
+
+    def evaluation(self) -> dict:
+        """How its pretraining run evaluates it (`saved` of evaluation.resolve_evaluation)."""
+        keys = ("interpolation", "pool", "last_blocks", "momentum_backbone")
+        return {key: getattr(self, key) for key in keys}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -176,9 +178,9 @@ def read_backbone(
         what = f"no {', '.join(missing)}" if missing else f"unknown method {args['model_name']!r}"
         raise UserError(f"{path}: its record of the run is incomplete ({what}): not a checkpoint "
                         "of main.py")  # fmt: skip
-    evaluation = evaluation_settings(checkpoint)
-    if momentum is None:
-        momentum = evaluation["eval_momentum_backbone"]
+    evaluation = resolve_evaluation(
+        args["model_name"], {"momentum_backbone": momentum}, recorded_evaluation(checkpoint)
+    )
     mean, std = IMAGENET_MEAN_STD
     if args["dataset_name"] in DATASETS:
         mean, std = DATASETS[args["dataset_name"]].mean, DATASETS[args["dataset_name"]].std
@@ -190,41 +192,24 @@ def read_backbone(
         mean=tuple(mean),
         std=tuple(std),
         epoch=checkpoint["epoch"],
-        momentum_backbone=momentum,
+        momentum_backbone=evaluation.momentum_backbone,
         source=os.path.abspath(path),
-        pool=evaluation["pool"],
-        interpolation=evaluation["eval_interpolation"],
-        last_blocks=evaluation["eval_last_blocks"],
-        vit_heads=evaluation["vit_heads"],
-        class_token_attends=evaluation["class_token_attends"],
+        pool=evaluation.pool,
+        interpolation=evaluation.interpolation,
+        last_blocks=evaluation.last_blocks,
+        **vit_settings(checkpoint),
     )
-    return backbone_weights(checkpoint, momentum), info
+    return backbone_weights(checkpoint, evaluation.momentum_backbone), info
 
 
-def evaluation_settings(checkpoint: dict) -> dict:
-    """How a pretraining checkpoint's backbone is evaluated, from its run's record (config.json
-    kept in the checkpoint: the values the run resolved), or for a checkpoint without one, from
-    its flags and its method's declarations: the resize (`eval_interpolation`), the EMA backbone
-    or not (`eval_momentum_backbone`), a ViT probe's last blocks (`eval_last_blocks`) and its
-    pooling (`pool`), its attention heads (`vit_heads`; a checkpoint without them kept the
+def vit_settings(checkpoint: dict) -> dict:
+    """A ViT's settings that its run recorded (config.json kept in the checkpoint) and its
+    evaluation rebuilds: its attention heads (`vit_heads`; a checkpoint without them kept the
     backbone's own) and whether its class token goes through the blocks of a mean of patch
     tokens (`class_token_attends`; a checkpoint without it did)."""
-    args, record = checkpoint["args"], checkpoint.get("config", {})
-    cls = METHODS[args["model_name"]]
-    found = {
-        "eval_interpolation": cls.eval_interpolation,
-        "eval_momentum_backbone": cls.eval_momentum_backbone,
-        "eval_last_blocks": cls.eval_last_blocks,
-        "pool": args.get("pool") or cls.pool,
-        "vit_heads": args.get("vit_heads"),
-        "class_token_attends": True,
-    }
-    model = ("pool", "vit_heads", "class_token_attends")
-    for part, keys in (("evaluation", found), ("model", model)):
-        for key in keys:
-            if key in record.get(part, {}):
-                found[key] = record[part][key]["value"]
-    return found
+    found = {"vit_heads": checkpoint["args"].get("vit_heads"), "class_token_attends": True}
+    model = checkpoint.get("config", {}).get("model", {})
+    return {key: model[key]["value"] if key in model else value for key, value in found.items()}
 
 
 def load_weights(backbone: nn.Module, weights: dict[str, Tensor], path: str, name: str) -> None:

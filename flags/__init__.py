@@ -9,7 +9,7 @@ evaluation group); flags keep the names of the original commands, which scripts 
 
 import argparse
 
-from flags.method_help import interpolation_help, pool_help, vit_heads_help, zero_init_help
+from flags.method_help import eval_interpolation_help, pool_help
 from methods import METHODS
 from networks import BACKBONES, TIMM_PREFIX
 from networks.timm_models import check_timm_name
@@ -136,11 +136,6 @@ def add_speed_flags(parser: argparse.ArgumentParser) -> None:
     )
     add_bool_flag(
         group,
-        "--compile",
-        "torch.compile the model's forward; pays a minute of compilation up front (default: false)",
-    )
-    add_bool_flag(
-        group,
         "--sync_bn",
         "BatchNorm statistics over the global batch under DDP (torchrun); needs CUDA "
         "(default: false)",
@@ -163,10 +158,10 @@ def add_data_flags(parser: argparse.ArgumentParser, recipe: bool = False) -> Non
         help="crop size fed to the network (default: 32)",
     )
     group.add_argument(
-        "--interpolation",
+        "--eval_interpolation",
         choices=["bilinear", "bicubic"],
         default=None,
-        help=interpolation_help(),
+        help=eval_interpolation_help(),
     )
     group.add_argument(
         "--batch_size",
@@ -187,12 +182,6 @@ def add_data_flags(parser: argparse.ArgumentParser, recipe: bool = False) -> Non
         "--in_memory",
         "decode the images once and keep them in memory as uint8 (CIFAR: 150 MB), so that "
         "epochs read no files (default: false)",
-    )
-    add_bool_flag(
-        group,
-        "--gpu_augment",
-        "hold the images in memory as uint8 and draw the views of whole batches on the "
-        "training device with kornia, so that CPU workers are no bottleneck (default: false)",
     )
     group.add_argument(
         "--limit",
@@ -225,28 +214,10 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
         "images for the ResNet, ConvNeXt and ViT families (default: resnet18)",
     )
     group.add_argument(
-        "--pretrained",
-        action="store_true",
-        help="start from torchvision ImageNet weights in the local cache; not with timm:<name> "
-        "(default: off)",
-    )
-    group.add_argument(
         "--pool",
         choices=["token", "mean"],
         default=None,
         help=pool_help(),
-    )
-    group.add_argument(
-        "--vit_heads",
-        type=positive_int,
-        default=None,
-        help=vit_heads_help(),
-    )
-    add_bool_flag(
-        group,
-        "--zero_init_residual",
-        zero_init_help(),
-        default=None,
     )
 
 
@@ -370,15 +341,13 @@ def add_monitoring_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-from flags.method_help import VIEW_FLAGS, VIEW_OPTIONS  # noqa: E402
+from flags.method_help import VIEW_FLAGS  # noqa: E402
 from flags.pretraining import (  # noqa: E402  (main.py's and main_linear.py's one import)
-    PRETRAINING_ONLY,
     add_pretraining_flags,
     check_method_flags,
     pretraining_flags,
-    refused_flags,
 )
 
-__all__ = ["PRETRAINING_ONLY", "VIEW_FLAGS", "VIEW_OPTIONS", "add_pretraining_flags"]
+__all__ = ["VIEW_FLAGS", "add_pretraining_flags"]
 __all__ += ["add_shared_flags"]
-__all__ += ["check_method_flags", "pretraining_flags", "refused_flags"]
+__all__ += ["check_method_flags", "pretraining_flags"]

@@ -8,17 +8,14 @@ from methods import METHODS
 from transformations import view_builder
 
 # the view flags: each recipe takes some of them (transformations.view_builder)
-VIEW_FLAGS = ("crop_min_scale", "jitter_strength", "num_crops", "small_crop_size")
-# what the recipes take from the command line: the view flags and --interpolation, a shared flag
-# (main_linear.py resamples its evaluation with it), so not refused there as the view flags are
-VIEW_OPTIONS = (*VIEW_FLAGS, "interpolation")
+VIEW_FLAGS = ("crop_min_scale", "jitter_strength", "num_crops", "small_crop_size", "interpolation")
 
 
 def view_defaults(method: str) -> dict:
     """The view options the method's recipe takes, with its defaults (the method's own first)."""
     cls = METHODS[method]
     params = inspect.signature(view_builder(cls.augmentation)).parameters
-    found = {k: p.default for k, p in params.items() if k in VIEW_OPTIONS}
+    found = {k: p.default for k, p in params.items() if k in VIEW_FLAGS}
     return {**found, **{k: v for k, v in cls.view_options.items() if k in found}}
 
 
@@ -43,13 +40,20 @@ def interpolation_help() -> str:
     views = lambda mode: ", ".join(  # noqa: E731
         name for name in sorted(METHODS) if view_defaults(name).get("interpolation") == mode
     )
+    return (
+        "resampling of the views' random resized crops (default: the method's official code's: "
+        f"bicubic for {views('bicubic')}; bilinear, torchvision's default, for "
+        f"{views('bilinear')}); the evaluation's resize is --eval_interpolation"
+    )
+
+
+def eval_interpolation_help() -> str:
     evals = lambda mode: methods_where(lambda cls: cls.eval_interpolation == mode)  # noqa: E731
     return (
-        "resampling of crops and resizes: main.py's views (default: the method's official "
-        f"code's: bicubic for {views('bicubic')}; bilinear, torchvision's default, for "
-        f"{views('bilinear')}); "
-        "main_linear.py's training crops and test resize (default: the pretraining method's "
-        f"official evaluation: bicubic for {evals('bicubic')}; bilinear for {evals('bilinear')})"
+        "resampling of the evaluation's resize (and main_linear.py's training crops): main.py's "
+        "kNN, online probe and RankMe, recorded in the checkpoint for main_linear.py, "
+        "load_backbone and export.py (default: the pretraining run's, else its method's official "
+        f"evaluation: bicubic for {evals('bicubic')}; bilinear for {evals('bilinear')})"
     )
 
 

@@ -1,13 +1,19 @@
 """The flags that only pretraining (main.py) takes: its start and monitor data, the online
 probe, the views and every method's hyper-parameters; main_linear.py parses them only to refuse
-them with one line (`refused_flags`), and main.py refuses those the chosen method does not take
+them with one line (`Refusing`), and main.py refuses those the chosen method does not take
 (`check_method_flags`).
 """
 
 import argparse
 import inspect
 
-from flags.method_help import VIEW_FLAGS, view_default_help
+from flags.method_help import (
+    VIEW_FLAGS,
+    interpolation_help,
+    view_default_help,
+    vit_heads_help,
+    zero_init_help,
+)
 from methods import METHODS, method_options
 from methods.hparams import add_method_flags
 from transformations import view_builder
@@ -20,16 +26,31 @@ from utils.misc import (
     positive_int,
 )
 
-# flags of main.py that shape pretraining only (besides the view and method flags)
-PRETRAINING_ONLY = ("compile", "gpu_augment", "pretrained", "zero_init_residual", "vit_heads")
-PRETRAINING_ONLY += ("eval_data_dir", "init_backbone", "online_probe", "online_probe_lr")
-PRETRAINING_ONLY += ("online_probe_bn", "rankme_images")
 
-
-def add_pretraining_flags(parser: argparse.ArgumentParser) -> None:
+def add_pretraining_flags(parser: argparse.ArgumentParser, refused: bool = False) -> None:
     """The pretraining's start and monitor data, the view flags and every method's
-    hyper-parameters (methods/hparams.py)."""
-    group = parser.add_argument_group("pretraining")
+    hyper-parameters (methods/hparams.py); `refused`: parsed only to be refused (Refusing)."""
+    if refused:
+        parser = Refusing(parser)
+    group = parser.add_argument_group("pretraining: the backbone's start, speed")
+    group.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="start from torchvision ImageNet weights in the local cache; not with timm:<name> "
+        "(default: off)",
+    )
+    group.add_argument(
+        "--vit_heads",
+        type=positive_int,
+        default=None,
+        help=vit_heads_help(),
+    )
+    add_bool_flag(
+        group,
+        "--zero_init_residual",
+        zero_init_help(),
+        default=None,
+    )
     group.add_argument(
         "--init_backbone",
         default=None,
@@ -37,6 +58,18 @@ def add_pretraining_flags(parser: argparse.ArgumentParser) -> None:
         help="start the backbone from these weights: a main.py checkpoint (its online "
         "backbone) or a file of export.py; a new run, not a resume (default: off)",
     )
+    add_bool_flag(
+        group,
+        "--compile",
+        "torch.compile the model's forward; pays a minute of compilation up front (default: false)",
+    )
+    add_bool_flag(
+        group,
+        "--gpu_augment",
+        "hold the images in memory as uint8 and draw the views of whole batches on the "
+        "training device with kornia, so that CPU workers are no bottleneck (default: false)",
+    )
+    group = parser.add_argument_group("pretraining: monitors")
     group.add_argument(
         "--eval_data_dir",
         default=None,
@@ -102,24 +135,39 @@ def add_pretraining_flags(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="side of the low-resolution crops (default: image_size x 96/224, at least 8)",
     )
+    group.add_argument(
+        "--interpolation",
+        choices=["bilinear", "bicubic"],
+        default=None,
+        help=interpolation_help(),
+    )
 
     # Method hyper-parameters: declared by each method (methods/hparams.py); None keeps its own
     add_method_flags(parser, METHODS)
 
 
 def pretraining_flags() -> list[str]:
-    """The dests of the flags that only pretraining uses (views, methods, PRETRAINING_ONLY)."""
-    methods = set().union(*(method_options(m) for m in METHODS))
-    return sorted(methods | set(VIEW_FLAGS) | set(PRETRAINING_ONLY))
+    """The dests of the flags that only pretraining uses: those add_pretraining_flags adds."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_pretraining_flags(parser)
+    return sorted(vars(parser.parse_args([])))
 
 
-def refused_flags(parser: argparse.ArgumentParser, dests: list[str]) -> None:
-    """Flags parsed only to be refused with one line (main_linear.py: the pretraining ones):
-    left out of --help, and absent from the parsed namespace unless given (on the command line
-    or by a --config recipe), so that being there is what "given" means."""
-    for action in parser._actions:  # argparse has no public accessor for its actions
-        if action.dest in dests:
-            action.help = action.default = argparse.SUPPRESS
+class Refusing:
+    """A parser's stand-in that adds flags only to refuse them with one line (main_linear.py:
+    the pretraining ones): left out of --help, and absent from the parsed namespace unless
+    given (on the command line or by a --config recipe), so that being there is what "given"
+    means."""
+
+    def __init__(self, parser: argparse.ArgumentParser) -> None:
+        self.parser = parser
+
+    def add_argument_group(self, *args, **kwargs) -> "Refusing":
+        return self
+
+    def add_argument(self, *names, **kwargs) -> argparse.Action:
+        kwargs.update(help=argparse.SUPPRESS, default=argparse.SUPPRESS)
+        return self.parser.add_argument(*names, **kwargs)
 
 
 def check_method_flags(args) -> None:

@@ -15,13 +15,13 @@ predictor, `--fix_pred_lr`); parameters with the same options share a group.
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Union
 
 import torch
 from torch import nn
 
-from utils.misc import registrar
+from utils.misc import registrar, settings_of
 
 if TYPE_CHECKING:
     from optimizers.larc import LARC
@@ -57,12 +57,7 @@ class Optimization:
     def of(cls, args) -> "Optimization":
         """The part of the parsed flags `args` (an argparse.Namespace) it holds; a flag absent
         or None takes the field's default (but final_weight_decay, whose None is constant)."""
-        values = {}
-        for f in fields(cls):
-            value = getattr(args, f.name, None)
-            if value is not None:
-                values[f.name] = tuple(value) if isinstance(value, list) else value
-        return cls(**values)
+        return settings_of(cls, args)
 
     @property
     def warmup_used(self) -> int:

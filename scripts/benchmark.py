@@ -96,7 +96,9 @@ def data_path(args, device):
     --gpu_augment asks for it (None: the loader's workers draw them)."""
     dataset, transform = pretrain.training_set(args)
     augment = BatchViews(transform).to(device) if args.gpu_augment else None
-    loader = make_loader(dataset, args, torch.device("cpu"), True, batch_size=args.batch_size)
+    loader = make_loader(
+        dataset, torch.device("cpu"), True, args.batch_size, args.seed, args.num_workers
+    )
     return loader, augment
 
 

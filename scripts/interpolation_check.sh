@@ -18,7 +18,7 @@ for seed in "${SEEDS[@]}"; do
     rm -rf "${OUT:?}/$name" "$OUT/ckpts/$name"
     python main_linear.py --config recipes/short/synthetic_linear.args --device cpu \
         --num_workers 0 --logs_dir "$OUT" --ckpt_dir "$OUT/ckpts" --model_name simclr \
-        --random_init --interpolation bicubic --seed "$seed" --run_name "$name" | tail -n 1
+        --random_init --eval_interpolation bicubic --seed "$seed" --run_name "$name" | tail -n 1
 done
 python - "$OUT" "${SEEDS[@]}" <<'PY'
 import json, sys

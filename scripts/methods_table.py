@@ -27,7 +27,7 @@ sys.path.insert(0, ROOT)
 from readme_block import knn_first_last, load_json, publish  # noqa: E402
 
 from config import as_given  # noqa: E402
-from flags import VIEW_OPTIONS  # noqa: E402
+from flags import VIEW_FLAGS  # noqa: E402
 from main import get_args_parser  # noqa: E402
 from methods import METHODS  # noqa: E402
 from methods.hparams import hyper_parameters, resolve_aliases  # noqa: E402
@@ -50,7 +50,7 @@ def wall_seconds(root: str) -> int | None:
 def method_flags(method: str) -> list[str]:
     """The flags a method's short run may override, in the order its table row lists them: its
     hyper-parameters (methods.hparams), the view flags and --interpolation, the initialisation."""
-    flags = [*hyper_parameters(METHODS[method]), *VIEW_OPTIONS, "zero_init_residual"]
+    flags = [*hyper_parameters(METHODS[method]), *VIEW_FLAGS, "zero_init_residual"]
     return [k for k in flags if k not in SHARED_FLAGS]
 
 
@@ -127,9 +127,11 @@ def online_probe(rows: list[dict]) -> str:
 
 
 def probe_interpolation(run_dir: str) -> str:
-    """The resampling of a probe's crops and test resize (args.json; bilinear before the flag)."""
+    """The resampling of a probe's crops and test resize (args.json: --eval_interpolation, or
+    the --interpolation main_linear.py took for it before; bilinear before either)."""
     path = os.path.join(run_dir, "args.json")
-    return (load_json(path) if os.path.exists(path) else {}).get("interpolation") or "bilinear"
+    kept = load_json(path) if os.path.exists(path) else {}
+    return kept.get("eval_interpolation") or kept.get("interpolation") or "bilinear"
 
 
 def own_baseline(root: str, method: str, key: str, interpolation: str = "bilinear") -> str:

@@ -66,7 +66,7 @@ run_baseline() {
     [ -e "$OUT/linear_random_s$seed/results.json" ] && return 0
     rm -rf "$OUT/linear_random_s$seed" "$OUT/ckpts/linear_random_s$seed"
     python main_linear.py --config "$LINEAR_SHARED" "${COMMON[@]}" --model_name simclr --random_init \
-        --interpolation bilinear --seed "$seed" --run_name "linear_random_s$seed" \
+        --eval_interpolation bilinear --seed "$seed" --run_name "linear_random_s$seed" \
         > "$OUT/log_random_s$seed.txt" 2>&1
     echo "== baseline seed $seed: $(tail -n 1 "$OUT/log_random_s$seed.txt")"
 }

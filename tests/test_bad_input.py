@@ -219,5 +219,5 @@ def test_more_loader_workers_than_cores_is_said_once(capsys):
     cores = len(os.sched_getaffinity(0))
     out = capsys.readouterr().out
     assert out.count("--num_workers 64") == 1 and f"using {cores}" in out
-    loader = make_loader(list(range(8)), args, torch.device("cpu"), train=False, batch_size=4)
+    loader = make_loader(list(range(8)), torch.device("cpu"), False, 4, args.seed, args.num_workers)
     assert loader.num_workers == cores

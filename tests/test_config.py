@@ -95,7 +95,10 @@ def test_print_config_prints_the_record_and_writes_nothing(run, tmp_path, capsys
     run_cli(main_linear.main, main_linear.get_args_parser(), probe)
     printed = json.loads(capsys.readouterr().out)
     assert not nulls(printed) and not os.path.exists(tmp_path / "l")
-    assert printed["evaluation"]["interpolation"] == {"value": "bicubic", "source": "checkpoint"}
+    assert printed["evaluation"]["eval_interpolation"] == {
+        "value": "bicubic",
+        "source": "checkpoint",
+    }
     assert printed["backbone"]["ckpt"] == {"value": ckpt, "source": "command line"}
     assert printed["optimization"]["exclude_bias_and_norm"]["value"] is False  # sgd decays all
     run_cli(main_linear.main, main_linear.get_args_parser(), [*probe, "--optimizer", "lars"])
@@ -114,7 +117,50 @@ def test_evaluation_reads_the_checkpoints_record(run, tmp_path):
     assert info.interpolation == "bilinear"  # SimCLR declares bicubic
     probe = [*TINY, "--ckpt", path, "--logs_dir", str(tmp_path / "l"), "--print_config"]
     record = main_linear.main(main_linear.get_args_parser().parse_args(probe))["config"]
-    assert record["evaluation"]["interpolation"]["value"] == "bilinear"
+    assert record["evaluation"]["eval_interpolation"]["value"] == "bilinear"
+    given = main_linear.get_args_parser().parse_args([*probe, "--eval_interpolation", "bicubic"])
+    record = main_linear.main(given)["config"]  # the flag wins over the record
+    assert record["evaluation"]["eval_interpolation"] == {
+        "value": "bicubic",
+        "source": "command line",
+    }
+
+
+def test_one_evaluation_setting_resolved_in_one_place():
+    """Each evaluation setting: the flag given, else the pretraining run's record, else the
+    method's declaration; the record's keys are read back where main.py writes them."""
+    from evaluation import recorded_evaluation, resolve_evaluation
+
+    official = resolve_evaluation("dino")  # DINO: its teacher, bicubic, the last 4 blocks
+    assert (official.interpolation, official.last_blocks, official.momentum_backbone) == (
+        "bicubic",
+        4,
+        True,
+    )
+    assert set(official.sources.values()) == {"method"}
+    saved = recorded_evaluation({"args": {"pool": "mean"}, "config": {
+        "evaluation": {"eval_last_blocks": {"value": 1, "source": "method"}}}})  # fmt: skip
+    assert saved == {"pool": "mean", "last_blocks": 1}
+    both = resolve_evaluation("dino", {"pool": None, "last_blocks": 2}, saved)
+    assert (both.pool, both.last_blocks, both.interpolation) == ("mean", 2, "bicubic")
+    assert both.sources == {"interpolation": "method", "pool": "checkpoint",
+                            "last_blocks": "given", "momentum_backbone": "method"}  # fmt: skip
+
+
+def test_main_records_the_evaluation_resize_and_main_linear_refuses_the_views_one(run, tmp_path):
+    """main.py's --eval_interpolation is its monitors' resize, recorded for the evaluations of
+    its checkpoint; --interpolation (the views') means nothing to main_linear.py: one line."""
+    argv = [*run["argv"][:-6], "--logs_dir", str(tmp_path / "l"), "--ckpt_dir", str(tmp_path / "c")]
+    argv += ["--run_name", "r", "--print_config", "--eval_interpolation", "bilinear"]
+    record = main.main(main.get_args_parser().parse_args(argv))["config"]
+    assert record["evaluation"]["eval_interpolation"] == {
+        "value": "bilinear",
+        "source": "command line",
+    }
+    assert record["views"]["interpolation"]["value"] == "bicubic"  # SimCLR's views, unchanged
+    probe = [*TINY, "--ckpt", os.path.join(run["out"]["ckpt_dir"], "last.pt"), "--interpolation"]
+    with pytest.raises(UserError, match="--eval_interpolation: pass that instead"):
+        main_linear.main(main_linear.get_args_parser().parse_args([*probe, "bilinear"]))
 
 
 def test_resume_refuses_a_setting_whose_resolved_value_changed(run, tmp_path):

@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -23,6 +22,7 @@ from methods.swav import swav_loss
 from methods.vicreg import vicreg_loss
 from probe import classifier_step
 from tests.conftest import backbone_for
+from utils.accel import Speed
 from utils.data import EpochSampler, ShardSampler
 from utils.distributed import gather, gather_with_grad, scale_gradient, sum_over_processes
 from utils.knn import extract_features
@@ -82,7 +82,6 @@ def probe_accuracy(rank: int | None) -> tuple[float, float]:
     """The probe step's train_acc1 as the engine averages it (sums over processes / count), when
     each process holds its half of the batch (images) and when each holds all of it (cached
     features); rank None: one process on the whole batch."""
-    args = SimpleNamespace(channels_last=False, amp="none", label_smoothing=0.0)
     head = torch.nn.Linear(D, 4)
     with torch.no_grad():
         head.weight.copy_(PROTOTYPES[:4])
@@ -90,7 +89,7 @@ def probe_accuracy(rank: int | None) -> tuple[float, float]:
     accuracies = []
     for sharded in (True, False):
         step = classifier_step(
-            head, torch.nn.Identity(), torch.device("cpu"), args, False, None, sharded
+            head, torch.nn.Identity(), torch.device("cpu"), Speed(), False, None, sharded
         )
         part = slice(rank * N, (rank + 1) * N) if sharded and rank is not None else slice(None)
         _, count, sums = step(Z1[part], LABELS[part])

@@ -191,7 +191,7 @@ def test_main_linear_and_init_backbone_take_an_exported_file(tmp_path, run_dirs)
             [*flags, "--model_name", method, "--init_backbone", str(tmp_path / "b.pth")]
         )
         views = pretrain_transform(METHODS[method].augmentation, image_size=16, mean=mean, std=std)
-        model, _, _ = main.build_model(args, torch.device("cpu"), views, Speed.of(args))
+        model, _, _ = main.build_model(args, torch.device("cpu"), views, Speed.of(args), None)
         for copy in copies:
             state = getattr(model, copy).state_dict()
             assert all(torch.equal(state[k], v) for k, v in weights.items()), (method, copy)

@@ -90,7 +90,7 @@ def test_feature_loader_batches_like_a_shuffled_data_loader():
     assert len(fast) == 10  # the last partial batch is dropped when shuffling
     args = Namespace(batch_size=10, limit=None, seed=5, num_workers=0)
     data = TensorDataset(features, labels)
-    slow = make_loader(data, args, torch.device("cpu"), train=True, batch_size=10)
+    slow = make_loader(data, torch.device("cpu"), True, 10, args.seed, args.num_workers)
     for epoch in range(2):
         seed_epoch(fast, epoch)
         seed_epoch(slow, epoch)

@@ -18,6 +18,7 @@ import main_linear
 from methods import build_method
 from networks import build_backbone
 from pretrained import backbone_weights
+from transformations import eval_transform
 from utils.checkpoint import load_checkpoint
 from utils.misc import UserError, run_cli
 from utils.subsets import class_balanced_fraction
@@ -95,7 +96,7 @@ def test_precomputed_features_train_the_same_head_faster(pretrained, run_dirs, m
     monkeypatch.setattr(  # the one intended difference between the paths, switched off
         main_linear,
         "linear_train_transform",
-        lambda randaugment, random_erasing, **kw: main_linear.eval_transform(native_size=32, **kw),
+        lambda randaugment, random_erasing, **kw: eval_transform(native_size=32, **kw),
     )
     epochs = ["--num_epochs", "4"]
     slow = run_linear(run_dirs, pretrained, *epochs, "--run_name", "images")
@@ -200,7 +201,7 @@ def test_knn_with_a_label_fraction_and_tsne(pretrained, run_dirs, monkeypatch):
     assert os.path.getsize(os.path.join(run_dirs[1], "knn", "tsne.png")) > 0
     args = json.load(open(os.path.join(run_dirs[1], "knn", "args.json")))
     assert args["data_fraction"] == 0.1
-    assert args["interpolation"] == "bicubic"  # SimCLR's official evaluation resize, recorded
+    assert args["eval_interpolation"] == "bicubic"  # SimCLR's official evaluation resize
 
 
 def test_plot_tsne_writes_a_png(tmp_path):

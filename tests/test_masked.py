@@ -17,6 +17,7 @@ from networks.heads import LinearClassifier
 from networks.timm_vit import add_interface
 from networks.vit import MaskableViT, ViTBackbone, sincos_position_embedding
 from optimizers import Optimization, build_optimizer
+from utils.accel import Speed
 from utils.synthetic import SyntheticShapes
 
 
@@ -263,7 +264,7 @@ def test_layer_decay_gives_each_block_its_lr():
     head = LinearClassifier(32, 10)
     args = finetune_args(layer_decay=0.5)
     optimizer = build_optimizer(Optimization.of(args), head, lr=1.0)
-    probe.add_backbone_groups(optimizer, vit, args, lr=1.0)
+    probe.add_backbone_groups(optimizer, vit, probe.HeadTraining.of(args), lr=1.0)
     scale_of = {}
     for group in optimizer.param_groups:
         for p in group["params"]:
@@ -294,7 +295,7 @@ def test_finetuning_leaves_the_class_token_and_positions_undecayed_as_mae(
     args = finetune_args(layer_decay=layer_decay, exclude_bias_and_norm=exclude,
                          decay_tokens=decay_tokens)  # fmt: skip
     optimizer = build_optimizer(Optimization.of(args), LinearClassifier(32, 10), lr=1.0)
-    probe.add_backbone_groups(optimizer, vit, args, lr=1.0)
+    probe.add_backbone_groups(optimizer, vit, probe.HeadTraining.of(args), lr=1.0)
     decay_of = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
     named = dict(vit.named_parameters())
     tokens = (
@@ -324,15 +325,14 @@ def test_the_finetuning_head_starts_as_maes_and_the_probe_as_its_linprobe():
         args = parse(["--finetune"] if finetune else [])
         assert args.head_std is None  # resolved in main_linear.evaluate, as below
         torch.manual_seed(0)
-        head = probe.build_classifier(finetune_args(head_std=std, probe_bn=False), 384, 500)
+        head = probe.build_classifier(probe.HeadTraining(head_std=std), 384, 500)
         assert head.fc.weight.std().item() == pytest.approx(std, rel=0.01)
         assert head.fc.weight.abs().max() < 6 * std
         assert torch.all(head.fc.bias == 0)
     torch.manual_seed(1)
     plain = LinearClassifier(384, 500)
     torch.manual_seed(1)
-    pinned = probe.build_classifier(finetune_args(head_std=0.01, finetune=True, probe_bn=False),
-                                    384, 500)  # fmt: skip
+    pinned = probe.build_classifier(probe.HeadTraining(head_std=0.01, finetune=True), 384, 500)
     assert torch.equal(plain.fc.weight, pinned.fc.weight)
 
 
@@ -418,9 +418,11 @@ def test_mixup_cutmix_and_label_smoothing_in_the_step():
     torch.manual_seed(0)
     head, body = LinearClassifier(32, 4), tiny_vit()
     args = finetune_args(mixup=0.8, cutmix=1.0, label_smoothing=0.1)
-    mix = probe.batch_mixing(args, 4)
+    mix = probe.batch_mixing(args.mixup, args.cutmix, 4)
     images, labels = torch.randn(6, 3, 16, 16), torch.tensor([0, 1, 2, 3, 0, 1])
-    step = probe.classifier_step(head, body, torch.device("cpu"), args, True, mix)
+    step = probe.classifier_step(
+        head, body, torch.device("cpu"), Speed(), True, mix, label_smoothing=args.label_smoothing
+    )
     torch.manual_seed(5)
     loss, count, sums = step(images, labels)
     torch.manual_seed(5)
@@ -428,7 +430,7 @@ def test_mixup_cutmix_and_label_smoothing_in_the_step():
     assert targets.shape == (6, 4) and torch.allclose(targets.sum(1), torch.ones(6))
     expected = F.cross_entropy(head(body(mixed)), targets, label_smoothing=0.1)
     assert count == 6 and loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    assert probe.batch_mixing(finetune_args(), 4) is None
+    assert probe.batch_mixing(0.0, 0.0, 4) is None
 
 
 @pytest.mark.full

@@ -14,6 +14,7 @@ import probe
 from methods import METHODS
 from tests.conftest import backbone_for
 from utils import tsne
+from utils.accel import Speed
 from utils.checkpoint import load_checkpoint
 
 # whole runs: the full suite only (conftest --fast); files and formats are tested here, not
@@ -161,7 +162,7 @@ def test_linear_probe_keeps_the_backbone_frozen(tmp_path):
     device = torch.device("cpu")
     loop = Engine(optimizer, [0.1] * 3, 3, 1, device, logger=logger)
     backbone.eval()  # as probe.train_classifier's before_epoch leaves a frozen backbone
-    step = probe.classifier_step(classifier, backbone, device, args, finetune=False)
+    step = probe.classifier_step(classifier, backbone, device, Speed.of(args), finetune=False)
     loop.train_epoch(loader, 0, step)
     for key, value in backbone.state_dict().items():  # BatchNorm running stats included
         assert torch.equal(value, before[key]), key

@@ -147,7 +147,9 @@ def test_layer_decay_drop_path_and_fc_norm_on_timm_names():
     assert scales["norm.weight"] == 1.0
     args = Optimization.of(finetune_args(layer_decay=0.5))
     optimizer = build_optimizer(args, LinearClassifier(32, 10), lr=1.0)
-    probe.add_backbone_groups(optimizer, vit, finetune_args(layer_decay=0.5), lr=1.0)
+    probe.add_backbone_groups(
+        optimizer, vit, probe.HeadTraining.of(finetune_args(layer_decay=0.5)), lr=1.0
+    )
     scale_of = {id(p): g.get("lr_scale", 1.0) for g in optimizer.param_groups for p in g["params"]}
     named = dict(vit.named_parameters())
     assert scale_of[id(named["pos_embed"])] == 0.5**4
@@ -186,7 +188,7 @@ def test_finetuning_leaves_a_distilled_deits_tokens_undecayed_as_timm_lists_them
     assert not add_interface(vit)
     args = finetune_args()
     optimizer = build_optimizer(Optimization.of(args), LinearClassifier(32, 10), lr=1.0)
-    probe.add_backbone_groups(optimizer, vit, args, lr=1.0)
+    probe.add_backbone_groups(optimizer, vit, probe.HeadTraining.of(args), lr=1.0)
     decay_of = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
     named = dict(vit.named_parameters())
     for name in ("cls_token", "dist_token", "pos_embed"):

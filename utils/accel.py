@@ -7,14 +7,14 @@ each one helps.
 import contextlib
 import inspect
 from argparse import Namespace
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from utils.distributed import world_size
-from utils.misc import UserError
+from utils.misc import UserError, settings_of
 
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 # newer PyTorch renamed DDP's broadcast_buffers (and warns on the old name)
@@ -38,7 +38,7 @@ class Speed:
     @classmethod
     def of(cls, args: Namespace) -> "Speed":
         """The part of the parsed flags it holds (main_linear.py has no --compile, --sync_bn)."""
-        return cls(**{f.name: getattr(args, f.name, f.default) for f in fields(cls)})
+        return settings_of(cls, args)
 
 
 def check_options(speed: Speed, device: torch.device) -> None:

@@ -1,6 +1,7 @@
 """Small helpers shared by the entry points: clear user errors, flags, seeding, device choice."""
 
 import argparse
+import dataclasses
 import errno
 import inspect
 import os
@@ -225,6 +226,18 @@ def given_kwargs(fn, kwargs: dict, exclude: tuple[str, ...] = ()) -> dict:
 
 
 SEED_RANGE = 2**32  # numpy's seeds; --seed is checked against it (seed_int)
+
+
+def settings_of(cls, args: argparse.Namespace):
+    """The typed part `cls` (a dataclass of settings) of the resolved flags `args`: each field
+    from the flag of its name, lists as tuples; a flag absent (the other entry point has none) or
+    None takes the field's default."""
+    values = {}
+    for field in dataclasses.fields(cls):
+        value = getattr(args, field.name, None)
+        if value is not None:
+            values[field.name] = tuple(value) if isinstance(value, list) else value
+    return cls(**values)
 
 
 def seed_int(value: str) -> int:

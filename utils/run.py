@@ -208,10 +208,11 @@ def fit_batch_size(batch_size: int, num_images: int, limit: int | None, at_least
 
 
 def make_loader(
-    dataset: Dataset, args: Namespace, device: torch.device, train: bool, batch_size: int
+    dataset: Dataset, device: torch.device, train: bool, batch_size: int, seed: int, workers: int
 ) -> DataLoader:
-    """A loader of global batches of `batch_size` (fit_batch_size for training); for training,
-    shuffled in an order fixed by (seed, epoch) through `seed_epoch`, so that the order of an
+    """A loader of global batches of `batch_size` (fit_batch_size for training) read by
+    `workers` processes (--num_workers, at most the cores); for training, shuffled in an order
+    fixed by (`seed`, epoch) through `seed_epoch`, so that the order of an
     epoch does not depend on what ran before it (a resumed run sees the same batches). Under DDP
     each of the W processes loads B/W images of each batch; evaluation loaders read one
     contiguous shard each (utils.data.ShardSampler)."""
@@ -221,11 +222,11 @@ def make_loader(
             f"{world_size()} processes: use a multiple of {world_size()}"
         )
     if train:
-        sampler = EpochSampler(len(dataset), args.seed, rank(), world_size())
+        sampler = EpochSampler(len(dataset), seed, rank(), world_size())
     else:
         sampler = ShardSampler(len(dataset), rank(), world_size()) if world_size() > 1 else None
-    generator = torch.Generator().manual_seed(args.seed)  # workers' seeds, per epoch below
-    workers = usable_workers(args.num_workers)
+    generator = torch.Generator().manual_seed(seed)  # workers' seeds, per epoch below
+    workers = usable_workers(workers)
     return DataLoader(
         dataset,
         batch_size=batch_size // world_size(),
