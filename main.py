@@ -44,7 +44,6 @@ from utils.checkpoint import (
     load_checkpoint,
     restore,
     restore_epoch_file,
-    resume_path,
 )
 from utils.data import (
     DATASETS,
@@ -70,6 +69,7 @@ from utils.misc import (
 )
 from utils.plots import plot_reconstructions, plot_run
 from utils.run import (
+    Run,
     TrainingGuard,
     build_lr_schedule,
     build_wd_schedule,
@@ -77,6 +77,7 @@ from utils.run import (
     fit_batch_size,
     make_loader,
     make_run_dirs,
+    resume_path,
     run_folders,
     start_process,
     with_values,
@@ -160,11 +161,11 @@ def training_set(args) -> tuple:
     return dataset, transform
 
 
-def resumed_checkpoint(args) -> tuple[str | None, dict | None]:
+def resumed_checkpoint(args, run: Run) -> tuple[str | None, dict | None]:
     """--resume: the checkpoint to continue and its path, checked against the flags: a
     pretraining checkpoint (not main_linear.py's) of the same method, backbone and data set,
     with everything resuming reads."""
-    ckpt_path = resume_path(args)
+    ckpt_path = resume_path(run)
     checkpoint = load_checkpoint(ckpt_path, args.trust_pickle) if ckpt_path else None
     if checkpoint is not None:
         if checkpoint.get("kind") != "pretrain":
@@ -372,30 +373,32 @@ def train(args) -> dict:
     sources = flag_sources(get_args_parser(), args)  # where each flag's value came from
     check_method_flags(args)
     labelled, probe_on = check_data(args)
-    device = start_process(args)  # under torchrun: one process per GPU
+    run, speed = Run.of(args), Speed.of(args)  # where the run lives, how fast it runs
+    device = start_process(run, speed)  # under torchrun: one process per GPU
     set_seed(args.seed)  # the same initial weights on every process
     torch.autograd.set_detect_anomaly(args.debug)  # names the op behind a NaN gradient; slow
 
     # ============ resume: the run folder comes from the checkpoint ============
-    ckpt_path, checkpoint = resumed_checkpoint(args)
+    ckpt_path, checkpoint = resumed_checkpoint(args, run)
     # the training settings left unset: the checkpoint's, else the method's recipe
     args, recipe = with_recipe(args, sources, checkpoint)
-    opt = Optimization.of(args)  # what the optimizer and its schedules are built from
-    speed = Speed.of(args)
-    # how the monitors evaluate the backbone, recorded for main_linear.py, load_backbone, export
+    print(f"recipe: {args.model_name}'s for {recipe.regime()}, after {recipe.source}")
+    # the typed parts the modules below are built from: the optimizer and its schedules, the
+    # monitors, and how the monitors evaluate the backbone (recorded for main_linear.py,
+    # load_backbone and export.py)
+    opt, watch = Optimization.of(args), Monitoring.of(args)
     evaluation = resolve_evaluation(
         args.model_name, {"interpolation": args.eval_interpolation, "pool": args.pool},
         recorded_evaluation(checkpoint) if checkpoint is not None else None,
     )  # fmt: skip
-    print(f"recipe: {args.model_name}'s for {recipe.regime()}, after {recipe.source}")
     # checked (and locked) now, created once the run can start: a failed start leaves nothing
     run_name, log_dir, ckpt_dir, metrics_from = run_folders(
-        args, ckpt_path, checkpoint, args.run_name or default_run_name(args)
+        run, ckpt_path, checkpoint, run.run_name or default_run_name(run)
     )
     # what args.json and the checkpoints record
     args = with_values(args, run_name=run_name, online_probe_bn=online_probe_bn(args, checkpoint))
     if checkpoint is not None:
-        check_unchanged(checkpoint["args"], args, ckpt_path)
+        check_unchanged(checkpoint["args"], vars(args), ckpt_path)
         if checkpoint["epoch"] >= args.num_epochs:
             if args.print_config:  # nothing to train: the run's own record
                 return {"config": checkpoint.get("config", {})}
@@ -407,7 +410,7 @@ def train(args) -> dict:
     # ============ data ============
     dataset, train_transform = training_set(args)
     if checkpoint is not None:
-        check_same_data(checkpoint, len(dataset), ckpt_path, args)
+        check_same_data(checkpoint, len(dataset), ckpt_path, args.dataset_name, args.data_dir)
     batch_size = fit_batch_size(args.batch_size, len(dataset), args.limit, 2)  # the global batch
     loader = make_loader(dataset, device, True, batch_size, args.seed, args.num_workers)
     augment = BatchViews(train_transform).to(device) if args.gpu_augment else None
@@ -470,7 +473,7 @@ def train(args) -> dict:
     start_time = time.time()
     tsne_path = os.path.join(log_dir, "tsne.png") if main_rank else None
     after_epoch = epoch_monitor(
-        Monitoring.of(args), model.backbone, monitor_loaders, probe, device, tsne_path, title
+        watch, model.backbone, monitor_loaders, probe, device, tsne_path, title
     )
     if start_epoch == start_step == 0:
         log_baseline(after_epoch(-1), logger)

@@ -40,7 +40,13 @@ from networks.vit import (
     set_pool,
 )
 from optimizers import Optimization, scale_lr
-from pretrained import evaluated_backbone, load_pretrained, load_resumed, resumed_values
+from pretrained import (
+    Evaluated,
+    evaluated_backbone,
+    load_pretrained,
+    load_resumed,
+    resumed_values,
+)
 from probe import PROBE_STD, HeadTraining, linear_evaluation
 from transformations import linear_train_transform
 from utils.accel import Speed
@@ -70,6 +76,7 @@ from utils.misc import (
     unit_float,
 )
 from utils.run import (
+    Run,
     default_run_name,
     fit_batch_size,
     make_loader,
@@ -273,6 +280,8 @@ def check_args(args) -> None:
             "--finetune trains the backbone, so its features cannot be precomputed: "
             "drop --precompute_features"
         )
+    if args.resume is not None and args.eval == "knn":
+        raise UserError("--resume: a kNN evaluation trains nothing to continue: drop --resume")
     if args.finetune and args.eval == "knn":
         raise UserError("--finetune trains a classifier, --eval knn has none: drop one of them")
     if args.random_init and args.ckpt:
@@ -380,17 +389,20 @@ def main(args) -> dict:
 def evaluate(args) -> dict:
     flags = flag_sources(get_args_parser(), args)  # where each flag's value came from
     check_args(args)
-    device = start_process(args)  # under torchrun: one process per GPU
+    run, speed = Run.of(args), Speed.of(args)  # where the run lives, how fast it runs
+    device = start_process(run, speed)  # under torchrun: one process per GPU
     set_seed(args.seed)
 
     # ============ pretrained backbone (and this run's own checkpoint with --resume) ============
-    resumed_path, resumed = load_resumed(args)
+    kind = "finetune" if args.finetune else "linear"
+    resumed_path, resumed = load_resumed(run, kind, args.trust_pickle)
     if resumed:  # flags left to the method: the stopped run's values
-        args = with_values(args, **resumed_values(args, resumed))
+        args = with_values(args, **resumed_values(vars(args), resumed))
     # a resumed evaluation continues with the pretraining checkpoint it started from
     ckpt = args.ckpt or (resumed and resumed["args"].get("ckpt"))
     ckpt_source = flags["sources"]["ckpt"] if args.ckpt else "checkpoint" if ckpt else "derived"
-    weights, pretrained, ckpt = load_pretrained(args, ckpt)  # a checkpoint or an exported file
+    want = Evaluated.of(args)  # what is evaluated
+    weights, pretrained, ckpt = load_pretrained(want, ckpt)  # a checkpoint or an exported file
     # recorded as evaluated (None: the method's choice), so that --resume needs no flag for it
     args = with_values(
         args, momentum_backbone=pretrained.momentum_backbone if pretrained else False
@@ -400,7 +412,7 @@ def evaluate(args) -> dict:
     # checked (and locked) now, created once the evaluation can start: a failed start leaves
     # nothing behind
     run_name, log_dir, ckpt_dir, metrics_from = run_folders(
-        args, resumed_path, resumed, args.run_name or default_run_name(args, prefix=prefix)
+        run, resumed_path, resumed, run.run_name or default_run_name(run, prefix=prefix)
     )
     backbone_lr = args.backbone_lr
     if args.finetune and backbone_lr is None:
@@ -421,7 +433,7 @@ def evaluate(args) -> dict:
         eval_interpolation=evaluation.interpolation, exclude_bias_and_norm=exclude,
         head_std=head_std,
     )  # fmt: skip
-    backbone, feat_dim = evaluated_backbone(args, weights, pretrained)
+    backbone, feat_dim = evaluated_backbone(want, weights, pretrained, ckpt)
     # a ViT's features as its pretraining evaluated them (I-JEPA: the patch tokens' mean)
     pool = evaluation.pool
     set_pool(backbone, pool, args.backbone)
@@ -444,7 +456,7 @@ def evaluate(args) -> dict:
     feat_dim *= set_last_blocks(backbone, last_blocks, args.backbone)
     args = with_values(args, n_last_blocks=last_blocks)
     if resumed:
-        check_unchanged(resumed["args"], args, resumed_path)
+        check_unchanged(resumed["args"], vars(args), resumed_path)
         results_path = os.path.join(log_dir, "results.json")
         if resumed["epoch"] >= args.num_epochs and os.path.isfile(results_path):
             print(f"--resume {resumed_path}: the evaluation has finished; results {results_path}")
@@ -466,7 +478,7 @@ def evaluate(args) -> dict:
     # ============ data ============
     train_set, test_set = build_datasets(args)
     if resumed:
-        check_same_data(resumed, len(train_set), resumed_path, args)
+        check_same_data(resumed, len(train_set), resumed_path, args.dataset_name, args.data_dir)
     num_classes = args.num_classes or num_classes_of(train_set)
     train = args.eval == "linear"  # a kNN memory bank is read in order, every image
     batch_size = args.batch_size
@@ -509,7 +521,7 @@ def evaluate(args) -> dict:
         run = (device, log_dir, ckpt_dir, batch_size, resumed)
         what = f"{args.model_name} / {args.backbone} / {args.dataset_name}"
         acc1, acc5, test_features = linear_evaluation(
-            HeadTraining.of(args), Optimization.of(args), Speed.of(args), vars(args), what,
+            HeadTraining.of(args), Optimization.of(args), speed, vars(args), what,
             backbone, feat_dim, num_classes, train_set, train_loader, test_loader, *run,
         )  # fmt: skip
     wall_time = time.time() - start_time

@@ -14,7 +14,7 @@ import json
 import os
 import pickle
 import zipfile
-from dataclasses import MISSING, asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, field, replace
 
 import torch
 from torch import Tensor, nn
@@ -28,11 +28,11 @@ from utils.checkpoint import (
     find_checkpoint,
     kind_of,
     load_checkpoint,
-    resume_path,
     safe_load,
 )
 from utils.data import DATASETS, IMAGENET_MEAN_STD
-from utils.misc import UserError
+from utils.misc import UserError, settings_of
+from utils.run import Run, resume_path
 
 # unset (None: the method's choice), these take the stopped run's value on --resume
 RESUME_ADOPTED = ("momentum_backbone", "n_last_blocks")
@@ -266,49 +266,74 @@ def load_backbone(
 # ---- main_linear.py: the pretraining checkpoint to evaluate, and its own to resume ----
 
 
-def load_pretrained(args, path: str | None) -> tuple[dict | None, BackboneInfo | None, str | None]:
+@dataclass(frozen=True)
+class Evaluated:
+    """The backbone main_linear.py evaluates (its flags, resolved once in its main()): what it
+    must be (method, backbone, image size), where its checkpoint is (--ckpt, else the newest of
+    the same data set under --ckpt_dir; none with --random_init, which builds it as the method
+    initialises it with the method's `init` flags given), which copy (None: the method's
+    choice), and whether an older pickled checkpoint may be read."""
+
+    model_name: str
+    backbone: str
+    image_size: int
+    dataset_name: str
+    ckpt_dir: str = "./ckpts/"
+    random_init: bool = False
+    momentum_backbone: bool | None = None
+    trust_pickle: bool = False
+    init: dict = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, args) -> "Evaluated":
+        init_flags = METHODS[args.model_name].init_flags
+        init = {k: getattr(args, k) for k in init_flags if getattr(args, k, None) is not None}
+        return replace(settings_of(cls, args), init=init)
+
+
+def load_pretrained(
+    want: Evaluated, path: str | None
+) -> tuple[dict | None, BackboneInfo | None, str | None]:
     """The backbone weights to evaluate, what they are, and their file (all None with
     --random_init): `path` (--ckpt, or the resumed evaluation's; a checkpoint or an export.py
     file), else the newest checkpoint of the same method, backbone and data set."""
-    if args.random_init:
+    if want.random_init:
         return None, None, None
-    path = path or find_checkpoint(args.ckpt_dir, args.model_name, args.backbone, args.dataset_name)
+    path = path or find_checkpoint(want.ckpt_dir, want.model_name, want.backbone, want.dataset_name)
     if path is None:
         raise UserError(
-            f"no pretraining checkpoint of {args.model_name}/{args.backbone}/"
-            f"{args.dataset_name} under {args.ckpt_dir}: pass --ckpt PATH, run main.py "
+            f"no pretraining checkpoint of {want.model_name}/{want.backbone}/"
+            f"{want.dataset_name} under {want.ckpt_dir}: pass --ckpt PATH, run main.py "
             f"first, or use --random_init for the untrained baseline"
         )
-    weights, info = read_backbone(path, args.momentum_backbone, args.trust_pickle)
+    weights, info = read_backbone(path, want.momentum_backbone, want.trust_pickle)
     for key in ("model_name", "backbone", "image_size"):
-        if getattr(info, key) != getattr(args, key):
+        if getattr(info, key) != getattr(want, key):
             raise UserError(
                 f"--ckpt {path} was pretrained with --{key} {getattr(info, key)}, but "
-                f"--{key} is {getattr(args, key)}: pass --{key} {getattr(info, key)}"
+                f"--{key} is {getattr(want, key)}: pass --{key} {getattr(info, key)}"
             )
-    if info.dataset_name != args.dataset_name:  # transfer: classes from the new data
+    if info.dataset_name != want.dataset_name:  # transfer: classes from the new data
         print(
             f"note: --ckpt was pretrained on {info.dataset_name}; evaluating on "
-            f"{args.dataset_name}, whose classes the classifier predicts"
+            f"{want.dataset_name}, whose classes the classifier predicts"
         )
     return weights, info, path
 
 
-def load_resumed(args) -> tuple[str | None, dict | None]:
-    """--resume: this evaluation's own last.pt (of a main_linear.py run with the same mode) and
-    its path; the run folder (and, unless given, the pretraining checkpoint) are the stopped
-    run's, and its flags must be the stopped run's (main_linear.main: check_unchanged).
-    `auto`: --run_name's, or the newest of the same method, backbone and data set."""
-    if args.resume is None:
+def load_resumed(run: Run, kind: str, trust_pickle: bool) -> tuple[str | None, dict | None]:
+    """--resume: this evaluation's own last.pt (of a main_linear.py run of `kind`, linear or
+    finetune) and its path; the run folder (and, unless given, the pretraining checkpoint) are
+    the stopped run's, and its flags must be the stopped run's (main_linear.main:
+    check_unchanged). `auto`: --run_name's, or the newest of the same method, backbone and
+    data set."""
+    if run.resume is None:
         return None, None
-    kind = "finetune" if args.finetune else "linear"
-    if args.eval == "knn":
-        raise UserError("--resume: a kNN evaluation trains nothing to continue: drop --resume")
-    path = resume_path(args, kind)
+    path = resume_path(run, kind)
     if path is None:
         print("--resume auto: no checkpoint found, starting a new run")
         return None, None
-    checkpoint = load_checkpoint(path, args.trust_pickle)
+    checkpoint = load_checkpoint(path, trust_pickle)
     if checkpoint.get("kind") != kind:
         raise UserError(
             f"--resume {path} is {kind_of(checkpoint)} checkpoint, not one of a {kind} run of "
@@ -318,32 +343,32 @@ def load_resumed(args) -> tuple[str | None, dict | None]:
     return path, checkpoint
 
 
-def resumed_values(args, checkpoint: dict) -> dict:
-    """The flags of RESUME_ADOPTED left unset, with the values of the stopped run whose
-    `checkpoint` is resumed."""
+def resumed_values(given: dict, checkpoint: dict) -> dict:
+    """The flags of RESUME_ADOPTED left unset in `given` (the parsed flags), with the values of
+    the stopped run whose `checkpoint` is resumed."""
     saved = checkpoint["args"]
-    unset = [key for key in RESUME_ADOPTED if getattr(args, key) is None]
+    unset = [key for key in RESUME_ADOPTED if given.get(key) is None]
     return {key: saved.get(key, RESUME_DEFAULTS.get(key)) for key in unset}
 
 
 def evaluated_backbone(
-    args, weights: dict | None, info: BackboneInfo | None = None
+    want: Evaluated, weights: dict | None, info: BackboneInfo | None = None, path: str = ""
 ) -> tuple[nn.Module, int]:
-    """The backbone main_linear.py evaluates: with the pretrained `weights` (strictly: every
-    backbone key must be there) built as its run's record says (`info`: a ViT's heads and class
-    token); with --random_init
-    (None), as the method builds and initialises it (its ViT heads, zero residual BatchNorm where
-    its official code does so, MAE's and I-JEPA's ViT initialisation: methods.build_method)."""
-    backbone, feat_dim = build_backbone(args.backbone, args.image_size)
+    """The backbone main_linear.py evaluates: with the pretrained `weights` of `path`
+    (strictly: every backbone key must be there) built as its run's record says (`info`: a
+    ViT's heads and class token); with --random_init (None), as the method builds and
+    initialises it (its ViT heads, zero residual BatchNorm where its official code does so,
+    MAE's and I-JEPA's ViT initialisation: methods.build_method)."""
+    backbone, feat_dim = build_backbone(want.backbone, want.image_size)
     if weights is None:  # the method's own initialisation of it (a method's heads are cheap)
-        cls = METHODS[args.model_name]
-        set_heads(backbone, cls.vit_heads.get(args.backbone), args.backbone)
-        given = {k: getattr(args, k) for k in cls.init_flags if getattr(args, k, None) is not None}
+        cls = METHODS[want.model_name]
+        set_heads(backbone, cls.vit_heads.get(want.backbone), want.backbone)
         try:
-            return build_method(args.model_name, backbone, feat_dim, **given).backbone, feat_dim
+            built = build_method(want.model_name, backbone, feat_dim, **want.init)
         except ValueError as err:  # a backbone the method cannot train (MAE on a ResNet)
-            raise UserError(f"--model_name {args.model_name}: {err}") from None
-    load_weights(backbone, weights, args.ckpt, args.backbone)
+            raise UserError(f"--model_name {want.model_name}: {err}") from None
+        return built.backbone, feat_dim
+    load_weights(backbone, weights, path, want.backbone)
     if info is not None:
         set_vit_settings(backbone, info)
     return backbone, feat_dim

@@ -212,10 +212,11 @@ def test_a_failed_start_can_be_run_again_under_the_same_run_name(tmp_path):
 
 
 def test_more_loader_workers_than_cores_is_said_once(capsys):
-    from utils.run import make_loader, start_process
+    from utils.accel import Speed
+    from utils.run import Run, make_loader, start_process
 
     args = main.get_args_parser().parse_args([*TINY, "--num_workers", "64"])
-    start_process(args)
+    start_process(Run.of(args), Speed.of(args))
     cores = len(os.sched_getaffinity(0))
     out = capsys.readouterr().out
     assert out.count("--num_workers 64") == 1 and f"using {cores}" in out

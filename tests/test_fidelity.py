@@ -428,7 +428,7 @@ def test_the_random_init_baseline_starts_as_the_method_does(method, zeroed):
     args = main_linear.get_args_parser().parse_args(
         ["--model_name", method, "--backbone", "resnet18", "--random_init"]
     )
-    backbone, _ = main_linear.evaluated_backbone(args, None)
+    backbone, _ = main_linear.evaluated_backbone(main_linear.Evaluated.of(args), None)
     assert all((s == 0) == zeroed for s in residual_scales(backbone))
 
 

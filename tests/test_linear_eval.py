@@ -5,7 +5,6 @@ import csv
 import functools
 import json
 import os
-from argparse import Namespace
 from collections import Counter
 
 import pytest
@@ -17,7 +16,7 @@ import main
 import main_linear
 from methods import build_method
 from networks import build_backbone
-from pretrained import backbone_weights
+from pretrained import Evaluated, backbone_weights
 from transformations import eval_transform
 from utils.checkpoint import load_checkpoint
 from utils.misc import UserError, run_cli
@@ -127,8 +126,8 @@ def backbone_weights_of(checkpoint_path):
 def test_finetune_changes_the_backbone_and_the_probe_does_not(pretrained, run_dirs, monkeypatch):
     loaded = []
 
-    def recording_load_backbone(args, weights, info=None):
-        backbone, feat_dim = load_backbone(args, weights, info)
+    def recording_load_backbone(want, weights, info=None, path=""):
+        backbone, feat_dim = load_backbone(want, weights, info, path)
         loaded.append(backbone)
         return backbone, feat_dim
 
@@ -259,11 +258,11 @@ def test_momentum_backbone_loads_the_ema_copy(method, prefix):
             p.add_(1.0)
     checkpoint = {"args": {"model_name": method, "backbone": "small_cnn", "image_size": 16}}
     checkpoint["model"] = model.state_dict()
-    args = Namespace(backbone="small_cnn", image_size=16, ckpt="x.pt")
-    loaded, _ = main_linear.evaluated_backbone(args, backbone_weights(checkpoint, momentum=True))
+    want = Evaluated(method, "small_cnn", 16, "synthetic")
+    loaded, _ = main_linear.evaluated_backbone(want, backbone_weights(checkpoint, momentum=True))
     for key, value in loaded.state_dict().items():
         assert torch.equal(value, checkpoint["model"][prefix + key]), key
-    online, _ = main_linear.evaluated_backbone(args, backbone_weights(checkpoint))
+    online, _ = main_linear.evaluated_backbone(want, backbone_weights(checkpoint))
     first = next(iter(online.state_dict()))
     assert torch.equal(online.state_dict()[first], checkpoint["model"]["backbone." + first])
     assert not torch.equal(online.state_dict()[first], loaded.state_dict()[first])

@@ -172,10 +172,7 @@ def test_timm_backbones_pretrain_through_main(backbone, method, extra, run_dirs)
 
 
 def test_a_timm_backbone_gives_a_run_folder_name_without_a_colon(tmp_path):
-    from argparse import Namespace
+    from utils.run import Run, default_run_name
 
-    from utils.run import default_run_name
-
-    args = Namespace(model_name="byol", backbone="timm:convnext_atto", dataset_name="synthetic")
-    args.logs_dir = args.ckpt_dir = str(tmp_path)
-    assert default_run_name(args).startswith("byol_timm-convnext_atto_synthetic_")
+    run = Run("byol", "timm:convnext_atto", "synthetic", str(tmp_path), str(tmp_path))
+    assert default_run_name(run).startswith("byol_timm-convnext_atto_synthetic_")

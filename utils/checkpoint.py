@@ -25,7 +25,6 @@ import torch
 
 from utils.distributed import rank, world_size
 from utils.misc import UserError
-from utils.runfolder import checkpoints_in
 
 FORMAT_VERSION = 2  # 2: data only (the numpy random state as a tensor); 1 needed a pickle
 # what --resume reads from a training checkpoint
@@ -242,23 +241,6 @@ def run_name_of(path: str) -> str:
     return os.path.basename(os.path.dirname(os.path.abspath(path)))
 
 
-def resume_path(args, kind: str = "pretrain") -> str | None:
-    """The checkpoint --resume names: a path as given; `auto`, --run_name's last.pt, or the
-    newest `kind` checkpoint of the same method, backbone and data set under --ckpt_dir (None
-    when there is none: a new run starts)."""
-    if args.resume is None or args.resume != "auto":
-        return args.resume
-    if args.run_name:  # its last.pt, else its newest epoch_NNNN.pt (last.pt deleted by hand)
-        folder = os.path.join(args.ckpt_dir, args.run_name)
-        names = checkpoints_in(folder) if os.path.isdir(folder) else []
-        if not names:
-            return None
-        return os.path.join(folder, "last.pt" if "last.pt" in names else names[-1])
-    return find_checkpoint(
-        args.ckpt_dir, args.model_name, args.backbone, args.dataset_name, kind=kind
-    )
-
-
 # flags that may differ on --resume: where files go, how fast and how often things happen, what
 # is watched; every other recorded flag shapes the training and must equal the run's
 RESUME_FREE = ("resume", "run_name", "logs_dir", "ckpt_dir", "config", "trust_pickle")
@@ -280,11 +262,10 @@ def shown(value) -> str:
     return str(value)
 
 
-def check_unchanged(saved: dict, args, path: str) -> None:
+def check_unchanged(saved: dict, current: dict, path: str) -> None:
     """Refuse, in one line naming each flag and its two values, a resumed run whose settings
     differ from those its checkpoint recorded (RESUME_FREE may differ). A flag the checkpoint
     does not record (added to the toolkit since) is not compared."""
-    current = vars(args)
     differ = [
         key
         for key in sorted(saved)
@@ -300,14 +281,16 @@ def check_unchanged(saved: dict, args, path: str) -> None:
         )
 
 
-def check_same_data(checkpoint: dict, images: int, ckpt_path: str, args) -> None:
+def check_same_data(
+    checkpoint: dict, images: int, ckpt_path: str, dataset_name: str, data_dir: str
+) -> None:
     """A resumed run must train on the data it started on (--data_dir may move, not change):
     as many training images as its checkpoint recorded."""
     before = checkpoint.get("data", {}).get("train_images")
     if before is not None and before != images:
         raise UserError(
             f"--resume {ckpt_path}: the run trained on {before} images of "
-            f"{args.dataset_name}, and --data_dir {args.data_dir} holds {images}: point "
+            f"{dataset_name}, and --data_dir {data_dir} holds {images}: point "
             "--data_dir at the run's data"
         )
 

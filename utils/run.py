@@ -5,6 +5,7 @@ import signal
 import sys
 import time
 from argparse import Namespace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -13,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from optimizers import Optimization, scale_lr
 from optimizers.cosine_decay_warmup import cosine_scheduler
 from utils.accel import Speed, check_options
-from utils.checkpoint import global_step, run_name_of
+from utils.checkpoint import find_checkpoint, global_step, run_name_of
 from utils.data import EpochSampler, ShardSampler
 from utils.distributed import (
     all_reduce_sum,
@@ -24,10 +25,11 @@ from utils.distributed import (
     world_size,
 )
 from utils.logging import truncate_metrics
-from utils.misc import UserError, resolve_device
+from utils.misc import UserError, resolve_device, settings_of
 from utils.runfolder import (
     TEMPORARY,
     check_run_name,
+    checkpoints_in,
     holds_a_run,
     later_checkpoints,
     lock,
@@ -36,15 +38,38 @@ from utils.runfolder import (
 )
 
 
-def default_run_name(args: Namespace, prefix: str = "") -> str:
+@dataclass(frozen=True)
+class Run:
+    """What names a run and where it lives (its flags, resolved once in main()): what it trains
+    (method, backbone, data set: the default name, the checkpoints --resume auto finds), its
+    folders and name (None: one made from the clock), the checkpoint it continues, its seed,
+    device and loader processes."""
+
+    model_name: str
+    backbone: str
+    dataset_name: str
+    logs_dir: str = "./logs/"
+    ckpt_dir: str = "./ckpts/"
+    run_name: str | None = None
+    resume: str | None = None
+    seed: int = 123
+    device: str = "cuda"
+    num_workers: int = 4
+
+    @classmethod
+    def of(cls, args: Namespace) -> "Run":
+        return settings_of(cls, args)
+
+
+def default_run_name(run: Run, prefix: str = "") -> str:
     """`<prefix><method>_<backbone>_<dataset>_<timestamp>`, with a suffix when runs started in
     the same second (a script launching several) would otherwise share the folder. A timm
     backbone's colon becomes a dash (`timm-convnext_tiny`), a valid folder name everywhere."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    backbone = args.backbone.replace(":", "-")
-    name = base = f"{prefix}{args.model_name}_{backbone}_{args.dataset_name}_{stamp}"
+    backbone = run.backbone.replace(":", "-")
+    name = base = f"{prefix}{run.model_name}_{backbone}_{run.dataset_name}_{stamp}"
     count = 1
-    while any(os.path.exists(os.path.join(d, name)) for d in (args.logs_dir, args.ckpt_dir)):
+    while any(os.path.exists(os.path.join(d, name)) for d in (run.logs_dir, run.ckpt_dir)):
         count += 1
         name = f"{base}-{count}"
     return name
@@ -101,8 +126,23 @@ def check_run_dirs(
     return run_name, log_dir, ckpt_dir
 
 
+def resume_path(run: Run, kind: str = "pretrain") -> str | None:
+    """The checkpoint --resume names: a path as given; `auto`, --run_name's last.pt, or the
+    newest `kind` checkpoint of the same method, backbone and data set under --ckpt_dir (None
+    when there is none: a new run starts)."""
+    if run.resume is None or run.resume != "auto":
+        return run.resume
+    if run.run_name:  # its last.pt, else its newest epoch_NNNN.pt (last.pt deleted by hand)
+        folder = os.path.join(run.ckpt_dir, run.run_name)
+        names = checkpoints_in(folder) if os.path.isdir(folder) else []
+        if not names:
+            return None
+        return os.path.join(folder, "last.pt" if "last.pt" in names else names[-1])
+    return find_checkpoint(run.ckpt_dir, run.model_name, run.backbone, run.dataset_name, kind=kind)
+
+
 def run_folders(
-    args: Namespace, ckpt_path: str | None, checkpoint: dict | None, new_name: str
+    run: Run, ckpt_path: str | None, checkpoint: dict | None, new_name: str
 ) -> tuple[str, str, str, str | None]:
     """The run's name and folders, checked and locked (check_run_dirs), and where a resumed
     run's metrics come from (None: a new run, named `new_name`). A run resumes in its own
@@ -111,12 +151,12 @@ def run_folders(
     of its folder (`--resume .../epoch_0002.pt` of a run at epoch 5) would overwrite them:
     refused."""
     source = run_name_of(ckpt_path) if checkpoint else None
-    run_name = args.run_name or source or new_name
+    run_name = run.run_name or source or new_name
     in_place = checkpoint is not None and os.path.realpath(
         os.path.dirname(ckpt_path)
-    ) == os.path.realpath(os.path.join(args.ckpt_dir, run_name))
+    ) == os.path.realpath(os.path.join(run.ckpt_dir, run_name))
     run_name, log_dir, ckpt_dir = check_run_dirs(
-        args.logs_dir, args.ckpt_dir, run_name, resuming=in_place
+        run.logs_dir, run.ckpt_dir, run_name, resuming=in_place
     )
     if checkpoint is None:
         return run_name, log_dir, ckpt_dir, None
@@ -129,7 +169,7 @@ def run_folders(
                 "--run_name NEW to continue from it in a new run folder"
             )
         return run_name, log_dir, ckpt_dir, log_dir
-    return run_name, log_dir, ckpt_dir, os.path.join(args.logs_dir, source)
+    return run_name, log_dir, ckpt_dir, os.path.join(run.logs_dir, source)
 
 
 def make_run_dirs(
@@ -163,16 +203,16 @@ def make_run_dirs(
         )
 
 
-def start_process(args: Namespace) -> torch.device:
+def start_process(run: Run, speed: Speed) -> torch.device:
     """This process's device: joins torchrun's process group when there is one (rank 0 alone
     prints from then on) and checks the speed options against the device."""
-    device = init_distributed(resolve_device(args.device))
-    check_options(Speed.of(args), device)
+    device = init_distributed(resolve_device(run.device))
+    check_options(speed, device)
     if not is_main_process():
         sys.stdout = open(os.devnull, "w")  # rank 0 speaks and writes for all
-    cores = usable_workers(args.num_workers)
-    if args.num_workers > cores:  # torch would warn once per loader
-        print(f"note: --num_workers {args.num_workers} > {cores} CPU cores here: using {cores}")
+    cores = usable_workers(run.num_workers)
+    if run.num_workers > cores:  # torch would warn once per loader
+        print(f"note: --num_workers {run.num_workers} > {cores} CPU cores here: using {cores}")
     return device
 
 
