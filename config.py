@@ -66,7 +66,8 @@ def with_recipe(
 ) -> tuple[Namespace, Recipe]:
     """main.py's training flags left unset (None), filled once: a resumed run's from its
     checkpoint (the values it trained with), the others from the method's training recipe for
-    the run's image size and backbone family (methods/recipe.py), which also sets the views and
+    the run's image size and backbone family (methods/recipe.py) and for its number of epochs
+    where the official code has presets by length, which also sets the views and
     hyper-parameters of its regime. `flags["sources"]` (flag_sources) learns where each came
     from. A method without a recipe for the run needs the training flags given."""
     cls = METHODS[args.model_name]
@@ -83,6 +84,9 @@ def with_recipe(
         recipe = Recipe("the toolkit's defaults", {}, args.optimizer, args.base_lr,
                         args.batch_size, args.num_epochs, args.weight_decay)  # fmt: skip
     saved = checkpoint["args"] if checkpoint is not None else {}
+    # the values an official code sets by the schedule's length (BYOL's presets)
+    epochs = args.num_epochs or saved.get("num_epochs") or recipe.num_epochs
+    recipe = recipe.for_epochs(epochs)
     sources, filled = flags["sources"], {}
     hparams = hyper_parameters(cls)
     for key in (*RECIPE_FLAGS, *recipe.settings):

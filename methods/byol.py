@@ -96,7 +96,8 @@ class BYOL(Method):
         Recipe(
             source=(
                 "google-deepmind/deepmind-research f5de0ed, byol/ ImageNet defaults "
-                "(main_loop.py: 1000 epochs, batch 4096; EMA base 0.996 as the default here)"
+                "(main_loop.py: 1000 epochs, batch 4096; lr, weight decay and EMA base by the "
+                "schedule's length)"
             ),
             images="large",
             optimizer="lars",
@@ -111,6 +112,19 @@ class BYOL(Method):
             warmup_epochs=10,
             warmup_lr=0.0,
             final_lr=0.0,
+            presets={
+                epochs: {"base_lr": lr, "weight_decay": wd, "ema_momentum": ema}
+                for epochs, lr, wd, ema in (
+                    (40, 0.45, 1e-6, 0.97),
+                    (100, 0.45, 1e-6, 0.99),
+                    (300, 0.3, 1e-6, 0.99),
+                    (1000, 0.2, 1.5e-6, 0.996),
+                )
+            },
+            preset_source=(
+                "configs/byol.py:21-23,30,38,58,63 (_LR_PRESETS, _WD_PRESETS, _EMA_PRESETS for "
+                "40, 100, 300 or 1000 epochs, the only lengths it accepts)"
+            ),
             sources={
                 "optimizer, momentum, lars_eta": (
                     "byol_experiment.py:191 (optimizers.lars); configs/byol.py:59-60 "

@@ -9,7 +9,7 @@ convolutional and a ViT one where it has both (MoCo v3, DINO). main.py's flags l
 chosen regime's values; a --config recipe file overrides it and the command line overrides both.
 """
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 # image sizes of at most this are the CIFAR-size regime (as the small-image stem)
 from networks import SMALL_IMAGE_SIZE as SMALL_IMAGES
@@ -53,7 +53,11 @@ class Recipe:
     final_weight_decay  the weight decay at the end of a cosine from `weight_decay` (DINO,
                 I-JEPA); None: constant;
     settings    the views' flags and hyper-parameters of this regime that differ from the
-                method's own defaults (SimCLR at ImageNet sizes: temperature 0.1, jitter 1.0).
+                method's own defaults (SimCLR at ImageNet sizes: temperature 0.1, jitter 1.0);
+    presets     values that the official code sets by the schedule's length: {epochs: {flag:
+                value}} (BYOL's lr, weight decay and EMA base for 40 to 1000 epochs), with
+                `preset_source` their file and line; a run of N epochs takes the preset of the
+                longest schedule not longer than N (the shortest for fewer epochs: `for_epochs`).
     """
 
     source: str
@@ -77,6 +81,8 @@ class Recipe:
     settings: dict = field(default_factory=dict)
     images: str = "any"
     backbones: str = "any"
+    presets: dict[int, dict] = field(default_factory=dict)
+    preset_source: str = ""
 
     def matches(self, image_size: int, vit: bool) -> bool:
         small = image_size <= SMALL_IMAGES
@@ -100,6 +106,20 @@ class Recipe:
         found = {f.name: getattr(self, f.name) for f in fields(self)
                  if f.name in RECIPE_FLAGS and f.name not in unread}  # fmt: skip
         return {**found, **self.settings}
+
+    def for_epochs(self, num_epochs: int) -> "Recipe":
+        """This regime for a schedule of `num_epochs` epochs: the values of its preset for that
+        length (`presets`), each with its source; itself when it has none."""
+        if not self.presets:
+            return self
+        fitting = [epochs for epochs in self.presets if epochs <= num_epochs]
+        epochs = max(fitting) if fitting else min(self.presets)
+        preset = self.presets[epochs]
+        training = {k: v for k, v in preset.items() if k in RECIPE_FLAGS}
+        settings = {**self.settings, **{k: v for k, v in preset.items() if k not in training}}
+        where = f"{self.preset_source} (the {epochs}-epoch preset)"
+        sources = {key: where for key in preset} | self.sources  # the preset's sources first
+        return replace(self, **training, settings=settings, sources=sources, presets={})
 
     def source_of(self, key: str) -> str | None:
         """The source given for value `key` (None: none given)."""

@@ -43,6 +43,9 @@ def table() -> str:
                 if given:
                     shown_values = ", ".join(f"`{k}` {shown(values[k])}" for k in given)
                     lines.append(f"| {shown_values} | {where.replace('|', '/')} |")
+            for epochs, preset in sorted(recipe.presets.items()):  # by the schedule's length
+                shown_values = ", ".join(f"`{k}` {shown(v)}" for k, v in preset.items())
+                lines.append(f"| from {epochs} epochs: {shown_values} | {recipe.preset_source} |")
             lines.append("")
     return "\n".join(lines).rstrip()
 

@@ -14,7 +14,7 @@ import main
 from config import with_recipe
 from flags.method_help import view_defaults
 from methods import METHODS, Method, method_options
-from methods.recipe import Recipe, training_recipe
+from methods.recipe import RECIPE_FLAGS, Recipe, training_recipe
 from optimizers import OPTIMIZERS
 from scripts import recipes_table
 from utils.misc import UserError, parse_with_config
@@ -90,6 +90,8 @@ def test_every_regime_of_every_method_is_declared_and_sourced():
             unsourced = [k for k in recipe.values() if recipe.source_of(k) is None]
             assert not unsourced, (method, recipe.regime(), unsourced)
             assert set(recipe.settings) <= takes, (method, set(recipe.settings) - takes)
+            for preset in recipe.presets.values():  # by the schedule's length: sourced, taken
+                assert recipe.preset_source and set(preset) <= takes | set(RECIPE_FLAGS), method
             assert recipe.optimizer in OPTIMIZERS and recipe.lr_scaling in {
                 "linear", "sqrt", "none"
             }  # fmt: skip
@@ -121,6 +123,23 @@ def test_unset_flags_take_the_recipe_and_given_ones_win(tmp_path):
     # given under another name (DINO's --num_prototypes for --out_dim): the recipe leaves it
     args, _, _ = resolved("--model_name", "dino", "--num_prototypes", "64")
     assert (args.num_prototypes, args.out_dim) == (64, None)
+
+
+def test_byols_lr_decay_and_ema_follow_the_schedules_length_as_its_presets():
+    """configs/byol.py sets lr, weight decay and EMA base by the number of epochs (40, 100, 300,
+    1000); between them, the longest preset not longer than the run; a given flag wins."""
+    expected = {40: (0.45, 1e-6, 0.97), 100: (0.45, 1e-6, 0.99), 200: (0.45, 1e-6, 0.99),
+                300: (0.3, 1e-6, 0.99), 999: (0.3, 1e-6, 0.99), 1000: (0.2, 1.5e-6, 0.996),
+                20: (0.45, 1e-6, 0.97)}  # fmt: skip
+    for epochs, values in expected.items():
+        argv = ["--model_name", "byol", "--image_size", "224", "--num_epochs", str(epochs)]
+        args, _, sources = resolved(*argv)
+        assert (args.base_lr, args.weight_decay, args.ema_momentum) == values, epochs
+        assert "preset" in sources["ema_momentum"] and "configs/byol.py" in sources["base_lr"]
+    args, _, _ = resolved("--model_name", "byol", "--image_size", "224", "--ema_momentum", "0.9")
+    assert (args.ema_momentum, args.base_lr) == (0.9, 0.2)  # 1000 epochs, the recipe's
+    args, _, _ = resolved("--model_name", "byol", "--num_epochs", "100")  # CIFAR: no presets
+    assert (args.ema_momentum, args.base_lr) == (0.99, 1.0)
 
 
 def test_a_resumed_run_keeps_its_own_values_over_todays_recipe():
