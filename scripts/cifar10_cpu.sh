@@ -13,12 +13,12 @@
 #   DATA=path/to/cifar10 bash scripts/cifar10_cpu.sh [OUT_DIR [METHOD...]]
 #                                  (default OUT_DIR: runs/cifar10_cpu/<timestamp>; finished rows
 #                                  of an OUT_DIR are kept)
-#   The tables of docs/results.md come from OUT_DIRs under results/, where git keeps the small result files
-#   (args.json, metrics.csv, summary.json, results.json) and ignores checkpoints and plots.
+#   docs/results/cifar10_cpu.md and the README's summary come from results/cifar10_cpu, where git
+#   keeps the small result files and ignores checkpoints and plots: `python
+#   scripts/results_pages.py` after a run into it.
 #   DATA=path/to/cifar10           required: a CIFAR-10 ImageFolder copy with train/ and test/
 #   JOBS=2 ...                     two rows at a time, one thread each
 #   SEEDS="123" ...                one seed only
-#   UPDATE_README=1 ...            also rewrites the CIFAR-10 table of docs/results.md
 #   LIMIT=512 EPOCHS=1 ...         a smoke test of the script itself
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,5 +43,4 @@ EPOCHS=${EPOCHS:-6}  # BYOL, SwAV, DINO: 5x (their `slow_start`, methods/__init_
 run_rows
 
 echo
-python scripts/methods_table.py "$OUT" --block cifar10 --script scripts/cifar10_cpu.sh \
-    ${UPDATE_README:+--readme docs/results.md}
+python scripts/methods_table.py "$OUT"

@@ -11,11 +11,11 @@
 #   bash scripts/methods.sh [OUT_DIR [METHOD...]]   (default: runs/methods/<timestamp>, all methods;
 #                                                    an existing OUT_DIR gets the METHODs added,
 #                                                    finished rows are kept)
-#   The README's table comes from an OUT_DIR under results/, where git keeps the small result files
-#   (args.json, metrics.csv, summary.json, results.json) and ignores checkpoints and plots.
+#   docs/results/synthetic.md and the README's summary come from results/methods, where git keeps
+#   the small result files (args.json, metrics.csv, summary.json, results.json) and ignores
+#   checkpoints and plots: `python scripts/results_pages.py` after a run into it.
 #   JOBS=2 ...                     two rows at a time, one thread each (faster on 2 cores)
 #   SEEDS="123" ...                one seed only
-#   UPDATE_README=1 bash scripts/methods.sh          also rewrites the methods table of docs/methods.md
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/methods/$(date +%Y%m%d-%H%M%S)}
@@ -34,4 +34,4 @@ EPOCHS=${EPOCHS:-8}  # BYOL, SwAV, DINO: 5x (their `slow_start`, methods/__init_
 run_rows
 
 echo
-python scripts/methods_table.py "$OUT" ${UPDATE_README:+--readme docs/methods.md}
+python scripts/methods_table.py "$OUT"

@@ -1,15 +1,17 @@
-"""The methods tables (docs/methods.md, docs/results.md), read from the result files of
-`scripts/methods.sh` (synthetic) or `scripts/cifar10_cpu.sh` (real CIFAR-10): for each method,
+"""The methods tables (docs/results/synthetic.md, docs/results/cifar10_cpu.md), read from the
+result files of `scripts/methods.sh` (synthetic) or `scripts/cifar10_cpu.sh` (real CIFAR-10): for
+each method,
 its views and loss, the flags its short run set, and over its seeds the mean ± standard
 deviation of: the kNN Acc@1 of its backbone at epoch 0 (random initialisation) and at the end
 (metrics.csv), their difference, how many seeds end above their initialisation, and the linear
 probe (results.json); beside the linear probe of the randomly initialised backbone (over the
 same seeds), and the mean pretraining wall time when every run wrote a summary.json.
 
-    python scripts/methods_table.py LOG_ROOT [--readme docs/methods.md] [--block NAME]
+    python scripts/methods_table.py LOG_ROOT
 
 The wall time under the table is the sum of LOG_ROOT/wall_seconds.txt, where each run of the
 script appends its seconds (a root can be filled in several runs: `methods.sh ROOT new_method`).
+scripts/results_pages.py puts the tables of the kept roots into their results pages.
 
 LOG_ROOT holds `pretrain_<method>_s<seed>/`, `linear_<method>_s<seed>/` and
 `linear_random_s<seed>/` run folders.
@@ -24,7 +26,7 @@ from collections import Counter, defaultdict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from readme_block import knn_first_last, load_json, publish  # noqa: E402
+from readme_block import knn_first_last, load_json  # noqa: E402
 
 from config import as_given  # noqa: E402
 from flags import VIEW_FLAGS  # noqa: E402
@@ -227,15 +229,9 @@ def table(root: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", metavar="LOG_ROOT")
-    parser.add_argument("--readme", help="also put the table in a generated block here")
-    parser.add_argument(
-        "--block",
-        default="methods",
-        help="the generated block (methods: docs/methods.md; cifar10: docs/results.md)",
-    )
-    parser.add_argument("--script", default="scripts/methods.sh", help="named with the wall time")
-    args = parser.parse_args()
-    publish(table(args.root), wall_seconds(args.root), f"`{args.script}`", args.readme, args.block)
+    root = parser.parse_args().root
+    seconds = wall_seconds(root)
+    print(table(root) + (f"\n\nWall time of the script: {minutes(seconds)}." if seconds else ""))
 
 
 if __name__ == "__main__":

@@ -276,3 +276,55 @@ def test_each_kept_row_is_what_its_recipe_files_resolve_today(table):
             and (v is not None or flags["sources"][k].startswith("method recipe"))
         }
         assert not changed, f"{table}/{row}: recorded vs today {changed}"
+
+
+def test_the_results_pages_and_the_readme_summary_are_what_the_kept_files_give():
+    """docs/results/*.md and the README's `results` block are written by
+    scripts/results_pages.py from results/: a kept file changed without rewriting them fails."""
+    import results_pages
+
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        stale = [p for p, text in results_pages.outputs().items() if open(p).read() != text]
+    finally:
+        os.chdir(cwd)
+    assert not stale, f"run python scripts/results_pages.py: {stale}"
+
+
+def write_rows(root, rows: dict[str, list[tuple[float, float, float]]], baseline: list[float]):
+    """A methods table's result files: per method, per seed (kNN at init, kNN at the end, probe
+    Acc@1); the untrained probe of each seed."""
+    for method, seeds in rows.items():
+        for seed, (init, knn, acc1) in enumerate(seeds, start=1):
+            run = root / f"pretrain_{method}_s{seed}"
+            run.mkdir()
+            logger = MetricsLogger(str(run), ["loss", "knn_acc1"], tensorboard=False)
+            logger.log("epoch", 0, 0, knn_acc1=init)
+            logger.log("epoch", 8, 248, loss=1.0, knn_acc1=knn)
+            logger.close()
+            (run / "args.json").write_text(json.dumps({"backbone": "small_cnn"}))
+            os.makedirs(root / f"linear_{method}_s{seed}")
+            result = json.dumps({"acc1": acc1, "acc5": 90.0})
+            (root / f"linear_{method}_s{seed}" / "results.json").write_text(result)
+    for seed, acc1 in enumerate(baseline, start=1):
+        os.makedirs(root / f"linear_random_s{seed}")
+        result = json.dumps({"acc1": acc1, "acc5": 60.0})
+        (root / f"linear_random_s{seed}" / "results.json").write_text(result)
+
+
+def test_what_a_results_page_says_follows_its_numbers(tmp_path):
+    """The findings are computed: who ends above its initialisation in every seed, whose probe
+    clears the untrained one's by more than the spreads, the largest spread, the leaders."""
+    import results_pages
+
+    write_rows(tmp_path, {
+        "simclr": [(10.0, 20.0, 30.0), (11.0, 19.0, 32.0)],  # gains 10, 8; probe 31 ± 1.41
+        "simsiam": [(10.0, 9.0, 17.0), (11.0, 10.5, 20.0)],  # below init; probe 18.5 ± 2.12
+    }, baseline=[16.0, 18.0])  # 17 ± 1.41  # fmt: skip
+    lines = results_pages.methods_findings(str(tmp_path))
+    assert lines[0].startswith("1 of 2 methods end above their initialisation")
+    assert "`simsiam` end at or below it in every seed" in lines[0]
+    assert lines[1].startswith("1 of 2 probes end above") and "(not: `simsiam`)" in lines[1]
+    assert "2.12 probe points (`simsiam`)" in lines[2]
+    assert lines[3].startswith("Largest kNN gains: `simclr` (+9.00), `simsiam` (-0.75)")
