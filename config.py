@@ -393,7 +393,7 @@ def differences(
 ) -> list[str]:
     """`<key> <saved> there, <now> here` for each setting not in `free` (nor FREE_KEYS) whose
     value differs between a checkpoint's record and this run's (a setting only one of them has,
-    of a version before or after the other, is not compared); `--<key>` for the `flags`."""
+    as the optional settings of a part, is not compared); `--<key>` for the `flags`."""
     found = []
     for part, settings in record.items():
         for key, entry in settings.items():

@@ -65,11 +65,9 @@ def resolve_evaluation(
 
 
 def recorded_evaluation(checkpoint: dict) -> dict:
-    """The evaluation settings a pretraining checkpoint recorded: its config.json's values, and
-    for a checkpoint without them, its flags' pooling."""
-    record, saved = checkpoint.get("config", {}), {}
-    if checkpoint["args"].get("pool") is not None:
-        saved["pool"] = checkpoint["args"]["pool"]
+    """The evaluation settings a pretraining checkpoint recorded (its config.json's values; a
+    ViT's pooling only for a ViT)."""
+    record, saved = checkpoint["config"], {}
     for key, (part, name) in RECORD_KEYS.items():
         if name in record.get(part, {}):
             saved[key] = record[part][name]["value"]

@@ -37,7 +37,7 @@ from torch import nn
 
 from networks import SMALL_IMAGE_SIZE
 from networks.vit import VIT_SIZES, patch_size_for
-from pretrained import EXPORT_TAG, build_pretrained, export_json, read_backbone
+from pretrained import EXPORT_TAG, EXPORT_VERSION, build_pretrained, export_json, read_backbone
 from utils.checkpoint import atomic_file, safe_load
 from utils.misc import ArgumentParser, UserError, add_bool_flag, git_sha, run_cli
 from utils.runfolder import RECORDS
@@ -69,12 +69,6 @@ def get_args_parser(add_help: bool = True) -> ArgumentParser:
         action="store_true",
         help="replace an existing --output written by export.py (never a run's checkpoint or "
         "record) (default: refuse)",
-    )
-    add_bool_flag(
-        parser,
-        "--trust_pickle",
-        "load a --ckpt that needs Python's pickle (an older version's checkpoint): unpickling "
-        "runs whatever code the file holds, so only for files you made (default: false)",
     )
     return parser
 
@@ -248,9 +242,14 @@ def export_onnx(backbone: nn.Module, image_size: int, path: str) -> dict:
 
 def main(args) -> dict:
     check_output(args.output, args.overwrite)
-    weights, info = read_backbone(args.ckpt, args.momentum_backbone, args.trust_pickle)
+    weights, info = read_backbone(args.ckpt, args.momentum_backbone)
     backbone = build_pretrained(weights, info, args.ckpt).eval()
-    record = {EXPORT_TAG: 1, "format": args.format, **info.to_dict(), "git_sha": git_sha()}
+    record = {
+        EXPORT_TAG: EXPORT_VERSION,
+        "format": args.format,
+        **info.to_dict(),
+        "git_sha": git_sha(),
+    }
     size = info.image_size
     with atomic_file(args.output) as tmp:  # checked before it is renamed into place
         if args.format in ("torchvision", "timm"):

@@ -36,6 +36,7 @@ from pretrained import load_weights, read_backbone
 from transformations import BatchViews, pretrain_transform
 from utils.accel import Speed, autocast, grad_scaler, prepare_model, to_device
 from utils.checkpoint import (
+    RESUME_ENTRIES,
     RESUME_FREE,
     check_entries,
     check_same_data,
@@ -166,7 +167,7 @@ def resumed_checkpoint(args, run: Run) -> tuple[str | None, dict | None]:
     pretraining checkpoint (not main_linear.py's) of the same method, backbone and data set,
     with everything resuming reads."""
     ckpt_path = resume_path(run)
-    checkpoint = load_checkpoint(ckpt_path, args.trust_pickle) if ckpt_path else None
+    checkpoint = load_checkpoint(ckpt_path) if ckpt_path else None
     if checkpoint is not None:
         if checkpoint.get("kind") != "pretrain":
             raise UserError(
@@ -174,7 +175,7 @@ def resumed_checkpoint(args, run: Run) -> tuple[str | None, dict | None]:
                 "checkpoint (main_linear.py), not a pretraining one: pass the last.pt of a "
                 "main.py run"
             )
-        check_entries(checkpoint, ckpt_path)
+        check_entries(checkpoint, ckpt_path, (*RESUME_ENTRIES, "config"))
         for key in ("model_name", "backbone", "dataset_name"):
             if checkpoint["args"][key] != getattr(args, key):
                 raise UserError(
@@ -188,11 +189,10 @@ def resumed_checkpoint(args, run: Run) -> tuple[str | None, dict | None]:
 
 
 def online_probe_bn(args, checkpoint: dict | None) -> bool:
-    """--online_probe_bn: as given; unset, on, but a resumed run keeps its own probe (off for
-    runs from before the flag)."""
+    """--online_probe_bn: as given; unset, on, but a resumed run keeps its own probe."""
     if args.online_probe_bn is not None:
         return args.online_probe_bn
-    return checkpoint["args"].get("online_probe_bn", False) if checkpoint else True
+    return checkpoint["args"]["online_probe_bn"] if checkpoint else True
 
 
 def check_data(args) -> tuple[bool, bool]:
@@ -267,7 +267,7 @@ def build_model(
     set_heads(backbone, args.vit_heads, args.backbone)
     if args.init_backbone:  # before the method copies it (EMA targets), not zero-initialised
         # the online backbone
-        weights, info = read_backbone(args.init_backbone, False, args.trust_pickle)
+        weights, info = read_backbone(args.init_backbone, False)
         if info.backbone != args.backbone:
             raise UserError(
                 f"--init_backbone {args.init_backbone} holds a {info.backbone} backbone, but "
@@ -401,7 +401,7 @@ def train(args) -> dict:
         check_unchanged(checkpoint["args"], vars(args), ckpt_path)
         if checkpoint["epoch"] >= args.num_epochs:
             if args.print_config:  # nothing to train: the run's own record
-                return {"config": checkpoint.get("config", {})}
+                return {"config": checkpoint["config"]}
             fork = metrics_from != log_dir
             done = finished(args, checkpoint, ckpt_path, log_dir, ckpt_dir, fork)
             close_distributed()
@@ -435,7 +435,7 @@ def train(args) -> dict:
         probe_on=probe_on, git_sha=git_sha(), world_size=world_size(), recipe=recipe,
         evaluation=evaluation,
     )  # fmt: skip
-    if checkpoint is not None and "config" in checkpoint:  # the resolved values, defaults too
+    if checkpoint is not None:  # the resolved values, defaults too
         changed = differences(checkpoint["config"], record, RESUME_FREE, set(sources["defaults"]))
         if changed:
             raise UserError(

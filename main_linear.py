@@ -395,7 +395,7 @@ def evaluate(args) -> dict:
 
     # ============ pretrained backbone (and this run's own checkpoint with --resume) ============
     kind = "finetune" if args.finetune else "linear"
-    resumed_path, resumed = load_resumed(run, kind, args.trust_pickle)
+    resumed_path, resumed = load_resumed(run, kind)
     if resumed:  # flags left to the method: the stopped run's values
         args = with_values(args, **resumed_values(vars(args), resumed))
     # a resumed evaluation continues with the pretraining checkpoint it started from

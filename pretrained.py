@@ -36,9 +36,9 @@ from utils.run import Run, resume_path
 
 # unset (None: the method's choice), these take the stopped run's value on --resume
 RESUME_ADOPTED = ("momentum_backbone", "n_last_blocks")
-# the values of runs whose checkpoints were written before the flag existed
-RESUME_DEFAULTS = {"n_last_blocks": 1, "avgpool_patchtokens": False}
-EXPORT_TAG = "ssl_toolkit_export"  # in the JSON beside an exported file (export.py)
+# in the JSON beside an exported file (export.py): the version of its format, which this code
+# reads only in its own
+EXPORT_TAG, EXPORT_VERSION = "ssl_toolkit_export", 2
 
 
 @dataclass
@@ -122,6 +122,11 @@ def read_export(path: str, momentum: bool | None) -> tuple[dict[str, Tensor], Ba
             f"{path} is an export in the {meta['format']} format, which runs without this "
             "toolkit's code: pass the checkpoint it came from, or a torchvision or timm export"
         )
+    if meta[EXPORT_TAG] != EXPORT_VERSION:
+        raise UserError(
+            f"{export_json(path)} is of export format {meta[EXPORT_TAG]}, and this code reads "
+            f"format {EXPORT_VERSION}: export the checkpoint again"
+        )
     required = ["format"] + [k for k, f in fields.items() if f.default is MISSING]
     missing = [key for key in required if key not in meta]
     if missing:
@@ -149,13 +154,11 @@ def read_export(path: str, momentum: bool | None) -> tuple[dict[str, Tensor], Ba
         )
     info = BackboneInfo(**{k: v for k, v in meta.items() if k in fields})
     info.mean, info.std = tuple(info.mean), tuple(info.std)
-    if "interpolation" not in meta and info.model_name in METHODS:  # exported before it
-        info.interpolation = METHODS[info.model_name].eval_interpolation
     return weights, info
 
 
 def read_backbone(
-    path: str, momentum: bool | None = None, trust_pickle: bool = False
+    path: str, momentum: bool | None = None
 ) -> tuple[dict[str, Tensor], BackboneInfo]:
     """The backbone weights in `path`, a main.py checkpoint or an export.py file, and what they
     are: the online backbone or (`momentum`) its EMA copy; None, the one its method's official
@@ -164,14 +167,14 @@ def read_backbone(
     saying what to pass instead."""
     if is_export(path):
         return read_export(path, momentum)
-    checkpoint = load_checkpoint(path, trust_pickle)
+    checkpoint = load_checkpoint(path)
     kind = checkpoint.get("kind")
     if kind != "pretrain":
         raise UserError(
             f"{path} is {kind_of(checkpoint)} checkpoint (main_linear.py), not a pretraining one: "
             "pass the last.pt of a main.py run, or a file of export.py"
         )
-    check_entries(checkpoint, path, ("args", "epoch", "model"))
+    check_entries(checkpoint, path, ("args", "epoch", "model", "config"))
     args = checkpoint["args"]
     missing = [k for k in ("model_name", "backbone", "image_size", "dataset_name") if k not in args]
     if missing or args["model_name"] not in METHODS:
@@ -204,11 +207,11 @@ def read_backbone(
 
 def vit_settings(checkpoint: dict) -> dict:
     """A ViT's settings that its run recorded (config.json kept in the checkpoint) and its
-    evaluation rebuilds: its attention heads (`vit_heads`; a checkpoint without them kept the
-    backbone's own) and whether its class token goes through the blocks of a mean of patch
-    tokens (`class_token_attends`; a checkpoint without it did)."""
+    evaluation rebuilds: its attention heads (`vit_heads`) and whether its class token goes
+    through the blocks of a mean of patch tokens (`class_token_attends`); a run on another
+    backbone records neither (None: the backbone's own heads; True)."""
     found = {"vit_heads": checkpoint["args"].get("vit_heads"), "class_token_attends": True}
-    model = checkpoint.get("config", {}).get("model", {})
+    model = checkpoint["config"]["model"]
     return {key: model[key]["value"] if key in model else value for key, value in found.items()}
 
 
@@ -250,16 +253,14 @@ def load_backbone(
     path: str,
     momentum: bool | None = None,
     device: str | torch.device = "cpu",
-    trust_pickle: bool = False,
 ) -> tuple[nn.Module, BackboneInfo]:
     """The pretrained backbone in `path` (a main.py checkpoint or an export.py file) in eval mode
     on `device`, and its BackboneInfo (`info.transform` prepares a PIL image for it). Files are
-    read as data only; `trust_pickle` loads an older checkpoint that needs a pickle (only one you
-    made: unpickling runs the code a file holds).
+    read as data only (unpickling could run the code a file holds).
     `momentum`: a checkpoint's EMA backbone (BYOL's and MoCo's target, DINO's teacher) or the
     online one; None: the one its method's official evaluation reads (DINO's teacher,
     I-JEPA's target encoder)."""
-    weights, info = read_backbone(path, momentum, trust_pickle)
+    weights, info = read_backbone(path, momentum)
     return build_pretrained(weights, info, path).eval().to(device), info
 
 
@@ -271,8 +272,8 @@ class Evaluated:
     """The backbone main_linear.py evaluates (its flags, resolved once in its main()): what it
     must be (method, backbone, image size), where its checkpoint is (--ckpt, else the newest of
     the same data set under --ckpt_dir; none with --random_init, which builds it as the method
-    initialises it with the method's `init` flags given), which copy (None: the method's
-    choice), and whether an older pickled checkpoint may be read."""
+    initialises it with the method's `init` flags given), and which copy (None: the method's
+    choice)."""
 
     model_name: str
     backbone: str
@@ -281,7 +282,6 @@ class Evaluated:
     ckpt_dir: str = "./ckpts/"
     random_init: bool = False
     momentum_backbone: bool | None = None
-    trust_pickle: bool = False
     init: dict = field(default_factory=dict)
 
     @classmethod
@@ -306,7 +306,7 @@ def load_pretrained(
             f"{want.dataset_name} under {want.ckpt_dir}: pass --ckpt PATH, run main.py "
             f"first, or use --random_init for the untrained baseline"
         )
-    weights, info = read_backbone(path, want.momentum_backbone, want.trust_pickle)
+    weights, info = read_backbone(path, want.momentum_backbone)
     for key in ("model_name", "backbone", "image_size"):
         if getattr(info, key) != getattr(want, key):
             raise UserError(
@@ -321,7 +321,7 @@ def load_pretrained(
     return weights, info, path
 
 
-def load_resumed(run: Run, kind: str, trust_pickle: bool) -> tuple[str | None, dict | None]:
+def load_resumed(run: Run, kind: str) -> tuple[str | None, dict | None]:
     """--resume: this evaluation's own last.pt (of a main_linear.py run of `kind`, linear or
     finetune) and its path; the run folder (and, unless given, the pretraining checkpoint) are
     the stopped run's, and its flags must be the stopped run's (main_linear.main:
@@ -333,7 +333,7 @@ def load_resumed(run: Run, kind: str, trust_pickle: bool) -> tuple[str | None, d
     if path is None:
         print("--resume auto: no checkpoint found, starting a new run")
         return None, None
-    checkpoint = load_checkpoint(path, trust_pickle)
+    checkpoint = load_checkpoint(path)
     if checkpoint.get("kind") != kind:
         raise UserError(
             f"--resume {path} is {kind_of(checkpoint)} checkpoint, not one of a {kind} run of "
@@ -348,7 +348,7 @@ def resumed_values(given: dict, checkpoint: dict) -> dict:
     the stopped run whose `checkpoint` is resumed."""
     saved = checkpoint["args"]
     unset = [key for key in RESUME_ADOPTED if given.get(key) is None]
-    return {key: saved.get(key, RESUME_DEFAULTS.get(key)) for key in unset}
+    return {key: saved[key] for key in unset}
 
 
 def evaluated_backbone(

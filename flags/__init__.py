@@ -100,13 +100,6 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
         help="print the run's resolved configuration as JSON (every setting, its value and where "
         "it came from: the record config.json would hold) and exit, writing nothing",
     )
-    add_bool_flag(
-        group,
-        "--trust_pickle",
-        "load a checkpoint that needs Python's pickle (one written by an older version of this "
-        "toolkit): unpickling runs whatever code the file holds, so only for files you made; "
-        "never used by the searches of --ckpt_dir (default: false, tensors and plain values only)",
-    )
     group.add_argument(
         "--resume",
         nargs="?",

@@ -38,6 +38,8 @@ def files(tmp_path_factory):
         save_checkpoint(content, paths[name])
     paths["newer"] = str(root / "newer.pt")
     torch.save({**state, "format_version": FORMAT_VERSION + 1}, paths["newer"])
+    paths["older"] = str(root / "older.pt")
+    torch.save({**state, "format_version": FORMAT_VERSION - 1}, paths["older"])
     paths["truncated"] = str(root / "truncated.pt")
     with open(good, "rb") as f:
         open(paths["truncated"], "wb").write(f.read()[:2000])
@@ -139,6 +141,7 @@ def cases(files) -> dict[str, tuple[object, list[str], str]]:
         "ckpt_missing": (lin, ["--ckpt", os.path.join(r, "none.pt")], "not found"),
         "ckpt_truncated": (lin, ["--ckpt", files["truncated"]], "truncated"),
         "ckpt_too_new": (lin, ["--ckpt", files["newer"]], "newer than this code"),
+        "ckpt_too_old": (lin, ["--ckpt", files["older"]], "older than this code's 3, which"),
         "ckpt_other_method": (lin, ["--ckpt", files["barlow"]], "--model_name barlowtwins"),
         "ckpt_other_backbone": (lin, ["--ckpt", good, "--backbone", "resnet18"], "small_cnn"),
         "ckpt_other_image_size": (lin, ["--ckpt", files["size24"]], "--image_size 24"),

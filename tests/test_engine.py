@@ -13,7 +13,7 @@ import engine
 import main_linear
 from engine import Engine
 from tests.test_reliability import stop_at_call
-from utils.checkpoint import load_checkpoint, save_checkpoint
+from utils.checkpoint import load_checkpoint
 from utils.misc import UserError
 
 # exact resumption is tested here, not accuracy: the test passes over 2,000 images would cost
@@ -81,8 +81,7 @@ def test_resume_refuses_a_checkpoint_of_another_kind(run_dirs):
 def test_resume_without_momentum_backbone_takes_the_stopped_runs(run_dirs, monkeypatch):
     """--momentum_backbone unset (None: the method's choice) is recorded as evaluated, and a
     resumed run without the flag continues with the stopped run's; a contrary flag is still
-    refused, and so is a changed lr. A checkpoint from before --n_last_blocks and
-    --avgpool_patchtokens resumes."""
+    refused, and so is a changed lr."""
     stop_at_call(monkeypatch, 3)
     with pytest.raises(SystemExit):
         evaluate(run_dirs, "stopped")
@@ -90,9 +89,6 @@ def test_resume_without_momentum_backbone_takes_the_stopped_runs(run_dirs, monke
     path = os.path.join(run_dirs[3], "stopped", "last.pt")
     state = load_checkpoint(path)
     assert state["args"]["momentum_backbone"] is False
-    for key in ("n_last_blocks", "avgpool_patchtokens"):  # as a checkpoint written before them
-        del state["args"][key]
-    save_checkpoint(state, path)
     with pytest.raises(UserError, match="--random_init evaluates none"):
         evaluate(run_dirs, "stopped", "--momentum_backbone", "true", "--resume", path)
     with pytest.raises(UserError, match="--base_lr 0.5 there, 0.2 here"):

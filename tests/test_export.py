@@ -36,6 +36,7 @@ def make_checkpoint(path, backbone: str = "resnet18", image_size: int = 32, meth
     args = {"model_name": method, "backbone": backbone, "image_size": image_size}
     args["dataset_name"] = "synthetic"
     state = {"args": args, "kind": "pretrain", "epoch": 3, "model": model.state_dict()}
+    state["config"] = {"model": {}}  # a record of nothing more: the method's declarations apply
     save_checkpoint(state, str(path))
     return state
 
@@ -314,9 +315,10 @@ def test_read_backbone_reads_both_kinds_of_file(small_ckpt, tmp_path):
     assert (file_info.model_name, file_info.epoch, file_info.mean) == ("byol", 3, info.mean)
     assert info.interpolation == file_info.interpolation == "bicubic"  # BYOL's evaluation
     record = json.load(open(export_json(str(tmp_path / "b.pth"))))
-    del record["interpolation"]  # an export made before the key existed: its method's
+    record["ssl_toolkit_export"] = 1  # another version's export: one line, export again
     json.dump(record, open(export_json(str(tmp_path / "b.pth")), "w"))
-    assert read_backbone(str(tmp_path / "b.pth"))[1].interpolation == "bicubic"
+    with pytest.raises(UserError, match="export format 1, and this code reads format 2: export"):
+        read_backbone(str(tmp_path / "b.pth"))
     with pytest.raises(UserError, match="not a checkpoint"):
         (tmp_path / "junk.pt").write_text("hello")
         read_backbone(str(tmp_path / "junk.pt"))

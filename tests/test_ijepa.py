@@ -86,14 +86,14 @@ def test_the_features_are_those_of_an_encoder_without_a_class_token():
 
 def test_evaluation_reads_from_the_record_whether_the_class_token_enters_the_blocks():
     """A run records `class_token_attends` with its backbone (config.json, the checkpoint), and
-    the evaluation of its checkpoint sets it again; a checkpoint without it (older than the
-    setting) was evaluated with the class token in the blocks."""
+    the evaluation of its checkpoint sets it again; a run that recorded none (a backbone other
+    than this toolkit's ViTs) keeps the class token in the blocks."""
     from pretrained import vit_settings
 
     args = {"model_name": "ijepa", "backbone": "vit_tiny"}
     recorded = {"model": {"class_token_attends": {"value": False, "source": "method"}}}
     assert vit_settings({"args": args, "config": recorded})["class_token_attends"] is False
-    assert vit_settings({"args": args})["class_token_attends"] is True
+    assert vit_settings({"args": args, "config": {"model": {}}})["class_token_attends"] is True
 
 
 def test_the_untrained_baseline_takes_the_methods_init_flags_and_only_those(tmp_path, capsys):

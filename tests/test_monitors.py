@@ -116,9 +116,9 @@ def test_online_probe_bn_is_on_for_new_runs_and_kept_by_resumed_ones():
         return main.online_probe_bn(args, saved)
 
     assert flag(None, None) is True and flag("false", None) is False
-    assert flag(None, {"args": {}}) is False  # a run from before the flag: its plain probe
+    assert flag(None, {"args": {"online_probe_bn": False}}) is False  # the resumed run's
     assert flag(None, {"args": {"online_probe_bn": True}}) is True
-    assert flag("true", {"args": {}}) is True
+    assert flag("true", {"args": {"online_probe_bn": False}}) is True
 
 
 def test_the_probe_trains_only_its_head_and_draws_no_random_numbers():

@@ -210,7 +210,7 @@ def test_mocov3_vit_small_has_the_official_12_heads_and_evaluation_keeps_them(tm
     state = {"backbone." + k: v for k, v in backbone.state_dict().items()}
     args = {"model_name": "mocov3", "backbone": "vit_small", "image_size": 32,
             "dataset_name": "synthetic"}  # fmt: skip
-    for record, heads in (({"model": {"vit_heads": {"value": 12}}}, 12), ({}, 6)):
+    for record, heads in (({"model": {"vit_heads": {"value": 12}}}, 12), ({"model": {}}, 6)):
         path = str(tmp_path / f"{heads}.pt")
         save_checkpoint({"kind": "pretrain", "args": args, "epoch": 1, "model": state,
                          "config": record}, path)  # fmt: skip

@@ -3,9 +3,8 @@
 A checkpoint is a plain dict: format_version, args, epoch (epochs completed), step, model,
 optimizer, rng, plus whatever a method needs to resume exactly. It holds tensors and plain Python
 values only, and every load uses `torch.load(weights_only=True)`: unpickling arbitrary objects can
-run code, so a file that needs it (a crafted one, or a checkpoint of format 1, whose numpy random
-state was pickled) is refused in one line, and loaded the old way only with `trust_pickle`
-(--trust_pickle), never by the scans of a --ckpt_dir that others may write to.
+run code, so a file that needs it (a crafted one) is refused in one line. A checkpoint of another
+format than this code's (FORMAT_VERSION) is refused in one line too: the code reads only its own.
 """
 
 import errno
@@ -26,7 +25,8 @@ import torch
 from utils.distributed import rank, world_size
 from utils.misc import UserError
 
-FORMAT_VERSION = 2  # 2: data only (the numpy random state as a tensor); 1 needed a pickle
+# the checkpoints this code writes and reads: data only, the run's resolved record inside
+FORMAT_VERSION = 3
 # what --resume reads from a training checkpoint
 RESUME_ENTRIES = ("args", "kind", "epoch", "model", "optimizer", "rng")
 
@@ -73,30 +73,25 @@ def pickled_global(err: Exception) -> str:
     return found.group(1) if found else ""
 
 
-def safe_load(path: str, trust_pickle: bool = False, **kwargs):
+def safe_load(path: str, **kwargs):
     """torch.load of tensors and plain values only; a file that needs more is a NeedsPickle
-    naming the file and the object it asks for, unless `trust_pickle` (then loaded the old way,
-    which runs whatever code the file holds)."""
+    naming the file and the object it asks for."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True, **kwargs)
     except pickle.UnpicklingError as err:
         needed = pickled_global(err)
         if not needed and "weights_only" not in str(err).lower().replace(" ", "_"):
             raise
-        if trust_pickle:
-            print(f"note: --trust_pickle: loading {path} with pickle (it needs {needed})")
-            return torch.load(path, map_location="cpu", weights_only=False, **kwargs)
         raise NeedsPickle(
             f"{path} holds more than tensors and plain values (it needs "
-            f"{needed or 'a pickled object'}), and unpickling it could run code: refused. If you "
-            "made it yourself (a checkpoint of an older version of this toolkit), pass "
-            "--trust_pickle to load it"
+            f"{needed or 'a pickled object'}), and unpickling it could run code: refused (this "
+            "toolkit's checkpoints hold data only)"
         ) from None
 
 
-def load_checkpoint(path: str, trust_pickle: bool = False) -> dict:
-    """Read a checkpoint on the CPU, data only (safe_load); a missing, truncated, too-new or
-    code-carrying file is a UserError."""
+def load_checkpoint(path: str) -> dict:
+    """Read a checkpoint on the CPU, data only (safe_load); a missing, truncated, code-carrying
+    file, or one of another format than this code's, is a UserError."""
     if not os.path.isfile(path):
         raise UserError(f"checkpoint not found: {path}")
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
@@ -105,17 +100,24 @@ def load_checkpoint(path: str, trust_pickle: bool = False) -> dict:
                 raise UserError(f"checkpoint {path} is unreadable (truncated or damaged)")
         raise UserError(f"{path} is {describe_file(path)}, not a checkpoint of this toolkit")
     try:
-        state = safe_load(path, trust_pickle)
+        state = safe_load(path)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
         message = f"checkpoint {path} is unreadable (truncated or not a checkpoint): {err}"
         raise UserError(message) from err
     if not isinstance(state, dict) or "model" not in state:
         raise UserError(f"{path} is not a checkpoint of this toolkit (no 'model' entry)")
     version = state.get("format_version", 0)
-    if version > FORMAT_VERSION:
+    if version != FORMAT_VERSION:
+        newer = version > FORMAT_VERSION
         raise UserError(
-            f"checkpoint {path} has format {version}, newer than this code's {FORMAT_VERSION}: "
-            "update the toolkit"
+            f"checkpoint {path} has format {version}, {'newer' if newer else 'older'} than this "
+            f"code's {FORMAT_VERSION}, which reads only its own: "
+            + (
+                "update the toolkit"
+                if newer
+                else "use the version of the toolkit that wrote it "
+                "(its run's config.json names the git_sha), or train again"
+            )  # fmt: skip
         )
     return state
 
@@ -156,14 +158,14 @@ def find_checkpoint(
     """The most recently written `last.pt` of `kind` (pretrain, linear, finetune) under
     `ckpt_dir` whose run used the same method, backbone and data set (read from the args stored
     inside, memory-mapped, so cheap). Data only, always: a file that needs a pickle is skipped
-    with a note naming it (pass it by name, with --trust_pickle if you made it)."""
+    with a note naming it."""
     candidates = glob.glob(os.path.join(ckpt_dir, "*", "last.pt"))
     for path in sorted(candidates, key=os.path.getmtime, reverse=True):
         try:
             state = safe_load(path, mmap=True)
             args = state["args"]
         except NeedsPickle:
-            print(f"note: skipped {path}: it needs a pickle to load (pass it by name to use it)")
+            print(f"note: skipped {path}: it needs a pickle to load, which could run code")
             continue
         except Exception:  # a broken file is skipped here; loading it explicitly reports why
             continue
@@ -199,19 +201,13 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    """Restore rng_state(); also the pickled numpy tuple of format 1 (--trust_pickle)."""
+    """Restore rng_state()."""
     random.setstate(state["python"])
     saved = state["numpy"]
-    if isinstance(saved, dict):
-        keys = saved["keys"].numpy().astype(np.uint32)
-        saved = (
-            saved["name"],
-            keys,
-            saved["position"],
-            saved["has_gauss"],
-            saved["cached_gaussian"],
-        )
-    np.random.set_state(saved)
+    keys = saved["keys"].numpy().astype(np.uint32)
+    np.random.set_state(
+        (saved["name"], keys, saved["position"], saved["has_gauss"], saved["cached_gaussian"])
+    )
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -243,7 +239,7 @@ def run_name_of(path: str) -> str:
 
 # flags that may differ on --resume: where files go, how fast and how often things happen, what
 # is watched; every other recorded flag shapes the training and must equal the run's
-RESUME_FREE = ("resume", "run_name", "logs_dir", "ckpt_dir", "config", "trust_pickle")
+RESUME_FREE = ("resume", "run_name", "logs_dir", "ckpt_dir", "config")
 RESUME_FREE += ("device", "num_workers", "compile", "channels_last", "in_memory", "download")
 RESUME_FREE += ("print_freq", "save_freq", "skip_nonfinite", "knn_freq", "knn_k")
 RESUME_FREE += ("knn_temperature", "tsne", "rankme_images", "eval_data_dir")
@@ -265,7 +261,7 @@ def shown(value) -> str:
 def check_unchanged(saved: dict, current: dict, path: str) -> None:
     """Refuse, in one line naming each flag and its two values, a resumed run whose settings
     differ from those its checkpoint recorded (RESUME_FREE may differ). A flag the checkpoint
-    does not record (added to the toolkit since) is not compared."""
+    does not record (one only the other entry point has) is not compared."""
     differ = [
         key
         for key in sorted(saved)
