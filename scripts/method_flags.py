@@ -1,10 +1,11 @@
-"""The table of method flags (docs/methods.md), generated from the methods' own declarations (each
-constructor's `Flag`-annotated arguments, methods/hparams.py, and its view recipe's keyword
-defaults with the method's `view_options`), so that no default is typed twice.
+"""The tables of the methods, generated from their own declarations so that nothing is typed
+twice: the flags of each (docs/methods.md: each constructor's `Flag`-annotated arguments,
+methods/hparams.py, and its view recipe's keyword defaults with the method's `view_options`),
+and the README's list of them (class, loss, views, file).
 
-    python scripts/method_flags.py [--readme docs/methods.md]
+    python scripts/method_flags.py [--readme docs/methods.md] [--list README.md]
 
-tests/test_hparams.py fails when the docs/methods.md block differs from this script's output.
+tests/test_hparams.py fails when either block differs from this script's output.
 """
 
 import argparse
@@ -12,14 +13,15 @@ import inspect
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 from flags.method_help import view_defaults  # noqa: E402
 from methods import METHODS  # noqa: E402
 from methods.hparams import HyperParameter, hyper_parameters  # noqa: E402
 from scripts.readme_block import replace_block  # noqa: E402
 from transformations import recipe_name  # noqa: E402
 
-BLOCK = "method_flags"
+BLOCK, LIST_BLOCK = "method_flags", "methods"
 
 
 def shown(name: str, hp: HyperParameter) -> str:
@@ -50,14 +52,28 @@ def table() -> str:
     return "\n".join(lines)
 
 
+def method_list() -> str:
+    """The README's table: each method's flag name, class, loss, views and file."""
+    lines = ["| `--model_name` | class | loss | views | file |", "|---|---|---|---|---|"]
+    for method in sorted(METHODS):
+        cls = METHODS[method]
+        path = os.path.relpath(inspect.getfile(cls), ROOT)
+        recipe = recipe_name(cls.augmentation)
+        lines.append(f"| `{method}` | {cls.__name__} | {cls.loss_summary} | {recipe} | `{path}` |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--readme", help="also write the table into this file's block")
+    parser.add_argument("--readme", help="also write the table of flags into this file's block")
+    parser.add_argument("--list", help="also write the list of methods into this file's block")
     args = parser.parse_args()
     text = table()
     print(text)
     if args.readme:
         replace_block(args.readme, BLOCK, text)
+    if args.list:
+        replace_block(args.list, LIST_BLOCK, method_list())
 
 
 if __name__ == "__main__":

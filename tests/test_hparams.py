@@ -107,6 +107,11 @@ def test_the_readme_table_of_method_flags_is_generated_from_the_declarations():
         readme = f.read()
     block = readme.split("<!-- method_flags:begin -->\n")[1].split("\n<!-- method_flags:end -->")[0]
     assert block == table(), "run: python scripts/method_flags.py --readme docs/methods.md"
+    from scripts.method_flags import method_list
+
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    block = readme.split("<!-- methods:begin -->\n")[1].split("\n<!-- methods:end -->")[0]
+    assert block == method_list(), "run: python scripts/method_flags.py --list README.md"
 
 
 def test_a_new_method_needs_only_its_class_for_its_flags_help_refusals_and_tables(monkeypatch):
