@@ -328,3 +328,29 @@ def test_what_a_results_page_says_follows_its_numbers(tmp_path):
     assert lines[1].startswith("1 of 2 probes end above") and "(not: `simsiam`)" in lines[1]
     assert "2.12 probe points (`simsiam`)" in lines[2]
     assert lines[3].startswith("Largest kNN gains: `simclr` (+9.00), `simsiam` (-0.75)")
+
+
+def test_the_fidelity_table_of_the_official_checks_is_what_their_result_files_say():
+    import official_check
+
+    with open(os.path.join(ROOT, "docs", "fidelity.md")) as f:
+        text = f.read()
+    block = text.split("<!-- official_check:begin -->\n")[1].split("\n<!-- official_check:end")[0]
+    assert block == official_check.table(), "run: python scripts/official_check.py --table FILE"
+
+
+def test_the_official_check_maps_every_tensor_or_stops():
+    """Every official parameter and buffer needs its counterpart (in order, same shape) unless
+    an adapter names it; one left over stops the check."""
+    import torch
+    from official_adapters import Pair
+    from official_check import state_mapping
+
+    official = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    ours = torch.nn.Sequential(torch.nn.Linear(3, 4, bias=False), torch.nn.BatchNorm1d(4))
+    pair = Pair(official, ours, lambda views, labels: None, groups=[("", "")])
+    with pytest.raises(SystemExit, match=r"has 7 entries, ours \* 6: \[.0.bias.\]"):
+        state_mapping(pair)
+    pair.zeroed = {"0.bias": "a bias before a BatchNorm"}
+    mapping = state_mapping(pair)
+    assert mapping["0.weight"] == "0.weight" and mapping["1.running_var"] == "1.running_var"

@@ -1,0 +1,253 @@
+"""The adapters of scripts/official_check.py: for each method, the official module built from a
+clone of its repository (imported unmodified), ours with the same architecture, the official
+loss as its training loop computes it, how their state dicts correspond, and the shims.
+
+Each `build(path)` returns a Pair; `groups` maps official key prefixes to ours (matched in
+registration order within a group), `zeroed` names official tensors with no counterpart here
+that are set to zero (with why that changes no output), `ignored` official buffers no output
+reads. Views are built at 96 px (the ImageNet stem on both sides) and fed smaller, to keep a
+ResNet-50 step in float64 quick.
+"""
+
+import importlib.util
+import os
+import socket
+import sys
+from argparse import Namespace
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torchvision
+from torch import Tensor, nn
+
+from methods import build_method
+from networks import build_backbone
+
+BUILT_AT = 96  # image size our backbones are built for: the ImageNet stem, as the official ones
+
+
+@dataclass
+class Pair:
+    official: nn.Module
+    ours: nn.Module
+    official_loss: Callable[[list[Tensor], Tensor], Tensor]
+    groups: list[tuple[str, str]]
+    zeroed: dict[str, str] = field(default_factory=dict)
+    ignored: dict[str, str] = field(default_factory=dict)
+    image_size: int = 32
+    views: int = 2
+    batch: int = 8
+    before_step: Callable[[], None] = lambda: None
+    after_step: Callable[[int, int], None] = lambda step, steps: None
+    finish: Callable[[], None] = lambda: None  # the official update still due after the steps
+    prepare: Callable[[], None] = lambda: None  # after the draw: the official invariants
+    convert: dict[str, Callable[[Tensor], Tensor]] = field(default_factory=dict)  # to our layout
+    built_at: int = BUILT_AT
+
+
+@dataclass(frozen=True)
+class Adapter:
+    repository: str
+    imports: list[str]  # the official files imported (or whose loop lines are reproduced)
+    shims: list[str]
+    build: Callable[[str, dict], Pair]
+
+
+def load(root: str, relpath: str):
+    """The official module at `root/relpath`, imported as it is (its folder on sys.path for its
+    own imports)."""
+    folder = os.path.join(root, os.path.dirname(relpath))
+    for entry in (root, folder):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    name = "official_" + relpath.replace("/", "_").removesuffix(".py")
+    spec = importlib.util.spec_from_file_location(name, os.path.join(root, relpath))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def one_process_group() -> None:
+    """A gloo group of one process, for official code that calls torch.distributed."""
+    if torch.distributed.is_initialized():
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1
+    )
+
+
+def ours(name: str, backbone: str, extra: dict, built_at: int = BUILT_AT, **kwargs) -> nn.Module:
+    """Our method on `backbone`, with the check's hyper-parameters and then `extra` (the
+    check's --ours: another value of a flag, to see what it changes)."""
+    net, feat_dim = build_backbone(backbone, built_at)
+    return build_method(name, net, feat_dim, **{**kwargs, **extra})
+
+
+@torch.no_grad()
+def copy_module(source: nn.Module, target: nn.Module) -> None:
+    """`target` as a copy of `source` (parameters and buffers): an EMA copy as its official
+    constructor leaves it, after the check drew the BatchNorms of both."""
+    target.load_state_dict(source.state_dict())
+
+
+def cpu_cuda() -> None:
+    """Official code that moves tensors with .cuda(): on the CPU, where they already are."""
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self
+
+
+BIAS_BEFORE_BN = "a bias before a BatchNorm in training changes no output (its gradient is zero)"
+
+
+def simsiam(path: str, extra: dict) -> Pair:
+    builder = load(path, "simsiam/builder.py")
+    official = builder.SimSiam(torchvision.models.resnet18, dim=256, pred_dim=64)
+    cosine = nn.CosineSimilarity(dim=1)
+
+    def loss(views, labels):  # main_simsiam.py:293-295
+        p1, p2, z1, z2 = official(x1=views[0], x2=views[1])
+        return -(cosine(p1, z2).mean() + cosine(p2, z1).mean()) * 0.5
+
+    return Pair(
+        official, ours("simsiam", "resnet18", extra, proj_dim=256, pred_hidden_dim=64), loss,
+        groups=[("encoder.fc.", "projector."), ("encoder.", "backbone."),
+                ("predictor.", "predictor.")],
+        zeroed={"encoder.fc.6.bias": "frozen (requires_grad False) and followed by a "
+                "BatchNorm1d without affine parameters: " + BIAS_BEFORE_BN},
+    )  # fmt: skip
+
+
+def barlowtwins(path: str, extra: dict) -> Pair:
+    one_process_group()
+    main = load(path, "main.py")
+    args = Namespace(projector="256-256-256", batch_size=8, lambd=0.0051)
+    official = main.BarlowTwins(args)
+    return Pair(
+        official, ours("barlowtwins", "resnet50", extra, proj_hidden_dim=256, proj_dim=256),
+        lambda views, labels: official(views[0], views[1]),
+        groups=[("backbone.", "backbone."), ("projector.", "projector.")],
+        ignored={f"bn.{k}": "the running statistics of the BatchNorm that standardises z in "
+                 "training: no output reads them" for k in
+                 ("running_mean", "running_var", "num_batches_tracked")},
+    )  # fmt: skip
+
+
+def vicreg(path: str, extra: dict) -> Pair:
+    one_process_group()
+    main = load(path, "main_vicreg.py")
+    args = Namespace(arch="resnet34", mlp="256-256-256", batch_size=8, sim_coeff=25.0,
+                     std_coeff=25.0, cov_coeff=1.0)  # fmt: skip
+    official = main.VICReg(args)
+    zeroed = {f"projector.{i}.bias": BIAS_BEFORE_BN for i in (0, 3)}
+    return Pair(
+        official, ours("vicreg", "resnet34", extra, proj_hidden_dim=256, proj_dim=256),
+        lambda views, labels: official(views[0], views[1]),
+        groups=[("backbone.", "backbone."), ("projector.", "projector.")], zeroed=zeroed,
+    )  # fmt: skip
+
+
+def mocov2(path: str, extra: dict) -> Pair:
+    one_process_group()
+    cpu_cuda()
+    builder = load(path, "moco/builder.py")
+    official = builder.MoCo(torchvision.models.resnet18, dim=128, K=64, m=0.999, T=0.2, mlp=True)
+    criterion = nn.CrossEntropyLoss()
+
+    def loss(views, labels):  # main_moco.py:417-418
+        output, target = official(im_q=views[0], im_k=views[1])
+        return criterion(output, target)
+
+    return Pair(
+        official,
+        ours("mocov2", "resnet18", extra, proj_dim=128, queue_size=64, temperature=0.2,
+             ema_momentum=0.999, shuffle_bn=False),
+        loss,
+        groups=[("queue", "queue"), ("encoder_q.fc.", "projector."),
+                ("encoder_q.", "backbone."), ("encoder_k.fc.", "target_projector."),
+                ("encoder_k.", "target_backbone.")],
+        convert={"queue": lambda q: q.T.unsqueeze(0), "queue_ptr": lambda p: p.reshape(())},
+        # its forward updates the key encoder first: the update ours made after the last step
+        finish=official._momentum_update_key_encoder,
+        prepare=lambda: copy_module(official.encoder_q, official.encoder_k),
+        after_step=lambda step, steps: None,
+    )  # fmt: skip
+
+
+def supcon(path: str, extra: dict) -> Pair:
+    resnet_big = load(path, "networks/resnet_big.py")
+    losses = load(path, "losses.py")
+    official = resnet_big.SupConResNet(name="resnet18", head="mlp", feat_dim=128)
+    criterion = losses.SupConLoss(temperature=0.1, base_temperature=0.07)
+
+    def loss(views, labels):  # main_supcon.py:205-223: both views in one forward
+        features = official(torch.cat([views[0], views[1]], dim=0))
+        f1, f2 = torch.split(features, [labels.shape[0]] * 2, dim=0)
+        return criterion(torch.cat([f1.unsqueeze(1), f2.unsqueeze(1)], dim=1), labels)
+
+    return Pair(
+        official,
+        ours("supcon", "resnet18", extra, built_at=32, proj_dim=128, temperature=0.1),
+        loss,
+        groups=[("encoder.", "backbone."), ("head.", "projector.")], built_at=32,
+    )  # fmt: skip
+
+
+ADAPTERS = {
+    "simsiam": Adapter(
+        "facebookresearch/simsiam",
+        ["simsiam/builder.py (SimSiam)", "main_simsiam.py:293-295 (the loss, reproduced)"],
+        ["ResNet-18 in place of ResNet-50 (the builder takes the torchvision constructor)"],
+        simsiam,
+    ),
+    "barlowtwins": Adapter(
+        "facebookresearch/barlowtwins",
+        ["main.py (BarlowTwins: its forward is the loss, all_reduce included)"],
+        [
+            "a one-process gloo group for its torch.distributed.all_reduce",
+            "a 256-256-256 projector in place of 8192-8192-8192",
+        ],  # fmt: skip
+        barlowtwins,
+    ),
+    "vicreg": Adapter(
+        "facebookresearch/vicreg",
+        [
+            "main_vicreg.py (VICReg: its forward is the loss, FullGatherLayer included)",
+            "resnet.py (resnet34)",
+        ],  # fmt: skip
+        [
+            "a one-process gloo group for its all_gather",
+            "ResNet-34 in place of ResNet-50 (its resnet.py has no ResNet-18)",
+            "a 256-256-256 expander in place of 8192-8192-8192",
+        ],
+        vicreg,
+    ),
+    "mocov2": Adapter(
+        "facebookresearch/moco",
+        [
+            "moco/builder.py (MoCo, mlp=True: MoCo v2)",
+            "main_moco.py:417-418 (the loss, reproduced)",
+        ],  # fmt: skip
+        [
+            "a one-process gloo group for its gathers and broadcast",
+            "Tensor.cuda() as the identity on the CPU",
+            "ResNet-18 in place of ResNet-50, a queue of 64",
+            "ours with --shuffle_bn false: in one process the official batch shuffle leaves "
+            "BatchNorm over the whole key batch",
+            "the key encoder's update its next forward makes first, applied after the last step",
+        ],  # fmt: skip
+        mocov2,
+    ),
+    "supcon": Adapter(
+        "HobbitLong/SupContrast",
+        [
+            "networks/resnet_big.py (SupConResNet, resnet18)",
+            "losses.py (SupConLoss)",
+            "main_supcon.py:205-223 (both views in one forward, the loss: reproduced)",
+        ],
+        ["its CIFAR ResNet-18 beside ours built at 32 px (the small-image stem)"],
+        supcon,
+    ),
+}
