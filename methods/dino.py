@@ -66,6 +66,7 @@ from methods.hparams import EMA_MOMENTUM, Flag
 from methods.momentum import cosine_momentum, ema_update, frozen_copy
 from methods.recipe import Recipe, solo_learn
 from networks.vit import MaskableViT, trunc_normal_init
+from utils.accel import at_least_float32
 from utils.distributed import all_reduce_sum, world_size
 from utils.misc import non_negative_float, non_negative_int, unit_float
 
@@ -93,10 +94,10 @@ def dino_loss(
     """
     if len(teacher_out) > len(student_out):
         raise ValueError("dino_loss: more teacher crops than student crops")
-    log_p = [F.log_softmax(s.float() / student_temp, dim=-1) for s in student_out]
+    log_p = [F.log_softmax(at_least_float32(s) / student_temp, dim=-1) for s in student_out]
     total, pairs = 0.0, 0
     for i, t in enumerate(teacher_out):
-        q = F.softmax((t.detach().float() - center) / teacher_temp, dim=-1)
+        q = F.softmax((at_least_float32(t.detach()) - center) / teacher_temp, dim=-1)
         for j, log_p_j in enumerate(log_p):
             if j != i:
                 total = total - (q * log_p_j).sum(dim=-1).mean()
@@ -428,7 +429,9 @@ class DINO(Method):
         features = self.features_by_resolution(self.backbone, views)
         student = list(self.head(features).chunk(len(views)))
         with torch.no_grad():
-            teacher = self.teacher_head(self.teacher_backbone(torch.cat(global_views))).float()
+            teacher = at_least_float32(
+                self.teacher_head(self.teacher_backbone(torch.cat(global_views)))
+            )
             # mean over both global crops and every process's batch
             total = all_reduce_sum(teacher.sum(dim=0))
             self.batch_center.copy_(total / (teacher.shape[0] * world_size()))

@@ -67,6 +67,7 @@ from networks.vit import (
     transformer_blocks,
     trunc_normal_init,
 )
+from utils.accel import at_least_float32
 from utils.misc import unit_float
 
 TARGET_SCALE, ASPECT, MIN_KEEP = (0.15, 0.2), (0.75, 1.5), 4  # the official MaskCollator's
@@ -324,7 +325,7 @@ class IJEPA(Method):
             target = torch.cat([select(h, t) for t in target_idx])  # [M·N, Kt, D]
         context = self.backbone.forward_tokens(images, context_idx, cls=False)
         pred = self.predictor(context, context_idx, target_idx)
-        return {"loss": ijepa_loss(pred.float(), target.float())}
+        return {"loss": ijepa_loss(at_least_float32(pred), at_least_float32(target))}
 
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
         """EMA with the official linear schedule: m = m0 + (1 - m0) step / total."""

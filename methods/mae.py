@@ -51,6 +51,7 @@ from networks.vit import (
     transformer_blocks,
     xavier_init,
 )
+from utils.accel import at_least_float32
 from utils.misc import unit_float
 
 MASK_RATIO = Flag("fraction of each image's patches hidden from the encoder", unit_float)
@@ -244,7 +245,10 @@ class MAE(Method):
         latent = self.backbone.forward_tokens(images, keep)
         pred = self.decode(latent, keep)
         loss = mae_loss(
-            pred.float(), patchify(images, self.patch).float(), mask, self.norm_pix_loss
+            at_least_float32(pred),
+            at_least_float32(patchify(images, self.patch)),
+            mask,
+            self.norm_pix_loss,
         )
         return {"loss": loss, "pred": pred, "mask": mask}
 
@@ -256,7 +260,7 @@ class MAE(Method):
         in the normalised pixel space."""
         out = self.forward([images])
         target = patchify(images, self.patch)
-        pred, mask = out["pred"].float(), out["mask"].unsqueeze(-1)
+        pred, mask = at_least_float32(out["pred"]), out["mask"].unsqueeze(-1)
         if self.norm_pix_loss:
             pred = pred * (target.var(-1, keepdim=True) + 1e-6) ** 0.5 + target.mean(
                 -1, keepdim=True

@@ -33,6 +33,7 @@ from methods import Method, register
 from methods.hparams import PROJ_DIM, PROJ_HIDDEN_DIM, TEMPERATURE, Flag
 from methods.recipe import Recipe, solo_learn
 from networks.heads import build_mlp
+from utils.accel import at_least_float32
 from utils.distributed import all_reduce_sum, world_size
 from utils.misc import non_negative_int
 
@@ -50,7 +51,7 @@ def sinkhorn(scores: Tensor, epsilon: float = 0.05, iterations: int = 3) -> Tens
         [B, K] codes whose rows sum to 1 (each column sums to B/K after the last round).
         Under DDP the sums run over the global batch.
     """
-    q = torch.exp(scores.float() / epsilon).T  # K x B; float32 even under AMP
+    q = torch.exp(at_least_float32(scores) / epsilon).T  # K x B; float32 even under AMP
     q /= all_reduce_sum(q.sum())
     num_prototypes, batch = q.shape[0], q.shape[1] * world_size()
     for _ in range(iterations):

@@ -10,12 +10,14 @@ ResNet-50 step in float64 quick.
 """
 
 import importlib.util
+import math
 import os
 import socket
 import sys
 from argparse import Namespace
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torchvision
@@ -55,16 +57,24 @@ class Adapter:
 
 
 def load(root: str, relpath: str):
-    """The official module at `root/relpath`, imported as it is (its folder on sys.path for its
-    own imports)."""
+    """The official module at `root/relpath`, imported as it is, with its folder first on
+    sys.path for its own imports; modules of ours with the names of its files (DINO's `utils`)
+    are set aside meanwhile and put back after, the official module keeping its own."""
     folder = os.path.join(root, os.path.dirname(relpath))
-    for entry in (root, folder):
-        if entry not in sys.path:
-            sys.path.insert(0, entry)
-    name = "official_" + relpath.replace("/", "_").removesuffix(".py")
-    spec = importlib.util.spec_from_file_location(name, os.path.join(root, relpath))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    names = {n.removesuffix(".py") for d in {root, folder} for n in os.listdir(d)}
+    clashing = lambda m: m.split(".")[0] in names  # noqa: E731
+    ours_aside = {m: sys.modules.pop(m) for m in list(sys.modules) if clashing(m)}
+    sys.path[:0] = [folder, root]
+    try:
+        name = "official_" + relpath.replace("/", "_").removesuffix(".py")
+        spec = importlib.util.spec_from_file_location(name, os.path.join(root, relpath))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        del sys.path[:2]
+        for m in [m for m in sys.modules if clashing(m)]:
+            sys.modules.pop(m)
+        sys.modules.update(ours_aside)
     return module
 
 
@@ -195,6 +205,81 @@ def supcon(path: str, extra: dict) -> Pair:
     )  # fmt: skip
 
 
+def mocov3(path: str, extra: dict) -> Pair:
+    one_process_group()
+    cpu_cuda()
+    builder = load(path, "moco/builder.py")
+    encoder = partial(torchvision.models.resnet18, zero_init_residual=True)  # main_moco.py:185
+    official = builder.MoCo_ResNet(encoder, dim=64, mlp_dim=128, T=1.0)
+    momentum = {"step": 0, "steps": 3}
+
+    def m(step: int) -> float:  # main_moco.py:431-434 adjust_moco_momentum, per step
+        return 1.0 - 0.5 * (1.0 + math.cos(math.pi * step / momentum["steps"])) * (1.0 - 0.99)
+
+    def loss(views, labels):  # main_moco.py:344-353: the step's momentum, then the model
+        return official(views[0], views[1], m(momentum["step"]))
+
+    def after_step(step: int, steps: int) -> None:
+        momentum["step"], momentum["steps"] = step + 1, steps
+
+    return Pair(
+        official,
+        ours("mocov3", "resnet18", extra, proj_dim=64, proj_hidden_dim=128, pred_hidden_dim=128,
+             temperature=1.0, ema_momentum=0.99),
+        loss,
+        groups=[("base_encoder.fc.", "projector."), ("base_encoder.", "backbone."),
+                ("momentum_encoder.fc.", "target_projector."),
+                ("momentum_encoder.", "target_backbone."), ("predictor.", "predictor.")],
+        prepare=lambda: copy_module(official.base_encoder, official.momentum_encoder),
+        after_step=after_step,
+        # the update its next forward would make first, with m(K) = 1: none
+        finish=lambda: official._update_momentum_encoder(m(momentum["steps"])),
+    )  # fmt: skip
+
+
+def dino(path: str, extra: dict) -> Pair:
+    one_process_group()
+    main = load(path, "main_dino.py")
+    utils, head = main.utils, main.DINOHead
+    student_net, teacher_net = torchvision.models.resnet18(), torchvision.models.resnet18()
+    embed = student_net.fc.weight.shape[1]  # main_dino.py:175-192
+    student = utils.MultiCropWrapper(
+        student_net, head(embed, 64, use_bn=False, norm_last_layer=True)
+    )
+    teacher = utils.MultiCropWrapper(teacher_net, head(embed, 64, False))
+    official = nn.ModuleDict({"student": student, "teacher": teacher})
+    criterion = main.DINOLoss(64, 4, 0.04, 0.04, 0, 1, 0.1, 0.9)
+    official.register_buffer("center", criterion.center)
+
+    def loss(views, labels):  # main_dino.py:318-320
+        teacher_output = teacher(views[:2])
+        out = criterion(student(views), teacher_output, 0)
+        official.center.copy_(criterion.center)
+        return out
+
+    def before_step() -> None:  # main_dino.py:331-334: clip at 3.0, cancel the last layer's
+        utils.clip_gradients(student, 3.0)
+        utils.cancel_gradients_last_layer(0, student, 1)
+
+    @torch.no_grad()
+    def after_step(step: int, steps: int) -> None:  # main_dino.py:346-350 with its schedule
+        m = utils.cosine_scheduler(0.996, 1, 1, steps)[step]
+        for q, k in zip(student.parameters(), teacher.parameters(), strict=True):
+            k.data.mul_(m).add_((1 - m) * q.detach().data)
+
+    return Pair(
+        official,
+        ours("dino", "resnet18", extra, built_at=BUILT_AT, out_dim=64, ema_momentum=0.996),
+        loss,
+        groups=[("student.backbone.", "backbone."), ("student.head.", "head."),
+                ("teacher.backbone.", "teacher_backbone."), ("teacher.head.", "teacher_head."),
+                ("center", "center")],
+        prepare=lambda: copy_module(student, teacher),  # main_dino.py:202: teacher <- student
+        convert={"center": lambda c: c.reshape(-1)},
+        before_step=before_step, after_step=after_step, views=4,
+    )  # fmt: skip
+
+
 ADAPTERS = {
     "simsiam": Adapter(
         "facebookresearch/simsiam",
@@ -224,6 +309,21 @@ ADAPTERS = {
         ],
         vicreg,
     ),
+    "dino": Adapter(
+        "facebookresearch/dino",
+        [
+            "main_dino.py (DINOLoss, DINOHead; the step at 318-350 reproduced: clipping, the "
+            "cancelled last layer, the teacher's EMA by utils.cosine_scheduler)",
+            "utils.py (MultiCropWrapper, clip_gradients, cancel_gradients_last_layer, "
+            "cosine_scheduler)",
+        ],  # fmt: skip
+        [
+            "a one-process gloo group for the center's all_reduce",
+            "ResNet-18, an output of 64 in place of 65536",
+            "2 global and 2 local crops of one size (one backbone call)",
+        ],
+        dino,
+    ),
     "mocov2": Adapter(
         "facebookresearch/moco",
         [
@@ -239,6 +339,21 @@ ADAPTERS = {
             "the key encoder's update its next forward makes first, applied after the last step",
         ],  # fmt: skip
         mocov2,
+    ),
+    "mocov3": Adapter(
+        "facebookresearch/moco-v3",
+        [
+            "moco/builder.py (MoCo_ResNet)",
+            "main_moco.py:185,344-353,431-434 (the encoder, the "
+            "step's cosine momentum: reproduced)",
+        ],  # fmt: skip
+        [
+            "a one-process gloo group for its all_gather",
+            "Tensor.cuda() as the identity on the CPU",
+            "ResNet-18 in place of ResNet-50, a 128-64 head in place of 4096-256",
+            "the momentum's cosine over the check's steps (its epochs x iterations)",
+        ],
+        mocov3,
     ),
     "supcon": Adapter(
         "HobbitLong/SupContrast",

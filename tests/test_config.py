@@ -138,7 +138,8 @@ def test_one_evaluation_setting_resolved_in_one_place():
         True,
     )
     assert set(official.sources.values()) == {"method"}
-    saved = recorded_evaluation({"args": {"pool": "mean"}, "config": {
+    saved = recorded_evaluation({"args": {}, "config": {
+        "model": {"pool": {"value": "mean", "source": "command line"}},
         "evaluation": {"eval_last_blocks": {"value": 1, "source": "method"}}}})  # fmt: skip
     assert saved == {"pool": "mean", "last_blocks": 1}
     both = resolve_evaluation("dino", {"pool": None, "last_blocks": 2}, saved)

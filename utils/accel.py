@@ -41,6 +41,12 @@ class Speed:
         return settings_of(cls, args)
 
 
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """`x` in float32 where it is in half precision (a loss computed under --amp), else as it
+    is (float64 stays float64: the official-code checks run in it)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def check_options(speed: Speed, device: torch.device) -> None:
     """Refuse combinations that cannot work here, before any work is done."""
     if speed.amp == "fp16" and device.type != "cuda":
