@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
@@ -37,6 +38,9 @@ class Pair:
     groups: list[tuple[str, str]]
     zeroed: dict[str, str] = field(default_factory=dict)
     ignored: dict[str, str] = field(default_factory=dict)
+    ours_only: dict[str, str] = field(
+        default_factory=dict
+    )  # our state the official keeps elsewhere
     image_size: int = 32
     views: int = 2
     batch: int = 8
@@ -102,6 +106,22 @@ def copy_module(source: nn.Module, target: nn.Module) -> None:
     """`target` as a copy of `source` (parameters and buffers): an EMA copy as its official
     constructor leaves it, after the check drew the BatchNorms of both."""
     target.load_state_dict(source.state_dict())
+
+
+def stand_ins(modules: dict[str, list[str]]) -> None:
+    """Empty modules (with these attributes, None) for imports of the official code that the
+    check never calls, where the package is not installed."""
+    for name, attributes in modules.items():
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            module = type(sys)(name)
+            for attribute in attributes:
+                setattr(module, attribute, None)
+            sys.modules[name] = module
+            parent, _, child = name.rpartition(".")
+            if parent:
+                setattr(sys.modules[parent], child, module)
 
 
 def cpu_cuda() -> None:
@@ -280,6 +300,61 @@ def dino(path: str, extra: dict) -> Pair:
     )  # fmt: skip
 
 
+def swav(path: str, extra: dict) -> Pair:
+    one_process_group()
+    cpu_cuda()
+    # imported at the top of main_swav.py and src/logger.py, for fp16, LARC and logging only
+    stand_ins({"apex": [], "apex.parallel": [], "apex.parallel.LARC": ["LARC"], "pandas": []})
+    main = load(path, "main_swav.py")
+    main.args = Namespace(crops_for_assign=[0, 1], nmb_crops=[2, 2], temperature=0.1,
+                          epsilon=0.05, sinkhorn_iterations=3, world_size=1)  # fmt: skip
+    model = main.resnet_models.resnet50(normalize=True, hidden_mlp=64, output_dim=32,
+                                        nmb_prototypes=16)  # fmt: skip
+    official = nn.ModuleDict({"model": model})
+    official.register_buffer("queue", torch.zeros(2, 16, 32))  # main_swav.py:236-241
+    state = {"use_the_queue": False}
+
+    def loss(views, labels):  # main_swav.py:277-315, reproduced with its distributed_sinkhorn
+        args, queue, bs = main.args, official.queue, views[0].shape[0]
+        with torch.no_grad():
+            w = nn.functional.normalize(model.prototypes.weight.data.clone(), dim=1, p=2)
+            model.prototypes.weight.copy_(w)
+        embedding, output = model(views)
+        embedding = embedding.detach()
+        total = 0
+        for i, crop_id in enumerate(args.crops_for_assign):
+            with torch.no_grad():
+                out = output[bs * crop_id : bs * (crop_id + 1)].detach()
+                if state["use_the_queue"] or not torch.all(queue[i, -1, :] == 0):
+                    state["use_the_queue"] = True
+                    out = torch.cat((torch.mm(queue[i], model.prototypes.weight.t()), out))
+                queue[i, bs:] = queue[i, :-bs].clone()
+                queue[i, :bs] = embedding[crop_id * bs : (crop_id + 1) * bs]
+                q = main.distributed_sinkhorn(out)[-bs:]
+            subloss = 0
+            for v in [v for v in range(sum(args.nmb_crops)) if v != crop_id]:
+                x = output[bs * v : bs * (v + 1)] / args.temperature
+                subloss -= torch.mean(torch.sum(q * F.log_softmax(x, dim=1), dim=1))
+            total += subloss / (sum(args.nmb_crops) - 1)
+        return total / len(args.crops_for_assign)
+
+    @torch.no_grad()
+    def normalize() -> None:  # what its next iteration does first (main_swav.py:278-281)
+        model.prototypes.weight.copy_(nn.functional.normalize(model.prototypes.weight, dim=1))
+
+    return Pair(
+        official,
+        ours("swav", "resnet50", extra, proj_hidden_dim=64, proj_dim=32, num_prototypes=16,
+             queue_size=16, epoch_queue_starts=0, freeze_prototypes_epochs=0),
+        loss,
+        groups=[("queue", "queue"), ("model.projection_head.", "projector."),
+                ("model.prototypes.", "prototypes."), ("model.", "backbone.")],
+        zeroed={"model.projection_head.0.bias": BIAS_BEFORE_BN},
+        ours_only={"queue_filled": "its loop's use_the_queue"},
+        prepare=normalize, finish=normalize, views=4,
+    )  # fmt: skip
+
+
 ADAPTERS = {
     "simsiam": Adapter(
         "facebookresearch/simsiam",
@@ -354,6 +429,24 @@ ADAPTERS = {
             "the momentum's cosine over the check's steps (its epochs x iterations)",
         ],
         mocov3,
+    ),
+    "swav": Adapter(
+        "facebookresearch/swav",
+        [
+            "src/resnet50.py (resnet50 with its projection head and prototypes)",
+            "main_swav.py (distributed_sinkhorn; the step at 277-315 reproduced: the prototypes "
+            "normalised first, the queue, the codes, the loss)",
+        ],  # fmt: skip
+        [
+            "a one-process gloo group for the Sinkhorn's all_reduce",
+            "Tensor.cuda() as the identity on the CPU",
+            "a stand-in module for apex (imported at the top of "
+            "main_swav.py for fp16 and LARC, neither of which the check runs)",
+            "a 64-32 head, 16 "
+            "prototypes, a queue of 16 used from the third step (when full), prototypes not frozen",
+            "2 crops for the codes and 2 more of the same size",
+        ],
+        swav,
     ),
     "supcon": Adapter(
         "HobbitLong/SupContrast",

@@ -48,6 +48,7 @@ def state_mapping(pair: Pair) -> dict[str, str]:
         left = [k for k in official if k.startswith(off_prefix) and k not in mapping]
         left = [k for k in left if k not in pair.zeroed and k not in pair.ignored]
         right = [k for k in ours if k.startswith(our_prefix) and k not in taken]
+        right = [k for k in right if k not in pair.ours_only]
         if len(left) != len(right):
             names = {k[len(off_prefix) :] for k in left} ^ {k[len(our_prefix) :] for k in right}
             sys.exit(
@@ -64,7 +65,7 @@ def state_mapping(pair: Pair) -> dict[str, str]:
     unmapped = [
         k for k in official if k not in mapping and k not in {**pair.zeroed, **pair.ignored}
     ]
-    missing = [k for k in ours if k not in taken]
+    missing = [k for k in ours if k not in taken and k not in pair.ours_only]
     if unmapped or missing:
         sys.exit(f"error: unmapped official {unmapped[:5]}, ours {missing[:5]}")
     return mapping
@@ -156,7 +157,7 @@ def check(name: str, official_dir: str, steps: int, seed: int, extra: dict) -> d
         "imports": adapter.imports,
         "shims": adapter.shims
         + [f"zeroed {k}: {why}" for k, why in pair.zeroed.items()]
-        + [f"not compared: {k}: {why}" for k, why in pair.ignored.items()],
+        + [f"not compared: {k}: {why}" for k, why in {**pair.ignored, **pair.ours_only}.items()],
         "ours_flags": extra,
         "steps": steps,
         "views": f"{count} x [{batch}, 3, {size}, {size}] float64",
