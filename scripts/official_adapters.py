@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -50,6 +51,7 @@ class Pair:
     prepare: Callable[[], None] = lambda: None  # after the draw: the official invariants
     convert: dict[str, Callable[[Tensor], Tensor]] = field(default_factory=dict)  # to our layout
     built_at: int = BUILT_AT
+    rename: Callable[[str], str] | None = None  # official key -> ours, in place of `groups`
 
 
 @dataclass(frozen=True)
@@ -355,6 +357,67 @@ def swav(path: str, extra: dict) -> Pair:
     )  # fmt: skip
 
 
+VIT_NAMES = (  # timm's ViT names -> torchvision's, which our ViTs keep
+    ("patch_embed.proj.", "conv_proj."), ("norm1.", "ln_1."), ("norm2.", "ln_2."),
+    ("attn.qkv.weight", "self_attention.in_proj_weight"),
+    ("attn.qkv.bias", "self_attention.in_proj_bias"), ("attn.proj.", "self_attention.out_proj."),
+    ("mlp.fc1.", "mlp.0."), ("mlp.fc2.", "mlp.3."),
+)  # fmt: skip
+
+
+def timm_block_without_qk_scale() -> None:
+    """timm's Block dropped `qk_scale` (None in the official calls: the default scale)."""
+    from timm.models import vision_transformer
+
+    block = vision_transformer.Block
+    if getattr(block, "takes_qk_scale", False):
+        return
+
+    class Block(block):
+        takes_qk_scale = True
+
+        def __init__(self, *args, qk_scale=None, **kwargs):
+            super().__init__(*args, **kwargs)
+
+    vision_transformer.Block = Block
+
+
+def mae(path: str, extra: dict) -> Pair:
+    timm_block_without_qk_scale()
+    np.float = float  # util/pos_embed.py uses the alias numpy removed (np.float: float64)
+    models_mae = load(path, "models_mae.py")
+    official = models_mae.MaskedAutoencoderViT(
+        img_size=32, patch_size=4, embed_dim=192, depth=12, num_heads=3, decoder_embed_dim=64,
+        decoder_depth=1, decoder_num_heads=2, mlp_ratio=4,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6), norm_pix_loss=True,
+    )  # fmt: skip
+
+    def rename(key: str) -> str:
+        top = {"cls_token": "backbone.class_token", "pos_embed": "backbone.encoder.pos_embedding"}
+        if key in top:
+            return top[key]
+        for a, b in (
+            ("blocks.", "backbone.encoder.layers.encoder_layer_"),
+            ("norm.", "backbone.encoder.ln."),
+            ("patch_embed.", "backbone.patch_embed."),
+        ):
+            if key.startswith(a):
+                key = b + key[len(a) :]
+        for a, b in VIT_NAMES:
+            key = key.replace(a, b)
+        return key.replace("backbone.patch_embed.conv_proj.", "backbone.conv_proj.")
+
+    return Pair(
+        official,
+        ours("mae", "vit_tiny", extra, built_at=32, decoder_dim=64, decoder_depth=1,
+             decoder_heads=2, norm_pix_loss=True),
+        lambda views, labels: official(views[0], mask_ratio=0.75)[0],  # main_pretrain.py
+        groups=[], rename=rename, built_at=32, views=1,
+        ignored={"decoder_pos_embed": "fixed sin-cos positions (requires_grad False), which "
+                 "ours computes instead of storing: the loss compares them"},
+    )  # fmt: skip
+
+
 ADAPTERS = {
     "simsiam": Adapter(
         "facebookresearch/simsiam",
@@ -398,6 +461,19 @@ ADAPTERS = {
             "2 global and 2 local crops of one size (one backbone call)",
         ],
         dino,
+    ),
+    "mae": Adapter(
+        "facebookresearch/mae",
+        [
+            "models_mae.py (MaskedAutoencoderViT: its forward is the loss)",
+            "util/pos_embed.py (its fixed sin-cos positions)",
+        ],  # fmt: skip
+        [
+            "timm's Block without the qk_scale argument it dropped (None in the official calls)",
+            "ViT-Tiny at 32 px (4-px patches), a one-block decoder of 64",
+            "the same masking noise: the global generator seeded alike before each forward",
+        ],
+        mae,
     ),
     "mocov2": Adapter(
         "facebookresearch/moco",

@@ -44,6 +44,11 @@ def state_mapping(pair: Pair) -> dict[str, str]:
     `pair.zeroed` (set to zero: no counterpart here) left out. Anything unmapped stops the check."""
     official, ours = pair.official.state_dict(), pair.ours.state_dict()
     mapping, taken = {}, set()
+    if pair.rename is not None:  # by name
+        for key in official:
+            if key not in pair.zeroed and key not in pair.ignored and pair.rename(key) in ours:
+                mapping[key] = pair.rename(key)
+                taken.add(mapping[key])
     for off_prefix, our_prefix in pair.groups:
         left = [k for k in official if k.startswith(off_prefix) and k not in mapping]
         left = [k for k in left if k not in pair.zeroed and k not in pair.ignored]
@@ -125,7 +130,9 @@ def check(name: str, official_dir: str, steps: int, seed: int, extra: dict) -> d
         labels = torch.arange(batch) % max(batch // 2, 1)
         opt_official.zero_grad(set_to_none=True)
         opt_ours.zero_grad(set_to_none=True)
+        torch.manual_seed(seed + 1000 + step)  # the same random draws (MAE's masking noise)
         loss_official = pair.official_loss(views, labels)
+        torch.manual_seed(seed + 1000 + step)
         loss_ours = pair.ours(views, labels)["loss"]
         loss_official.backward()
         loss_ours.backward()
