@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from methods import build_method
 from networks import build_backbone
+from networks.vit import set_heads
 
 BUILT_AT = 96  # image size our backbones are built for: the ImageNet stem, as the official ones
 
@@ -227,12 +228,35 @@ def supcon(path: str, extra: dict) -> Pair:
     )  # fmt: skip
 
 
-def mocov3(path: str, extra: dict) -> Pair:
+def moco_v3_pair(path: str, vit: bool, ours_model: nn.Module) -> Pair:
+    """MoCo v3 with its ResNet-18 (main_moco.py:185) or a ViT-Small at 32 px (vits.py,
+    stop_grad_conv1 as main_moco.py sets it), the momentum's cosine per step."""
     one_process_group()
     cpu_cuda()
     builder = load(path, "moco/builder.py")
-    encoder = partial(torchvision.models.resnet18, zero_init_residual=True)  # main_moco.py:185
-    official = builder.MoCo_ResNet(encoder, dim=64, mlp_dim=128, T=1.0)
+    if vit:
+        import timm.layers.helpers  # where timm moved timm.models.layers.helpers
+
+        sys.modules.setdefault("timm.models.layers.helpers", timm.layers.helpers)
+        vits = load(path, "vits.py")
+        # timm renamed num_tokens num_prefix_tokens (its positions' assert reads the old name)
+        vits.VisionTransformerMoCo.num_tokens = property(lambda self: self.num_prefix_tokens)
+        encoder = partial(
+            vits.VisionTransformerMoCo,
+            img_size=32,
+            patch_size=4,
+            embed_dim=384,
+            depth=12,
+            num_heads=12,
+            mlp_ratio=4,
+            qkv_bias=True,
+            norm_layer=partial(nn.LayerNorm, eps=1e-6),
+            stop_grad_conv1=True,
+        )
+        official = builder.MoCo_ViT(encoder, dim=32, mlp_dim=64, T=0.2)
+    else:
+        encoder = partial(torchvision.models.resnet18, zero_init_residual=True)
+        official = builder.MoCo_ResNet(encoder, dim=64, mlp_dim=128, T=1.0)
     momentum = {"step": 0, "steps": 3}
 
     def m(step: int) -> float:  # main_moco.py:431-434 adjust_moco_momentum, per step
@@ -244,19 +268,57 @@ def mocov3(path: str, extra: dict) -> Pair:
     def after_step(step: int, steps: int) -> None:
         momentum["step"], momentum["steps"] = step + 1, steps
 
+    head = "head." if vit else "fc."
+    prefixes = (("base_encoder.", "backbone."), ("momentum_encoder.", "target_backbone."))
+
+    def rename(key: str) -> str:
+        for a, b in (
+            ("base_encoder." + head, "projector."),
+            ("momentum_encoder." + head, "target_projector."),
+            *prefixes,
+        ):
+            if key.startswith(a):
+                key = b + key[len(a) :]
+                break
+        if key.startswith(("backbone.", "target_backbone.")):
+            root, _, rest = key.partition(".")
+            top = {"cls_token": "class_token", "pos_embed": "encoder.pos_embedding"}
+            rest = top.get(rest, rest)
+            for a, b in (("blocks.", "encoder.layers.encoder_layer_"), ("norm.", "encoder.ln.")):
+                if rest.startswith(a):
+                    rest = b + rest[len(a) :]
+            for a, b in VIT_NAMES:
+                rest = rest.replace(a, b)
+            key = f"{root}.{rest}"
+        return key
+
     return Pair(
-        official,
-        ours("mocov3", "resnet18", extra, proj_dim=64, proj_hidden_dim=128, pred_hidden_dim=128,
-             temperature=1.0, ema_momentum=0.99),
-        loss,
-        groups=[("base_encoder.fc.", "projector."), ("base_encoder.", "backbone."),
-                ("momentum_encoder.fc.", "target_projector."),
-                ("momentum_encoder.", "target_backbone."), ("predictor.", "predictor.")],
+        official, ours_model, loss,
+        groups=[] if vit else [("base_encoder.fc.", "projector."), ("base_encoder.", "backbone."),
+                               ("momentum_encoder.fc.", "target_projector."),
+                               ("momentum_encoder.", "target_backbone."),
+                               ("predictor.", "predictor.")],
+        rename=rename if vit else None,
         prepare=lambda: copy_module(official.base_encoder, official.momentum_encoder),
         after_step=after_step,
         # the update its next forward would make first, with m(K) = 1: none
         finish=lambda: official._update_momentum_encoder(m(momentum["steps"])),
+        built_at=32 if vit else BUILT_AT,
     )  # fmt: skip
+
+
+def mocov3(path: str, extra: dict) -> Pair:
+    model = ours("mocov3", "resnet18", extra, proj_dim=64, proj_hidden_dim=128,
+                 pred_hidden_dim=128, temperature=1.0, ema_momentum=0.99)  # fmt: skip
+    return moco_v3_pair(path, False, model)
+
+
+def mocov3_vit(path: str, extra: dict) -> Pair:
+    net, feat_dim = build_backbone("vit_small", 32)
+    set_heads(net, 12, "vit_small")  # MoCo v3's ViT-Small (vits.py): 12 heads
+    kwargs = dict(proj_dim=32, proj_hidden_dim=64, pred_hidden_dim=64, temperature=0.2,
+                  ema_momentum=0.99)  # fmt: skip
+    return moco_v3_pair(path, True, build_method("mocov3", net, feat_dim, **{**kwargs, **extra}))
 
 
 def dino(path: str, extra: dict) -> Pair:
@@ -523,6 +585,23 @@ ADAPTERS = {
             "2 crops for the codes and 2 more of the same size",
         ],
         swav,
+    ),
+    "mocov3_vit": Adapter(
+        "facebookresearch/moco-v3",
+        [
+            "vits.py (VisionTransformerMoCo, over timm's VisionTransformer)",
+            "moco/builder.py (MoCo_ViT)",
+            "main_moco.py:344-353,431-434 (the step's cosine momentum: reproduced)",
+        ],  # fmt: skip
+        [
+            "a one-process gloo group for its all_gather",
+            "Tensor.cuda() as the identity on the CPU",
+            "ViT-Small with 4-px patches at 32 px (vit_small's 16 px at 224), 12 heads, "
+            "stop_grad_conv1 as main_moco.py sets it for ViTs",
+            "a 64-32 head in place of 4096-256",
+            "the momentum's cosine over the check's steps",
+        ],
+        mocov3_vit,
     ),
     "supcon": Adapter(
         "HobbitLong/SupContrast",
