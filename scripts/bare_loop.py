@@ -1,12 +1,12 @@
-"""The reference of scripts/whole_process.py: SimCLR pretraining as a textbook PyTorch loop, on
-the same images, views, model, loss, optimizer, batch and loader workers as main.py, and nothing
-else (no schedule, logging, checkpoints, monitors, progress bar or guard).
+"""The reference of scripts/benchmark.py --whole_process: SimCLR pretraining as a textbook
+PyTorch loop, on the same images, views, model, loss, optimizer, batch and loader workers as
+main.py, and nothing else (no schedule, logging, checkpoints, monitors, progress bar or guard).
 
     python scripts/bare_loop.py --data_dir DIR --steps N [--batch_size 64] [--num_workers 2]
         [--skip 10]
 
 Its last line is a JSON object: the images/s of the steps after the first --skip by its own
-clock (loader waits included), the figure scripts/whole_process.py compares with main.py's
+clock (loader waits included), the figure `benchmark.py --whole_process` compares with main.py's
 metrics.csv windows after the first (it passes --skip equal to main.py's --print_freq).
 """
 

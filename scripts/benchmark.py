@@ -4,6 +4,9 @@
                                 [--readme docs/speed.md]
     python scripts/benchmark.py --from_json F.json [G.json ...] --readme docs/speed.md
                                 (the table of saved runs, one column each)
+    python scripts/benchmark.py --whole_process --dataset_name imagefolder --data_dir DIR
+        [--short 10 --long 40] [--repeats 3] [--batch_size 64] [--num_workers 2] [--output F]
+                                (main.py against scripts/bare_loop.py as whole processes)
 
 Takes main.py's flags (method, backbone, image size, batch, optimizer, --amp, --channels_last,
 --compile, data set, workers) and measures, on one process:
@@ -28,10 +31,14 @@ GPU and the process's resident peak on the CPU.
 """
 
 import argparse
+import csv
 import json
 import os
 import resource
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -74,6 +81,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     group.add_argument("--output", help="also write the figures to this JSON file")
     group.add_argument("--readme", help="put the table in this README's generated block")
     group.add_argument("--block", default="benchmark", help="that block's name")
+    group.add_argument(
+        "--whole_process",
+        action="store_true",
+        help="main.py against scripts/bare_loop.py as whole processes (with --dataset_name "
+        "imagefolder --data_dir), beside the in-process figures",
+    )
+    group.add_argument("--short", type=int, default=10, help="--whole_process: short run steps")
+    group.add_argument("--long", type=int, default=40, help="--whole_process: long run steps")
     group.add_argument(
         "--from_json",
         nargs="+",
@@ -265,15 +280,8 @@ def describe(device) -> str:
     return f"{torch.get_num_threads()} threads of {model}"
 
 
-def main() -> None:
-    args = get_args_parser().parse_args()
-    if args.from_json:
-        results = []
-        for path in args.from_json:
-            with open(path) as f:
-                results.append(json.load(f))
-        publish(table(results), None, "", args.readme, args.block)
-        return
+def measure(args) -> dict:
+    """The in-process figures of the flags `args` (the module docstring)."""
     args, _ = with_recipe(args, {"sources": {}})  # main.py's unset flags: the method's recipe
     device = resolve_device(args.device)
     args.print_freq = max(args.steps, args.print_freq)  # no logging inside the timed steps
@@ -313,9 +321,31 @@ def main() -> None:
             "knn_50000x10000x512_s": None if args.skip_knn else time_knn(device),
         }
         result["loader_to_model_ratio"] = result["loader_images_per_s"] / max(ours)
+    return result
+
+
+def main() -> None:
+    args = get_args_parser().parse_args()
+    if args.from_json:
+        results = []
+        for path in args.from_json:
+            with open(path) as f:
+                results.append(json.load(f))
+        publish(table(results), None, "", args.readme, args.block)
+        return
+    if args.whole_process:
+        if args.data_dir is None or args.dataset_name != "imagefolder":
+            sys.exit("error: --whole_process needs --dataset_name imagefolder --data_dir DIR")
+        args.batch_size = args.batch_size or 64
+        result = whole_process(args)
+        print(json.dumps({k: v for k, v in result.items() if k != "in_process"}, indent=1))
+    else:
+        result = measure(args)
     if args.output:
         with open(args.output, "w") as f:
             json.dump(result, f, indent=2)
+    if args.whole_process:
+        return
     if not args.only_ours:
         publish(table([result]), None, "", args.readme, args.block)
     else:
@@ -361,6 +391,113 @@ def table(results: list[dict]) -> str:
     shared = ", ".join(f"`--{k} {configs[0][k]}`" for k in keys if k not in differ)
     devices = ", ".join(sorted({f"{r['device']}, torch {r['torch']}" for r in results}))
     return "\n".join(lines) + f"\n\nOn {devices}; {shared}."
+
+
+# ---- --whole_process: main.py against scripts/bare_loop.py, each as a whole process ----
+#
+# Each command runs as its own process at two lengths (--short and --long steps of one batch).
+# Two estimates of each one's steady rate, from the same processes:
+# - wall clock: the difference of the wall times of the two lengths cancels what does not grow
+#   with the run (imports, the data set's listing, model building, loader start-up, the end's
+#   online-probe evaluation, summary and plots): (long - short) x batch / (t_long - t_short), per
+#   repeat; the ratio main / bare of each repeat, and their median, are reported. On shared or
+#   virtual cores one slow stretch moves a difference of two ~100 s times by 10-20 %;
+# - own clock: each long process's images/s after its first WINDOW steps by its own clock, loader
+#   waits included (main.py: its metrics.csv windows after the first, --print_freq WINDOW; the
+#   bare loop: its printed rate, --skip WINDOW), which leaves out the fixed costs exactly.
+# The commands alternate (main, bare, main, bare, ...). main.py runs as a user runs it (its
+# defaults: the online probe and monitors on, a checkpoint and plots at the end of the epoch,
+# progress bar, TensorBoard), on `--limit steps x batch` class-balanced training images. The
+# in-process ratio (this file's main measurement) is taken in the same invocation.
+
+WINDOW = 10  # steps: main.py's --print_freq and the bare loop's --skip, so both clocks start alike
+
+
+def timed(command: list[str]) -> tuple[float, str]:
+    """Wall seconds of the command as a process, and its standard output."""
+    start = time.perf_counter()
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"failed: {' '.join(command)}\n{proc.stderr[-2000:]}")
+    return time.perf_counter() - start, proc.stdout
+
+
+def own_rate_main(log_dir: str) -> float:
+    """main.py's images/s by its own clock: its metrics.csv step windows after the first."""
+    with open(os.path.join(log_dir, "metrics.csv"), newline="") as f:
+        rates = [float(r["images_per_s"]) for r in csv.DictReader(f) if r["kind"] == "step"][1:]
+    return len(rates) / sum(1 / r for r in rates)  # equal windows: the harmonic mean
+
+
+def own_rate_bare(stdout: str) -> float:
+    return json.loads(stdout.strip().splitlines()[-1])["images_per_s"]
+
+
+def main_command(args, steps: int, out: str, name: str) -> list[str]:
+    return [
+        sys.executable, "main.py", "--model_name", "simclr", "--backbone", args.backbone,
+        "--dataset_name", "imagefolder", "--data_dir", args.data_dir, "--image_size", "32",
+        "--batch_size", str(args.batch_size), "--num_workers", str(args.num_workers),
+        "--limit", str(steps * args.batch_size), "--num_epochs", "1", "--warmup_epochs", "0",
+        "--optimizer", "sgd", "--base_lr", "0.03", "--device", "cpu",
+        "--logs_dir", out, "--ckpt_dir", out, "--run_name", name, "--print_freq", str(WINDOW),
+    ]  # fmt: skip
+
+
+def bare_command(args, steps: int) -> list[str]:
+    return [
+        sys.executable, "scripts/bare_loop.py", "--data_dir", args.data_dir, "--steps",
+        str(steps), "--batch_size", str(args.batch_size), "--num_workers",
+        str(args.num_workers), "--backbone", args.backbone, "--skip", str(WINDOW),
+    ]  # fmt: skip
+
+
+def whole_process(args) -> dict:
+    """The --whole_process figures (above), and the in-process ones beside them."""
+    times = {(who, n): [] for who in ("main", "bare") for n in (args.short, args.long)}
+    own = {"main": [], "bare": []}
+    with tempfile.TemporaryDirectory() as out:
+        for repeat in range(args.repeats):
+            for n in (args.short, args.long):
+                name = f"run{n}_{repeat}"
+                seconds, _ = timed(main_command(args, n, out, name))
+                times[("main", n)].append(seconds)
+                seconds, stdout = timed(bare_command(args, n))
+                times[("bare", n)].append(seconds)
+                if n == args.long:
+                    own["main"].append(own_rate_main(os.path.join(out, name)))
+                    own["bare"].append(own_rate_bare(stdout))
+                print({k: [round(t, 1) for t in v] for k, v in times.items()}, flush=True)
+    images = (args.long - args.short) * args.batch_size
+    wall = {
+        who: [
+            images / (long - short)
+            for short, long in zip(times[(who, args.short)], times[(who, args.long)], strict=True)
+        ]
+        for who in ("main", "bare")
+    }
+    wall_ratios = [m / b for m, b in zip(wall["main"], wall["bare"], strict=True)]
+    own_ratios = [m / b for m, b in zip(own["main"], own["bare"], strict=True)]
+    inside = measure(get_args_parser().parse_args([
+        "--model_name", "simclr", "--backbone", args.backbone, "--batch_size",
+        str(args.batch_size), "--optimizer", "sgd", "--dataset_name", "imagefolder",
+        "--data_dir", args.data_dir, "--limit", "2560", "--num_workers", str(args.num_workers),
+        "--device", "cpu", "--steps", "10", "--warmup_steps", "3", "--repeats", "3",
+        "--skip_knn",
+    ]))  # fmt: skip
+    config = ("data_dir", "short", "long", "repeats", "batch_size", "num_workers", "backbone")
+    return {
+        "whole_process_ratio": statistics.median(wall_ratios),
+        "own_clock_ratio": statistics.median(own_ratios),
+        "in_process_ratio": inside["ratio_ours_to_bare"],
+        "wall_clock_ratios": wall_ratios,
+        "own_clock_ratios": own_ratios,
+        "wall_clock_images_per_s": wall,
+        "own_clock_images_per_s": own,
+        "in_process": inside,
+        "seconds": {f"{who} {n} steps": v for (who, n), v in times.items()},
+        "config": {k: getattr(args, k) for k in config},
+    }
 
 
 if __name__ == "__main__":

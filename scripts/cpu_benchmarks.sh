@@ -5,7 +5,7 @@
 #   1. scripts/benchmark.py on SimCLR / ResNet-18 at 32 px, batch 64, 2 loader workers, in fp32,
 #      --amp bf16, --channels_last and both (is bf16 faster on cores with AVX-512 BF16?), into
 #      OUT/<name>.json and the `benchmark` block of docs/speed.md (UPDATE_README=1);
-#   2. scripts/whole_process.py: main.py against a bare loop as whole processes, beside the
+#   2. scripts/benchmark.py --whole_process: main.py against a bare loop as whole processes, beside the
 #      in-process ratio of benchmark.py, into OUT/whole_process.json;
 #   3. scripts/benchmark_methods.py: every method on ResNet-18 and ViT-Tiny at 32 px, batch 64,
 #      into OUT/methods/ and the `speed_methods` block of docs/speed.md (UPDATE_README=1).
@@ -40,7 +40,8 @@ for part in "${PARTS[@]}"; do
                 "${README[@]}"
             ;;
         2)
-            python scripts/whole_process.py --data_dir "$DATA" --output "$OUT/whole_process.json"
+            python scripts/benchmark.py --whole_process --dataset_name imagefolder \
+                --data_dir "$DATA" --batch_size 64 --num_workers 2 --output "$OUT/whole_process.json"
             ;;
         3)
             python scripts/benchmark_methods.py "$OUT/methods" "${README[@]}"

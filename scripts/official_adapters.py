@@ -64,21 +64,28 @@ class Adapter:
 
 
 def load(root: str, relpath: str):
-    """The official module at `root/relpath`, imported as it is, with its folder first on
-    sys.path for its own imports; modules of ours with the names of its files (DINO's `utils`)
-    are set aside meanwhile and put back after, the official module keeping its own."""
-    folder = os.path.join(root, os.path.dirname(relpath))
-    names = {n.removesuffix(".py") for d in {root, folder} for n in os.listdir(d)}
+    """The official module at `root/relpath`, imported as it is under its own dotted name
+    (`src/models/vision_transformer.py` as src.models.vision_transformer), with `root` first on
+    sys.path for its own imports; modules of ours with the names of its top-level files and
+    folders (DINO's `utils`) are set aside meanwhile and put back after, the official module
+    keeping its own."""
+    names = {n.removesuffix(".py") for n in os.listdir(root)}
     clashing = lambda m: m.split(".")[0] in names  # noqa: E731
     ours_aside = {m: sys.modules.pop(m) for m in list(sys.modules) if clashing(m)}
-    sys.path[:0] = [folder, root]
+    sys.path.insert(0, root)
+    path, name = os.path.join(root, relpath), relpath.removesuffix(".py").replace("/", ".")
     try:
-        name = "official_" + relpath.replace("/", "_").removesuffix(".py")
-        spec = importlib.util.spec_from_file_location(name, os.path.join(root, relpath))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError:
+            module = None
+        if module is None or os.path.abspath(module.__file__) != os.path.abspath(path):
+            # a folder without __init__.py loses to a package of ours of that name: by file
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
     finally:
-        del sys.path[:2]
+        sys.path.remove(root)
         for m in [m for m in sys.modules if clashing(m)]:
             sys.modules.pop(m)
         sys.modules.update(ours_aside)
@@ -480,6 +487,88 @@ def mae(path: str, extra: dict) -> Pair:
     )  # fmt: skip
 
 
+def ijepa(path: str, extra: dict) -> Pair:
+    import copy
+
+    import methods.ijepa as ours_ijepa
+
+    vit = load(path, "src/models/vision_transformer.py")
+    multiblock = load(path, "src/masks/multiblock.py")
+    apply_masks = load(path, "src/masks/utils.py").apply_masks
+    repeat_interleave_batch = load(path, "src/utils/tensors.py").repeat_interleave_batch
+    encoder = vit.vit_tiny(img_size=[32], patch_size=4)  # helper.py init_model's calls
+    predictor = vit.vit_predictor(num_patches=64, embed_dim=192, predictor_embed_dim=48,
+                                  depth=2, num_heads=3)  # fmt: skip
+    target = copy.deepcopy(encoder)  # train.py:213
+    official = nn.ModuleDict({"encoder": encoder, "predictor": predictor, "target": target})
+    collator = multiblock.MaskCollator(
+        input_size=(32, 32), patch_size=4, enc_mask_scale=(0.85, 1.0),
+        pred_mask_scale=ours_ijepa.TARGET_SCALE, aspect_ratio=ours_ijepa.ASPECT, nenc=1,
+        npred=4, min_keep=ours_ijepa.MIN_KEEP, allow_overlap=False,
+    )  # fmt: skip
+    drawn = {}
+
+    def loss(views, labels):  # train.py:295-321, reproduced (one process: AllReduce is none)
+        imgs = views[0]
+        _, masks_enc, masks_pred = collator([(img, 0) for img in imgs])
+        drawn["masks"] = (masks_enc[0], torch.stack(masks_pred))
+        with torch.no_grad():
+            h = target(imgs)
+            h = F.layer_norm(h, (h.size(-1),))
+            h = apply_masks(h, masks_pred)
+            h = repeat_interleave_batch(h, len(imgs), repeat=len(masks_enc))
+        z = predictor(encoder(imgs, masks_enc), masks_enc, masks_pred)
+        return F.smooth_l1_loss(z, h)
+
+    # ours takes the official collator's masks of the step (its own sampler draws otherwise)
+    ours_ijepa.multiblock_masks = lambda batch, side, num_targets: drawn["masks"]
+    schedule = {"steps": 3}
+
+    @torch.no_grad()
+    def after_step(step: int, steps: int) -> None:  # train.py:227-229, 333-336
+        m = 0.996 + step * (1.0 - 0.996) / steps
+        for q, k in zip(encoder.parameters(), target.parameters(), strict=True):
+            k.data.mul_(m).add_((1.0 - m) * q.detach().data)
+        schedule["steps"] = steps
+
+    def rename(key: str) -> str:
+        part, _, rest = key.partition(".")
+        if part == "predictor":
+            for a, b in (
+                ("predictor_embed.", "embed."),
+                ("predictor_blocks.", "blocks."),
+                ("predictor_norm.", "norm."),
+                ("predictor_proj.", "proj."),
+            ):
+                if rest.startswith(a):
+                    rest = b + rest[len(a) :]
+        else:
+            top = {"pos_embed": "encoder.pos_embedding"}
+            rest = top.get(rest, rest)
+            for a, b in (("blocks.", "encoder.layers.encoder_layer_"), ("norm.", "encoder.ln.")):
+                if rest.startswith(a):
+                    rest = b + rest[len(a) :]
+        for a, b in VIT_NAMES:
+            rest = rest.replace(a, b)
+        root = {"encoder": "backbone", "target": "target_backbone", "predictor": "predictor"}
+        return f"{root[part]}.{rest}"
+
+    with_class_position = lambda p: torch.cat([torch.zeros_like(p[:, :1]), p], dim=1)  # noqa: E731
+    no_class = "I-JEPA's encoder has no class token; ours keeps one that its tokens leave out"
+    return Pair(
+        official,
+        ours("ijepa", "vit_tiny", extra, built_at=32, pred_depth=2, pred_emb_dim=48,
+             ema_momentum=0.996),
+        loss, groups=[], rename=rename, built_at=32, views=1, after_step=after_step,
+        convert={"encoder.pos_embed": with_class_position,
+                 "target.pos_embed": with_class_position},
+        ignored={"predictor.predictor_pos_embed": "fixed sin-cos positions (requires_grad "
+                 "False), which ours computes: the loss compares them"},
+        ours_only={"backbone.class_token": no_class, "target_backbone.class_token": no_class},
+        prepare=lambda: copy_module(encoder, target),
+    )  # fmt: skip
+
+
 ADAPTERS = {
     "simsiam": Adapter(
         "facebookresearch/simsiam",
@@ -523,6 +612,23 @@ ADAPTERS = {
             "2 global and 2 local crops of one size (one backbone call)",
         ],
         dino,
+    ),
+    "ijepa": Adapter(
+        "facebookresearch/ijepa",
+        [
+            "src/models/vision_transformer.py (vit_tiny, vit_predictor)",
+            "src/masks/multiblock.py (MaskCollator: its masks, fed to ours)",
+            "src/masks/utils.py (apply_masks)",
+            "src/utils/tensors.py (repeat_interleave_batch)",
+            "src/train.py:213,227-229,295-336 (the target copy, the step and the EMA: reproduced)",
+        ],
+        [
+            "ViT-Tiny with 4-px patches at 32 px, a 2-block predictor of 48",
+            "ours takes the official collator's masks of each step (methods.ijepa.multiblock_masks "
+            "replaced for the check)",
+            "one process: the loss's AllReduce is the identity",
+        ],
+        ijepa,
     ),
     "mae": Adapter(
         "facebookresearch/mae",
