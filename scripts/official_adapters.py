@@ -53,6 +53,7 @@ class Pair:
     convert: dict[str, Callable[[Tensor], Tensor]] = field(default_factory=dict)  # to our layout
     built_at: int = BUILT_AT
     rename: Callable[[str], str] | None = None  # official key -> ours, in place of `groups`
+    sizes: list[int] | None = None  # each view's size, where they differ (else image_size)
 
 
 @dataclass(frozen=True)
@@ -328,15 +329,21 @@ def mocov3_vit(path: str, extra: dict) -> Pair:
     return moco_v3_pair(path, True, build_method("mocov3", net, feat_dim, **{**kwargs, **extra}))
 
 
-def dino(path: str, extra: dict) -> Pair:
+def dino_pair(path: str, extra: dict, vit: bool) -> Pair:
+    """DINO with its ResNet-18 (main_dino.py:175-178) or its ViT-Tiny at 32 px (4-px patches)
+    with local crops of 16 px, whose position embeddings its interpolate_pos_encoding resizes."""
     one_process_group()
     main = load(path, "main_dino.py")
     utils, head = main.utils, main.DINOHead
-    student_net, teacher_net = torchvision.models.resnet18(), torchvision.models.resnet18()
-    embed = student_net.fc.weight.shape[1]  # main_dino.py:175-192
-    student = utils.MultiCropWrapper(
-        student_net, head(embed, 64, use_bn=False, norm_last_layer=True)
-    )
+    if vit:
+        student_net = main.vits.vit_tiny(patch_size=4, img_size=[32], drop_path_rate=0.0)
+        teacher_net = main.vits.vit_tiny(patch_size=4, img_size=[32])
+        embed = student_net.embed_dim  # main_dino.py:166-173
+    else:
+        student_net, teacher_net = torchvision.models.resnet18(), torchvision.models.resnet18()
+        embed = student_net.fc.weight.shape[1]  # main_dino.py:175-178
+    student_head = head(embed, 64, use_bn=False, norm_last_layer=True)
+    student = utils.MultiCropWrapper(student_net, student_head)
     teacher = utils.MultiCropWrapper(teacher_net, head(embed, 64, False))
     official = nn.ModuleDict({"student": student, "teacher": teacher})
     criterion = main.DINOLoss(64, 4, 0.04, 0.04, 0, 1, 0.1, 0.9)
@@ -358,17 +365,55 @@ def dino(path: str, extra: dict) -> Pair:
         for q, k in zip(student.parameters(), teacher.parameters(), strict=True):
             k.data.mul_(m).add_((1 - m) * q.detach().data)
 
+    def rename(key: str) -> str:
+        roots = (
+            ("student.backbone.", "backbone."),
+            ("teacher.backbone.", "teacher_backbone."),
+            ("student.head.", "head."),
+            ("teacher.head.", "teacher_head."),
+        )
+        for a, b in roots:
+            if key.startswith(a):
+                root, rest = b, key[len(a) :]
+                break
+        else:
+            return key
+        if root.endswith("backbone."):
+            top = {"cls_token": "class_token", "pos_embed": "encoder.pos_embedding"}
+            rest = top.get(rest, rest)
+            for a, b in (("blocks.", "encoder.layers.encoder_layer_"), ("norm.", "encoder.ln.")):
+                if rest.startswith(a):
+                    rest = b + rest[len(a) :]
+            for a, b in VIT_NAMES:
+                rest = rest.replace(a, b)
+        # nn.utils.weight_norm's g and v; ours is the parametrization of the same pair
+        rest = rest.replace("last_layer.weight_g", "last_layer.parametrizations.weight.original0")
+        rest = rest.replace("last_layer.weight_v", "last_layer.parametrizations.weight.original1")
+        return root + rest
+
+    kwargs = dict(out_dim=64, ema_momentum=0.996) | ({"drop_path_rate": 0.0} if vit else {})
     return Pair(
         official,
-        ours("dino", "resnet18", extra, built_at=BUILT_AT, out_dim=64, ema_momentum=0.996),
+        ours("dino", "vit_tiny" if vit else "resnet18", extra,
+             built_at=32 if vit else BUILT_AT, **kwargs),
         loss,
-        groups=[("student.backbone.", "backbone."), ("student.head.", "head."),
-                ("teacher.backbone.", "teacher_backbone."), ("teacher.head.", "teacher_head."),
-                ("center", "center")],
-        prepare=lambda: copy_module(student, teacher),  # main_dino.py:202: teacher <- student
+        groups=[] if vit else [("student.backbone.", "backbone."), ("student.head.", "head."),
+                               ("teacher.backbone.", "teacher_backbone."),
+                               ("teacher.head.", "teacher_head."), ("center", "center")],
+        rename=rename if vit else None,
         convert={"center": lambda c: c.reshape(-1)},
+        prepare=lambda: copy_module(student, teacher),  # main_dino.py:202: teacher <- student
         before_step=before_step, after_step=after_step, views=4,
+        sizes=[32, 32, 16, 16] if vit else None, built_at=32 if vit else BUILT_AT,
     )  # fmt: skip
+
+
+def dino(path: str, extra: dict) -> Pair:
+    return dino_pair(path, extra, vit=False)
+
+
+def dino_vit(path: str, extra: dict) -> Pair:
+    return dino_pair(path, extra, vit=True)
 
 
 def swav(path: str, extra: dict) -> Pair:
@@ -642,6 +687,21 @@ ADAPTERS = {
             "the same masking noise: the global generator seeded alike before each forward",
         ],
         mae,
+    ),
+    "dino_vit": Adapter(
+        "facebookresearch/dino",
+        [
+            "vision_transformer.py (vit_tiny, interpolate_pos_encoding)",
+            "main_dino.py and utils.py as for dino",
+        ],  # fmt: skip
+        [
+            "a one-process gloo group for the center's all_reduce",
+            "ViT-Tiny with 4-px patches "
+            "at 32 px, 2 global crops of 32 px and 2 local ones of 16 px",
+            "drop path 0 on both sides (its draws are random)",
+            "an output of 64 in place of 65536",
+        ],
+        dino_vit,
     ),
     "mocov2": Adapter(
         "facebookresearch/moco",

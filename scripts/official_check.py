@@ -131,8 +131,9 @@ def check(name: str, official_dir: str, steps: int, seed: int, extra: dict) -> d
     opt_official = torch.optim.SGD([p for p in params.values() if p.requires_grad], **options)
     opt_ours = torch.optim.SGD([p for p in ours_params.values() if p.requires_grad], **options)
     for step in range(steps):
-        views = [torch.randn(batch, 3, size, size, generator=generator, dtype=torch.float64)
-                 for _ in range(count)]  # fmt: skip
+        sizes = pair.sizes or [size] * count
+        views = [torch.randn(batch, 3, side, side, generator=generator, dtype=torch.float64)
+                 for side in sizes]  # fmt: skip
         labels = torch.arange(batch) % max(batch // 2, 1)
         opt_official.zero_grad(set_to_none=True)
         opt_ours.zero_grad(set_to_none=True)
@@ -179,7 +180,8 @@ def check(name: str, official_dir: str, steps: int, seed: int, extra: dict) -> d
         + [f"not compared: {k}: {why}" for k, why in {**pair.ignored, **pair.ours_only}.items()],
         "ours_flags": extra,
         "steps": steps,
-        "views": f"{count} x [{batch}, 3, {size}, {size}] float64",
+        "views": ", ".join(f"[{batch}, 3, {side}, {side}]" for side in pair.sizes or [size] * count)
+        + " float64",
         "largest_relative_difference": worst,
         "where": where,
         "tolerance": TOLERANCE,
