@@ -290,14 +290,7 @@ def moco_v3_pair(path: str, vit: bool, ours_model: nn.Module) -> Pair:
                 break
         if key.startswith(("backbone.", "target_backbone.")):
             root, _, rest = key.partition(".")
-            top = {"cls_token": "class_token", "pos_embed": "encoder.pos_embedding"}
-            rest = top.get(rest, rest)
-            for a, b in (("blocks.", "encoder.layers.encoder_layer_"), ("norm.", "encoder.ln.")):
-                if rest.startswith(a):
-                    rest = b + rest[len(a) :]
-            for a, b in VIT_NAMES:
-                rest = rest.replace(a, b)
-            key = f"{root}.{rest}"
+            key = f"{root}.{vit_key(rest)}"
         return key
 
     return Pair(
@@ -379,13 +372,7 @@ def dino_pair(path: str, extra: dict, vit: bool) -> Pair:
         else:
             return key
         if root.endswith("backbone."):
-            top = {"cls_token": "class_token", "pos_embed": "encoder.pos_embedding"}
-            rest = top.get(rest, rest)
-            for a, b in (("blocks.", "encoder.layers.encoder_layer_"), ("norm.", "encoder.ln.")):
-                if rest.startswith(a):
-                    rest = b + rest[len(a) :]
-            for a, b in VIT_NAMES:
-                rest = rest.replace(a, b)
+            rest = vit_key(rest)
         # nn.utils.weight_norm's g and v; ours is the parametrization of the same pair
         rest = rest.replace("last_layer.weight_g", "last_layer.parametrizations.weight.original0")
         rest = rest.replace("last_layer.weight_v", "last_layer.parametrizations.weight.original1")
@@ -479,6 +466,18 @@ VIT_NAMES = (  # timm's ViT names -> torchvision's, which our ViTs keep
 )  # fmt: skip
 
 
+def vit_key(key: str) -> str:
+    """A timm-style ViT encoder's key (cls_token, pos_embed, patch_embed, blocks, norm) under our
+    ViTs' names (torchvision's)."""
+    key = {"cls_token": "class_token", "pos_embed": "encoder.pos_embedding"}.get(key, key)
+    for a, b in (("blocks.", "encoder.layers.encoder_layer_"), ("norm.", "encoder.ln.")):
+        if key.startswith(a):
+            key = b + key[len(a) :]
+    for a, b in VIT_NAMES:
+        key = key.replace(a, b)
+    return key
+
+
 def timm_block_without_qk_scale() -> None:
     """timm's Block dropped `qk_scale` (None in the official calls: the default scale)."""
     from timm.models import vision_transformer
@@ -507,19 +506,12 @@ def mae(path: str, extra: dict) -> Pair:
     )  # fmt: skip
 
     def rename(key: str) -> str:
-        top = {"cls_token": "backbone.class_token", "pos_embed": "backbone.encoder.pos_embedding"}
-        if key in top:
-            return top[key]
-        for a, b in (
-            ("blocks.", "backbone.encoder.layers.encoder_layer_"),
-            ("norm.", "backbone.encoder.ln."),
-            ("patch_embed.", "backbone.patch_embed."),
-        ):
-            if key.startswith(a):
-                key = b + key[len(a) :]
-        for a, b in VIT_NAMES:
+        encoder = ("cls_token", "pos_embed", "patch_embed.", "blocks.", "norm.")
+        if key.startswith(encoder):
+            return "backbone." + vit_key(key)
+        for a, b in VIT_NAMES:  # the decoder's blocks keep their names
             key = key.replace(a, b)
-        return key.replace("backbone.patch_embed.conv_proj.", "backbone.conv_proj.")
+        return key
 
     return Pair(
         official,
@@ -578,25 +570,19 @@ def ijepa(path: str, extra: dict) -> Pair:
 
     def rename(key: str) -> str:
         part, _, rest = key.partition(".")
-        if part == "predictor":
-            for a, b in (
-                ("predictor_embed.", "embed."),
-                ("predictor_blocks.", "blocks."),
-                ("predictor_norm.", "norm."),
-                ("predictor_proj.", "proj."),
-            ):
-                if rest.startswith(a):
-                    rest = b + rest[len(a) :]
-        else:
-            top = {"pos_embed": "encoder.pos_embedding"}
-            rest = top.get(rest, rest)
-            for a, b in (("blocks.", "encoder.layers.encoder_layer_"), ("norm.", "encoder.ln.")):
-                if rest.startswith(a):
-                    rest = b + rest[len(a) :]
+        if part != "predictor":
+            return {"encoder": "backbone.", "target": "target_backbone."}[part] + vit_key(rest)
+        for a, b in (
+            ("predictor_embed.", "embed."),
+            ("predictor_blocks.", "blocks."),
+            ("predictor_norm.", "norm."),
+            ("predictor_proj.", "proj."),
+        ):
+            if rest.startswith(a):
+                rest = b + rest[len(a) :]
         for a, b in VIT_NAMES:
             rest = rest.replace(a, b)
-        root = {"encoder": "backbone", "target": "target_backbone", "predictor": "predictor"}
-        return f"{root[part]}.{rest}"
+        return f"predictor.{rest}"
 
     with_class_position = lambda p: torch.cat([torch.zeros_like(p[:, :1]), p], dim=1)  # noqa: E731
     no_class = "I-JEPA's encoder has no class token; ours keeps one that its tokens leave out"
