@@ -213,7 +213,6 @@ def mocov2(path: str, extra: dict) -> Pair:
         # its forward updates the key encoder first: the update ours made after the last step
         finish=official._momentum_update_key_encoder,
         prepare=lambda: copy_module(official.encoder_q, official.encoder_k),
-        after_step=lambda step, steps: None,
     )  # fmt: skip
 
 
@@ -559,14 +558,12 @@ def ijepa(path: str, extra: dict) -> Pair:
 
     # ours takes the official collator's masks of the step (its own sampler draws otherwise)
     ours_ijepa.multiblock_masks = lambda batch, side, num_targets: drawn["masks"]
-    schedule = {"steps": 3}
 
     @torch.no_grad()
     def after_step(step: int, steps: int) -> None:  # train.py:227-229, 333-336
         m = 0.996 + step * (1.0 - 0.996) / steps
         for q, k in zip(encoder.parameters(), target.parameters(), strict=True):
             k.data.mul_(m).add_((1.0 - m) * q.detach().data)
-        schedule["steps"] = steps
 
     def rename(key: str) -> str:
         part, _, rest = key.partition(".")

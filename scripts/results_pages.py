@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import benchmark  # noqa: E402
 import methods_table  # noqa: E402
 import quickstart_table  # noqa: E402
+from methods_table import spread  # noqa: E402
 from readme_block import load_json  # noqa: E402
 
 from methods import METHODS  # noqa: E402
@@ -41,12 +42,7 @@ class Benchmark:
     repeat: str  # the command that repeats the runs into results/<folder>
     measures: str  # what it measures and why (prose that stays true)
     table: Callable[[str], str]  # the full table from the folder
-    summary: Callable[[str], str]  # the README's compact table
     findings: Callable[[str], list[str]]  # what the numbers support, computed from them
-
-
-def spread(values: list[float]) -> str:
-    return methods_table.spread(values)
 
 
 def probe_rows(root: str) -> dict[str, dict]:
@@ -154,16 +150,6 @@ def methods_with_time(root: str) -> str:
     )
 
 
-def methods_summary(root: str) -> str:
-    rows = probe_rows(root)
-    lines = ["| method | kNN gain | linear Acc@1 (untrained) |", "|---|---:|---:|"]
-    for method, r in rows.items():
-        lines.append(
-            f"| `{method}` | {spread(r['gains'])} | {spread(r['acc1'])} ({spread(r['baseline'])}) |"
-        )
-    return "\n".join(lines)
-
-
 def quickstart_findings(root: str) -> list[str]:
     pretrain, linear, random = (os.path.join(root, n) for n in quickstart_table.RUNS)
     before, after, steps = methods_table.knn_first_last(pretrain)
@@ -212,11 +198,6 @@ def finetune_table(root: str) -> str:
         f"{spread(column(2, 'acc1'))} | {spread(column(2, 'acc5'))} | {spread(gaps)} |"
     )
     return "\n".join(lines)
-
-
-def finetune_summary(root: str) -> str:
-    lines = finetune_table(root).splitlines()
-    return "\n".join(lines[:2] + lines[-1:])
 
 
 def finetune_sentence(root: str) -> str:
@@ -322,20 +303,20 @@ channels_last on the CPU, with and without the data loader (`scripts/benchmark.p
 BENCHMARKS = (
     Benchmark("quickstart", "The quick start", "quickstart",
               "bash scripts/quickstart.sh results/quickstart", QUICKSTART,
-              quickstart_table.table, quickstart_table.table, quickstart_findings),
+              quickstart_table.table, quickstart_findings),
     Benchmark("synthetic", "Every method on the synthetic set", "methods",
               "bash scripts/methods.sh results/methods; bash scripts/interpolation_check.sh",
-              SYNTHETIC, methods_with_time, methods_summary, methods_findings),
+              SYNTHETIC, methods_with_time, methods_findings),
     Benchmark("cifar10_cpu", "Every method on CIFAR-10, 2 CPU cores", "cifar10_cpu",
               "DATA=path/to/cifar10 bash scripts/cifar10_cpu.sh results/cifar10_cpu", CIFAR10,
-              methods_with_time, methods_summary, methods_findings),
+              methods_with_time, methods_findings),
     Benchmark("finetune", "MAE fine-tuning against random initialisation", "finetune_check",
               "for s in 123 124 125; do SEED=$s bash scripts/finetune_check.sh "
               "results/finetune_check/mae_s$s; done", FINETUNE, finetune_table,
-              finetune_summary, finetune_findings),
+              finetune_findings),
     Benchmark("speed_cpu", "Speed on the CPU", "speed_cpu",
               "DATA=path/to/cifar10 PARTS=1 bash scripts/cpu_benchmarks.sh", SPEED,
-              lambda root: benchmark.table(speed_results(root)), speed_summary, speed_findings),
+              lambda root: benchmark.table(speed_results(root)), speed_findings),
 )  # fmt: skip
 
 
