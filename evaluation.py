@@ -79,7 +79,7 @@ def plain_transform(dataset_name: str, image_size: int, interpolation: str, mean
     normalise (its own mean and std unless given; ImageNet's for a set this toolkit does not
     know, such as an export's)."""
     info = DATASETS.get(dataset_name)
-    default = (info.mean, info.std) if info is not None else IMAGENET_MEAN_STD
+    default = normalisation(dataset_name)
     return eval_transform(
         image_size=image_size,
         native_size=info.image_size if info is not None else 0,
@@ -87,3 +87,9 @@ def plain_transform(dataset_name: str, image_size: int, interpolation: str, mean
         std=default[1] if std is None else std,
         interpolation=interpolation,
     )
+
+
+def normalisation(dataset_name: str) -> tuple[tuple, tuple]:
+    """A data set's mean and std; ImageNet's for one this toolkit does not know."""
+    info = DATASETS.get(dataset_name)
+    return (tuple(info.mean), tuple(info.std)) if info is not None else IMAGENET_MEAN_STD

@@ -19,7 +19,7 @@ from dataclasses import MISSING, asdict, dataclass, field, replace
 import torch
 from torch import Tensor, nn
 
-from evaluation import plain_transform, recorded_evaluation, resolve_evaluation
+from evaluation import normalisation, plain_transform, recorded_evaluation, resolve_evaluation
 from methods import METHODS, build_method
 from networks import build_backbone
 from networks.vit import MaskableViT, set_heads, set_pool
@@ -30,7 +30,6 @@ from utils.checkpoint import (
     load_checkpoint,
     safe_load,
 )
-from utils.data import DATASETS, IMAGENET_MEAN_STD
 from utils.misc import UserError, settings_of
 from utils.run import Run, resume_path
 
@@ -184,9 +183,7 @@ def read_backbone(
     evaluation = resolve_evaluation(
         args["model_name"], {"momentum_backbone": momentum}, recorded_evaluation(checkpoint)
     )
-    mean, std = IMAGENET_MEAN_STD
-    if args["dataset_name"] in DATASETS:
-        mean, std = DATASETS[args["dataset_name"]].mean, DATASETS[args["dataset_name"]].std
+    mean, std = normalisation(args["dataset_name"])
     info = BackboneInfo(
         model_name=args["model_name"],
         backbone=args["backbone"],
