@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from methods import build_method
 from networks import build_backbone
 from networks.vit import set_heads
+from utils.distributed import world_size
 
 BUILT_AT = 96  # image size our backbones are built for: the ImageNet stem, as the official ones
 
@@ -36,7 +37,8 @@ BUILT_AT = 96  # image size our backbones are built for: the ImageNet stem, as t
 class Pair:
     official: nn.Module
     ours: nn.Module
-    official_loss: Callable[[list[Tensor], Tensor], Tensor]
+    # (views, labels, the module to call: the official model, or DDP around it) -> loss
+    official_loss: Callable[[list[Tensor], Tensor, nn.Module], Tensor]
     groups: list[tuple[str, str]]
     zeroed: dict[str, str] = field(default_factory=dict)
     ignored: dict[str, str] = field(default_factory=dict)
@@ -54,6 +56,7 @@ class Pair:
     built_at: int = BUILT_AT
     rename: Callable[[str], str] | None = None  # official key -> ours, in place of `groups`
     sizes: list[int] | None = None  # each view's size, where they differ (else image_size)
+    also: dict[str, bool] = field(default_factory=dict)  # other comparisons the steps made
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class Adapter:
     imports: list[str]  # the official files imported (or whose loop lines are reproduced)
     shims: list[str]
     build: Callable[[str, dict], Pair]
+    processes: tuple[int, ...] = (1,)  # the process counts the check runs in
 
 
 def load(root: str, relpath: str):
@@ -140,6 +144,10 @@ def cpu_cuda() -> None:
     torch.Tensor.cuda = lambda self, *args, **kwargs: self
 
 
+NO_SYNC_BN = (
+    "in two processes no SyncBatchNorm on either side (its official conversion in main_worker "
+    "has no CPU kernel): BatchNorm over each process's batch"
+)
 BIAS_BEFORE_BN = "a bias before a BatchNorm in training changes no output (its gradient is zero)"
 
 
@@ -148,8 +156,8 @@ def simsiam(path: str, extra: dict) -> Pair:
     official = builder.SimSiam(torchvision.models.resnet18, dim=256, pred_dim=64)
     cosine = nn.CosineSimilarity(dim=1)
 
-    def loss(views, labels):  # main_simsiam.py:293-295
-        p1, p2, z1, z2 = official(x1=views[0], x2=views[1])
+    def loss(views, labels, forward):  # main_simsiam.py:293-295
+        p1, p2, z1, z2 = forward(x1=views[0], x2=views[1])
         return -(cosine(p1, z2).mean() + cosine(p2, z1).mean()) * 0.5
 
     return Pair(
@@ -168,7 +176,7 @@ def barlowtwins(path: str, extra: dict) -> Pair:
     official = main.BarlowTwins(args)
     return Pair(
         official, ours("barlowtwins", "resnet50", extra, proj_hidden_dim=256, proj_dim=256),
-        lambda views, labels: official(views[0], views[1]),
+        lambda views, labels, forward: forward(views[0], views[1]),
         groups=[("backbone.", "backbone."), ("projector.", "projector.")],
         ignored={f"bn.{k}": "the running statistics of the BatchNorm that standardises z in "
                  "training: no output reads them" for k in
@@ -179,13 +187,14 @@ def barlowtwins(path: str, extra: dict) -> Pair:
 def vicreg(path: str, extra: dict) -> Pair:
     one_process_group()
     main = load(path, "main_vicreg.py")
-    args = Namespace(arch="resnet34", mlp="256-256-256", batch_size=8, sim_coeff=25.0,
-                     std_coeff=25.0, cov_coeff=1.0)  # fmt: skip
+    # its batch_size is the whole batch of all processes (main_vicreg.py:209-210 divide by it)
+    args = Namespace(arch="resnet34", mlp="256-256-256", batch_size=8 * world_size(),
+                     sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0)  # fmt: skip
     official = main.VICReg(args)
     zeroed = {f"projector.{i}.bias": BIAS_BEFORE_BN for i in (0, 3)}
     return Pair(
         official, ours("vicreg", "resnet34", extra, proj_hidden_dim=256, proj_dim=256),
-        lambda views, labels: official(views[0], views[1]),
+        lambda views, labels, forward: forward(views[0], views[1]),
         groups=[("backbone.", "backbone."), ("projector.", "projector.")], zeroed=zeroed,
     )  # fmt: skip
 
@@ -197,14 +206,15 @@ def mocov2(path: str, extra: dict) -> Pair:
     official = builder.MoCo(torchvision.models.resnet18, dim=128, K=64, m=0.999, T=0.2, mlp=True)
     criterion = nn.CrossEntropyLoss()
 
-    def loss(views, labels):  # main_moco.py:417-418
-        output, target = official(im_q=views[0], im_k=views[1])
+    def loss(views, labels, forward):  # main_moco.py:417-418
+        output, target = forward(im_q=views[0], im_k=views[1])
         return criterion(output, target)
 
     return Pair(
         official,
+        # one process: the official shuffle leaves BatchNorm over the whole key batch
         ours("mocov2", "resnet18", extra, proj_dim=128, queue_size=64, temperature=0.2,
-             ema_momentum=0.999, shuffle_bn=False),
+             ema_momentum=0.999, shuffle_bn=world_size() > 1),
         loss,
         groups=[("queue", "queue"), ("encoder_q.fc.", "projector."),
                 ("encoder_q.", "backbone."), ("encoder_k.fc.", "target_projector."),
@@ -222,8 +232,8 @@ def supcon(path: str, extra: dict) -> Pair:
     official = resnet_big.SupConResNet(name="resnet18", head="mlp", feat_dim=128)
     criterion = losses.SupConLoss(temperature=0.1, base_temperature=0.07)
 
-    def loss(views, labels):  # main_supcon.py:205-223: both views in one forward
-        features = official(torch.cat([views[0], views[1]], dim=0))
+    def loss(views, labels, forward):  # main_supcon.py:205-223: both views in one forward
+        features = forward(torch.cat([views[0], views[1]], dim=0))
         f1, f2 = torch.split(features, [labels.shape[0]] * 2, dim=0)
         return criterion(torch.cat([f1.unsqueeze(1), f2.unsqueeze(1)], dim=1), labels)
 
@@ -269,8 +279,8 @@ def moco_v3_pair(path: str, vit: bool, ours_model: nn.Module) -> Pair:
     def m(step: int) -> float:  # main_moco.py:431-434 adjust_moco_momentum, per step
         return 1.0 - 0.5 * (1.0 + math.cos(math.pi * step / momentum["steps"])) * (1.0 - 0.99)
 
-    def loss(views, labels):  # main_moco.py:344-353: the step's momentum, then the model
-        return official(views[0], views[1], m(momentum["step"]))
+    def loss(views, labels, forward):  # main_moco.py:344-353: the step's momentum, then the model
+        return forward(views[0], views[1], m(momentum["step"]))
 
     def after_step(step: int, steps: int) -> None:
         momentum["step"], momentum["steps"] = step + 1, steps
@@ -341,7 +351,7 @@ def dino_pair(path: str, extra: dict, vit: bool) -> Pair:
     criterion = main.DINOLoss(64, 4, 0.04, 0.04, 0, 1, 0.1, 0.9)
     official.register_buffer("center", criterion.center)
 
-    def loss(views, labels):  # main_dino.py:318-320
+    def loss(views, labels, forward):  # main_dino.py:318-320
         teacher_output = teacher(views[:2])
         out = criterion(student(views), teacher_output, 0)
         official.center.copy_(criterion.center)
@@ -416,7 +426,9 @@ def swav(path: str, extra: dict) -> Pair:
     official.register_buffer("queue", torch.zeros(2, 16, 32))  # main_swav.py:236-241
     state = {"use_the_queue": False}
 
-    def loss(views, labels):  # main_swav.py:277-315, reproduced with its distributed_sinkhorn
+    def loss(
+        views, labels, forward
+    ):  # main_swav.py:277-315, reproduced with its distributed_sinkhorn
         args, queue, bs = main.args, official.queue, views[0].shape[0]
         with torch.no_grad():
             w = nn.functional.normalize(model.prototypes.weight.data.clone(), dim=1, p=2)
@@ -516,7 +528,7 @@ def mae(path: str, extra: dict) -> Pair:
         official,
         ours("mae", "vit_tiny", extra, built_at=32, decoder_dim=64, decoder_depth=1,
              decoder_heads=2, norm_pix_loss=True),
-        lambda views, labels: official(views[0], mask_ratio=0.75)[0],  # main_pretrain.py
+        lambda views, labels, forward: forward(views[0], mask_ratio=0.75)[0],  # main_pretrain.py
         groups=[], rename=rename, built_at=32, views=1,
         ignored={"decoder_pos_embed": "fixed sin-cos positions (requires_grad False), which "
                  "ours computes instead of storing: the loss compares them"},
@@ -542,12 +554,41 @@ def ijepa(path: str, extra: dict) -> Pair:
         pred_mask_scale=ours_ijepa.TARGET_SCALE, aspect_ratio=ours_ijepa.ASPECT, nenc=1,
         npred=4, min_keep=ours_ijepa.MIN_KEEP, allow_overlap=False,
     )  # fmt: skip
-    drawn = {}
+    drawn, sizes = {}, []
+    official_size = collator._sample_block_size  # its block sizes, from its own generator
+    sampler, our_size = ours_ijepa.multiblock_masks, ours_ijepa.block_size
+    also = {}
 
-    def loss(views, labels):  # train.py:295-321, reproduced (one process: AllReduce is none)
+    def sample_block_size(generator, scale, aspect_ratio_scale):  # and ours from the same draw
+        r = torch.rand(1, generator=torch.Generator().set_state(generator.get_state())).item()
+        sizes.append(official_size(generator, scale, aspect_ratio_scale))
+        key = "our block_size equal to _sample_block_size for the same draw"
+        mine = our_size(8, scale, aspect_ratio_scale, r)
+        also[key] = also.get(key, True) and tuple(mine) == tuple(sizes[-1])
+        return sizes[-1]
+
+    collator._sample_block_size = sample_block_size
+
+    def loss(
+        views, labels, forward
+    ):  # train.py:295-321, reproduced (one process: AllReduce is none)
         imgs = views[0]
+        before = torch.get_rng_state()
+        sizes.clear()
         _, masks_enc, masks_pred = collator([(img, 0) for img in imgs])
         drawn["masks"] = (masks_enc[0], torch.stack(masks_pred))
+        # our sampler from the same random state, given the block sizes the collator drew
+        after, given = torch.get_rng_state(), iter(list(sizes))
+        torch.set_rng_state(before)
+        ours_ijepa.block_size = lambda side, scale, aspect: next(given)
+        try:
+            mine = sampler(len(imgs), 8, num_targets=4)
+        finally:
+            ours_ijepa.block_size = our_size
+            torch.set_rng_state(after)
+        same = all(torch.equal(a, b) for a, b in zip(mine, drawn["masks"], strict=True))
+        key = "our multiblock_masks equal to MaskCollator's (positions, cuts) at every step"
+        also[key] = also.get(key, True) and same
         with torch.no_grad():
             h = target(imgs)
             h = F.layer_norm(h, (h.size(-1),))
@@ -593,7 +634,7 @@ def ijepa(path: str, extra: dict) -> Pair:
         ignored={"predictor.predictor_pos_embed": "fixed sin-cos positions (requires_grad "
                  "False), which ours computes: the loss compares them"},
         ours_only={"backbone.class_token": no_class, "target_backbone.class_token": no_class},
-        prepare=lambda: copy_module(encoder, target),
+        prepare=lambda: copy_module(encoder, target), also=also,
     )  # fmt: skip
 
 
@@ -608,7 +649,7 @@ ADAPTERS = {
         "facebookresearch/barlowtwins",
         ["main.py (BarlowTwins: its forward is the loss, all_reduce included)"],
         [
-            "a one-process gloo group for its torch.distributed.all_reduce",
+            "a gloo group (of one process, or --processes) for its torch.distributed.all_reduce",
             "a 256-256-256 projector in place of 8192-8192-8192",
         ],  # fmt: skip
         barlowtwins,
@@ -620,11 +661,13 @@ ADAPTERS = {
             "resnet.py (resnet34)",
         ],  # fmt: skip
         [
-            "a one-process gloo group for its all_gather",
+            "a gloo group (of one process, or --processes) for its all_gather",
             "ResNet-34 in place of ResNet-50 (its resnet.py has no ResNet-18)",
             "a 256-256-256 expander in place of 8192-8192-8192",
+            NO_SYNC_BN,
         ],
         vicreg,
+        processes=(1, 2),
     ),
     "dino": Adapter(
         "facebookresearch/dino",
@@ -635,7 +678,7 @@ ADAPTERS = {
             "cosine_scheduler)",
         ],  # fmt: skip
         [
-            "a one-process gloo group for the center's all_reduce",
+            "a gloo group (of one process, or --processes) for the center's all_reduce",
             "ResNet-18, an output of 64 in place of 65536",
             "2 global and 2 local crops of one size (one backbone call)",
         ],
@@ -653,7 +696,8 @@ ADAPTERS = {
         [
             "ViT-Tiny with 4-px patches at 32 px, a 2-block predictor of 48",
             "ours takes the official collator's masks of each step (methods.ijepa.multiblock_masks "
-            "replaced for the check)",
+            "replaced for the loss); our sampler, run from the same random state with the block "
+            "sizes the collator drew from its own generator, is compared with those masks",
             "one process: the loss's AllReduce is the identity",
         ],
         ijepa,
@@ -678,7 +722,7 @@ ADAPTERS = {
             "main_dino.py and utils.py as for dino",
         ],  # fmt: skip
         [
-            "a one-process gloo group for the center's all_reduce",
+            "a gloo group (of one process, or --processes) for the center's all_reduce",
             "ViT-Tiny with 4-px patches "
             "at 32 px, 2 global crops of 32 px and 2 local ones of 16 px",
             "drop path 0 on both sides (its draws are random)",
@@ -693,14 +737,15 @@ ADAPTERS = {
             "main_moco.py:417-418 (the loss, reproduced)",
         ],  # fmt: skip
         [
-            "a one-process gloo group for its gathers and broadcast",
+            "a gloo group (of one process, or --processes) for its gathers and broadcast",
             "Tensor.cuda() as the identity on the CPU",
             "ResNet-18 in place of ResNet-50, a queue of 64",
-            "ours with --shuffle_bn false: in one process the official batch shuffle leaves "
-            "BatchNorm over the whole key batch",
+            "in one process ours with --shuffle_bn false: there the official batch shuffle "
+            "leaves BatchNorm over the whole key batch (in two, ours shuffles as the official)",
             "the key encoder's update its next forward makes first, applied after the last step",
         ],  # fmt: skip
         mocov2,
+        processes=(1, 2),
     ),
     "mocov3": Adapter(
         "facebookresearch/moco-v3",
@@ -710,7 +755,7 @@ ADAPTERS = {
             "step's cosine momentum: reproduced)",
         ],  # fmt: skip
         [
-            "a one-process gloo group for its all_gather",
+            "a gloo group (of one process, or --processes) for its all_gather",
             "Tensor.cuda() as the identity on the CPU",
             "ResNet-18 in place of ResNet-50, a 128-64 head in place of 4096-256",
             "the momentum's cosine over the check's steps (its epochs x iterations)",
@@ -725,7 +770,7 @@ ADAPTERS = {
             "normalised first, the queue, the codes, the loss)",
         ],  # fmt: skip
         [
-            "a one-process gloo group for the Sinkhorn's all_reduce",
+            "a gloo group (of one process, or --processes) for the Sinkhorn's all_reduce",
             "Tensor.cuda() as the identity on the CPU",
             "a stand-in module for apex (imported at the top of "
             "main_swav.py for fp16 and LARC, neither of which the check runs)",
@@ -743,7 +788,7 @@ ADAPTERS = {
             "main_moco.py:344-353,431-434 (the step's cosine momentum: reproduced)",
         ],  # fmt: skip
         [
-            "a one-process gloo group for its all_gather",
+            "a gloo group (of one process, or --processes) for its all_gather",
             "Tensor.cuda() as the identity on the CPU",
             "ViT-Small with 4-px patches at 32 px (vit_small's 16 px at 224), 12 heads, "
             "stop_grad_conv1 as main_moco.py sets it for ViTs",

@@ -21,11 +21,14 @@ import argparse
 import ast
 import json
 import os
+import socket
 import subprocess
 import sys
 
 import torch
+import torch.multiprocessing as mp
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -33,6 +36,9 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 from official_adapters import ADAPTERS, Pair  # noqa: E402
 from readme_block import replace_block  # noqa: E402
 
+from utils.accel import Speed, prepare_model  # noqa: E402
+from utils.distributed import gather_objects, world_size  # noqa: E402
+from utils.distributed import rank as this_rank  # noqa: E402
 from utils.misc import git_sha  # noqa: E402
 
 TOLERANCE = 1e-10  # relative, in float64
@@ -41,6 +47,7 @@ TOLERANCE = 1e-10  # relative, in float64
 # LayerNorm's bias before a BatchNorm that removes every shift), and the weights it moves, are
 # rounding noise on both sides, not values to compare
 FLOOR = 1e-4
+BN_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def state_mapping(pair: Pair) -> dict[str, str]:
@@ -115,13 +122,22 @@ def relative(a: Tensor, b: Tensor, floor: float = 0.0) -> float:
 
 
 def check(name: str, official_dir: str, steps: int, seed: int, extra: dict) -> dict:
+    """The comparison in this process; under a process group of several (--processes), each
+    process feeds its own views to the official model in DDP as its training script wraps it
+    and to ours as main.py does (utils.accel.prepare_model), and the worst differences of all
+    processes are reported."""
     torch.manual_seed(seed)
     pair = ADAPTERS[name].build(official_dir, extra)
     pair.official.double().train()
     pair.ours.double().train()
     mapping = state_mapping(pair)
     share_weights(pair, mapping, seed)
-    generator = torch.Generator().manual_seed(seed + 1)
+    processes, rank = world_size(), this_rank()
+    official_forward, ours_forward = pair.official, pair.ours
+    if processes > 1:  # main_moco.py:225: DDP with its defaults
+        official_forward = DistributedDataParallel(pair.official)
+        ours_forward = prepare_model(pair.ours, Speed(), torch.device("cpu"))
+    generator = torch.Generator().manual_seed(seed + 1 + 7919 * rank)
     size, count, batch = pair.image_size, pair.views, pair.batch
     worst = {"loss": 0.0, "gradients": 0.0, "state": 0.0}
     where = {}
@@ -138,12 +154,17 @@ def check(name: str, official_dir: str, steps: int, seed: int, extra: dict) -> d
         opt_official.zero_grad(set_to_none=True)
         opt_ours.zero_grad(set_to_none=True)
         torch.manual_seed(seed + 1000 + step)  # the same random draws (MAE's masking noise)
-        loss_official = pair.official_loss(views, labels)
+        loss_official = pair.official_loss(views, labels, official_forward)
         torch.manual_seed(seed + 1000 + step)
-        loss_ours = pair.ours(views, labels)["loss"]
+        loss_ours = ours_forward(views, labels)["loss"]
         loss_official.backward()
         loss_ours.backward()
-        diff = relative(loss_ours.detach(), loss_official.detach())
+        losses = torch.stack([loss_ours.detach(), loss_official.detach()])
+        if processes > 1:  # the objective DDP's averaged gradients descend (VICReg's official
+            # invariance term is each process's own, ours the whole batch's: same mean)
+            torch.distributed.all_reduce(losses)
+            losses /= processes
+        diff = relative(losses[0], losses[1])
         if diff >= worst["loss"]:
             worst["loss"], where["loss"] = diff, f"step {step}"
         grads = [p.grad.abs().max().item() for p in params.values() if p.grad is not None]
@@ -166,16 +187,32 @@ def check(name: str, official_dir: str, steps: int, seed: int, extra: dict) -> d
     ]
     floor = FLOOR * max(floats, default=0.0)
     for a, b in mapping.items():
+        if rank > 0 and a.rsplit(".", 1)[-1] in BN_STATISTICS:
+            continue
         diff = relative(ours[b], pair.convert.get(a, lambda t: t)(official[a]), floor)
         if diff >= worst["state"]:
             worst["state"], where["state"] = diff, a
+    if processes > 1:  # the worst of all processes, and where
+        everyone = gather_objects((worst, where))
+        for kind in worst:
+            top = max(range(processes), key=lambda r: everyone[r][0][kind])
+            worst[kind] = everyone[top][0][kind]
+            where[kind] = f"{everyone[top][1].get(kind, '')} (process {top})"
     adapter = ADAPTERS[name]
+    shims = list(adapter.shims)
+    if processes > 1:
+        shims.append(
+            "not compared on processes other than rank 0: BatchNorm running statistics (the "
+            "official DDP copies rank 0's into every process at each forward, ours keeps each "
+            "process's own; only rank 0's are saved, and training reads none)"
+        )
     return {
         "method": name,
         "official": {"repository": adapter.repository, "commit": official_commit(official_dir)},
         "ours": git_sha(),
         "imports": adapter.imports,
-        "shims": adapter.shims
+        "processes": processes,
+        "shims": shims
         + [f"zeroed {k}: {why}" for k, why in pair.zeroed.items()]
         + [f"not compared: {k}: {why}" for k, why in {**pair.ignored, **pair.ours_only}.items()],
         "ours_flags": extra,
@@ -185,8 +222,33 @@ def check(name: str, official_dir: str, steps: int, seed: int, extra: dict) -> d
         "largest_relative_difference": worst,
         "where": where,
         "tolerance": TOLERANCE,
-        "passed": all(v <= TOLERANCE for v in worst.values()),
+        "also_compared": pair.also,
+        "passed": all(v <= TOLERANCE for v in worst.values()) and all(pair.also.values()),
     }
+
+
+def in_processes(processes: int, *arguments) -> dict:
+    """check(*arguments) in `processes` gloo processes on this machine; rank 0's result."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_process, args=(processes, port, out, arguments), nprocs=processes, join=True)
+        return dict(out["result"])
+
+
+def _process(rank: int, processes: int, port: int, out: dict, arguments: tuple) -> None:
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=processes
+    )
+    torch.set_num_threads(1)
+    try:
+        result = check(*arguments)
+        if rank == 0:
+            out["result"] = result
+    finally:
+        torch.distributed.destroy_process_group()
 
 
 def official_commit(path: str) -> str:
@@ -214,10 +276,15 @@ def table(folder: str = os.path.join(ROOT, "results", "official_check")) -> str:
             r = json.load(f)
         worst = r["largest_relative_difference"]
         shims = "; ".join(s.replace("|", "/") for s in r["shims"])
+        processes = f" ({r['processes']} processes)" if r.get("processes", 1) > 1 else ""
+        also = "".join(
+            f"; {k}: {'yes' if v else 'NO'}" for k, v in r.get("also_compared", {}).items()
+        )
         lines.append(
-            f"| `{r['method']}` | {r['official']['repository']} {r['official']['commit']} | "
+            f"| `{r['method']}`{processes} | "
+            f"{r['official']['repository']} {r['official']['commit']} | "
             f"{worst['loss']:.1e} | {worst['gradients']:.1e} | {worst['state']:.1e} "
-            f"({r['steps']} steps) | {'equal' if r['passed'] else 'differs'} | {shims} |"
+            f"({r['steps']} steps) | {'equal' if r['passed'] else 'differs'}{also} | {shims} |"
         )
     return "\n".join(lines)
 
@@ -242,6 +309,10 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps (default: 3)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--processes", type=int, default=1, help="gloo processes on this machine, each with its "
+        "own views, the models in DDP (methods whose official code gathers across processes)",
+    )  # fmt: skip
     parser.add_argument("--output", help="default: results/official_check/<method>.json")
     parser.add_argument(
         "--ours", nargs="*", default=[], metavar="KEY=VALUE",
@@ -259,8 +330,17 @@ def main() -> None:
         print(f"error: --official {args.official} is not a folder: git clone "
               f"https://github.com/{repository} first", file=sys.stderr)  # fmt: skip
         sys.exit(2)
-    result = check(args.method, os.path.abspath(args.official), args.steps, args.seed, extra)
-    output = args.output or os.path.join(ROOT, "results", "official_check", f"{args.method}.json")
+    adapter = ADAPTERS[args.method]
+    if args.processes not in adapter.processes:
+        print(f"error: --processes {args.processes}: the {args.method} check runs in "
+              f"{' or '.join(map(str, adapter.processes))}", file=sys.stderr)  # fmt: skip
+        sys.exit(2)
+    arguments = (args.method, os.path.abspath(args.official), args.steps, args.seed, extra)
+    result = in_processes(args.processes, *arguments) if args.processes > 1 else check(*arguments)
+    suffix = f"_{args.processes}processes" if args.processes > 1 else ""
+    output = args.output or os.path.join(
+        ROOT, "results", "official_check", f"{args.method}{suffix}.json"
+    )
     os.makedirs(os.path.dirname(output), exist_ok=True)
     with open(output, "w") as f:
         json.dump(result, f, indent=1)

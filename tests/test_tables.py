@@ -4,6 +4,7 @@ import json
 import os
 import sys
 
+import numpy as np
 import pytest
 
 from tests.conftest import ROOT
@@ -354,3 +355,70 @@ def test_the_official_check_maps_every_tensor_or_stops():
     pair.zeroed = {"0.bias": "a bias before a BatchNorm"}
     mapping = state_mapping(pair)
     assert mapping["0.weight"] == "0.weight" and mapping["1.running_var"] == "1.running_var"
+
+
+def test_the_fidelity_table_of_views_and_recipes_is_what_their_result_files_say():
+    import official_recipes
+
+    with open(os.path.join(ROOT, "docs", "fidelity.md")) as f:
+        text = f.read()
+    block = text.split("<!-- official_recipes:begin -->\n")[1]
+    block = block.split("\n<!-- official_recipes:end")[0]
+    assert block == official_recipes.table(), "run: python scripts/official_recipes.py --table F"
+
+
+def test_official_values_are_read_from_the_parser_and_the_command_over_it(tmp_path):
+    """Defaults by dest (store_true as False), then a README command's flags in their
+    defaults' types: a switch takes no value (the positional after it stays one), a float
+    default of 0 takes 0.0048, a list takes every value; a sentence gives its code only."""
+    from official_recipes import command, parser_defaults
+
+    script = tmp_path / "main.py"
+    script.write_text(
+        "p.add_argument('--lr', default=0.05, type=float)\n"
+        "p.add_argument('--final_lr', default=0, type=float)\n"
+        "p.add_argument('--fix-pred-lr', action='store_true')\n"
+        "p.add_argument('--nmb_crops', type=int, default=[2], nargs='+')\n"
+        "p.add_argument('-b', '--batch-size', default=256, type=int)\n"
+    )
+    defaults = parser_defaults(str(script))
+    assert defaults["lr"] == (0.05, "main.py:1") and defaults["fix_pred_lr"][0] is False
+    assert defaults["batch_size"] == (256, "main.py:5")
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "python main.py \\\n  --fix-pred-lr --final_lr 0.0048 \\\n  --nmb_crops 2 6 \\\n"
+        "  [your imagenet-folder]\nTo run v2, set `--batch-size 512`, then wait.\n"
+    )
+    args = command(str(tmp_path), "README.md", 1, defaults)
+    assert args["fix_pred_lr"] == (True, "README.md:1") and args["final_lr"][0] == 0.0048
+    assert args["nmb_crops"][0] == [2, 6] and args["lr"] == (0.05, "main.py:1")
+    assert command(str(tmp_path), "README.md", 5, args)["batch_size"] == (512, "README.md:5")
+
+
+def test_a_view_is_described_the_same_whoever_built_it():
+    """torchvision's transforms and an official repository's own blur class (its `p`, and the
+    sigma its __call__ draws) give the same settings, probabilities multiplied through
+    RandomApply."""
+    import torchvision.transforms as T
+    from official_recipes import describe
+
+    class GaussianBlur:  # as Barlow Twins' main.py writes it
+        def __init__(self, p):
+            self.p = p
+
+        def __call__(self, img):
+            sigma = np.random.rand() * 1.9 + 0.1  # noqa: F841
+            return img
+
+    theirs = T.Compose([
+        T.RandomResizedCrop(224, scale=(0.2, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
+        T.RandomApply([GaussianBlur(p=0.5)], p=0.5),
+        T.Normalize((0.5, 0.5, 0.5), (0.2, 0.2, 0.2)),
+    ])  # fmt: skip
+    view = describe(theirs)
+    assert view["scale"] == (0.2, 1.0) and view["interpolation"] == "bicubic"
+    assert view["jitter"] == (0.4, 0.4, 0.2, 0.1) and view["jitter_p"] == 0.8
+    assert view["blur_p"] == 0.25 and view["blur_sigma"] == (0.1, 2.0)
+    ours = describe(T.RandomApply([T.GaussianBlur(23, sigma=(0.1, 2.0))], p=0.25))
+    assert ours["blur_p"] == view["blur_p"] and ours["blur_sigma"] == view["blur_sigma"]
