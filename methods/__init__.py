@@ -181,3 +181,6 @@ from methods import moco, nnclr  # noqa: E402,F401
 
 # isort: split
 from methods import ijepa, mae  # noqa: E402,F401
+
+# isort: split
+from methods import dcl  # noqa: E402,F401

@@ -16,6 +16,7 @@ import torch.distributed as dist
 from processes import free_port, run_processes
 
 from methods.barlowtwins import barlow_twins_loss
+from methods.dcl import dcl_loss
 from methods.simclr import nt_xent_loss
 from methods.supcon import supcon_loss
 from methods.swav import swav_loss
@@ -42,6 +43,9 @@ def losses(z1, z2, labels, gathered: bool):
     scores = [torch.nn.functional.normalize(z, dim=1) @ PROTOTYPES.T for z in (z1, z2)]
     return {
         "nt_xent": nt_xent_loss(g(z1), g(z2), 0.5),
+        # DCL's and DCLW's two directions over the gathered batch, as their module sums them
+        "dcl": dcl_loss(g(z1), g(z2), 0.5) + dcl_loss(g(z2), g(z1), 0.5),
+        "dclw": dcl_loss(g(z1), g(z2), 0.5, 0.5) + dcl_loss(g(z2), g(z1), 0.5, 0.5),
         "supcon": supcon_loss(g(torch.stack([z1, z2], dim=1)), glabels, 0.1),
         "barlow": barlow_twins_loss(g(z1), g(z2), 5e-3),
         # the official main.py's gradient under DDP (BarlowTwins' official_ddp_gradient)
@@ -111,7 +115,7 @@ def two_processes():
     return run_processes(worker, WORLD)
 
 
-@pytest.mark.parametrize("name", ["nt_xent", "supcon", "barlow", "vicreg", "swav"])
+@pytest.mark.parametrize("name", ["nt_xent", "dcl", "dclw", "supcon", "barlow", "vicreg", "swav"])
 def test_two_processes_equal_one_on_the_whole_batch(name, two_processes):
     single_loss, single_g1, single_g2 = grads_of(Z1, Z2, LABELS, gathered=False)[name]
     rank_losses = [two_processes[r][name][0] for r in range(WORLD)]

@@ -359,9 +359,9 @@ def test_crop_scales_are_each_official_codes(method, scale):
 # the official codes' crop resampling (torchvision's default is bilinear): SimCLR tf2/data_util.py,
 # BYOL byol/utils/dataset.py, Barlow Twins main.py, VICReg augmentations.py, DINO main_dino.py,
 # MAE main_pretrain.py, NNCLR solo-learn's pretrain_dataloader.py: bicubic; the others bilinear
-BICUBIC_VIEWS = {"simclr", "byol", "barlowtwins", "vicreg", "dino", "mae", "nnclr"}
+BICUBIC_VIEWS = {"simclr", "dcl", "dclw", "byol", "barlowtwins", "vicreg", "dino", "mae", "nnclr"}
 # their evaluation: SimCLR, BYOL (as their crops), DINO eval_linear.py, MAE main_linprobe.py
-BICUBIC_EVAL = {"simclr", "byol", "dino", "mae"}
+BICUBIC_EVAL = {"simclr", "dcl", "dclw", "byol", "dino", "mae"}
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))

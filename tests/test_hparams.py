@@ -43,9 +43,9 @@ def test_every_constructor_argument_is_a_declared_flag_unset_by_default(name):
 def test_the_help_lists_each_methods_default_from_its_declaration():
     help_text = " ".join(main.get_args_parser().format_help().split())
     assert (
-        "student softmax temperature (default dino: 0.1) | softmax temperature (default "
-        "mocov2: 0.2; mocov3: 1.0 for CNNs, 0.2 for ViTs, as official; nnclr: 0.1; simclr: 0.5;"
-        in help_text
+        "softmax temperature (default dcl: 0.5; dclw: 0.5; mocov2: 0.2; mocov3: 1.0 for CNNs, "
+        "0.2 for ViTs, as official; nnclr: 0.1; simclr: 0.5; supcon: 0.1; swav: 0.1) | student "
+        "softmax temperature (default dino: 0.1)" in help_text
     )
     assert "dino: another name for --out_dim" in help_text
     assert "swav: another name for --queue_size" in help_text
