@@ -17,6 +17,7 @@ from processes import free_port, run_processes
 
 from methods.barlowtwins import barlow_twins_loss
 from methods.dcl import dcl_loss
+from methods.lejepa import lejepa_loss
 from methods.simclr import nt_xent_loss
 from methods.supcon import supcon_loss
 from methods.swav import swav_loss
@@ -52,6 +53,10 @@ def losses(z1, z2, labels, gathered: bool):
         "barlow_official": scale_gradient(barlow_twins_loss(g(z1), g(z2), 5e-3), 1 / world),
         "vicreg": vicreg_loss(g(z1), g(z2)),
         "swav": swav_loss(scores, [], 0.1),  # Sinkhorn all-reduces inside
+        # LeJEPA: the prediction term over this process's images, SIGReg over everyone's
+        "lejepa": lejepa_loss(
+            torch.stack([z1, z2]), 2, DIRECTIONS, 0.5, torch.stack([g(z1), g(z2)])
+        ),  # fmt: skip
     }
 
 
@@ -59,6 +64,7 @@ torch.manual_seed(0)
 Z1, Z2 = torch.randn(WORLD * N, D), torch.randn(WORLD * N, D)
 LABELS = torch.tensor([0, 1, 2, 0, 1, 2, 3, 0, 3, 1, 2, 3])
 PROTOTYPES = torch.nn.functional.normalize(torch.randn(5, D), dim=1)
+DIRECTIONS = torch.nn.functional.normalize(torch.randn(D, 7), dim=0)
 
 
 def grads_of(z1, z2, labels, gathered):
@@ -115,11 +121,13 @@ def two_processes():
     return run_processes(worker, WORLD)
 
 
-@pytest.mark.parametrize("name", ["nt_xent", "dcl", "dclw", "supcon", "barlow", "vicreg", "swav"])
+@pytest.mark.parametrize(
+    "name", ["nt_xent", "dcl", "dclw", "supcon", "barlow", "vicreg", "swav", "lejepa"]
+)
 def test_two_processes_equal_one_on_the_whole_batch(name, two_processes):
     single_loss, single_g1, single_g2 = grads_of(Z1, Z2, LABELS, gathered=False)[name]
     rank_losses = [two_processes[r][name][0] for r in range(WORLD)]
-    if name == "swav":  # a mean of per-sample terms: the processes' means average to the whole
+    if name in ("swav", "lejepa"):  # per-sample means: the processes' average to the whole
         assert torch.allclose(sum(rank_losses) / WORLD, single_loss, atol=1e-5)
     else:
         assert all(torch.allclose(loss, single_loss, atol=1e-5) for loss in rank_losses)
