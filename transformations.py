@@ -315,6 +315,17 @@ def ijepa_transform(
     )  # fmt: skip
 
 
+def simmim_transform(
+    *, image_size: int, mean, std, crop_min_scale: float = 0.67, interpolation: str = "bilinear"
+) -> MultiView:
+    """SimMIM (Xie et al. 2022; microsoft/SimMIM data/data_simmim.py SimMIMTransform): one view,
+    a random resized crop of 67-100 % of the image and a horizontal flip, no colour."""
+    return single_view(
+        image_size=image_size, mean=mean, std=std, crop_min_scale=crop_min_scale,
+        interpolation=interpolation,
+    )  # fmt: skip
+
+
 # method.augmentation -> the pretraining views (see methods.Method)
 PRETRAIN_TRANSFORMS: dict[str, Callable[..., MultiView]] = {
     "simclr": simclr_transform,
@@ -323,6 +334,7 @@ PRETRAIN_TRANSFORMS: dict[str, Callable[..., MultiView]] = {
     "dino": dino_transform,
     "mae": mae_transform,
     "ijepa": ijepa_transform,
+    "simmim": simmim_transform,
 }
 
 

@@ -183,4 +183,4 @@ from methods import moco, nnclr  # noqa: E402,F401
 from methods import ijepa, mae  # noqa: E402,F401
 
 # isort: split
-from methods import dcl, lejepa  # noqa: E402,F401
+from methods import dcl, lejepa, simmim  # noqa: E402,F401

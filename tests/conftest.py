@@ -1,4 +1,5 @@
 import contextlib
+import functools
 import os
 import sys
 
@@ -12,12 +13,21 @@ sys.path.insert(0, ROOT)
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@functools.cache
 def backbone_for(method: str) -> tuple[str, int]:
     """A small backbone and image size a method trains: small_cnn at 16 px, or for the methods
-    that mask a Vision Transformer's patches (MAE, I-JEPA) vit_tiny at 32 px (8x8 patches)."""
-    from methods import METHODS
+    that mask a Vision Transformer's patches (MAE, I-JEPA) or refuse small_cnn (SimMIM: ViTs and
+    ResNets) vit_tiny at 32 px (8x8 patches)."""
+    from methods import METHODS, build_method
+    from networks import build_backbone
 
-    return ("vit_tiny", 32) if METHODS[method].requires_vit else ("small_cnn", 16)
+    if METHODS[method].requires_vit:
+        return ("vit_tiny", 32)
+    try:
+        build_method(method, *build_backbone("small_cnn", 16))
+    except ValueError:
+        return ("vit_tiny", 32)
+    return ("small_cnn", 16)
 
 
 @contextlib.contextmanager
