@@ -58,12 +58,13 @@ def epps_pulley(x: Tensor, knots: int = 17, t_max: float = 3.0) -> Tensor:
 
 
 def random_directions(dim: int, slices: int, step: int, like: Tensor) -> Tensor:
-    """`slices` unit vectors in R^dim [dim, slices], drawn from a generator seeded by `step`:
-    the same on every process and again after a resume."""
+    """`slices` unit vectors in R^dim [dim, slices], drawn in float32 from a CPU generator
+    seeded by `step` (the release's `SlicingUnivariateTest` draws, on the CPU), normalised in
+    `like`'s dtype: the same on every process and again after a resume."""
     generator = torch.Generator().manual_seed(int(step))
-    directions = torch.randn(dim, slices, generator=generator, dtype=torch.float64)
-    directions = directions / directions.norm(dim=0)
-    return directions.to(device=like.device, dtype=like.dtype)
+    directions = torch.randn(dim, slices, generator=generator)
+    directions = directions.to(device=like.device, dtype=like.dtype)
+    return directions / directions.norm(dim=0)
 
 
 def lejepa_loss(

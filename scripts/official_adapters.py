@@ -638,6 +638,49 @@ def ijepa(path: str, extra: dict) -> Pair:
     )  # fmt: skip
 
 
+def lejepa(path: str, extra: dict) -> Pair:
+    """MINIMAL.md's model and loss (its training script is in the markdown: reproduced) with the
+    release's SIGReg modules: a backbone, torchvision's MLP with BatchNorm over every view at
+    once, `(proj.mean(0) - proj).square().mean()`, and SlicingUnivariateTest(EppsPulley) over
+    each view's projections."""
+    from torchvision.ops import MLP
+
+    univariate = load(path, "lejepa/univariate/epps_pulley.py")
+    slicing = load(path, "lejepa/multivariate/slicing.py")
+    torch_names = {k: getattr(torch, k) for k in dir(torch) if not k.startswith("__")}
+    # its directions are drawn in float32 (randn's default): cast for the float64 product
+    slicing.torch = Namespace(**torch_names)
+    slicing.torch.randn = lambda *a, **k: torch.randn(*a, **k).double()
+    # its quadrature's nodes and weights, built in float32: built in float64 instead
+    univariate.torch = Namespace(**{**torch_names, "float32": torch.float64})
+    lamb = 0.02
+    net = torchvision.models.resnet18()
+    net.fc = nn.Identity()
+    official = nn.Module()
+    official.backbone = net
+    official.proj = MLP(512, [64, 64, 16], norm_layer=nn.BatchNorm1d)
+    official.sigreg = slicing.SlicingUnivariateTest(univariate.EppsPulley(), num_slices=256)
+
+    def loss(views, labels, forward):  # MINIMAL.md's step: net(vs), inv_loss, sigreg
+        n, v = views[0].shape[0], len(views)
+        images = torch.stack(views, dim=1).flatten(0, 1)  # [N, V, ...] flattened, as its loader
+        proj = forward.proj(forward.backbone(images)).reshape(n, v, -1).transpose(0, 1)
+        inv_loss = (proj.mean(0) - proj).square().mean()
+        return forward.sigreg(proj) * lamb + inv_loss * (1 - lamb)
+
+    return Pair(
+        official,
+        ours("lejepa", "resnet18", extra, proj_hidden_dim=64, proj_dim=16, lamb=lamb,
+             num_slices=256, num_crops=0),
+        loss,
+        groups=[("backbone.", "backbone."), ("proj.", "projector."),
+                ("sigreg.global_step", "slicing_step")],
+        zeroed={f"proj.{i}.bias": BIAS_BEFORE_BN for i in (0, 4)},
+        ignored={f"sigreg.univariate_test.{k}": "the quadrature's nodes and weights, which ours "
+                 "computes: the loss compares them" for k in ("t", "phi", "weights")},
+    )  # fmt: skip
+
+
 ADAPTERS = {
     "simsiam": Adapter(
         "facebookresearch/simsiam",
@@ -806,5 +849,22 @@ ADAPTERS = {
         ],
         ["its CIFAR ResNet-18 beside ours built at 32 px (the small-image stem)"],
         supcon,
+    ),
+    "lejepa": Adapter(
+        "rbalestr-lab/lejepa",
+        [
+            "lejepa/univariate/epps_pulley.py (EppsPulley)",
+            "lejepa/multivariate/slicing.py (SlicingUnivariateTest)",
+            "MINIMAL.md (the model and the loss of its training step: reproduced)",
+        ],
+        [
+            "its directions drawn as it draws them (float32 randn from its step-seeded "
+            "generator) and cast to float64 for the product; its quadrature's constants built "
+            "in float64 where it writes float32",
+            "torchvision's ResNet-18 in place of MINIMAL.md's timm ViT-S/8 (the README: any "
+            "backbone), without a 512-d head (ResNet-18's features are 512-d); a 64-64-16 MLP",
+            "2 views, both global (MINIMAL.md's views are all global)",
+        ],
+        lejepa,
     ),
 }

@@ -243,7 +243,8 @@ def test_every_method_pretrains_through_main(method, run_dirs):
     extra = {"barlowtwins": ["--lambd", "0.01"], "vicreg": ["--cov_coeff", "2"]}.get(method, [])
     if method in ("barlowtwins", "vicreg"):  # the official 8192 wide heads: 136 M parameters
         extra += ["--proj_hidden_dim", "1024", "--proj_dim", "1024"]
-    extra += {"mae": ["--decoder_depth", "2"], "ijepa": ["--pred_depth", "2"]}.get(method, [])
+    extra += {"mae": ["--decoder_depth", "2"], "ijepa": ["--pred_depth", "2"],
+              "lejepa": ["--num_crops", "2"]}.get(method, [])  # fmt: skip
     backbone, size = backbone_for(method)
     args = main.get_args_parser().parse_args(
         [*TINY, *run_dirs, "--backbone", backbone, "--model_name", method, "--num_epochs", "1"]
