@@ -64,7 +64,10 @@ def simmim_loss(images: Tensor, reconstruction: Tensor, pixel_mask: Tensor) -> T
     """
     mask = pixel_mask.unsqueeze(1).to(images.dtype)
     error = (images - reconstruction).abs()
-    return (error * mask).sum() / (mask.sum() + 1e-5) / images.shape[1]
+    # the official masks are integers, so its `mask.sum() + 1e-5` is a float32 sum, where the
+    # 1e-5 vanishes beyond a few hundred masked pixels: the same count here
+    count = pixel_mask.sum().to(torch.float32) + 1e-5
+    return (error * mask).sum() / count / images.shape[1]
 
 
 MASK_RATIO = Flag("share of the mask patches masked", unit_float)

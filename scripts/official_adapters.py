@@ -57,6 +57,10 @@ class Pair:
     rename: Callable[[str], str] | None = None  # official key -> ours, in place of `groups`
     sizes: list[int] | None = None  # each view's size, where they differ (else image_size)
     also: dict[str, bool] = field(default_factory=dict)  # other comparisons the steps made
+    # our key <- several official ones: (their keys, how they join into ours)
+    combined: dict[str, tuple[tuple[str, ...], Callable[[list[Tensor]], Tensor]]] = field(
+        default_factory=dict
+    )
 
 
 @dataclass(frozen=True)
@@ -681,6 +685,58 @@ def lejepa(path: str, extra: dict) -> Pair:
     )  # fmt: skip
 
 
+def simmim(path: str, extra: dict) -> Pair:
+    """VisionTransformerForSimMIM with absolute positions and neither LayerScale nor relative
+    position bias (the toolkit's ViT: the ViT-B config's init_values 0.1 and shared relative bias
+    are options there), at 32 px with 4 px patches and 8 px mask patches."""
+    import timm.data.transforms
+
+    import methods.simmim as ours_simmim
+
+    if not hasattr(timm.data.transforms, "_pil_interp"):  # removed from timm; data/__init__.py
+        timm.data.transforms._pil_interp = None  # imports it for fine-tuning, never called here
+    models = load(path, "models/simmim.py")
+    generator = load(path, "data/data_simmim.py").MaskGenerator(
+        input_size=32, mask_patch_size=8, model_patch_size=4, mask_ratio=0.6
+    )
+    encoder = models.VisionTransformerForSimMIM(
+        img_size=32, patch_size=4, in_chans=3, num_classes=0, embed_dim=192, depth=12,
+        num_heads=3, mlp_ratio=4, qkv_bias=True, drop_rate=0.0, drop_path_rate=0.0,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6), init_values=None, use_abs_pos_emb=True,
+        use_rel_pos_bias=False, use_shared_rel_pos_bias=False, use_mean_pooling=False,
+    )  # fmt: skip
+    official = models.SimMIM(encoder=encoder, encoder_stride=4)
+    drawn = {}
+
+    def loss(views, labels, forward):  # main_simmim.py: loss = model(img, mask)
+        images = views[0]
+        mask = torch.from_numpy(np.stack([generator() for _ in images])).to(images.device)
+        drawn["grid"] = mask[:, ::2, ::2].to(images.dtype)  # the mask patches' grid, for ours
+        return forward(images, mask)
+
+    # ours takes the official generator's masks of the step (its own sampler draws otherwise)
+    ours_simmim.simmim_masks = lambda batch, side, ratio, device=None: drawn["grid"]
+
+    def rename(key: str) -> str:
+        if key.startswith("encoder.") and key != "encoder.mask_token":
+            return "backbone." + vit_key(key[len("encoder.") :])
+        return key.removeprefix("encoder.")
+
+    depth = len(encoder.blocks)
+    combined = {
+        f"backbone.encoder.layers.encoder_layer_{i}.self_attention.in_proj_bias": (
+            (f"encoder.blocks.{i}.attn.q_bias", f"encoder.blocks.{i}.attn.v_bias"),
+            lambda parts: torch.cat([parts[0], torch.zeros_like(parts[0]), parts[1]]),
+        )
+        for i in range(depth)
+    }
+    return Pair(
+        official,
+        ours("simmim", "vit_tiny", extra, built_at=32, mask_ratio=0.6, mask_patch_size=8),
+        loss, groups=[], rename=rename, built_at=32, views=1, combined=combined,
+    )  # fmt: skip
+
+
 ADAPTERS = {
     "simsiam": Adapter(
         "facebookresearch/simsiam",
@@ -866,5 +922,25 @@ ADAPTERS = {
             "2 views, both global (MINIMAL.md's views are all global)",
         ],
         lejepa,
+    ),
+    "simmim": Adapter(
+        "microsoft/SimMIM",
+        [
+            "models/simmim.py (SimMIM, VisionTransformerForSimMIM; its forward is the loss)",
+            "models/vision_transformer.py (its BEiT-style ViT)",
+            "data/data_simmim.py (MaskGenerator)",
+        ],
+        [
+            "ViT-Tiny with 4-px patches at 32 px, mask patches of 8 px; its ViT with absolute "
+            "positions, no LayerScale and no relative position bias (its ViT-B config's "
+            "init_values 0.1 and shared relative bias have no counterpart here)",
+            "its q and v biases joined into our in_proj_bias with a zero k bias (its "
+            "qkv_bias: the k bias, which no output depends on, is zero)",
+            "ours takes the official MaskGenerator's masks of each step "
+            "(methods.simmim.simmim_masks replaced for the check)",
+            "a stand-in for timm's removed data.transforms._pil_interp (imported by "
+            "data/data_finetune.py through data/__init__.py, never called)",
+        ],
+        simmim,
     ),
 }

@@ -79,9 +79,13 @@ def state_mapping(pair: Pair) -> dict[str, str]:
                 )
             mapping[a] = b
             taken.add(b)
+    combined = {k for keys, _ in pair.combined.values() for k in keys}
     unmapped = [
-        k for k in official if k not in mapping and k not in {**pair.zeroed, **pair.ignored}
+        k
+        for k in official
+        if k not in mapping and k not in {**pair.zeroed, **pair.ignored} and k not in combined
     ]
+    taken |= set(pair.combined)
     missing = [k for k in ours if k not in taken and k not in pair.ours_only]
     if unmapped or missing:
         sys.exit(f"error: unmapped official {unmapped[:5]}, ours {missing[:5]}")
@@ -110,6 +114,8 @@ def share_weights(pair: Pair, mapping: dict[str, str], seed: int) -> None:
     ours = pair.ours.state_dict()
     for a, b in mapping.items():
         ours[b].copy_(pair.convert.get(a, lambda t: t)(official[a]))
+    for b, (keys, join) in pair.combined.items():
+        ours[b].copy_(join([official[k] for k in keys]))
 
 
 def relative(a: Tensor, b: Tensor, floor: float = 0.0) -> float:
@@ -174,6 +180,12 @@ def check(name: str, official_dir: str, steps: int, seed: int, extra: dict) -> d
                 diff = relative(ours_params[b].grad, params[a].grad, floor)
                 if diff >= worst["gradients"]:
                     worst["gradients"], where["gradients"] = diff, f"{a} (step {step})"
+        for b, (keys, join) in pair.combined.items():  # one of ours from several official
+            parts = [params[k].grad if params[k].grad is not None else torch.zeros_like(params[k])
+                     for k in keys]  # fmt: skip
+            diff = relative(ours_params[b].grad, join(parts), floor)
+            if diff >= worst["gradients"]:
+                worst["gradients"], where["gradients"] = diff, f"{b} (step {step})"
         pair.before_step()
         pair.ours.before_optimizer_step()
         opt_official.step()
@@ -192,6 +204,10 @@ def check(name: str, official_dir: str, steps: int, seed: int, extra: dict) -> d
         diff = relative(ours[b], pair.convert.get(a, lambda t: t)(official[a]), floor)
         if diff >= worst["state"]:
             worst["state"], where["state"] = diff, a
+    for b, (keys, join) in pair.combined.items():
+        diff = relative(ours[b], join([official[k] for k in keys]), floor)
+        if diff >= worst["state"]:
+            worst["state"], where["state"] = diff, b
     if processes > 1:  # the worst of all processes, and where
         everyone = gather_objects((worst, where))
         for kind in worst:
