@@ -126,6 +126,31 @@ _README_OPTIMIZER = {
 }
 
 
+def readme_recipe(backbones: str, named: str, weight_decay: float) -> Recipe:
+    """The README's ImageNet-size recipe for a backbone family (its weight decay differs)."""
+    return Recipe(
+        source=f"rbalestr-lab/lejepa README's recipe for {named} (AdamW lr 5e-4, weight decay "
+        f"{weight_decay:g}, cosine to lr / 1000; IN-1K, 100 epochs)",
+        images="large",
+        backbones=backbones,
+        optimizer="adamw",
+        base_lr=5e-4,
+        lr_scaling="none",
+        batch_size=256,
+        num_epochs=100,
+        weight_decay=weight_decay,
+        warmup_epochs=1,
+        warmup_lr=5e-6,
+        final_lr=5e-7,
+        sources={
+            **_README_OPTIMIZER,
+            "base_lr": "README.md (Learning Rate 5e-4)",
+            "weight_decay, final_weight_decay": f"README.md ({weight_decay:g} for {named}, "
+            "constant)",
+        },
+    )
+
+
 @register("lejepa")
 class LeJEPA(Method):
     """Backbone + projector over every view; the global views' mean predicted; SIGReg."""
@@ -161,46 +186,8 @@ class LeJEPA(Method):
                 "final_lr": "MINIMAL.md (CosineAnnealingLR(eta_min=1e-3), absolute)",
             },
         ),
-        Recipe(
-            source="rbalestr-lab/lejepa README's recipe for ViTs (AdamW lr 5e-4, weight decay "
-            "5e-2, cosine to lr / 1000; IN-1K, 100 epochs)",
-            images="large",
-            backbones="vit",
-            optimizer="adamw",
-            base_lr=5e-4,
-            lr_scaling="none",
-            batch_size=256,
-            num_epochs=100,
-            weight_decay=5e-2,
-            warmup_epochs=1,
-            warmup_lr=5e-6,
-            final_lr=5e-7,
-            sources={
-                **_README_OPTIMIZER,
-                "base_lr": "README.md (Learning Rate 5e-4)",
-                "weight_decay, final_weight_decay": "README.md (5e-2 for ViTs, constant)",
-            },
-        ),
-        Recipe(
-            source="rbalestr-lab/lejepa README's recipe for ResNets (AdamW lr 5e-4, weight decay "
-            "5e-4, cosine to lr / 1000; IN-1K, 100 epochs)",
-            images="large",
-            backbones="convnet",
-            optimizer="adamw",
-            base_lr=5e-4,
-            lr_scaling="none",
-            batch_size=256,
-            num_epochs=100,
-            weight_decay=5e-4,
-            warmup_epochs=1,
-            warmup_lr=5e-6,
-            final_lr=5e-7,
-            sources={
-                **_README_OPTIMIZER,
-                "base_lr": "README.md (Learning Rate 5e-4)",
-                "weight_decay, final_weight_decay": "README.md (5e-4 for ResNets, constant)",
-            },
-        ),
+        readme_recipe("vit", "ViTs", 5e-2),
+        readme_recipe("convnet", "ResNets", 5e-4),
     )
 
     def __init__(

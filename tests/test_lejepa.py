@@ -119,23 +119,11 @@ def test_lejepa_stopped_by_sigterm_resumes_to_the_weights_of_a_run_never_stopped
 ):
     """main.py end to end with multi-crop views: stopped mid-epoch and resumed, the weights, the
     slicing counter and the metrics are those of a run never stopped."""
-    import signal
-
-    import main
-    from tests.test_reliability import FLAGS, assert_same_weights, metrics, stop_at_call, weights
+    from tests.test_reliability import FLAGS, resumes_as_straight
 
     flags = [*FLAGS, *run_dirs, "--model_name", "lejepa", "--optimizer", "adamw",
              "--base_lr", "1e-3", "--num_crops", "2", "--proj_dim", "8",
              "--num_slices", "16", "--proj_hidden_dim", "64", "--limit", "100",
              "--batch_size", "25", "--rankme_images", "0", "--online_probe", "false"]  # fmt: skip
-    run = lambda *extra: main.main(main.get_args_parser().parse_args([*flags, *extra]))  # noqa: E731
-    straight = run("--run_name", "straight")
-    stop_at_call(monkeypatch, 3)
-    with pytest.raises(SystemExit) as stopped:
-        run("--run_name", "stopped")
-    assert stopped.value.code == 128 + signal.SIGTERM
-    monkeypatch.undo()
-    resumed = run("--run_name", "stopped", "--resume", "auto")
-    assert_same_weights(weights(resumed["ckpt_dir"]), weights(straight["ckpt_dir"]))
-    assert weights(resumed["ckpt_dir"])["slicing_step"].item() == 8  # 4 steps x 2 epochs
-    assert metrics(resumed["log_dir"]) == metrics(straight["log_dir"])
+    state = resumes_as_straight(flags, monkeypatch)
+    assert state["slicing_step"].item() == 8  # 4 steps x 2 epochs

@@ -79,6 +79,22 @@ def stop_at_call(monkeypatch, n):
     monkeypatch.setattr(engine, "adjust_learning_rate", counting)
 
 
+def resumes_as_straight(flags: list[str], monkeypatch) -> dict:
+    """main.py with `flags` run straight, and stopped by SIGTERM at its third step then resumed:
+    the same weights and metrics (asserted); the resumed run's weights."""
+    run_with = lambda *extra: main.main(main.get_args_parser().parse_args([*flags, *extra]))  # noqa: E731
+    straight = run_with("--run_name", "straight")
+    stop_at_call(monkeypatch, 3)
+    with pytest.raises(SystemExit) as stopped:
+        run_with("--run_name", "stopped")
+    assert stopped.value.code == 128 + signal.SIGTERM
+    monkeypatch.undo()
+    resumed = run_with("--run_name", "stopped", "--resume", "auto")
+    assert_same_weights(weights(resumed["ckpt_dir"]), weights(straight["ckpt_dir"]))
+    assert metrics(resumed["log_dir"]) == metrics(straight["log_dir"])
+    return weights(resumed["ckpt_dir"])
+
+
 @pytest.mark.parametrize("stop_step", [3, 4])  # mid-epoch; at the end of an epoch
 def test_stopped_and_resumed_run_equals_a_straight_run(
     stop_step, straight, run_dirs, monkeypatch, capsys
