@@ -183,14 +183,14 @@ def test_every_methods_record_has_no_null(tmp_path):
     """Each method's resolved hyper-parameters, on a CNN and on a ViT: none left None."""
     from methods import METHODS, build_method, resolved_hparams
     from networks import build_backbone
+    from tests.conftest import backbone_for
 
     narrow = {"proj_hidden_dim": 32, "proj_dim": 32}
     smaller = {"barlowtwins": narrow, "vicreg": narrow, "dino": {"out_dim": 32}}
     smaller |= {"swav": {"num_prototypes": 8}, "mocov2": {"queue_size": 64}}
     smaller |= {"nnclr": {"queue_size": 64}}
-    for name, cls in sorted(METHODS.items()):
-        for backbone, size in ([("vit_tiny", 32)] if cls.requires_vit else
-                               [("small_cnn", 16), ("vit_tiny", 32)]):  # fmt: skip
+    for name in sorted(METHODS):
+        for backbone, size in {backbone_for(name), ("vit_tiny", 32)}:  # a CNN where it takes one
             small = smaller.get(name, {})
             model = build_method(name, *build_backbone(backbone, size), **small)
             found = resolved_hparams(model, small)
