@@ -12,7 +12,6 @@ ResNet-50 step in float64 quick.
 import importlib.util
 import math
 import os
-import socket
 import sys
 from argparse import Namespace
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from methods import build_method
 from networks import build_backbone
 from networks.vit import set_heads
 from utils.distributed import world_size
+from utils.processes import free_port
 
 BUILT_AT = 96  # image size our backbones are built for: the ImageNet stem, as the official ones
 
@@ -105,11 +105,8 @@ def one_process_group() -> None:
     """A gloo group of one process, for official code that calls torch.distributed."""
     if torch.distributed.is_initialized():
         return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     torch.distributed.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1
+        "gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1
     )
 
 

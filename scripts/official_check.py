@@ -21,12 +21,11 @@ import argparse
 import ast
 import json
 import os
-import socket
 import subprocess
 import sys
+from functools import partial
 
 import torch
-import torch.multiprocessing as mp
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -40,6 +39,7 @@ from utils.accel import Speed, prepare_model  # noqa: E402
 from utils.distributed import gather_objects, world_size  # noqa: E402
 from utils.distributed import rank as this_rank  # noqa: E402
 from utils.misc import git_sha  # noqa: E402
+from utils.processes import run_processes  # noqa: E402
 
 TOLERANCE = 1e-10  # relative, in float64
 # a tensor whose largest entry is below this share of the model's largest (of its gradients, of
@@ -245,26 +245,13 @@ def check(name: str, official_dir: str, steps: int, seed: int, extra: dict) -> d
 
 def in_processes(processes: int, *arguments) -> dict:
     """check(*arguments) in `processes` gloo processes on this machine; rank 0's result."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with mp.Manager() as manager:
-        out = manager.dict()
-        mp.spawn(_process, args=(processes, port, out, arguments), nprocs=processes, join=True)
-        return dict(out["result"])
+    return run_processes(partial(_checked, arguments), processes)["result"]
 
 
-def _process(rank: int, processes: int, port: int, out: dict, arguments: tuple) -> None:
-    torch.distributed.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=processes
-    )
-    torch.set_num_threads(1)
-    try:
-        result = check(*arguments)
-        if rank == 0:
-            out["result"] = result
-    finally:
-        torch.distributed.destroy_process_group()
+def _checked(arguments: tuple, rank: int, out: dict) -> None:
+    result = check(*arguments)
+    if rank == 0:
+        out["result"] = result
 
 
 def official_commit(path: str) -> str:

@@ -13,7 +13,6 @@ import sys
 import pytest
 import torch
 import torch.distributed as dist
-from processes import free_port, run_processes
 
 from methods.barlowtwins import barlow_twins_loss
 from methods.dcl import dcl_loss
@@ -28,6 +27,7 @@ from utils.accel import Speed
 from utils.data import EpochSampler, ShardSampler
 from utils.distributed import gather, gather_with_grad, scale_gradient, sum_over_processes
 from utils.knn import extract_features
+from utils.processes import free_port, run_processes
 
 pytestmark = pytest.mark.full  # whole runs: the full suite only (conftest --fast)
 

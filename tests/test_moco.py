@@ -10,7 +10,6 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from processes import run_processes
 
 from methods import METHODS, build_method
 from methods.moco import (
@@ -26,6 +25,7 @@ from methods.nnclr import nnclr_loss
 from networks import build_backbone
 from utils.checkpoint import load_checkpoint
 from utils.distributed import gather, gather_with_grad
+from utils.processes import run_processes
 
 # ---------------------------------------------------------------- MoCo v2 loss
 

@@ -1,4 +1,5 @@
-"""Run a test function in several gloo processes on this machine (the two-process tests)."""
+"""Run a function in several gloo processes on this machine: the two-process tests and
+`scripts/official_check.py --processes`."""
 
 import os
 import socket
