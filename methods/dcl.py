@@ -99,20 +99,9 @@ class DCL(SimCLR):
         ),
     )
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        feat_dim: int,
-        proj_hidden_dim: Annotated[int | None, PROJ_WIDTH_OF_FEATURES] = None,
-        proj_dim: Annotated[int, PROJ_DIM] = 128,
-        temperature: Annotated[float, TEMPERATURE] = 0.5,
-        nt_xent_scale: Annotated[float, NT_XENT_SCALE] = 2.0,
-        head_init: Annotated[str, HEAD_INIT] = "normal",
-    ) -> None:
-        super().__init__(
-            backbone, feat_dim, proj_hidden_dim, proj_dim, temperature, nt_xent_scale, head_init
-        )
-        self.sigma: float | None = None  # DCL: every positive weighs 1
+    # SimCLR's constructor and hyper-parameters; DCLW's weighting temperature (None: every
+    # positive weighs 1)
+    sigma: float | None = None
 
     def forward(self, views: list[Tensor], labels: Tensor | None = None) -> dict[str, Tensor]:
         # one pass over both views (BatchNorm over all 2N images), as SimCLR

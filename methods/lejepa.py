@@ -71,18 +71,18 @@ def lejepa_loss(
     embeddings: Tensor,
     num_global: int,
     directions: Tensor,
-    lambd: float = 0.02,
+    lamb: float = 0.02,
     tested: Tensor | None = None,
     knots: int = 17,
 ) -> Tensor:
-    """LeJEPA's loss (1 - lambd) L_pred + lambd SIGReg of the views' embeddings [V, N, K], the
+    """LeJEPA's loss (1 - lamb) L_pred + lamb SIGReg of the views' embeddings [V, N, K], the
     first `num_global` the global views, with the slicing directions [K, S]. SIGReg's statistic
     runs over `tested` [V, M, K] (every process's rows, gathered; default `embeddings`)."""
     tested = embeddings if tested is None else tested
     centres = embeddings[:num_global].mean(dim=0)
     prediction = (centres - embeddings).square().mean()
     sigreg = torch.stack([epps_pulley(view @ directions, knots).mean() for view in tested]).mean()
-    return (1 - lambd) * prediction + lambd * sigreg
+    return (1 - lamb) * prediction + lamb * sigreg
 
 
 def lejepa_transform(

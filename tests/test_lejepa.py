@@ -76,10 +76,10 @@ def test_lejepa_loss_weighs_the_prediction_of_the_global_mean_and_sigreg():
     # centres: image 0 (2, 0), image 1 (0, 1); squared errors summed over views, images, dims
     errors = [(1 - 2) ** 2, 0, 0, 1, (3 - 2) ** 2, 0, 0, 1, 4, 1, 1, 0]
     prediction = sum(errors) / len(errors)
-    assert lejepa_loss(z, 2, directions, lambd=0.0).item() == pytest.approx(prediction)
+    assert lejepa_loss(z, 2, directions, lamb=0.0).item() == pytest.approx(prediction)
     sigreg = sum(epps_pulley(v @ directions).mean() for v in z) / 3
-    assert lejepa_loss(z, 2, directions, lambd=1.0).item() == pytest.approx(sigreg.item())
-    mixed = lejepa_loss(z, 2, directions, lambd=0.25).item()
+    assert lejepa_loss(z, 2, directions, lamb=1.0).item() == pytest.approx(sigreg.item())
+    mixed = lejepa_loss(z, 2, directions, lamb=0.25).item()
     assert mixed == pytest.approx(0.75 * prediction + 0.25 * sigreg.item())
     order = torch.tensor([1, 0])  # the loss does not depend on the images' order
     assert lejepa_loss(z[:, order], 2, directions, 0.25).item() == pytest.approx(mixed)
