@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from methods import Method, register
 from methods.hparams import Flag
 from methods.recipe import Recipe
-from networks import is_vit
+from networks import SMALL_IMAGE_SIZE, is_vit
 from networks.vit import MaskableViT
 from utils.accel import at_least_float32
 from utils.misc import positive_int, unit_float
@@ -133,14 +133,13 @@ class SimMIM(Method):
             raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
         self.backbone, self.mask_ratio = backbone, mask_ratio
         if isinstance(backbone, MaskableViT):
-            self.patch, self.stride, width = backbone.patch_size, backbone.patch_size, feat_dim
-            self.image_size = backbone.image_size
-            token_width = feat_dim
+            self.patch = self.stride = backbone.patch_size
+            token_width, large = feat_dim, backbone.image_size > SMALL_IMAGE_SIZE
         elif all(hasattr(backbone, n) for n in ("conv1", "maxpool", "layer4")):  # ResNets
             pool = backbone.maxpool.stride if isinstance(backbone.maxpool, nn.MaxPool2d) else 1
             self.patch = backbone.conv1.stride[0] * pool  # the stem's stride
-            self.stride, width, token_width = self.patch * 8, feat_dim, backbone.conv1.out_channels
-            self.image_size = None
+            self.stride, token_width = self.patch * 8, backbone.conv1.out_channels
+            large = self.patch > 1  # the small-image stem has stride 1
         else:
             vit = " (a plain timm ViT with one class token)" if is_vit(backbone) else ""
             raise ValueError(
@@ -148,7 +147,6 @@ class SimMIM(Method):
                 f"vit_tiny, vit_small, a timm ViT or resnet18/34/50{vit}"
             )
         # the official 32 px at ImageNet sizes; 8 px (a 4 x 4 grid at 32 px) for small images
-        large = self.image_size > 64 if self.image_size else self.patch > 1
         self.mask_patch_size = mask_patch_size or (32 if large else 8)
         if self.mask_patch_size % self.patch:
             raise ValueError(
@@ -158,25 +156,18 @@ class SimMIM(Method):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, token_width))
         nn.init.trunc_normal_(self.mask_token, std=0.02, a=-0.02, b=0.02)
         self.decoder = nn.Sequential(
-            nn.Conv2d(width, self.stride**2 * 3, kernel_size=1), nn.PixelShuffle(self.stride)
+            nn.Conv2d(feat_dim, self.stride**2 * 3, kernel_size=1), nn.PixelShuffle(self.stride)
         )
 
     def encode(self, images: Tensor, mask: Tensor) -> Tensor:
         """The encoder's output feature map [N, C, H / stride, W / stride] of `images` whose
         masked patches (`mask` [N, H / patch, W / patch]) carry the mask token."""
-        w = mask.unsqueeze(-1).to(images.dtype)  # [N, h, w, 1]
-        if isinstance(self.backbone, MaskableViT):
-            vit = self.backbone
-            grid = vit.embed_patches(images)  # [N, h, w, D]
-            grid = grid * (1 - w) + self.mask_token * w
-            pos = vit.position_embedding((grid.shape[1], grid.shape[2]))
-            patches = grid.flatten(1, 2) + pos[:, 1:]
-            token = (vit.class_token + pos[:, :1]).expand(images.shape[0], -1, -1)
-            out = vit.run_blocks(torch.cat([token, patches], dim=1), 1)[-1][:, 1:]
-            return out.transpose(1, 2).reshape(images.shape[0], -1, *grid.shape[1:3])
+        if isinstance(self.backbone, MaskableViT):  # the class token's output left out
+            out = self.backbone.forward_tokens(images, masked=(mask, self.mask_token))[:, 1:]
+            return out.transpose(1, 2).reshape(out.shape[0], -1, *mask.shape[1:])
         net = self.backbone
         x = net.maxpool(net.relu(net.bn1(net.conv1(images))))  # [N, C, h, w]
-        w = w.permute(0, 3, 1, 2)
+        w = mask.unsqueeze(1).to(x.dtype)
         x = x * (1 - w) + self.mask_token.view(1, -1, 1, 1) * w
         return net.layer4(net.layer3(net.layer2(net.layer1(x))))
 
@@ -193,10 +184,14 @@ class SimMIM(Method):
         patches = upsample(grid, self.mask_patch_size // self.patch)
         return patches, upsample(grid, self.mask_patch_size)
 
+    def predict(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """The reconstruction [N, 3, H, W] of `images` masked at random, and the pixel mask."""
+        patch_mask, pixel_mask = self.masks(images)
+        return self.decoder(self.encode(images, patch_mask)), pixel_mask
+
     def forward(self, views: list[Tensor], labels: Tensor | None = None) -> dict[str, Tensor]:
         images = views[0]
-        patch_mask, pixel_mask = self.masks(images)
-        reconstruction = self.decoder(self.encode(images, patch_mask))
+        reconstruction, pixel_mask = self.predict(images)
         loss = simmim_loss(at_least_float32(images), at_least_float32(reconstruction), pixel_mask)
         return {"loss": loss}
 
@@ -204,7 +199,6 @@ class SimMIM(Method):
     def reconstruct(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """The masked images (masked pixels at 0, the mean colour in the normalised space) and
         the reconstructions (visible pixels as given, masked ones predicted), [N, 3, H, W]."""
-        patch_mask, pixel_mask = self.masks(images)
-        predicted = self.decoder(self.encode(images, patch_mask))
+        predicted, pixel_mask = self.predict(images)
         hidden = pixel_mask.unsqueeze(1).to(images.dtype)
         return images * (1 - hidden), images * (1 - hidden) + predicted * hidden

@@ -90,30 +90,48 @@ class MaskableViT:
     last_blocks = 1  # set_last_blocks
     avgpool_patchtokens = False  # set_avgpool_patchtokens
 
-    def patch_tokens(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def patch_tokens(self, x: Tensor, masked: tuple[Tensor, Tensor] | None = None):
         """The embedded patches [N, L, D] with their position embeddings added, and the class
-        token's position embedding [1, 1, D]."""
+        token's position embedding [1, 1, D]. `masked` (mask [N, h // p, w // p] of 0/1, token
+        [1, 1, D]): the masked patches' embeddings replaced by the token before the positions
+        are added (SimMIM's `VisionTransformerForSimMIM`)."""
         n, _, h, w = x.shape
         if h < self.patch_size or w < self.patch_size:
             raise ValueError(f"input {h}x{w} is smaller than one {self.patch_size} px patch")
         grid = self.embed_patches(x)  # [N, h // p, w // p, D]
+        if masked is not None:
+            mask, token = masked
+            weight = mask.unsqueeze(-1).to(grid.dtype)
+            grid = grid * (1 - weight) + token * weight
         pos = self.position_embedding((grid.shape[1], grid.shape[2]))
         return grid.flatten(1, 2) + pos[:, 1:], pos[:, :1]
 
-    def forward_tokens(self, x: Tensor, keep: Tensor | None = None, cls: bool = True) -> Tensor:
+    def forward_tokens(
+        self,
+        x: Tensor,
+        keep: Tensor | None = None,
+        cls: bool = True,
+        masked: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
         """The encoder's output tokens after the final norm: [N, 1 + K, D] with the class token
         first (`cls`), where K is all L patches or the `keep` [N, K] indices of each image (in
-        row-major patch order), each with its own position embedding."""
-        return self.block_outputs(x, keep, cls)[-1]
+        row-major patch order), each with its own position embedding; `masked` as in
+        `patch_tokens`."""
+        return self.block_outputs(x, keep, cls, masked=masked)[-1]
 
     def block_outputs(
-        self, x: Tensor, keep: Tensor | None = None, cls: bool = True, last: int = 1
+        self,
+        x: Tensor,
+        keep: Tensor | None = None,
+        cls: bool = True,
+        last: int = 1,
+        masked: tuple[Tensor, Tensor] | None = None,
     ) -> list[Tensor]:
         """The tokens of `forward_tokens` after each of the last `last` blocks, each through the
         final norm (DINO's `get_intermediate_layers`), the last block's last."""
         if not 1 <= last <= self.depth:
             raise ValueError(f"last {last} of {self.depth} blocks")
-        patches, cls_pos = self.patch_tokens(x)
+        patches, cls_pos = self.patch_tokens(x, masked)
         if keep is not None:
             index = keep.unsqueeze(-1).expand(-1, -1, patches.shape[-1])
             patches = torch.gather(patches, 1, index)
