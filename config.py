@@ -28,6 +28,7 @@ from methods.hparams import hyper_parameters
 from methods.recipe import OPTIMIZER_OPTIONS, RECIPE_FLAGS, Recipe, training_recipe
 from networks import is_vit, is_vit_name
 from networks.vit import MaskableViT, ViTBackbone
+from pretrained import read_backbone
 from transformations import recipe_name
 from utils.checkpoint import atomic_file, shown
 from utils.logging import write_json
@@ -105,7 +106,25 @@ def with_recipe(
             filled["vit_heads"], sources["vit_heads"] = saved.get("vit_heads"), "checkpoint"
         elif cls.vit_heads.get(args.backbone) is not None:
             filled["vit_heads"], sources["vit_heads"] = cls.vit_heads[args.backbone], "method"
+    # a ViT's registers and LayerScale: the run's, else --init_backbone's, else the method's
+    init = getattr(args, "init_backbone", None)
+    started = init_backbone_settings(init) if checkpoint is None else {}
+    for key in ("vit_registers", "vit_layerscale"):
+        if getattr(args, key, None) is not None:
+            continue
+        if checkpoint is not None:  # unrecorded (an older run): none
+            filled[key], sources[key] = saved.get(key), "checkpoint"
+        elif started:  # the architecture its weights need
+            filled[key], sources[key] = started[key], "checkpoint"
+        elif getattr(cls, key) and is_vit_name(args.backbone):
+            filled[key], sources[key] = getattr(cls, key), "method"
     return Namespace(**{**vars(args), **filled}), recipe
+
+
+def init_backbone_settings(path: str | None) -> dict:
+    """The ViT settings recorded with --init_backbone's weights (pretrained.vit_settings), which
+    its backbone must be built with again to take them; {} without one."""
+    return read_backbone(path, False)[1].to_dict() if path else {}
 
 
 class Record:
@@ -276,6 +295,11 @@ def pretraining_record(
         record.add(arch, "vit_heads", model.backbone.num_heads, source)
     if isinstance(model.backbone, MaskableViT):  # how evaluation runs its mean of patch tokens
         record.add(arch, "class_token_attends", model.backbone.class_token_attends, "method")
+        # its registers and LayerScale, which evaluation builds again
+        for key, value in (("vit_registers", model.backbone.num_registers),
+                           ("vit_layerscale", model.backbone.layerscale)):  # fmt: skip
+            given = getattr(args, key, None) is not None
+            record.add(arch, key, value, sources.get(key, "command line") if given else "method")
     record.add(arch, "feat_dim", feat_dim, "derived")
     record.add(arch, "parameters", sum(p.numel() for p in model.parameters()), "derived")
 

@@ -16,7 +16,9 @@ Formats:
                rebuilds); main_linear.py --ckpt, main.py --init_backbone and
                pretrained.load_backbone read the file directly.
   timm         the same, for `timm.create_model(name, num_classes=0)`: timm backbones, and this
-               toolkit's ResNets (timm's ResNets use torchvision's layer names).
+               toolkit's ResNets (timm's ResNets use torchvision's layer names); a ViT's
+               --vit_layerscale as timm's `init_values`. A ViT's --vit_registers have no place
+               in either library's model: export such a backbone as pt2, onnx or torchscript.
   torchscript  `torch.jit.trace` at --image_size: `torch.jit.load(file)` needs no Python code
                (PyTorch 2.10+ deprecates TorchScript in favour of torch.export: pt2).
   pt2          `torch.export` with a dynamic batch size: `torch.export.load(file).module()`.
@@ -104,10 +106,12 @@ def check_output(path: str, overwrite: bool) -> None:
 
 
 def reference_model(
-    backbone: str, image_size: int, fmt: str, heads: int | None = None
+    backbone: str, image_size: int, fmt: str, heads: int | None = None, layerscale: float = 0.0
 ) -> tuple[nn.Module, str]:
     """The model of another library that the exported weights load into, and how to build it
-    (`heads`: a ViT's attention heads where its run set them, --vit_heads)."""
+    (`heads`: a ViT's attention heads where its run set them, --vit_heads; `layerscale`: a timm
+    ViT's LayerScale, --vit_layerscale, timm's `init_values`). Register tokens
+    (--vit_registers) have no place in either library's model: compare_keys refuses them."""
     if fmt == "timm":
         try:
             import timm
@@ -116,8 +120,9 @@ def reference_model(
         name = backbone.removeprefix("timm:")
         if not timm.is_model(name):
             raise UserError(f"--format timm: timm has no {name}: use --format torchvision")
-        call = f"timm.create_model({name!r}, num_classes=0)"
-        return timm.create_model(name, num_classes=0), call
+        kwargs = {"num_classes": 0} | ({"init_values": layerscale} if layerscale else {})
+        call = f"timm.create_model({name!r}, " + ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        return timm.create_model(name, **kwargs), call + ")"
     import torchvision
 
     if backbone in VIT_SIZES:  # torchvision's VisionTransformer at DeiT's tiny/small sizes
@@ -253,7 +258,9 @@ def main(args) -> dict:
     size = info.image_size
     with atomic_file(args.output) as tmp:  # checked before it is renamed into place
         if args.format in ("torchvision", "timm"):
-            model, call = reference_model(info.backbone, size, args.format, info.vit_heads)
+            model, call = reference_model(
+                info.backbone, size, args.format, info.vit_heads, info.vit_layerscale
+            )
             keys = compare_keys(weights, model, args.format, info.backbone)
             torch.save(backbone.state_dict(), tmp)
             lines, differs = load_with(call, keys, info.backbone, size)

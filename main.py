@@ -30,7 +30,7 @@ from flags import VIEW_FLAGS, add_pretraining_flags, add_shared_flags, check_met
 from methods import METHODS, build_method
 from monitors import FeatureTap, Monitoring, Monitors, OnlineProbe, epoch_monitor
 from networks import build_backbone, check_input_sizes
-from networks.vit import set_heads, set_pool
+from networks.vit import set_heads, set_pool, set_vit_layerscale, set_vit_registers
 from optimizers import Optimization, build_optimizer
 from pretrained import load_weights, read_backbone
 from transformations import BatchViews, pretrain_transform
@@ -265,6 +265,8 @@ def build_model(
     module to call for the forward pass (DDP / torch.compile wrappers), and the feature size."""
     backbone, feat_dim = build_backbone(args.backbone, args.image_size, args.pretrained)
     set_heads(backbone, args.vit_heads, args.backbone)
+    set_vit_registers(backbone, args.vit_registers, args.backbone)  # before EMA copies
+    set_vit_layerscale(backbone, args.vit_layerscale, args.backbone)
     if args.init_backbone:  # before the method copies it (EMA targets), not zero-initialised
         # the online backbone
         weights, info = read_backbone(args.init_backbone, False)

@@ -22,7 +22,13 @@ from torch import Tensor, nn
 from evaluation import normalisation, plain_transform, recorded_evaluation, resolve_evaluation
 from methods import METHODS, build_method
 from networks import build_backbone
-from networks.vit import MaskableViT, set_heads, set_pool
+from networks.vit import (
+    MaskableViT,
+    set_heads,
+    set_pool,
+    set_vit_layerscale,
+    set_vit_registers,
+)
 from utils.checkpoint import (
     check_entries,
     find_checkpoint,
@@ -60,6 +66,8 @@ class BackboneInfo:
     vit_heads: int | None = None  # a ViT's attention heads where its run set them (MoCo v3: 12)
     class_token_attends: bool = True  # a ViT's mean of patch tokens: with the class token in
     # its blocks (False: I-JEPA's encoder, which has none)
+    vit_registers: int = 0  # a ViT's register tokens (--vit_registers)
+    vit_layerscale: float = 0.0  # a ViT's LayerScale, its initial value (--vit_layerscale)
 
     @property
     def transform(self):
@@ -204,10 +212,14 @@ def read_backbone(
 
 def vit_settings(checkpoint: dict) -> dict:
     """A ViT's settings that its run recorded (config.json kept in the checkpoint) and its
-    evaluation rebuilds: its attention heads (`vit_heads`) and whether its class token goes
-    through the blocks of a mean of patch tokens (`class_token_attends`); a run on another
-    backbone records neither (None: the backbone's own heads; True)."""
-    found = {"vit_heads": checkpoint["args"].get("vit_heads"), "class_token_attends": True}
+    evaluation rebuilds: its attention heads (`vit_heads`), whether its class token goes
+    through the blocks of a mean of patch tokens (`class_token_attends`), its register tokens
+    and LayerScale (`vit_registers`, `vit_layerscale`); a run on another backbone records none
+    (None: the backbone's own heads; True; 0: none)."""
+    args = checkpoint["args"]
+    found = {"vit_heads": args.get("vit_heads"), "class_token_attends": True,
+             "vit_registers": args.get("vit_registers") or 0,
+             "vit_layerscale": args.get("vit_layerscale") or 0.0}  # fmt: skip
     model = checkpoint["config"]["model"]
     return {key: model[key]["value"] if key in model else value for key, value in found.items()}
 
@@ -230,18 +242,21 @@ def load_weights(backbone: nn.Module, weights: dict[str, Tensor], path: str, nam
 
 
 def build_pretrained(weights: dict[str, Tensor], info: BackboneInfo, path: str) -> nn.Module:
-    """The backbone `info` names, with `weights`."""
+    """The backbone `info` names, built as its run had it, with `weights`."""
     backbone, info.feat_dim = build_backbone(info.backbone, info.image_size)
+    set_vit_settings(backbone, info)  # registers and LayerScale: weights to load
     load_weights(backbone, weights, path, f"{info.backbone} at image size {info.image_size}")
     set_pool(backbone, info.pool, info.backbone)
-    set_vit_settings(backbone, info)
     return backbone
 
 
 def set_vit_settings(backbone: nn.Module, info: BackboneInfo) -> None:
-    """A ViT as its run had it: its attention heads and whether its class token enters the
-    blocks of a mean of patch tokens (from the checkpoint's record)."""
+    """A ViT as its run had it (from the checkpoint's record): its attention heads, its register
+    tokens and LayerScale (before its weights are loaded: they add weights), and whether its
+    class token enters the blocks of a mean of patch tokens."""
     set_heads(backbone, info.vit_heads, info.backbone)
+    set_vit_registers(backbone, info.vit_registers, info.backbone)
+    set_vit_layerscale(backbone, info.vit_layerscale, info.backbone)
     if isinstance(backbone, MaskableViT):
         backbone.class_token_attends = info.class_token_attends
 
@@ -353,19 +368,23 @@ def evaluated_backbone(
 ) -> tuple[nn.Module, int]:
     """The backbone main_linear.py evaluates: with the pretrained `weights` of `path`
     (strictly: every backbone key must be there) built as its run's record says (`info`: a
-    ViT's heads and class token); with --random_init (None), as the method builds and
-    initialises it (its ViT heads, zero residual BatchNorm where its official code does so,
-    MAE's and I-JEPA's ViT initialisation: methods.build_method)."""
+    ViT's heads, registers, LayerScale and class token); with --random_init (None), as the
+    method builds and initialises it (its ViT heads, registers and LayerScale, zero residual
+    BatchNorm where its official code does so, MAE's and I-JEPA's ViT initialisation:
+    methods.build_method)."""
     backbone, feat_dim = build_backbone(want.backbone, want.image_size)
     if weights is None:  # the method's own initialisation of it (a method's heads are cheap)
         cls = METHODS[want.model_name]
         set_heads(backbone, cls.vit_heads.get(want.backbone), want.backbone)
+        if isinstance(backbone, MaskableViT):  # the method's ViT options (main.py's defaults)
+            set_vit_registers(backbone, cls.vit_registers, want.backbone)
+            set_vit_layerscale(backbone, cls.vit_layerscale, want.backbone)
         try:
             built = build_method(want.model_name, backbone, feat_dim, **want.init)
         except ValueError as err:  # a backbone the method cannot train (MAE on a ResNet)
             raise UserError(f"--model_name {want.model_name}: {err}") from None
         return built.backbone, feat_dim
-    load_weights(backbone, weights, path, want.backbone)
     if info is not None:
         set_vit_settings(backbone, info)
+    load_weights(backbone, weights, path, want.backbone)
     return backbone, feat_dim

@@ -69,13 +69,15 @@ def layer_scales(backbone: nn.Module, decay: float) -> dict[str, float]:
 def no_weight_decay(backbone: nn.Module) -> set[str]:
     """The backbone's parameters that fine-tuning leaves undecayed besides the 1-D ones, as MAE's
     `param_groups_lrd` (util/lr_decay.py:32) given the model's `no_weight_decay()`
-    (main_finetune.py:284; timm's ViT: pos_embed, cls_token, dist_token): a timm model's own
-    list, and a ViT's class token and position embeddings under their names here (torchvision's
-    class_token, encoder.pos_embedding)."""
+    (main_finetune.py:284; timm's ViT: pos_embed, cls_token, reg_token, dist_token): a timm
+    model's own list, and a ViT's class token, position embeddings and register tokens under
+    their names here (torchvision's class_token, encoder.pos_embedding; register_tokens)."""
     own = getattr(backbone, "no_weight_decay", None)
     names = set(own()) if callable(own) else set()
     if isinstance(backbone, MaskableViT):
         tokens = {id(backbone.class_token), id(backbone.position_parameter)}
+        if backbone.num_registers:
+            tokens.add(id(backbone.register_tokens))
         names |= {name for name, p in backbone.named_parameters() if id(p) in tokens}
     return names
 

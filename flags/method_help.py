@@ -77,6 +77,27 @@ def vit_heads_help() -> str:
     )
 
 
+def vit_registers_help() -> str:
+    official = ", ".join(f"{name} {cls.vit_registers}" for name, cls in sorted(METHODS.items())
+                         if cls.vit_registers)  # fmt: skip
+    return (
+        "register tokens (Darcet et al. 2024, DINOv2's num_register_tokens) on a ViT (vit_*, "
+        "plain timm ViTs): learnt tokens after the class token, through every block, left out "
+        f"of the outputs; 0: none (default: the method's: {official or 'none'}; a resumed run "
+        "keeps its own)"
+    )
+
+
+def vit_layerscale_help() -> str:
+    official = ", ".join(f"{name} {cls.vit_layerscale:g}" for name, cls in sorted(METHODS.items())
+                         if cls.vit_layerscale)  # fmt: skip
+    return (
+        "LayerScale (CaiT) on both residual branches of a ViT's blocks (vit_*, plain timm ViTs), "
+        "its learnt per-channel scales starting at this value (DINOv2's layerscale 1e-5); 0: "
+        f"none (default: the method's: {official or 'none'}; a resumed run keeps its own)"
+    )
+
+
 def pool_help() -> str:
     return (
         "a Vision Transformer's features: its class token, or the mean of its patch tokens "

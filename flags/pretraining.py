@@ -12,6 +12,8 @@ from flags.method_help import (
     interpolation_help,
     view_default_help,
     vit_heads_help,
+    vit_layerscale_help,
+    vit_registers_help,
     zero_init_help,
 )
 from methods import METHODS, method_options
@@ -44,6 +46,20 @@ def add_pretraining_flags(parser: argparse.ArgumentParser, refused: bool = False
         type=positive_int,
         default=None,
         help=vit_heads_help(),
+    )
+    group.add_argument(
+        "--vit_registers",
+        type=non_negative_int,
+        default=None,
+        metavar="N",
+        help=vit_registers_help(),
+    )
+    group.add_argument(
+        "--vit_layerscale",
+        type=non_negative_float,
+        default=None,
+        metavar="VALUE",
+        help=vit_layerscale_help(),
     )
     add_bool_flag(
         group,

@@ -47,6 +47,10 @@ class Method(nn.Module):
                           target, DINO's teacher), which --momentum_backbone evaluates;
       vit_heads           attention heads its official code gives a ViT of a size, where they
                           differ from the backbone's (MoCo v3's ViT-Small: 12, DeiT-S's 6);
+      vit_registers       register tokens its official code gives a ViT (--vit_registers; 0:
+                          none; DINOv2's reg4 models: 4);
+      vit_layerscale      the initial value of LayerScale on its ViT's blocks (--vit_layerscale;
+                          0: none; DINOv2's student: 1e-5);
       init_flags          its hyper-parameters that shape how it initialises the backbone or
                           reads its features, which main_linear.py --random_init takes too
                           (I-JEPA's --rescale_init and --eval_class_token);
@@ -77,6 +81,8 @@ class Method(nn.Module):
     requires_vit = False
     momentum_backbone: str | None = None
     vit_heads: dict[str, int] = {}
+    vit_registers: int = 0
+    vit_layerscale: float = 0.0
     init_flags: tuple[str, ...] = ()
     collapse_hint = "too high a --temperature or too small a batch of negatives"
     slow_start = 1

@@ -16,8 +16,21 @@ encoder is built of timm's blocks, and its names are timm's:
 
 Layer ids for lr decay are MAE's `get_layer_id_for_vit` on these names. Only plain models take
 the interface: one class token with its own position embedding and no other prefix tokens
-(no registers, no distillation token), learnt absolute position embeddings (no RoPE), no
-attention pooling; the others stay as timm builds them, and MAE / I-JEPA refuse them.
+(no registers of timm's, no distillation token), learnt absolute position embeddings (no RoPE),
+no attention pooling; the others stay as timm builds them, and MAE / I-JEPA refuse them.
+
+DINOv2's options (networks/vit.py's docstring) on these names:
+    register_tokens    `set_registers(n)`: the interface's registers [1, n, D], N(0, 1e-6), put
+                       after the class token with no position embedding as DINOv2 does (timm's
+                       own `reg_token`, which models built with `reg_tokens` have, stays refused:
+                       timm adds position embeddings to it unless `no_embed_class`). timm's
+                       forward does not know them: with registers the model's forward goes
+                       through the interface (`forward_tokens`, then timm's `forward_head`: its
+                       pooling, fc_norm and head), whose position embeddings at other input
+                       sizes are DINO's bicubic resize (MaskableViT.position_embedding).
+    blocks[i].ls1/ls2  `set_layerscale(init)`: timm's own `LayerScale` (gamma [D], filled with
+                       `init`) where timm builds the identity without `init_values`; blocks
+                       built with LayerScale already (DeiT III's) refuse another.
 """
 
 from torch import Tensor, nn
@@ -66,9 +79,12 @@ class TimmViT(MaskableViT):
     def forward(self, x: Tensor) -> Tensor:
         """timm's own forward (its pooling, fc_norm, any input size), or with set_last_blocks /
         set_avgpool_patchtokens, or a mean of patch tokens computed without the class token, the
-        pooled tokens of the blocks (MaskableViT.pooled_blocks)."""
+        pooled tokens of the blocks (MaskableViT.pooled_blocks); with register tokens, timm's
+        head (pooling, fc_norm, head) on `forward_tokens`, which runs them."""
         plain_mean = self.pools_class_token or self.class_token_attends
         if self.last_blocks == 1 and not self.avgpool_patchtokens and plain_mean:
+            if self.num_registers:
+                return self.forward_head(self.forward_tokens(x))
             return super().forward(x)
         return self.pooled_blocks(x)
 
@@ -80,9 +96,10 @@ class TimmViT(MaskableViT):
             grid = grid.unflatten(1, (x.shape[-2] // self.patch_size, side))
         return grid
 
-    def run_blocks(self, tokens: Tensor, last: int) -> list[Tensor]:
-        """timm's forward_features after the position embedding: the outputs of the last
-        `last` blocks, each through the final norm."""
+    def apply_blocks(self, tokens: Tensor, last: int) -> list[Tensor]:
+        """timm's forward_features after the position embedding, on the tokens as given
+        (registers included): the outputs of the last `last` blocks, each through the final
+        norm."""
         x, outputs = self.norm_pre(self.pos_drop(tokens)), []
         for i, block in enumerate(self.blocks):
             x = block(x)
@@ -93,14 +110,34 @@ class TimmViT(MaskableViT):
     def residual_projections(self) -> list[tuple[Tensor, Tensor]]:
         return [(block.attn.proj.weight, block.mlp.fc2.weight) for block in self.blocks]
 
-    def set_drop_path(self, rate: float) -> None:
+    def set_drop_path(self, rate: float, uniform: bool = False) -> None:
         """timm's DropPath on both residual branches of each block (timm sets them only at
-        creation, with the same linear rise)."""
+        creation, with the same linear rise; `uniform`: `rate` in every block)."""
         from timm.layers import DropPath
 
-        for block, p in zip(self.blocks, self.drop_path_rates(rate), strict=True):
+        rates = self.drop_path_rates(rate, uniform)
+        for block, p in zip(self.blocks, rates, strict=True):
             block.drop_path1 = DropPath(p) if p > 0 else nn.Identity()
             block.drop_path2 = DropPath(p) if p > 0 else nn.Identity()
+
+    def set_layerscale(self, init: float) -> None:
+        """timm's LayerScale in each block's `ls1` and `ls2` (the identity unless timm built the
+        model with `init_values`), gamma filled with `init`; 0 changes nothing."""
+        from timm.layers import LayerScale
+
+        if not self.check_layerscale(init):
+            return
+        for block in self.blocks:
+            places = [getattr(block, key, None) for key in ("ls1", "ls2")]
+            if not all(isinstance(place, nn.Identity) for place in places):
+                built = "has LayerScale already" if places[0] is not None else "has no ls1/ls2"
+                raise ValueError(f"its {type(block).__name__} {built}: drop --vit_layerscale")
+        like = self.cls_token
+        for block in self.blocks:
+            for key in ("ls1", "ls2"):
+                scale = LayerScale(self.embed_dim, init, device=like.device, dtype=like.dtype)
+                setattr(block, key, scale)
+        self.layerscale = init
 
     def set_fc_norm(self) -> None:
         """MAE's global pooling for fine-tuning (networks/vit.ViTBackbone.set_fc_norm): no final
@@ -111,11 +148,11 @@ class TimmViT(MaskableViT):
         self.fc_norm = nn.LayerNorm(self.embed_dim, eps=1e-6)
 
     def layer_id(self, name: str) -> int:
-        """MAE's `get_layer_id_for_vit`: 0 for the embeddings, i + 1 for block i, depth + 1 for
-        the rest (final norm, fc_norm)."""
+        """MAE's `get_layer_id_for_vit`: 0 for the embeddings (and registers), i + 1 for block i
+        (its LayerScale too), depth + 1 for the rest (final norm, fc_norm)."""
         if name.startswith("blocks."):
             return int(name.split(".")[1]) + 1
-        if name.startswith(("patch_embed", "cls_token", "pos_embed")):
+        if name.startswith(("patch_embed", "cls_token", "register_tokens", "pos_embed")):
             return 0
         return self.depth + 1
 

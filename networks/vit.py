@@ -19,7 +19,26 @@ multiples of the patch (e.g. `--small_crop_size 16` at `--image_size 32`).
 
 torchvision publishes no weights for these two sizes (its ViTs start at vit_b_16), so
 `pretrained=True` is an error. Stochastic depth is added to every block (`set_drop_path`: the
-rate rising linearly over the blocks, as DINO's and MAE's `drop_path_rate`; off by default).
+rate rising linearly over the blocks, as DINO's and MAE's `drop_path_rate`, or the same in every
+block with `uniform`, DINOv2's `drop_path_uniform`; off by default).
+
+Two options of DINOv2 (Oquab et al. 2024; its models/vision_transformer.py), both off by default
+and set on a built ViT before a method copies it (main.py `--vit_registers`, `--vit_layerscale`,
+recorded in the run and set again wherever its backbone is rebuilt):
+  registers   `set_registers(n)`: n learnt tokens (Darcet et al., "Vision Transformers Need
+              Registers", ICLR 2024), the parameter `register_tokens` [1, n, D], initialised
+              N(0, 1e-6) as DINOv2's `init_weights`. As its `prepare_tokens_with_masks`, they go
+              in right after the class token once the position embeddings are added (they have
+              none; first in an encoder without a class token), take part in every block, and
+              are left out of every output: `forward_tokens`, `block_outputs` and `run_blocks`
+              return the class token and the patches, as without them. Layer 0 of lr decay.
+  LayerScale  `set_layerscale(init)` (Touvron et al., "Going deeper with Image Transformers"
+              (CaiT), ICCV 2021): each block's residual branches scaled by a learnt vector of
+              the width, `x + drop_path(ls1(attn(norm1(x))))` and likewise `ls2` on the MLP,
+              filled with `init` (DINOv2's `layerscale` 1e-5; its layers/layer_scale.py); the
+              `gamma`s (`encoder.layers.*.ls1.gamma`, `ls2.gamma`; timm's `blocks.*.ls1.gamma`)
+              are 1-D, so that `exclude_bias_and_norm` leaves them undecayed as DINOv2 does.
+Without them the modules and state-dict keys are those of the plain ViT.
 
 Recommended optimisation (ViTs train poorly with the toolkit's default SGD): AdamW with a linear
 warmup and a cosine decay, e.g. DINO's `--optimizer adamw --base_lr 5e-4 --weight_decay 0.04
@@ -55,29 +74,45 @@ def patch_size_for(image_size: int) -> int:
     return 4 if image_size <= SMALL_IMAGE_SIZE else 16
 
 
+class LayerScale(nn.Module):
+    """A residual branch times a learnt vector `gamma` [D], filled with `init` (CaiT's LayerScale;
+    DINOv2's layers/layer_scale.py)."""
+
+    def __init__(self, like: Tensor, init: float) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full_like(like, float(init)))  # on `like`'s device
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gamma
+
+
 class Block(EncoderBlock):
     """torchvision's encoder block with stochastic depth (drop path) on both residual branches,
     as the MAE/DeiT fine-tuning recipe trains ViTs (`drop_path`: a torchvision StochasticDepth,
-    "row" mode: whole samples dropped; the identity at rate 0 and in eval mode)."""
+    "row" mode: whole samples dropped; the identity at rate 0 and in eval mode), and LayerScale
+    on both (`ls1`, `ls2`: the identity until `ViTBackbone.set_layerscale`)."""
 
     drop_path: nn.Module
+    ls1: nn.Module
+    ls2: nn.Module
 
     def forward(self, input: Tensor) -> Tensor:
         x = self.ln_1(input)
         x, _ = self.self_attention(x, x, x, need_weights=False)
-        x = input + self.drop_path(self.dropout(x))
-        return x + self.drop_path(self.mlp(self.ln_2(x)))
+        x = input + self.drop_path(self.ls1(self.dropout(x)))
+        return x + self.drop_path(self.ls2(self.mlp(self.ln_2(x))))
 
 
 class MaskableViT:
     """What MAE, I-JEPA and MAE's fine-tuning protocol need of a Vision Transformer, shared by
     this toolkit's ViTs (`ViTBackbone`) and timm's (networks/timm_vit.py): the encoder on a
     subset of the patches (`forward_tokens`, `block_outputs`), its position embeddings
-    (`position_parameter`, [1, 1 + L, D], the class token's first), drop path, fc_norm and the
-    layers of layer-wise lr decay. A subclass gives the parts that differ by library:
-    `embed_patches`, `run_blocks`, `position_parameter`, `class_token`, `patch_projection`,
-    `pools_class_token`, `image_size`, `patch_size`, `depth`, `num_heads`,
-    `residual_projections`, `set_drop_path`, `set_fc_norm` and `layer_id`."""
+    (`position_parameter`, [1, 1 + L, D], the class token's first), register tokens
+    (`set_registers`), drop path, LayerScale, fc_norm and the layers of layer-wise lr decay. A
+    subclass gives the parts that differ by library: `embed_patches`, `apply_blocks`,
+    `position_parameter`, `class_token`, `patch_projection`, `pools_class_token`, `image_size`,
+    `patch_size`, `depth`, `num_heads`, `residual_projections`, `set_drop_path`,
+    `set_layerscale`, `set_fc_norm` and `layer_id`."""
 
     image_size: int
     patch_size: int
@@ -89,6 +124,27 @@ class MaskableViT:
     class_token_attends = True
     last_blocks = 1  # set_last_blocks
     avgpool_patchtokens = False  # set_avgpool_patchtokens
+    layerscale = 0.0  # set_layerscale: the gammas' initial value (0: no LayerScale)
+
+    @property
+    def num_registers(self) -> int:
+        """The register tokens of `set_registers` (0: none)."""
+        tokens = getattr(self, "register_tokens", None)
+        return 0 if tokens is None else tokens.shape[1]
+
+    def set_registers(self, n: int) -> None:
+        """`n` register tokens (Darcet et al. 2024; DINOv2's `num_register_tokens`): the
+        parameter `register_tokens` [1, n, D], N(0, 1e-6) as DINOv2's `init_weights`, which
+        `run_blocks` puts after the class token and takes out of its outputs. 0: none, nothing
+        changes."""
+        if n < 0:
+            raise ValueError(f"{n} register tokens")
+        if n == 0:
+            return
+        if self.num_registers:
+            raise ValueError(f"the ViT has {self.num_registers} register tokens already")
+        tokens = self.class_token.new_empty(1, n, self.class_token.shape[-1])
+        self.register_tokens = nn.Parameter(nn.init.normal_(tokens, std=1e-6))
 
     def patch_tokens(self, x: Tensor, masked: tuple[Tensor, Tensor] | None = None):
         """The embedded patches [N, L, D] with their position embeddings added, and the class
@@ -138,7 +194,21 @@ class MaskableViT:
         if cls:
             token = (self.class_token + cls_pos).expand(patches.shape[0], -1, -1)
             patches = torch.cat([token, patches], dim=1)
-        return self.run_blocks(patches, last)
+        return self.run_blocks(patches, last, cls)
+
+    def run_blocks(self, tokens: Tensor, last: int, cls: bool = True) -> list[Tensor]:
+        """The blocks on embedded tokens [N, T, D] (the class token first with `cls`): the
+        outputs of the last `last`, each through the final norm, [N, T, D] each. The register
+        tokens (`set_registers`) go in after the class token (first without one), through every
+        block, and out of the outputs again (DINOv2's `prepare_tokens_with_masks`)."""
+        n = self.num_registers
+        if not n:
+            return self.apply_blocks(tokens, last)
+        at = int(cls)
+        registers = self.register_tokens.expand(tokens.shape[0], -1, -1)
+        tokens = torch.cat([tokens[:, :at], registers, tokens[:, at:]], dim=1)
+        outputs = self.apply_blocks(tokens, last)
+        return [torch.cat([x[:, :at], x[:, at + n :]], dim=1) for x in outputs]
 
     def position_embedding(self, grid: tuple[int, int]) -> Tensor:
         """[1, 1 + gh * gw, D]: the class token's embedding, then the patch embeddings resized
@@ -172,9 +242,20 @@ class MaskableViT:
             pooled.append(blocks[-1][:, 1:].mean(dim=1))
         return torch.cat(pooled, dim=-1)
 
-    def drop_path_rates(self, rate: float) -> list[float]:
-        """Stochastic depth rising linearly with depth from 0 to `rate` (DeiT's, MAE's)."""
+    def drop_path_rates(self, rate: float, uniform: bool = False) -> list[float]:
+        """Stochastic depth rising linearly with depth from 0 to `rate` (DeiT's, MAE's), or
+        `rate` in every block with `uniform` (DINOv2's `drop_path_uniform`)."""
+        if uniform:
+            return [rate] * self.depth
         return [rate * i / max(self.depth - 1, 1) for i in range(self.depth)]
+
+    def check_layerscale(self, init: float) -> bool:
+        """Whether `set_layerscale(init)` adds LayerScale: not at 0; refused below 0 and twice."""
+        if init < 0:
+            raise ValueError(f"LayerScale's initial value {init} is negative")
+        if init and self.layerscale:
+            raise ValueError(f"the ViT has LayerScale already (initial value {self.layerscale})")
+        return init > 0
 
 
 class ViTBackbone(MaskableViT, VisionTransformer):
@@ -188,7 +269,8 @@ class ViTBackbone(MaskableViT, VisionTransformer):
 
     `forward_tokens` is the encoder on a subset of the patches (MAE's visible ones, I-JEPA's
     context), with or without the class token. The blocks are `Block`s: `set_drop_path(rate)`
-    turns on stochastic depth (rates rising linearly with depth to `rate`, as DeiT and MAE)."""
+    turns on stochastic depth (rates rising linearly with depth to `rate`, as DeiT and MAE),
+    `set_layerscale(init)` LayerScale; `set_registers(n)` adds register tokens."""
 
     pool = "token"
 
@@ -197,6 +279,7 @@ class ViTBackbone(MaskableViT, VisionTransformer):
         for layer in self.encoder.layers:  # the same weights and keys, with drop path
             layer.__class__ = Block
             layer.drop_path = StochasticDepth(0.0, "row")
+            layer.ls1, layer.ls2 = nn.Identity(), nn.Identity()  # set_layerscale
         self.fc_norm: nn.Module | None = None  # set_fc_norm
 
     @property
@@ -222,9 +305,20 @@ class ViTBackbone(MaskableViT, VisionTransformer):
     def residual_projections(self) -> list[tuple[Tensor, Tensor]]:
         return residual_projections(self.encoder.layers)
 
-    def set_drop_path(self, rate: float) -> None:
-        for layer, p in zip(self.encoder.layers, self.drop_path_rates(rate), strict=True):
+    def set_drop_path(self, rate: float, uniform: bool = False) -> None:
+        rates = self.drop_path_rates(rate, uniform)
+        for layer, p in zip(self.encoder.layers, rates, strict=True):
             layer.drop_path.p = p
+
+    def set_layerscale(self, init: float) -> None:
+        """LayerScale on both residual branches of every block (`Block.ls1`, `ls2`), gamma
+        filled with `init`; 0 changes nothing."""
+        if not self.check_layerscale(init):
+            return
+        for layer in self.encoder.layers:
+            like = layer.ln_1.weight
+            layer.ls1, layer.ls2 = LayerScale(like, init), LayerScale(like, init)
+        self.layerscale = init
 
     def set_fc_norm(self) -> None:
         """MAE's fine-tuning with global pooling (models_vit.py, global_pool=True): the final norm
@@ -239,7 +333,7 @@ class ViTBackbone(MaskableViT, VisionTransformer):
     def forward(self, x: Tensor) -> Tensor:
         native = x.shape[-2:] == (self.image_size, self.image_size)
         plain = self.pool == "token" and self.last_blocks == 1 and not self.avgpool_patchtokens
-        if plain and native:
+        if plain and native and not self.num_registers:
             return super().forward(x)  # torchvision's own path
         pooled = self.pooled_blocks(x)
         if self.fc_norm is not None:
@@ -254,9 +348,9 @@ class ViTBackbone(MaskableViT, VisionTransformer):
         """[N, h // p, w // p, D]: the patch projection, channels last."""
         return self.conv_proj(x).permute(0, 2, 3, 1)
 
-    def run_blocks(self, tokens: Tensor, last: int) -> list[Tensor]:
-        """The blocks on the embedded tokens; the outputs of the last `last`, each through the
-        final norm."""
+    def apply_blocks(self, tokens: Tensor, last: int) -> list[Tensor]:
+        """The blocks on the embedded tokens as given (registers included); the outputs of the
+        last `last`, each through the final norm."""
         x, outputs = self.encoder.dropout(tokens), []
         for i, layer in enumerate(self.encoder.layers):
             x = layer(x)
@@ -266,11 +360,13 @@ class ViTBackbone(MaskableViT, VisionTransformer):
 
     def layer_id(self, name: str) -> int:
         """A parameter's depth for layer-wise lr decay, as MAE's `get_layer_id_for_vit`: 0 for
-        the embeddings (patches, positions, class token), i + 1 for block i, depth + 1 for the
-        final norm or fc_norm (which the head's layer shares)."""
+        the embeddings (patches, positions, class token, registers), i + 1 for block i (its
+        LayerScale too), depth + 1 for the final norm or fc_norm (which the head's layer
+        shares)."""
         if name.startswith("encoder.layers."):
             return int(name.split(".")[2].rsplit("_", 1)[1]) + 1
-        if name.startswith(("conv_proj", "class_token", "encoder.pos_embedding")):
+        embeddings = ("conv_proj", "class_token", "register_tokens", "encoder.pos_embedding")
+        if name.startswith(embeddings):
             return 0
         return self.depth + 1
 
@@ -431,6 +527,37 @@ def set_heads(backbone: nn.Module, heads: int | None, name: str) -> None:
     for layer in backbone.encoder.layers:
         layer.num_heads = layer.self_attention.num_heads = heads
         layer.self_attention.head_dim = width // heads
+
+
+def set_vit_registers(backbone: nn.Module, n: int | None, name: str) -> None:
+    """--vit_registers: `n` register tokens on a ViT (MaskableViT.set_registers); None or 0 adds
+    none. Only ViTs with the MaskableViT interface; one line refuses the others."""
+    if not n:
+        return
+    if not isinstance(backbone, MaskableViT):
+        raise UserError(f"--vit_registers {n}: {name} is not a Vision Transformer with one class "
+                        "token (vit_tiny, vit_small, a plain timm ViT): pass --vit_registers 0 "
+                        "or drop it")  # fmt: skip
+    try:
+        backbone.set_registers(n)
+    except ValueError as err:
+        raise UserError(f"--vit_registers {n}: {name}: {err}") from None
+
+
+def set_vit_layerscale(backbone: nn.Module, init: float | None, name: str) -> None:
+    """--vit_layerscale: LayerScale with gammas filled with `init` on a ViT's blocks
+    (MaskableViT.set_layerscale); None or 0 adds none. Only ViTs with the MaskableViT interface
+    (and, of timm's, blocks with timm's `ls1`/`ls2` places); one line refuses the others."""
+    if not init:
+        return
+    if not isinstance(backbone, MaskableViT):
+        raise UserError(f"--vit_layerscale {init:g}: {name} is not a Vision Transformer with one "
+                        "class token (vit_tiny, vit_small, a plain timm ViT): pass "
+                        "--vit_layerscale 0 or drop it")  # fmt: skip
+    try:
+        backbone.set_layerscale(init)
+    except ValueError as err:
+        raise UserError(f"--vit_layerscale {init:g}: {name}: {err}") from None
 
 
 def _vit(name: str, image_size: int, pretrained: bool) -> tuple[nn.Module, int]:

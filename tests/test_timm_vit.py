@@ -324,3 +324,66 @@ def test_vit_tiny_and_timms_vit_tiny_are_one_function():
             ours.forward_tokens(x, keep), theirs.forward_tokens(x, keep), atol=1e-5
         )
         assert torch.allclose(ours(x), theirs(x), atol=1e-5)
+
+
+def test_registers_and_layerscale_on_a_timm_vit():
+    """DINOv2's options on a plain timm ViT, as on vit_tiny (tests/test_vit.py): registers after
+    the class token through every block and out of the outputs, timm's LayerScale in the blocks'
+    ls1/ls2; with registers timm's forward goes through them, its head and pooling kept."""
+    from tests.test_masked import tiny_vit
+    from tests.test_vit import check_layerscale, check_registers
+
+    check_registers(tiny_vit(kind="timm"))
+    vit = tiny_vit(kind="timm")
+    assert all(isinstance(b.ls1, torch.nn.Identity) for b in vit.blocks)  # timm's without
+    check_layerscale(vit)
+    assert all(isinstance(b.ls2, timm.layers.LayerScale) for b in vit.blocks)
+    torch.manual_seed(0)
+    vit = tiny_vit(kind="timm").eval()
+    vit.set_registers(2)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        vit.register_tokens.normal_()
+        assert not torch.allclose(vit(x), timm.models.VisionTransformer.forward(vit, x))
+        assert torch.allclose(vit(x), vit.forward_tokens(x)[:, 0], atol=1e-6)
+        vit.global_pool = "avg"  # timm's mean of the patch tokens: the registers left out
+        assert torch.allclose(vit(x), vit.forward_tokens(x)[:, 1:].mean(dim=1), atol=1e-6)
+        assert vit(torch.randn(1, 3, 24, 24)).shape == (1, 32)  # other sizes (multi-crop)
+
+
+def test_uniform_drop_path_on_a_timm_vit():
+    from tests.test_masked import tiny_vit
+    from tests.test_vit import check_uniform_drop_path
+
+    def rates(vit):
+        return [getattr(b.drop_path1, "drop_prob", 0.0) for b in vit.blocks]
+
+    check_uniform_drop_path(tiny_vit(depth=3, kind="timm"), rates)
+
+
+def test_timm_vits_with_their_own_registers_or_layerscale_refuse_ours():
+    from networks.vit import set_vit_layerscale, set_vit_registers
+    from utils.misc import UserError
+
+    small = dict(img_size=16, patch_size=4, depth=1, embed_dim=32, num_heads=2, num_classes=0)
+    registered = timm.create_model("vit_tiny_patch16_224", reg_tokens=2, **small)
+    assert not add_interface(registered)  # timm's registers: no interface, as before
+    with pytest.raises(UserError, match="--vit_registers 4: timm:x is not a Vision Transformer"):
+        set_vit_registers(registered, 4, "timm:x")
+    scaled = timm.create_model("vit_tiny_patch16_224", init_values=1e-6, **small)
+    assert add_interface(scaled)
+    with pytest.raises(UserError, match="has LayerScale already: drop --vit_layerscale"):
+        set_vit_layerscale(scaled, 1e-5, "timm:x")
+
+
+def test_a_timm_vits_layerscale_exports_for_timms_model_with_init_values():
+    """export.py --format timm: a ViT's --vit_layerscale is timm's init_values, whose model takes
+    every weight (the same names, blocks.i.ls1.gamma)."""
+    from export import compare_keys, reference_model
+
+    vit, _ = build_backbone(NAME, 224)
+    vit.set_layerscale(1e-5)
+    model, call = reference_model(NAME, 224, "timm", layerscale=1e-5)
+    assert call == "timm.create_model('vit_tiny_patch16_224', num_classes=0, init_values=1e-05)"
+    keys = compare_keys(vit.state_dict(), model, "timm", NAME)
+    assert keys == {"absent_keys": [], "differing_shapes": {}}
