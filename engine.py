@@ -52,8 +52,10 @@ DATA_WAIT_HINT = 0.2  # an epoch that waits longer than this share of its time f
 class Engine:
     """One training run's loop state: optimizer, per-step lr, scaler, guard and logger.
 
-    `before_optimizer_step()` runs after backward (gradients unscaled), `after_optimizer_step(
-    step, total_steps)` after each update: the method hooks of main.py (EMA, frozen layers)."""
+    `before_step(step)` runs before each step's forward (the global step: per-step schedules of
+    the method, DINOv2's teacher temperature), `before_optimizer_step()` after backward
+    (gradients unscaled), `after_optimizer_step(step, total_steps)` after each update: the
+    method hooks of main.py (EMA, frozen layers)."""
 
     optimizer: torch.optim.Optimizer
     lr_schedule: np.ndarray
@@ -69,6 +71,7 @@ class Engine:
     after_optimizer_step: Callable[[int, int], None] = lambda step, total: None
     wd_schedule: np.ndarray | None = None  # per step, for the groups that are decayed
     on_log: Callable[[dict], str | None] = lambda window: None  # a warning to print, or None
+    before_step: Callable[[int], None] = lambda step: None  # per-step method schedules
 
     def __post_init__(self) -> None:
         if self.scaler is None:
@@ -136,6 +139,7 @@ class Engine:
                 for group, decayed in zip(self.optimizer.param_groups, self.decayed, strict=True):
                     if decayed:
                         group["weight_decay"] = float(self.wd_schedule[it])
+            self.before_step(it)
             loss, count, step_sums = step_fn(*batch)
             loss_value = self.update(loss, it, lr)
             done += 1

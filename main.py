@@ -486,6 +486,7 @@ def train(args) -> dict:
         1 if args.debug else args.print_freq, args.debug,
         model.before_optimizer_step, model.after_optimizer_step,
         build_wd_schedule(opt, steps_per_epoch), monitors.check,
+        lambda step: model.set_step(step, steps_per_epoch),
     )  # fmt: skip
     stats = fit(
         engine,

@@ -255,6 +255,7 @@ def dino_transform(
     small_crop_size: int | None = None,
     small_crop_scale: tuple[float, float] = (0.05, 0.4),
     interpolation: str = "bilinear",
+    blur_kernel: int = PIL_BLUR_KERNEL,
 ) -> MultiView:
     """DINO's multi-crop (Caron et al. 2021, appendix; facebookresearch/dino DataAugmentationDINO):
     BYOL's colour distortion (jitter (0.4, 0.4, 0.2, 0.1) x strength with p=0.8, grayscale p=0.2)
@@ -266,7 +267,7 @@ def dino_transform(
     small_crop_size = small_crop_size or small_crop_size_for(image_size)
     jitter = tuple(jitter_strength * x for x in (0.4, 0.4, 0.2, 0.1))
     colour = dict(
-        mean=mean, std=std, jitter=jitter, blur_kernel=PIL_BLUR_KERNEL, interpolation=interpolation
+        mean=mean, std=std, jitter=jitter, blur_kernel=blur_kernel, interpolation=interpolation
     )
     scale = (crop_min_scale, 1.0)
     first = View(image_size=image_size, crop_scale=scale, blur_prob=1.0, **colour)
@@ -275,6 +276,29 @@ def dino_transform(
     )
     local = View(image_size=small_crop_size, crop_scale=small_crop_scale, blur_prob=0.5, **colour)
     return MultiView([first, second] + [local] * num_crops)
+
+
+def dinov2_transform(
+    *,
+    image_size: int,
+    mean,
+    std,
+    crop_min_scale: float = 0.32,
+    jitter_strength: float = 1.0,
+    num_crops: int = 8,
+    small_crop_size: int | None = None,
+    small_crop_scale: tuple[float, float] = (0.05, 0.32),
+    interpolation: str = "bilinear",
+) -> MultiView:
+    """DINOv2's views (facebookresearch/dinov2 data/augmentations.py DataAugmentationDINO,
+    configs/ssl_default_config.yaml crops): DINO's, with global crops of 32-100 % and 8 local
+    ones of 5-32 %, and torchvision's Gaussian blur with a 9 px kernel (data/transforms.py
+    GaussianBlur) in place of PIL's."""
+    return dino_transform(
+        image_size=image_size, mean=mean, std=std, crop_min_scale=crop_min_scale,
+        jitter_strength=jitter_strength, num_crops=num_crops, small_crop_size=small_crop_size,
+        small_crop_scale=small_crop_scale, interpolation=interpolation, blur_kernel=9,
+    )  # fmt: skip
 
 
 def single_view(*, image_size: int, mean, std, crop_min_scale: float, **options) -> MultiView:
@@ -335,6 +359,7 @@ PRETRAIN_TRANSFORMS: dict[str, Callable[..., MultiView]] = {
     "mae": mae_transform,
     "ijepa": ijepa_transform,
     "simmim": simmim_transform,
+    "dinov2": dinov2_transform,
 }
 
 

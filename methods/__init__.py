@@ -123,6 +123,10 @@ class Method(nn.Module):
         """Called before each training epoch (0-based)."""
         self.epoch = epoch
 
+    def set_step(self, step: int, steps_per_epoch: int) -> None:
+        """Called before each training step's forward with its global index (0-based), for
+        schedules by step (DINOv2's teacher temperature)."""
+
     def before_optimizer_step(self) -> None:
         """Called after backward, before the optimizer step: gradients may be changed here."""
 
@@ -190,3 +194,6 @@ from methods import ijepa, mae  # noqa: E402,F401
 
 # isort: split
 from methods import dcl, lejepa, simmim  # noqa: E402,F401
+
+# isort: split
+from methods import dinov2  # noqa: E402,F401

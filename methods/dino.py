@@ -71,6 +71,34 @@ from utils.distributed import all_reduce_sum, world_size
 from utils.misc import non_negative_float, non_negative_int, unit_float
 
 
+def distillation_loss(
+    student_out: Sequence[Tensor], targets: Sequence[Tensor], student_temp: float = 0.1
+) -> Tensor:
+    """Mean over the pairs (teacher crop i, student crop j), j != i, of
+    H(P_i, softmax(s_j / T_s)) = mean_b(-sum_k P_i[b, k] log softmax(s_j / T_s)[b, k]).
+
+    Args:
+        student_out: [B, K] student logits, one per crop; the first `len(targets)` are the
+            global crops, in the targets' order (a crop is never compared with itself).
+        targets: [B, K] teacher distributions (rows summing to 1), one per global crop: DINO's
+            centred softmax, DINOv2's Sinkhorn-Knopp codes; no gradient flows into them.
+        student_temp: T_s.
+    """
+    if len(targets) > len(student_out):
+        raise ValueError("distillation_loss: more teacher crops than student crops")
+    log_p = [F.log_softmax(at_least_float32(s) / student_temp, dim=-1) for s in student_out]
+    total, pairs = 0.0, 0
+    for i, q in enumerate(targets):
+        q = q.detach()
+        for j, log_p_j in enumerate(log_p):
+            if j != i:
+                total = total - (q * log_p_j).sum(dim=-1).mean()
+                pairs += 1
+    if pairs == 0:
+        raise ValueError("the distillation loss needs at least two crops")
+    return total / pairs
+
+
 def dino_loss(
     student_out: Sequence[Tensor],
     teacher_out: Sequence[Tensor],
@@ -78,33 +106,22 @@ def dino_loss(
     student_temp: float = 0.1,
     teacher_temp: float = 0.04,
 ) -> Tensor:
-    """Mean over the pairs (teacher crop i, student crop j), j != i, of
-    H(softmax((t_i - c) / T_t), softmax(s_j / T_s)), each averaged over the batch.
+    """`distillation_loss` with DINO's targets softmax((t_i - c) / T_t):
+
+        mean over (i, j != i) of H(softmax((t_i - c) / T_t), softmax(s_j / T_s)).
 
     Args:
-        student_out: [B, K] student logits, one per crop; the first `len(teacher_out)` are the
-            global crops, in the teacher's order (a crop is never compared with itself).
+        student_out: [B, K] student logits, one per crop, the global crops first.
         teacher_out: [B, K] teacher logits, one per global crop; no gradient flows into them.
         center: [K] (or [1, K]) running mean of the teacher logits, subtracted before the softmax.
         student_temp: T_s.
         teacher_temp: T_t; below T_s it sharpens the targets.
-
-    Returns:
-        Scalar: sum_{i, j != i} mean_b(-sum_k P_t(t_i)[b, k] log P_s(s_j)[b, k]) / number of pairs.
     """
-    if len(teacher_out) > len(student_out):
-        raise ValueError("dino_loss: more teacher crops than student crops")
-    log_p = [F.log_softmax(at_least_float32(s) / student_temp, dim=-1) for s in student_out]
-    total, pairs = 0.0, 0
-    for i, t in enumerate(teacher_out):
-        q = F.softmax((at_least_float32(t.detach()) - center) / teacher_temp, dim=-1)
-        for j, log_p_j in enumerate(log_p):
-            if j != i:
-                total = total - (q * log_p_j).sum(dim=-1).mean()
-                pairs += 1
-    if pairs == 0:
-        raise ValueError("dino_loss needs at least two crops")
-    return total / pairs
+    targets = [
+        F.softmax((at_least_float32(t.detach()) - center) / teacher_temp, dim=-1)
+        for t in teacher_out
+    ]
+    return distillation_loss(student_out, targets, student_temp)
 
 
 @torch.no_grad()

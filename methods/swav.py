@@ -39,13 +39,18 @@ from utils.misc import non_negative_int
 
 
 @torch.no_grad()
-def sinkhorn(scores: Tensor, epsilon: float = 0.05, iterations: int = 3) -> Tensor:
+def sinkhorn(
+    scores: Tensor, epsilon: float = 0.05, iterations: int = 3, samples: Tensor | None = None
+) -> Tensor:
     """Codes of a batch by Sinkhorn-Knopp: equal mass per prototype, mass 1 per sample.
 
     Args:
         scores: [B, K] prototype scores (cosine similarities) of B samples.
-        epsilon: entropic regularisation; smaller gives sharper codes.
+        epsilon: entropic regularisation (DINOv2's teacher temperature); smaller gives sharper
+            codes.
         iterations: rounds of row and column normalisation.
+        samples: the number of samples over all processes, when they hold different numbers
+            (DINOv2's masked patches); default B x the number of processes.
 
     Returns:
         [B, K] codes whose rows sum to 1 (each column sums to B/K after the last round).
@@ -53,7 +58,8 @@ def sinkhorn(scores: Tensor, epsilon: float = 0.05, iterations: int = 3) -> Tens
     """
     q = torch.exp(at_least_float32(scores) / epsilon).T  # K x B; float32 even under AMP
     q /= all_reduce_sum(q.sum())
-    num_prototypes, batch = q.shape[0], q.shape[1] * world_size()
+    num_prototypes = q.shape[0]
+    batch = q.shape[1] * world_size() if samples is None else samples
     for _ in range(iterations):
         q /= all_reduce_sum(q.sum(dim=1, keepdim=True))  # each prototype: total mass 1/K
         q /= num_prototypes

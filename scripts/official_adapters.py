@@ -15,6 +15,7 @@ import os
 import sys
 from argparse import Namespace
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -734,6 +735,157 @@ def simmim(path: str, extra: dict) -> Pair:
     )  # fmt: skip
 
 
+@contextmanager
+def float_kept():
+    """Tensor.float() as the identity: official code that casts to float32 where ours keeps
+    float64 (DINOv2's Sinkhorn-Knopp; both run in float32 under mixed precision), so that the
+    float64 comparison is not measuring float32 rounding."""
+    cast = torch.Tensor.float
+    torch.Tensor.float = lambda self, *args, **kwargs: self
+    try:
+        yield
+    finally:
+        torch.Tensor.float = cast
+
+
+def dinov2(path: str, extra: dict) -> Pair:
+    """DINOv2's training step (train/ssl_meta_arch.py forward_backward, re-stated: the meta
+    architecture needs xFormers and CUDA; train/train.py's clipping, last-layer lr and EMA) on
+    its DinoVisionTransformer the size of ViT-Tiny at 32 px (4-px patches, LayerScale 1e-5, 4
+    registers), with its DINOHead, DINOLoss, iBOTPatchLoss, KoLeoLoss, MaskingGenerator and
+    collate_data_and_cast; the iBOT head shared, Sinkhorn-Knopp or (--ours centering=centering)
+    DINO's centring."""
+    import random
+
+    one_process_group()  # its Sinkhorn-Knopp all_reduces (iBOT's B unconditionally)
+    vits = load(path, "dinov2/models/vision_transformer.py")
+    layers = load(path, "dinov2/layers/__init__.py")
+    losses = load(path, "dinov2/loss/__init__.py")
+    data = load(path, "dinov2/data/collate.py")
+    masking = load(path, "dinov2/data/masking.py")
+    schedules = load(path, "dinov2/utils/utils.py")
+    centering = extra.get("centering", "sinkhorn_knopp")
+    k, side, local = 64, 8, 2
+
+    def backbone(drop_path: float) -> nn.Module:  # vit_small's builder with ViT-Tiny's sizes
+        return vits.DinoVisionTransformer(
+            img_size=32, patch_size=4, embed_dim=192, depth=12, num_heads=3, mlp_ratio=4,
+            block_fn=partial(vits.Block, attn_class=layers.MemEffAttention),
+            init_values=1e-5, num_register_tokens=4, drop_path_rate=drop_path, block_chunks=0,
+        )  # fmt: skip
+
+    def head() -> nn.Module:
+        return layers.DINOHead(in_dim=192, out_dim=k, hidden_dim=128, bottleneck_dim=32, nlayers=3)
+
+    student = nn.ModuleDict({"backbone": backbone(0.0), "dino_head": head()})
+    teacher = nn.ModuleDict({"backbone": backbone(0.0), "dino_head": head()})
+    dino_loss, ibot_loss, koleo = losses.DINOLoss(k), losses.iBOTPatchLoss(k), losses.KoLeoLoss()
+    official = nn.ModuleDict(
+        {"student": student, "teacher": teacher, "dino_loss": dino_loss, "ibot_loss": ibot_loss}
+    )
+    generator = masking.MaskingGenerator(input_size=(side, side), max_num_patches=0.5 * side * side)
+    net, width = build_backbone("vit_tiny", 32)
+    net.set_registers(4)
+    net.set_layerscale(1e-5)
+    settings = dict(out_dim=k, proj_hidden_dim=128, proj_dim=32, drop_path_rate=0.0)
+    ours_model = build_method("dinov2", net, width, **{**settings, **extra})
+
+    def loss(views, labels, forward):  # ssl_meta_arch.py forward_backward, 2 local crops
+        temp = ours_model.current_teacher_temp
+        samples = [({"global_crops": [v[i] for v in views[:2]],
+                     "local_crops": [v[i] for v in views[2:]]}, None)
+                   for i in range(len(views[0]))]  # fmt: skip
+        state = random.getstate()
+        batch = data.collate_data_and_cast(
+            samples, (0.1, 0.5), 0.5, torch.float64, n_tokens=side * side,
+            mask_generator=generator,
+        )  # fmt: skip
+        random.setstate(state)  # ours draws the same masks from the same state
+        crops, masks = batch["collated_global_crops"], batch["collated_masks"]
+        index, n_masked = batch["mask_indices_list"], batch["mask_indices_list"].shape[0]
+        with torch.no_grad():
+            out = teacher.backbone(crops, is_training=True)
+            cls = out["x_norm_clstoken"].chunk(2)
+            cls = torch.cat((cls[1], cls[0]))  # reversed: crop A's targets for crop B
+            patches = torch.index_select(out["x_norm_patchtokens"].flatten(0, 1), 0, index)
+            after = teacher.dino_head(torch.cat([cls, patches]))
+            t_cls, t_patch = after[: len(cls)], after[len(cls) :]
+            if centering == "centering":
+                dino_t = dino_loss.softmax_center_teacher(t_cls, teacher_temp=temp)
+                dino_loss.update_center(t_cls)
+                t_patch = t_patch.unsqueeze(0)
+                ibot_t = ibot_loss.softmax_center_teacher(t_patch[:, :n_masked], teacher_temp=temp)
+                ibot_t = ibot_t.squeeze(0)
+                ibot_loss.update_center(t_patch[:n_masked])
+            else:
+                with float_kept():
+                    dino_t = dino_loss.sinkhorn_knopp_teacher(t_cls, teacher_temp=temp)
+                    ibot_t = ibot_loss.sinkhorn_knopp_teacher(
+                        t_patch, teacher_temp=temp,
+                        n_masked_patches_tensor=batch["n_masked_patches"],
+                    )  # fmt: skip
+            dino_t = dino_t.view(2, -1, k)
+        g = student.backbone(crops, masks=masks, is_training=True)
+        loc = student.backbone(batch["collated_local_crops"], is_training=True)
+        s_patch = torch.index_select(g["x_norm_patchtokens"].flatten(0, 1), 0, index)
+        inputs = [loc["x_norm_clstoken"], g["x_norm_clstoken"], s_patch]
+        s_loc, s_glob, s_patch = student.dino_head(torch.cat(inputs)).split(
+            [len(x) for x in inputs]
+        )
+        terms = 2 * local + 2
+        total = dino_loss(s_loc.chunk(local), dino_t) / terms
+        total = total + dino_loss([s_glob], [dino_t.flatten(0, 1)]) * 2 / terms
+        total = total + 0.1 * sum(koleo(p) for p in g["x_norm_clstoken"].chunk(2))
+        ibot = ibot_loss.forward_masked(
+            s_patch, ibot_t, student_masks_flat=masks, n_masked_patches=n_masked,
+            masks_weight=batch["masks_weight"],
+        )  # fmt: skip
+        return total + ibot * 2 * 0.5
+
+    last_layer = list(student.dino_head.last_layer.parameters())
+    kept = []
+
+    def before_step() -> None:  # train.py: clip_grad_norm_(3.0) for each student submodule
+        for part in student.values():
+            torch.nn.utils.clip_grad_norm_(part.parameters(), 3.0)
+        kept[:] = [p.detach().clone() for p in last_layer]
+
+    @torch.no_grad()
+    def after_step(step: int, steps: int) -> None:
+        for p, before in zip(last_layer, kept, strict=True):  # last_layer_lr 0 in epoch 0
+            p.copy_(before)
+        m = schedules.CosineScheduler(0.992, 1, steps)[step]  # train.py momentum_schedule
+        s_params, t_params = list(student.parameters()), list(teacher.parameters())
+        torch._foreach_mul_(t_params, m)  # ssl_meta_arch.py update_teacher
+        torch._foreach_add_(t_params, s_params, alpha=1 - m)
+
+    def rename(key: str) -> str:
+        for a, b in (("student.", ""), ("teacher.", "teacher_")):
+            if key.startswith(a):
+                part, rest = key[len(a) :].split(".", 1)
+                if rest == "mask_token":
+                    return "mask_token" if a == "student." else key
+                if part == "backbone":
+                    return b + "backbone." + vit_key(rest)
+                rest = rest.replace("weight_g", "parametrizations.weight.original0")
+                rest = rest.replace("weight_v", "parametrizations.weight.original1")
+                return b + "head." + rest
+        return {"dino_loss.center": "center", "ibot_loss.center": "patch_center"}[key]
+
+    return Pair(
+        official, ours_model, loss, groups=[], rename=rename, built_at=32, views=2 + local,
+        sizes=[32, 32, 32, 32], batch=8,
+        ignored={"teacher.backbone.mask_token": "the teacher sees no mask (ours has none)"},
+        convert={"student.backbone.mask_token": lambda t: t.reshape(1, 1, -1),
+                 "dino_loss.center": lambda c: c.reshape(-1),
+                 "ibot_loss.center": lambda c: c.reshape(-1)},  # fmt: skip
+        prepare=lambda: copy_module(student, teacher),  # prepare_for_distributed_training
+        before_step=before_step, after_step=after_step,
+        # the centres' updates of the last step, which its next forward would apply first
+        finish=lambda: (dino_loss.apply_center_update(), ibot_loss.apply_center_update()),
+    )  # fmt: skip
+
+
 ADAPTERS = {
     "simsiam": Adapter(
         "facebookresearch/simsiam",
@@ -939,5 +1091,35 @@ ADAPTERS = {
             "data/data_finetune.py through data/__init__.py, never called)",
         ],
         simmim,
+    ),
+    "dinov2": Adapter(
+        "facebookresearch/dinov2",
+        [
+            "dinov2/models/vision_transformer.py (DinoVisionTransformer, LayerScale, registers)",
+            "dinov2/layers (DINOHead, MemEffAttention without xFormers)",
+            "dinov2/loss (DINOLoss, iBOTPatchLoss, KoLeoLoss)",
+            "dinov2/data/masking.py (MaskingGenerator), dinov2/data/collate.py "
+            "(collate_data_and_cast: the masks and their weights)",
+            "dinov2/train/ssl_meta_arch.py forward_backward (re-stated: the class "
+            "needs xFormers and CUDA), train/train.py (clipping per student part, last-layer lr "
+            "0 in the first epoch, the momentum's CosineScheduler, update_teacher)",
+        ],
+        [
+            "a gloo group of one process for its all_reduces",
+            "ViT-Tiny sizes with 4-px patches at 32 px, LayerScale 1e-5, 4 registers; 2 global "
+            "crops and 2 local ones, all of 32 px (its interpolation of the position embeddings "
+            "for other sizes runs in float32: pos_embed.float(); ours is compared in float64 "
+            "with DINO's, dino_vit); a 128-32-64 head in place of 2048-256-65536",
+            "drop path 0 on both sides (its draws are random)",
+            "the student's global and local crops in two backbone calls (its list call needs "
+            "xFormers' nested tensors; the same computation)",
+            "the last layer's lr 0 of the first epoch as its weights put back after the "
+            "check's SGD step (the momentum buffers see its gradients, as under lr 0)",
+            "Python's random state restored after its collate, so that ours draws the same masks",
+            "its Sinkhorn-Knopp in float64 (Tensor.float() the identity during the call: its "
+            "codes are float32, whose last bit flips where the float64 logits of the two sides "
+            "differ in their last bits; both are float32 under mixed precision)",
+        ],
+        dinov2,
     ),
 }

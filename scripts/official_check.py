@@ -280,6 +280,8 @@ def table(folder: str = os.path.join(ROOT, "results", "official_check")) -> str:
         worst = r["largest_relative_difference"]
         shims = "; ".join(s.replace("|", "/") for s in r["shims"])
         processes = f" ({r['processes']} processes)" if r.get("processes", 1) > 1 else ""
+        flags = " ".join(f"{k}={v}" for k, v in r.get("ours_flags", {}).items())
+        processes += f" with `--ours {flags}`" if flags else ""
         also = "".join(
             f"; {k}: {'yes' if v else 'NO'}" for k, v in r.get("also_compared", {}).items()
         )

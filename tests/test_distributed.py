@@ -19,7 +19,7 @@ from methods.dcl import dcl_loss
 from methods.lejepa import lejepa_loss
 from methods.simclr import nt_xent_loss
 from methods.supcon import supcon_loss
-from methods.swav import swav_loss
+from methods.swav import sinkhorn, swav_loss
 from methods.vicreg import vicreg_loss
 from probe import classifier_step
 from tests.conftest import backbone_for
@@ -65,6 +65,9 @@ Z1, Z2 = torch.randn(WORLD * N, D), torch.randn(WORLD * N, D)
 LABELS = torch.tensor([0, 1, 2, 0, 1, 2, 3, 0, 3, 1, 2, 3])
 PROTOTYPES = torch.nn.functional.normalize(torch.randn(5, D), dim=1)
 DIRECTIONS = torch.nn.functional.normalize(torch.randn(D, 7), dim=0)
+# DINOv2's masked patches: unequal counts per process (4 and 7), Sinkhorn-Knopp over all 11
+PATCH_SCORES = 0.3 * torch.randn(11, 5)
+PATCH_PARTS = (slice(0, 4), slice(4, 11))
 
 
 def grads_of(z1, z2, labels, gathered):
@@ -82,6 +85,7 @@ def worker(rank: int, results: dict) -> None:
     results[rank] = grads_of(Z1[part], Z2[part], LABELS[part], gathered=True)
     results[f"features{rank}"] = sharded_features(rank)
     results[f"probe{rank}"] = probe_accuracy(rank)
+    results[f"codes{rank}"] = sinkhorn(PATCH_SCORES[PATCH_PARTS[rank]], 0.07, 3, torch.tensor(11.0))
     # the engine's logged sums (monitors' tensors, or floats): rank 0 has 1 and 2.5, rank 1 2, 5
     results[f"sums{rank}"] = sum_over_processes(
         {"acc": torch.tensor(rank + 1.0), "std": 2.5 * (rank + 1)}
@@ -136,6 +140,13 @@ def test_two_processes_equal_one_on_the_whole_batch(name, two_processes):
         _, g1, g2 = two_processes[r][name]
         assert torch.allclose(g1 / WORLD, single_g1[part], atol=1e-5), name
         assert torch.allclose(g2 / WORLD, single_g2[part], atol=1e-5), name
+
+
+def test_sinkhorn_over_unequal_counts_equals_one_process(two_processes):
+    """DINOv2's codes of the masked patches, which the processes hold in different numbers:
+    given the count over all processes, they are those of one process on all the patches."""
+    codes = torch.cat([two_processes["codes0"], two_processes["codes1"]])
+    assert torch.allclose(codes, sinkhorn(PATCH_SCORES, 0.07, 3), atol=1e-6)
 
 
 def test_barlow_twins_official_ddp_gradient_is_each_process_own_images(two_processes):
@@ -251,10 +262,10 @@ TIMED = ("images_per_s", "data_wait")  # metrics.csv's wall-clock columns
 
 
 @pytest.mark.full
-@pytest.mark.parametrize("method", ["mae", "ijepa", "mocov2"])
+@pytest.mark.parametrize("method", ["mae", "ijepa", "mocov2", "dinov2"])
 def test_torchrun_trains_and_resumes_the_methods_with_per_process_parts(method, tmp_path):
-    """Under `torchrun --nproc_per_node=2` (gloo), MAE and I-JEPA each mask their own 8 images of
-    the global batch of 16, and MoCo v2 shuffles its keys across the processes (Shuffle-BN, one
+    """Under `torchrun --nproc_per_node=2` (gloo), MAE, I-JEPA and DINOv2 each mask their own 8
+    images of the global batch of 16 (DINOv2's Sinkhorn-Knopp over both), and MoCo v2 shuffles its keys across the processes (Shuffle-BN, one
     BatchNorm split per process); the run writes one set of files, and a second torchrun
     continues it from its epoch-2 checkpoint to the third epoch, in a new run folder (resuming
     in place would overwrite the later checkpoints) that starts with the first run's metrics up
@@ -267,7 +278,9 @@ def test_torchrun_trains_and_resumes_the_methods_with_per_process_parts(method, 
              "--logs_dir", str(tmp_path / "logs"), "--ckpt_dir", str(tmp_path / "ckpts"),
              "--run_name", "ddp"]  # fmt: skip
     flags += {"mae": ["--decoder_depth", "1"], "ijepa": ["--pred_depth", "1"],
-              "mocov2": ["--queue_size", "64"]}[method]  # fmt: skip
+              "mocov2": ["--queue_size", "64"],
+              "dinov2": ["--out_dim", "64", "--proj_hidden_dim", "64", "--num_crops", "2",
+                         "--image_size", "16", "--small_crop_size", "8"]}[method]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     resume = ["--resume", str(tmp_path / "ckpts" / "ddp" / "epoch_0002.pt"), "--run_name", "ddp2"]
     for extra in ([], resume):

@@ -358,10 +358,13 @@ def test_crop_scales_are_each_official_codes(method, scale):
 
 # the official codes' crop resampling (torchvision's default is bilinear): SimCLR tf2/data_util.py,
 # BYOL byol/utils/dataset.py, Barlow Twins main.py, VICReg augmentations.py, DINO main_dino.py,
-# MAE main_pretrain.py, NNCLR solo-learn's pretrain_dataloader.py: bicubic; the others bilinear
+# MAE main_pretrain.py, NNCLR solo-learn's pretrain_dataloader.py, DINOv2 data/augmentations.py:
+# bicubic; the others bilinear
 BICUBIC_VIEWS = {"simclr", "dcl", "dclw", "byol", "barlowtwins", "vicreg", "dino", "mae", "nnclr"}
-# their evaluation: SimCLR, BYOL (as their crops), DINO eval_linear.py, MAE main_linprobe.py
-BICUBIC_EVAL = {"simclr", "dcl", "dclw", "byol", "dino", "mae"}
+BICUBIC_VIEWS |= {"dinov2"}
+# their evaluation: SimCLR, BYOL (as their crops), DINO eval_linear.py, MAE main_linprobe.py,
+# DINOv2 data/transforms.py make_classification_eval_transform
+BICUBIC_EVAL = {"simclr", "dcl", "dclw", "byol", "dino", "mae", "dinov2"}
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))

@@ -20,6 +20,7 @@ API_ONLY = {
     "ijepa": {"pretrained"},
     "mocov3": {"pretrained"},
     "dino": {"pretrained"},
+    "dinov2": {"pretrained"},
 }  # constructor choices that are not command-line flags
 
 
@@ -45,7 +46,7 @@ def test_the_help_lists_each_methods_default_from_its_declaration():
     assert (
         "softmax temperature (default dcl: 0.5; dclw: 0.5; mocov2: 0.2; mocov3: 1.0 for CNNs, "
         "0.2 for ViTs, as official; nnclr: 0.1; simclr: 0.5; supcon: 0.1; swav: 0.1) | student "
-        "softmax temperature (default dino: 0.1)" in help_text
+        "softmax temperature (default dino: 0.1; dinov2: 0.1)" in help_text
     )
     assert "dino: another name for --out_dim" in help_text
     assert "swav: another name for --queue_size" in help_text
