@@ -187,19 +187,21 @@ def test_refuses_convnets_and_bad_ratios():
 
 
 @pytest.mark.full
-@pytest.mark.usefixtures("small_test_set")
-def test_dinov2_stopped_by_sigterm_resumes_to_the_weights_of_a_run_never_stopped(
-    run_dirs, monkeypatch
+def test_dinov2_on_an_unlabelled_folder_resumes_after_sigterm_as_never_stopped(
+    run_dirs, monkeypatch, tmp_path
 ):
-    """main.py end to end with masks drawn from Python's random state: stopped mid-epoch (in the
-    frozen first epoch) and resumed, the weights and the metrics are those of a run never
-    stopped."""
+    """main.py end to end on a folder of unlabelled photos, the masks drawn from Python's random
+    state: stopped mid-epoch (in the frozen first epoch) and resumed, the weights and the metrics
+    are those of a run never stopped."""
+    from tests.test_folder import make_photos
     from tests.test_reliability import FLAGS, resumes_as_straight
 
+    make_photos(tmp_path / "photos", count=48)
     flags = [*FLAGS, *run_dirs, "--model_name", "dinov2", "--backbone", "vit_tiny",
+             "--dataset_name", "folder", "--data_dir", str(tmp_path / "photos"),
              "--image_size", "16", "--num_crops", "2", "--small_crop_size", "8",
-             "--out_dim", "64", "--proj_hidden_dim", "64", "--limit", "64",
-             "--batch_size", "16", "--rankme_images", "0", "--online_probe", "false",
-             "--knn_freq", "0", "--num_epochs", "1", "--warmup_epochs", "0"]  # fmt: skip
+             "--out_dim", "64", "--proj_hidden_dim", "64", "--batch_size", "12",
+             "--rankme_images", "0", "--online_probe", "false", "--num_epochs", "1",
+             "--warmup_epochs", "0"]  # fmt: skip
     state = resumes_as_straight(flags, monkeypatch)
     assert state["mask_token"].abs().sum() > 0  # trained

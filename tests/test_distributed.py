@@ -265,11 +265,11 @@ TIMED = ("images_per_s", "data_wait")  # metrics.csv's wall-clock columns
 @pytest.mark.parametrize("method", ["mae", "ijepa", "mocov2", "dinov2"])
 def test_torchrun_trains_and_resumes_the_methods_with_per_process_parts(method, tmp_path):
     """Under `torchrun --nproc_per_node=2` (gloo), MAE, I-JEPA and DINOv2 each mask their own 8
-    images of the global batch of 16 (DINOv2's Sinkhorn-Knopp over both), and MoCo v2 shuffles its keys across the processes (Shuffle-BN, one
-    BatchNorm split per process); the run writes one set of files, and a second torchrun
-    continues it from its epoch-2 checkpoint to the third epoch, in a new run folder (resuming
-    in place would overwrite the later checkpoints) that starts with the first run's metrics up
-    to that checkpoint."""
+    images of the global batch of 16 (DINOv2's Sinkhorn-Knopp over both), and MoCo v2 shuffles
+    its keys across the processes (Shuffle-BN, one BatchNorm split per process); the run writes
+    one set of files, and a second torchrun continues it from its epoch-2 checkpoint to the third
+    epoch, in a new run folder (resuming in place would overwrite the later checkpoints) that
+    starts with the first run's metrics up to that checkpoint."""
     backbone, size = backbone_for(method)
     flags = ["--model_name", method, "--backbone", backbone, "--image_size", str(size),
              "--dataset_name", "synthetic", "--device", "cpu", "--limit", "32",

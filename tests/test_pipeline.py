@@ -246,7 +246,8 @@ def test_every_method_pretrains_through_main(method, run_dirs):
     extra += {"mae": ["--decoder_depth", "2"], "ijepa": ["--pred_depth", "2"],
               "lejepa": ["--num_crops", "2"],
               "dinov2": ["--num_crops", "2", "--image_size", "16", "--small_crop_size", "8",
-                         "--out_dim", "256", "--proj_hidden_dim", "128"]}.get(method, [])  # fmt: skip
+                         "--out_dim", "256", "--proj_hidden_dim", "128"],
+              }.get(method, [])  # fmt: skip
     backbone, size = backbone_for(method)
     args = main.get_args_parser().parse_args(
         [*TINY, *run_dirs, "--backbone", backbone, "--model_name", method, "--num_epochs", "1"]
