@@ -459,10 +459,9 @@ class DINOv2(Method):
         inputs = [s_cls]
         if len(views) > 2:  # the local crops, one size
             inputs.append(self.backbone.forward_tokens(torch.cat(views[2:]))[:, 0])
-        sizes = [len(x) for x in inputs]
         if self.ibot_head is None:  # one pass of the head over class and patch tokens
-            out = self.head(torch.cat([*inputs, s_patch])).split([sum(sizes), len(s_patch)])
-            cls_out, patch_out = out
+            out = self.head(torch.cat([*inputs, s_patch]))
+            cls_out, patch_out = out[: len(out) - len(s_patch)], out[len(out) - len(s_patch) :]
         else:
             cls_out, patch_out = self.head(torch.cat(inputs)), self.ibot_head(s_patch)
         n = views[0].shape[0]

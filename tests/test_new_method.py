@@ -145,5 +145,5 @@ def test_a_method_defined_outside_methods_trains_and_is_evaluated(toy, run_dirs,
 
     # the help texts that list methods are made from their declarations
     flat = " ".join(probe.format_help().split())
-    assert "methods that keep one: byol, dino, ijepa, mocov2, mocov3, toy" in flat
+    assert "methods that keep one: byol, dino, dinov2, ijepa, mocov2, mocov3, toy" in flat
     assert "0.5: toy" in " ".join(main.get_args_parser().format_help().split())
