@@ -243,6 +243,7 @@ class DINOv2(Method):
                 "facebookresearch/dinov2 b8931f7, README's ViT-L/16 ImageNet-1k command "
                 "(configs/train/vitl16_short.yaml = ssl_default_config.yaml) on 4 nodes x 8 GPUs"
             ),
+            images="large",
             optimizer="adamw",
             betas=(0.9, 0.999),
             exclude_bias_and_norm=True,
@@ -282,6 +283,49 @@ class DINOv2(Method):
                     "ssl_default_config.yaml min_lr 1e-6 (absolute: 1e-6 / sqrt(2048 / 256) "
                     "per 256 here)"
                 ),
+            },
+        ),
+        Recipe(
+            source=(
+                "facebookresearch/dinov2 b8931f7, ssl_default_config.yaml's values with its "
+                "epochs counted as passes over the data (it has no small-image recipe)"
+            ),
+            images="small",
+            optimizer="adamw",
+            betas=(0.9, 0.999),
+            exclude_bias_and_norm=True,
+            base_lr=0.002,
+            lr_scaling="sqrt",
+            batch_size=256,
+            num_epochs=100,
+            weight_decay=0.04,
+            final_weight_decay=0.4,
+            warmup_epochs=10,
+            warmup_lr=0.0,
+            final_lr=1e-6,
+            sources={
+                "optimizer, betas": (
+                    "train/train.py build_optimizer (AdamW, betas adamw_beta1/2 0.9, 0.999)"
+                ),
+                "exclude_bias_and_norm": (
+                    "utils/param_groups.py (biases, norms and LayerScale gammas: wd_multiplier 0)"
+                ),
+                "base_lr, lr_scaling": (
+                    "ssl_default_config.yaml optim base_lr 0.004 per 1024, scaling_rule "
+                    "sqrt_wrt_1024 (0.002 per 256 under sqrt scaling)"
+                ),
+                "batch_size": (
+                    "the CIFAR recipes' batch here (recipes/cifar10); the official 2048 is "
+                    "ImageNet's"
+                ),
+                "num_epochs, warmup_epochs": (
+                    "ssl_default_config.yaml epochs 100, warmup_epochs 10 (of 1250 steps there)"
+                ),
+                "weight_decay, final_weight_decay": (
+                    "ssl_default_config.yaml weight_decay 0.04, weight_decay_end 0.4 (cosine)"
+                ),
+                "warmup_lr": "train/train.py build_schedulers (start_warmup_value 0)",
+                "final_lr": "ssl_default_config.yaml min_lr 1e-6 (at batch 256: 1e-6 per 256)",
             },
         ),
     )
