@@ -532,32 +532,31 @@ def set_heads(backbone: nn.Module, heads: int | None, name: str) -> None:
 def set_vit_registers(backbone: nn.Module, n: int | None, name: str) -> None:
     """--vit_registers: `n` register tokens on a ViT (MaskableViT.set_registers); None or 0 adds
     none. Only ViTs with the MaskableViT interface; one line refuses the others."""
-    if not n:
-        return
-    if not isinstance(backbone, MaskableViT):
-        raise UserError(f"--vit_registers {n}: {name} is not a Vision Transformer with one class "
-                        "token (vit_tiny, vit_small, a plain timm ViT): pass --vit_registers 0 "
-                        "or drop it")  # fmt: skip
-    try:
-        backbone.set_registers(n)
-    except ValueError as err:
-        raise UserError(f"--vit_registers {n}: {name}: {err}") from None
+    _vit_option(backbone, "--vit_registers", n, name, lambda vit: vit.set_registers(n))
 
 
 def set_vit_layerscale(backbone: nn.Module, init: float | None, name: str) -> None:
     """--vit_layerscale: LayerScale with gammas filled with `init` on a ViT's blocks
     (MaskableViT.set_layerscale); None or 0 adds none. Only ViTs with the MaskableViT interface
     (and, of timm's, blocks with timm's `ls1`/`ls2` places); one line refuses the others."""
-    if not init:
+    _vit_option(backbone, "--vit_layerscale", init, name, lambda vit: vit.set_layerscale(init))
+
+
+def _vit_option(backbone: nn.Module, flag: str, value, name: str, apply) -> None:
+    """`apply(backbone)` for a given (nonzero) `value` of `flag`; one line for a backbone
+    without the MaskableViT interface or a value it refuses."""
+    if not value:
         return
+    given = f"{flag} {value:g}"
     if not isinstance(backbone, MaskableViT):
-        raise UserError(f"--vit_layerscale {init:g}: {name} is not a Vision Transformer with one "
-                        "class token (vit_tiny, vit_small, a plain timm ViT): pass "
-                        "--vit_layerscale 0 or drop it")  # fmt: skip
+        raise UserError(
+            f"{given}: {name} is not a Vision Transformer with one class token (vit_tiny, "
+            f"vit_small, a plain timm ViT): pass {flag} 0 or drop it"
+        )
     try:
-        backbone.set_layerscale(init)
+        apply(backbone)
     except ValueError as err:
-        raise UserError(f"--vit_layerscale {init:g}: {name}: {err}") from None
+        raise UserError(f"{given}: {name}: {err}") from None
 
 
 def _vit(name: str, image_size: int, pretrained: bool) -> tuple[nn.Module, int]:
