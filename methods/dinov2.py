@@ -213,6 +213,41 @@ def dinov2_vit_init(backbone: MaskableViT) -> None:
     nn.init.trunc_normal_(backbone.position_parameter, std=0.02)
 
 
+def default_config(what: str, sources: dict[str, str], **regime) -> Recipe:
+    """A regime of ssl_default_config.yaml's optimisation (AdamW, lr 0.004 per 1024 under
+    square-root scaling, weight decay 0.04 -> 0.4, warmup from 0): `regime` the values that
+    differ by image size (batch, epochs, warmup, final lr, settings), `sources` theirs."""
+    return Recipe(
+        source=f"facebookresearch/dinov2 b8931f7, {what}",
+        optimizer="adamw",
+        betas=(0.9, 0.999),
+        exclude_bias_and_norm=True,
+        base_lr=0.002,
+        lr_scaling="sqrt",
+        weight_decay=0.04,
+        final_weight_decay=0.4,
+        warmup_lr=0.0,
+        sources={
+            "optimizer, betas": (
+                "train/train.py build_optimizer (AdamW, betas adamw_beta1/2 0.9, 0.999)"
+            ),
+            "exclude_bias_and_norm": (
+                "utils/param_groups.py (biases, norms and LayerScale gammas: wd_multiplier 0)"
+            ),
+            "base_lr, lr_scaling": (
+                "ssl_default_config.yaml optim base_lr 0.004 per 1024, scaling_rule "
+                "sqrt_wrt_1024 (0.002 per 256 under sqrt scaling)"
+            ),
+            **sources,
+            "weight_decay, final_weight_decay": (
+                "ssl_default_config.yaml weight_decay 0.04, weight_decay_end 0.4 (cosine)"
+            ),
+            "warmup_lr": "train/train.py build_schedulers (start_warmup_value 0)",
+        },
+        **regime,
+    )
+
+
 CENTERING = Flag(
     "how the teacher's outputs become targets: sinkhorn_knopp (the released models' configs) or "
     "centering (DINO's running mean; ssl_default_config.yaml)",
@@ -238,36 +273,16 @@ class DINOv2(Method):
     vit_layerscale = 1e-5
     collapse_hint = "too little sharpening (--teacher_temp), too high an lr, or no KoLeo"
     recipes = (
-        Recipe(
-            source=(
-                "facebookresearch/dinov2 b8931f7, README's ViT-L/16 ImageNet-1k command "
-                "(configs/train/vitl16_short.yaml = ssl_default_config.yaml) on 4 nodes x 8 GPUs"
-            ),
+        default_config(
+            "README's ViT-L/16 ImageNet-1k command (configs/train/vitl16_short.yaml = "
+            "ssl_default_config.yaml) on 4 nodes x 8 GPUs",
             images="large",
-            optimizer="adamw",
-            betas=(0.9, 0.999),
-            exclude_bias_and_norm=True,
-            base_lr=0.002,
-            lr_scaling="sqrt",
             batch_size=2048,
             num_epochs=200,
-            weight_decay=0.04,
-            final_weight_decay=0.4,
             warmup_epochs=20,
-            warmup_lr=0.0,
             final_lr=1e-6 / math.sqrt(2048 / 256),
             settings={"teacher_temp_warmup_epochs": 60, "freeze_prototypes_epochs": 2},
             sources={
-                "optimizer, betas": (
-                    "train/train.py build_optimizer (AdamW, betas adamw_beta1/2 0.9, 0.999)"
-                ),
-                "exclude_bias_and_norm": (
-                    "utils/param_groups.py (biases, norms and LayerScale gammas: wd_multiplier 0)"
-                ),
-                "base_lr, lr_scaling": (
-                    "ssl_default_config.yaml optim base_lr 0.004 per 1024, scaling_rule "
-                    "sqrt_wrt_1024 (0.002 per 256 under sqrt scaling)"
-                ),
                 "batch_size": "ssl_default_config.yaml batch_size_per_gpu 64; README (--nodes 4)",
                 "num_epochs, warmup_epochs, teacher_temp_warmup_epochs, freeze_prototypes_epochs": (
                     "ssl_default_config.yaml: epochs 100, warmup_epochs 10, "
@@ -275,45 +290,21 @@ class DINOv2(Method):
                     "OFFICIAL_EPOCH_LENGTH 1250 steps at batch 2048: 2 passes over ImageNet-1k "
                     "each"
                 ),
-                "weight_decay, final_weight_decay": (
-                    "ssl_default_config.yaml weight_decay 0.04, weight_decay_end 0.4 (cosine)"
-                ),
-                "warmup_lr": "train/train.py build_schedulers (start_warmup_value 0)",
                 "final_lr": (
                     "ssl_default_config.yaml min_lr 1e-6 (absolute: 1e-6 / sqrt(2048 / 256) "
                     "per 256 here)"
                 ),
             },
         ),
-        Recipe(
-            source=(
-                "facebookresearch/dinov2 b8931f7, ssl_default_config.yaml's values with its "
-                "epochs counted as passes over the data (it has no small-image recipe)"
-            ),
+        default_config(
+            "ssl_default_config.yaml's values with its epochs counted as passes over the data "
+            "(it has no small-image recipe)",
             images="small",
-            optimizer="adamw",
-            betas=(0.9, 0.999),
-            exclude_bias_and_norm=True,
-            base_lr=0.002,
-            lr_scaling="sqrt",
             batch_size=256,
             num_epochs=100,
-            weight_decay=0.04,
-            final_weight_decay=0.4,
             warmup_epochs=10,
-            warmup_lr=0.0,
             final_lr=1e-6,
             sources={
-                "optimizer, betas": (
-                    "train/train.py build_optimizer (AdamW, betas adamw_beta1/2 0.9, 0.999)"
-                ),
-                "exclude_bias_and_norm": (
-                    "utils/param_groups.py (biases, norms and LayerScale gammas: wd_multiplier 0)"
-                ),
-                "base_lr, lr_scaling": (
-                    "ssl_default_config.yaml optim base_lr 0.004 per 1024, scaling_rule "
-                    "sqrt_wrt_1024 (0.002 per 256 under sqrt scaling)"
-                ),
                 "batch_size": (
                     "the CIFAR recipes' batch here (recipes/cifar10); the official 2048 is "
                     "ImageNet's"
@@ -321,10 +312,6 @@ class DINOv2(Method):
                 "num_epochs, warmup_epochs": (
                     "ssl_default_config.yaml epochs 100, warmup_epochs 10 (of 1250 steps there)"
                 ),
-                "weight_decay, final_weight_decay": (
-                    "ssl_default_config.yaml weight_decay 0.04, weight_decay_end 0.4 (cosine)"
-                ),
-                "warmup_lr": "train/train.py build_schedulers (start_warmup_value 0)",
                 "final_lr": "ssl_default_config.yaml min_lr 1e-6 (at batch 256: 1e-6 per 256)",
             },
         ),
